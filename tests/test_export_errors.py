@@ -1,0 +1,147 @@
+"""Bad input to the exporter and to the engine gets an error that names what is wrong;
+degenerate inputs (a constant image, no ROI) give finite, documented values."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper
+from torch import nn
+
+from xgal.scorer.engines.ort import OnnxRuntimeEngine
+from xgal.scorer.graph import NotAScoringGraphError
+from xgal.trainer.export import export_scoring_graph
+from xgal.trainer.nets import build_model
+
+SHAPE = (1, 32, 32)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_model("small_cnn", "linear", 3, in_channels=1).eval()
+
+
+@pytest.fixture(scope="module")
+def graph(model, tmp_path_factory):
+    path = tmp_path_factory.mktemp("g") / "m.onnx"
+    return export_scoring_graph(
+        model, "features.stage4.0", path, image_shape=SHAPE, class_names=["a", "b", "c"]
+    )
+
+
+def test_unknown_target_layer(model, tmp_path):
+    with pytest.raises(ValueError, match="unknown target layer 'features.nope'.*last convolutions"):
+        export_scoring_graph(model, "features.nope", tmp_path / "m.onnx", image_shape=SHAPE)
+
+
+def test_target_layer_without_feature_map(model, tmp_path):
+    with pytest.raises(ValueError, match="outputs a 2-D tensor; Grad-CAM needs a 4-D feature map"):
+        export_scoring_graph(model, "head.fc", tmp_path / "m.onnx", image_shape=SHAPE)
+
+
+def test_target_layer_never_called(tmp_path):
+    model = build_model("small_cnn", "linear", 3, in_channels=1).eval()
+    model.features.unused = nn.Conv2d(1, 1, 1)
+    with pytest.raises(ValueError, match="never called"):
+        export_scoring_graph(model, "features.unused", tmp_path / "m.onnx", image_shape=SHAPE)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"pixel_dtype": "float32"}, "pixel_dtype must be one of"),
+        ({"image_shape": (32, 32)}, r"image_shape must be \(C, H, W\)"),
+        ({"mean": [0.5, 0.5]}, "one value per channel"),
+        ({"std": [0.0]}, "std must be positive"),
+        ({"class_names": ["only-one"]}, "class_names has 1 names but the model scores 3"),
+    ],
+)
+def test_bad_export_arguments(model, tmp_path, kwargs, message):
+    args = {"image_shape": SHAPE, **kwargs}
+    with pytest.raises(ValueError, match=message):
+        export_scoring_graph(model, "features.stage4.0", tmp_path / "m.onnx", **args)
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_graph_passes_checker_and_carries_metadata(graph):
+    proto = onnx.load(graph)
+    onnx.checker.check_model(proto, full_check=True)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    for key in (
+        "class_names",
+        "input_shape",
+        "pixel_dtype",
+        "normalisation",
+        "target_layer",
+        "head",
+        "round",
+        "version",
+        "graph_sha256",
+        "cam_shape",
+    ):
+        assert f"xgal.{key}" in meta
+    assert [i.name for i in proto.graph.input] == ["image", "roi", "target"]
+    assert [o.name for o in proto.graph.output] == ["probs", "entropy", "cam", "dice", "roi_area"]
+
+
+def test_constant_image_and_empty_roi_are_finite(graph):
+    engine = OnnxRuntimeEngine(graph)
+    images = np.stack([np.full(SHAPE, v, dtype=np.uint8) for v in (0, 128, 255)])
+    rois = np.zeros((3, 32, 32), dtype=np.uint8)
+    rois[1, 4:20, 4:20] = 1
+    out = engine.run(images, rois, want_cam=True)
+    for arr in (out.probs, out.entropy, out.dice, out.roi_area, out.cam):
+        assert np.isfinite(arr).all()
+    # No ROI: Dice 0 whatever the map (misalignment 1, the authors' fallback).
+    assert out.dice[0] == 0.0 and out.dice[2] == 0.0
+    assert 0.0 <= out.dice[1] <= 1.0
+
+
+def test_forward_only_graph_is_not_a_scoring_graph(tmp_path):
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    model = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]))
+    path = tmp_path / "forward.onnx"
+    onnx.save(model, path)
+    with pytest.raises(NotAScoringGraphError, match="not an xgal scoring graph"):
+        OnnxRuntimeEngine(path)
+
+
+def test_scoring_graph_with_wrong_signature(graph, tmp_path):
+    proto = onnx.load(graph)
+    for prop in proto.metadata_props:
+        if prop.key == "xgal.input_shape":
+            prop.value = "[3, 32, 32]"
+    bad = tmp_path / "bad.onnx"
+    onnx.save(proto, bad)
+    with pytest.raises(NotAScoringGraphError, match="input 'image' has shape"):
+        OnnxRuntimeEngine(bad)
+
+
+def test_garbage_file_and_missing_file(tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_bytes(b"definitely not protobuf")
+    with pytest.raises(NotAScoringGraphError, match="not a loadable ONNX model"):
+        OnnxRuntimeEngine(junk)
+    with pytest.raises(FileNotFoundError):
+        OnnxRuntimeEngine(tmp_path / "missing.onnx")
+
+
+def test_engine_rejects_malformed_batches(graph):
+    engine = OnnxRuntimeEngine(graph)
+    img = np.zeros((2, *SHAPE), dtype=np.uint8)
+    roi = np.zeros((2, 32, 32), dtype=np.uint8)
+    with pytest.raises(ValueError, match="image batch has shape"):
+        engine.run(np.zeros((2, 1, 16, 16), dtype=np.uint8), roi)
+    with pytest.raises(ValueError, match="image dtype is uint16"):
+        engine.run(img.astype(np.uint16), roi)
+    with pytest.raises(ValueError, match="roi batch has shape"):
+        engine.run(img, roi[:1])
+    with pytest.raises(ValueError, match="target class 5 >= 3 classes"):
+        engine.run(img, roi, np.array([5, 0]))
+
+
+def test_unknown_provider(graph):
+    with pytest.raises(ValueError, match="not installed"):
+        OnnxRuntimeEngine(graph, providers=["NoSuchExecutionProvider"])

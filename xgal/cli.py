@@ -1,0 +1,206 @@
+"""The `xgal` command line. Heavy imports happen inside commands: `xgal score` never loads torch."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    help="xgal: explainability-guided active learning for medical imaging.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+pool_app = typer.Typer(help="Make, inspect and verify pools.", no_args_is_help=True)
+app.add_typer(pool_app, name="pool")
+console = Console(stderr=True)
+out = Console()
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def friendly_errors(fn: F) -> F:
+    """Turn the errors a user can fix into one red line and exit code 2, not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, FileNotFoundError, FileExistsError, IndexError) as exc:
+            console.print(f"[red]error:[/red] {exc}")
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _progress(total: int, label: str) -> tuple[Any, Callable[[int], None]]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
+    task = bar.add_task(label, total=total)
+    return bar, lambda n: bar.advance(task, n)
+
+
+@pool_app.command("synth")
+@friendly_errors
+def pool_synth(
+    out_dir: Path = typer.Argument(..., help="Folder to create the pool in."),
+    size: int = typer.Option(2000, "--size", "-n", help="Number of scans."),
+    seed: int = typer.Option(0, help="Random seed; the same seed gives the same pool."),
+    image_size: int = typer.Option(64, help="Side of the square images, in pixels."),
+    classes: int = typer.Option(3, help="Number of lesion classes (2-4)."),
+    marker_fraction: float = typer.Option(0.7, help="Fraction of scans with a burned-in tag."),
+    marker_agreement: float = typer.Option(
+        0.95, help="Probability that a tag names the true class (train split only)."
+    ),
+    split: str = typer.Option("train", help="'train' (tag correlated) or 'test' (tag random)."),
+    shard_size: int = typer.Option(8192, help="Samples per shard file."),
+    overwrite: bool = typer.Option(False, help="Replace an existing pool at OUT_DIR."),
+) -> None:
+    """Write a synthetic pool: lesions of K classes with ROI masks and a shortcut confounder."""
+    from xgal.pool.synth import synth_pool
+
+    bar, advance = _progress(size, f"synthesising {split} pool")
+    with bar:
+        pool = synth_pool(
+            out_dir,
+            size,
+            seed=seed,
+            image_size=image_size,
+            num_classes=classes,
+            marker_fraction=marker_fraction,
+            marker_agreement=marker_agreement,
+            split=split,
+            shard_size=shard_size,
+            overwrite=overwrite,
+            progress=advance,
+        )
+    out.print(f"wrote {pool}")
+
+
+@pool_app.command("info")
+@friendly_errors
+def pool_info(path: Path) -> None:
+    """Print a pool's manifest summary."""
+    from xgal.pool.format import Pool
+
+    pool = Pool(path)
+    pool.check()
+    out.print(f"{pool.path}: {pool.count} samples, {pool.pixel_dtype}{list(pool.image_shape)}")
+    out.print(f"classes: {pool.class_names or '(none)'}; labels: {'yes' if pool.has_labels else 'no'}")
+    out.print(f"shards: {len(pool.shards)}; {pool.description}")
+
+
+@pool_app.command("verify")
+@friendly_errors
+def pool_verify(path: Path) -> None:
+    """Recompute every checksum of a pool."""
+    from xgal.pool.format import Pool
+
+    Pool(path).verify()
+    out.print(f"{path}: all checksums match")
+
+
+@app.command("score")
+@friendly_errors
+def score(
+    model: Path = typer.Option(..., help="Scoring graph (.onnx) made by the exporter."),
+    pool: Path = typer.Option(..., help="Pool folder."),
+    top_k: int = typer.Option(20, "--top-k", "-k", help="How many samples to select."),
+    strategy: str = typer.Option("xgal", help="random | uncertainty | misalignment | xgal"),
+    lam: float = typer.Option(0.3, "--lambda", help="Weight of uncertainty in the xgal score."),
+    uncertainty: str = typer.Option("entropy", help="entropy | margin | least_confidence"),
+    entropy_over_log_k: bool = typer.Option(False, help="Divide entropy by ln K."),
+    missing_roi: str = typer.Option("max", help="No-ROI samples: max (M=1) | ignore | exclude"),
+    normalise: str = typer.Option("none", help="Pool-level criterion scaling: none | minmax | rank"),
+    balance: str = typer.Option("none", help="none | predicted | oracle (needs pool labels)"),
+    exclude: Path | None = typer.Option(None, help="File of labelled IDs to skip, one per line."),
+    seed: int = typer.Option(0, help="Seed of the random strategy."),
+    batch_size: int = typer.Option(64, help="Images per engine call."),
+    threads: int = typer.Option(0, help="ONNX Runtime intra-op threads (0 = all cores)."),
+    provider: list[str] = typer.Option([], help="Execution provider(s), best first."),
+    output: Path | None = typer.Option(None, "--out", "-o", help="Write .json or .csv."),
+    all_scores: bool = typer.Option(False, "--all", help="Include every sample's scores."),
+) -> None:
+    """Rank a pool with a scoring graph, in this process (no server)."""
+    from xgal.pool.format import Pool
+    from xgal.scorer import report
+    from xgal.scorer.acquisition import AcquisitionConfig
+    from xgal.scorer.engines import OnnxRuntimeEngine
+    from xgal.scorer.pipeline import score_pool
+
+    config = AcquisitionConfig(
+        strategy=strategy,
+        lam=lam,
+        uncertainty=uncertainty,
+        entropy_over_log_k=entropy_over_log_k,
+        missing_roi=missing_roi,
+        normalise=normalise,
+        balance=balance,
+        seed=seed,
+    )
+    excluded = exclude.read_text().split() if exclude is not None else []
+    data = Pool(pool)
+    engine = OnnxRuntimeEngine(model, providers=provider or None, intra_op_threads=threads)
+    bar, advance = _progress(data.count, "scoring")
+    last = [0]
+
+    def on_progress(done: int, _total: int) -> None:
+        advance(done - last[0])
+        last[0] = done
+
+    with bar:
+        result = score_pool(
+            engine,
+            data,
+            config,
+            top_k,
+            exclude_ids=excluded,
+            return_all=all_scores,
+            batch_size=batch_size,
+            progress=on_progress,
+        )
+    report.print_table(result, f"top {top_k} of {data.path} by {config.strategy}", out)
+    if output is not None:
+        context = {
+            "model": str(model),
+            "pool": str(pool),
+            "config": {k: str(v) for k, v in vars(config).items()},
+            "providers": engine.providers,
+        }
+        report.write(result, output, context)
+        out.print(f"wrote {output}")
+
+
+@app.command("demo")
+@friendly_errors
+def demo(
+    out_dir: Path = typer.Option(Path("xgal-demo"), "--out", help="Folder for pools, models, results."),
+    quick: bool = typer.Option(False, help="A smaller run (about a minute)."),
+    seed: int = typer.Option(0, help="Seed for the pool, the labelled set and training."),
+) -> None:
+    """Train a small model on a synthetic pool, export its scoring graph and rank the pool."""
+    from xgal.demo import run_demo
+
+    run_demo(out_dir, quick=quick, seed=seed, console=out)
+
+
+def main() -> None:
+    app(prog_name="xgal")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

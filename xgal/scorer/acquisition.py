@@ -1,0 +1,177 @@
+"""The acquisition function (DESIGN.md §2): uncertainty U, misalignment M, their combination.
+
+Everything here is pointwise per sample unless a pool-level normalisation is asked for, so
+shards of a pool can be scored apart and their rankings merged exactly.
+
+    score = λ·U + (1 − λ)·M,    U = entropy (nats) by default,   M = 1 − Dice(CAM, ROI)
+
+λ = 0.3 and raw criteria are the authors' choices (Uddin et al., 2026).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from enum import StrEnum
+
+import numpy as np
+
+
+class Strategy(StrEnum):
+    RANDOM = "random"
+    UNCERTAINTY = "uncertainty"
+    MISALIGNMENT = "misalignment"
+    XGAL = "xgal"
+
+
+class Uncertainty(StrEnum):
+    ENTROPY = "entropy"
+    MARGIN = "margin"
+    LEAST_CONFIDENCE = "least_confidence"
+
+
+class MissingRoi(StrEnum):
+    MAX = "max"  # M = 1: the authors' choice
+    IGNORE = "ignore"  # the sample is scored on U alone
+    EXCLUDE = "exclude"  # the sample is never selected
+
+
+class Normalise(StrEnum):
+    NONE = "none"
+    MINMAX = "minmax"
+    RANK = "rank"
+
+
+class Balance(StrEnum):
+    NONE = "none"
+    PREDICTED = "predicted"  # k/K per predicted class
+    ORACLE = "oracle"  # k/K per true label: simulations only, as the authors ran it
+
+
+@dataclass(frozen=True)
+class AcquisitionConfig:
+    strategy: Strategy = Strategy.XGAL
+    lam: float = 0.3
+    uncertainty: Uncertainty = Uncertainty.ENTROPY
+    entropy_over_log_k: bool = False
+    missing_roi: MissingRoi = MissingRoi.MAX
+    normalise: Normalise = Normalise.NONE
+    balance: Balance = Balance.NONE
+    seed: int = 0  # for the random strategy
+
+    def __post_init__(self) -> None:
+        # Accept plain strings from CLIs and wire messages; reject unknown names clearly.
+        for name, enum in (
+            ("strategy", Strategy),
+            ("uncertainty", Uncertainty),
+            ("missing_roi", MissingRoi),
+            ("normalise", Normalise),
+            ("balance", Balance),
+        ):
+            value = getattr(self, name)
+            try:
+                object.__setattr__(self, name, enum(value))
+            except ValueError:
+                choices = ", ".join(e.value for e in enum)
+                raise ValueError(f"{name} must be one of {choices}; got {value!r}") from None
+        if not (0.0 <= float(self.lam) <= 1.0) or np.isnan(self.lam):
+            raise ValueError(f"lam (λ) must be in [0, 1], got {self.lam}")
+
+    @property
+    def pointwise(self) -> bool:
+        """True when a sample's score does not depend on the rest of the pool."""
+        return self.normalise is Normalise.NONE or self.strategy is Strategy.RANDOM
+
+
+def uncertainty(
+    probs: np.ndarray, entropy: np.ndarray, kind: Uncertainty, over_log_k: bool = False
+) -> np.ndarray:
+    """Higher = less certain, for every kind."""
+    kind = Uncertainty(kind)
+    if kind is Uncertainty.ENTROPY:
+        u = entropy.astype(np.float64)
+        return u / np.log(probs.shape[1]) if over_log_k else u
+    top2 = np.sort(probs, axis=1)[:, -2:].astype(np.float64)
+    if kind is Uncertainty.MARGIN:
+        return 1.0 - (top2[:, 1] - top2[:, 0])
+    return 1.0 - top2[:, 1]
+
+
+def misalignment(dice: np.ndarray) -> np.ndarray:
+    return 1.0 - dice.astype(np.float64)
+
+
+def random_scores(ids: np.ndarray, seed: int) -> np.ndarray:
+    """A uniform [0, 1) draw per ID that depends on (seed, ID) alone, so it is shard-invariant."""
+    out = np.empty(len(ids), dtype=np.float64)
+    for i, sample_id in enumerate(ids):
+        digest = hashlib.blake2b(f"{seed}:{sample_id}".encode(), digest_size=8).digest()
+        out[i] = int.from_bytes(digest, "little") / 2.0**64
+    return out
+
+
+def normalise(values: np.ndarray, method: Normalise) -> np.ndarray:
+    """Pool-level rescaling to [0, 1] so that neither criterion dominates by spread alone."""
+    method = Normalise(method)
+    v = values.astype(np.float64)
+    if method is Normalise.NONE or v.size == 0:
+        return v
+    if method is Normalise.MINMAX:
+        span = v.max() - v.min()
+        return (v - v.min()) / span if span > 0 else np.zeros_like(v)
+    # Average ranks (ties share their mean rank), scaled to [0, 1].
+    order = np.argsort(v, kind="stable")
+    sorted_v = v[order]
+    starts = np.r_[0, np.flatnonzero(np.diff(sorted_v)) + 1]
+    ends = np.r_[starts[1:], v.size]
+    ranks = np.empty_like(v)
+    ranks[order] = np.repeat((starts + ends - 1) / 2.0, ends - starts)
+    return ranks / (v.size - 1) if v.size > 1 else np.zeros_like(v)
+
+
+@dataclass
+class Criteria:
+    """Per-sample criteria and the final acquisition score. `keep` is False for samples the
+    missing-ROI policy excludes."""
+
+    u: np.ndarray
+    m: np.ndarray
+    score: np.ndarray
+    has_roi: np.ndarray
+    keep: np.ndarray
+
+
+def criteria(
+    probs: np.ndarray,
+    entropy: np.ndarray,
+    dice: np.ndarray,
+    roi_area: np.ndarray,
+    ids: np.ndarray,
+    config: AcquisitionConfig,
+) -> Criteria:
+    """U, M and the pointwise score; with a pool-level normalisation, call `rescore` after
+    every sample's criteria are known."""
+    u = uncertainty(probs, entropy, config.uncertainty, config.entropy_over_log_k)
+    has_roi = roi_area > 0
+    m = np.where(has_roi, misalignment(dice), 1.0)
+    keep = has_roi | (config.missing_roi is not MissingRoi.EXCLUDE)
+    out = Criteria(u=u, m=m, score=np.zeros_like(u), has_roi=has_roi, keep=keep)
+    out.score = combine(out, ids, config)
+    return out
+
+
+def combine(c: Criteria, ids: np.ndarray, config: AcquisitionConfig) -> np.ndarray:
+    """The strategy's score from U and M (normalised over the given samples if asked)."""
+    if config.strategy is Strategy.RANDOM:
+        return random_scores(ids, config.seed)
+    u = normalise(c.u, config.normalise)
+    m = normalise(c.m, config.normalise)
+    if config.strategy is Strategy.UNCERTAINTY:
+        return u
+    if config.strategy is Strategy.MISALIGNMENT:
+        score = m
+    else:
+        score = config.lam * u + (1.0 - config.lam) * m
+    if config.missing_roi is MissingRoi.IGNORE:
+        score = np.where(c.has_roi, score, u)
+    return score

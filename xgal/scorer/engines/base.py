@@ -1,0 +1,66 @@
+"""The engine interface: pixels and ROIs in, the few floats per image the ranking needs out."""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+
+import numpy as np
+
+from xgal.scorer.graph import ScoringGraphInfo
+
+
+@dataclass
+class BatchScores:
+    probs: np.ndarray  # [N, K] float32
+    entropy: np.ndarray  # [N] nats
+    dice: np.ndarray  # [N] soft Dice of the [0, 1]-scaled, upsampled CAM vs the ROI
+    roi_area: np.ndarray  # [N] pixels inside the ROI; 0 = no ROI
+    cam: np.ndarray | None = None  # [N, h, w] ReLU'd, unscaled Grad-CAM, only when asked for
+
+    def __len__(self) -> int:
+        return int(self.entropy.shape[0])
+
+
+class Engine(abc.ABC):
+    """Runs one scoring graph. Thread-safe `run`; `close` releases the session."""
+
+    name: str
+    info: ScoringGraphInfo
+
+    @abc.abstractmethod
+    def run(
+        self,
+        image: np.ndarray,
+        roi: np.ndarray,
+        target: np.ndarray | None = None,
+        *,
+        want_cam: bool = False,
+    ) -> BatchScores:
+        """Score a batch: image [N, C, H, W] (the graph's pixel dtype), roi [N, H, W] uint8,
+        target [N] int64 (-1 = predicted class) or None for the predicted class."""
+
+    def close(self) -> None:  # noqa: B027 - engines without resources need nothing here
+        """Release what the engine holds."""
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def check_batch(self, image: np.ndarray, roi: np.ndarray, target: np.ndarray | None) -> None:
+        """Reject a malformed batch with a message that names the mismatch."""
+        c, h, w = self.info.input_shape
+        if image.ndim != 4 or tuple(image.shape[1:]) != (c, h, w):
+            raise ValueError(f"image batch has shape {image.shape}, the model wants [N, {c}, {h}, {w}]")
+        if image.dtype != np.dtype(self.info.pixel_dtype):
+            raise ValueError(f"image dtype is {image.dtype}, the model wants {self.info.pixel_dtype}")
+        if roi.shape != (image.shape[0], h, w):
+            raise ValueError(f"roi batch has shape {roi.shape}, expected {(image.shape[0], h, w)}")
+        if roi.dtype != np.uint8:
+            raise ValueError(f"roi dtype is {roi.dtype}, expected uint8 (1 inside the region)")
+        if target is not None and target.shape != (image.shape[0],):
+            raise ValueError(f"target has shape {target.shape}, expected {(image.shape[0],)}")
+        if target is not None and target.size and int(target.max()) >= self.info.num_classes:
+            raise ValueError(f"target class {int(target.max())} >= {self.info.num_classes} classes")

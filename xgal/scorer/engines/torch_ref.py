@@ -1,0 +1,109 @@
+"""The PyTorch reference engine: eager Grad-CAM with a forward hook and autograd.
+
+It shares nothing with the export's gradient path (no tracing, no decomposition, no ONNX):
+the activation is whatever the hooked layer returned and its gradient comes from eager
+autograd; the post-processing is done in float64 NumPy. Agreement between this engine and an
+exported graph is therefore evidence that the export is right. Imports torch: tests and
+checks only, never a scorer replica's default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from xgal.scorer.engines.base import BatchScores, Engine
+from xgal.scorer.graph import ScoringGraphInfo
+
+_SCALE = {"uint8": 255.0, "uint16": 65535.0}
+
+
+class TorchReferenceEngine(Engine):
+    name = "torch"
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        target_layer: str,
+        *,
+        image_shape: Sequence[int],
+        pixel_dtype: str = "uint8",
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        self.model = model.eval()
+        self.layer = model.get_submodule(target_layer)
+        c, h, w = (int(v) for v in image_shape)
+        self.scale = _SCALE[pixel_dtype]
+        self.mean = torch.tensor(mean if mean is not None else [0.0] * c).view(1, c, 1, 1)
+        self.std = torch.tensor(std if std is not None else [1.0] * c).view(1, c, 1, 1)
+        with torch.no_grad():
+            k = int(model(torch.zeros(1, c, h, w)).shape[1])
+        self.info = ScoringGraphInfo(
+            class_names=tuple(class_names or [f"class{i}" for i in range(k)]),
+            input_shape=(c, h, w),
+            pixel_dtype=pixel_dtype,
+            cam_shape=(0, 0),
+            target_layer=target_layer,
+            head=str(getattr(model, "head_kind", "unknown")),
+            arch=str(getattr(model, "arch", "unknown")),
+            round_index=0,
+            graph_sha256="",
+            version="reference",
+        )
+
+    def run(
+        self,
+        image: np.ndarray,
+        roi: np.ndarray,
+        target: np.ndarray | None = None,
+        *,
+        want_cam: bool = False,
+    ) -> BatchScores:
+        self.check_batch(image, roi, target)
+        x = (torch.from_numpy(image.astype(np.float32)) / self.scale - self.mean) / self.std
+        stored: dict[str, torch.Tensor] = {}
+        handle = self.layer.register_forward_hook(lambda _m, _i, out: stored.__setitem__("a", out))
+        try:
+            with torch.enable_grad():
+                logits = self.model(x)
+                acts = stored["a"]
+                chosen = (
+                    logits.argmax(1)
+                    if target is None
+                    else torch.where(
+                        torch.from_numpy(target) >= 0, torch.from_numpy(target), logits.argmax(1)
+                    )
+                )
+                picked = logits.gather(1, chosen.view(-1, 1)).sum()
+                (grads,) = torch.autograd.grad(picked, acts)
+        finally:
+            handle.remove()
+
+        z = logits.detach().double().numpy()
+        z = z - z.max(1, keepdims=True)
+        probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+        entropy = -(probs * np.log(np.clip(probs, 1e-300, None))).sum(1)
+
+        weights = grads.detach().mean(dim=(2, 3))
+        cam = torch.relu(torch.einsum("nc,nchw->nhw", weights, acts.detach()))
+        up = F.interpolate(cam[:, None], size=image.shape[-2:], mode="bilinear", align_corners=False)
+        up64 = up[:, 0].double().numpy()
+        lo = up64.min(axis=(1, 2), keepdims=True)
+        hi = up64.max(axis=(1, 2), keepdims=True)
+        cam01 = (up64 - lo) / (hi - lo + 1e-7)
+        r = roi.astype(np.float64)
+        area = r.sum(axis=(1, 2))
+        denom = cam01.sum(axis=(1, 2)) + area
+        dice = np.where(denom > 0, 2 * (cam01 * r).sum(axis=(1, 2)) / np.where(denom > 0, denom, 1), 0)
+        return BatchScores(
+            probs=probs.astype(np.float32),
+            entropy=entropy.astype(np.float32),
+            dice=dice.astype(np.float32),
+            roi_area=area.astype(np.float32),
+            cam=cam.numpy().astype(np.float32) if want_cam else None,
+        )

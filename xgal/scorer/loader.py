@@ -1,0 +1,94 @@
+"""A prefetching batch reader: a background thread copies the next batches out of the pool's
+memory maps while the engine computes the current one."""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from xgal.pool.format import Pool
+
+
+@dataclass
+class Batch:
+    start: int  # pool index of the first sample
+    ids: np.ndarray
+    images: np.ndarray
+    rois: np.ndarray
+    labels: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.ids.shape[0])
+
+
+_DONE = object()
+
+
+class PrefetchLoader:
+    """Iterate over samples [start, stop) of `pool` in batches, `prefetch` batches ahead."""
+
+    def __init__(
+        self,
+        pool: Pool,
+        batch_size: int = 64,
+        *,
+        start: int = 0,
+        stop: int | None = None,
+        prefetch: int = 2,
+        with_labels: bool = False,
+    ) -> None:
+        stop = pool.count if stop is None else stop
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if not 0 <= start <= stop <= pool.count:
+            raise ValueError(f"shard [{start}, {stop}) is outside the pool of {pool.count} samples")
+        self.pool, self.batch_size, self.start, self.stop = pool, batch_size, start, stop
+        self.prefetch = max(1, prefetch)
+        self.keys = ("ids", "images", "rois") + (("labels",) if with_labels else ())
+
+    def __len__(self) -> int:
+        return -(-(self.stop - self.start) // self.batch_size)
+
+    def _read(self, lo: int) -> Batch:
+        data = self.pool.read(lo, min(lo + self.batch_size, self.stop), self.keys)
+        return Batch(lo, data["ids"], data["images"], data["rois"], data.get("labels"))
+
+    def __iter__(self) -> Iterator[Batch]:
+        q: queue.Queue[object] = queue.Queue(maxsize=self.prefetch)
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for lo in range(self.start, self.stop, self.batch_size):
+                    item = self._read(lo)
+                    while not stop.is_set():
+                        try:
+                            q.put(item, timeout=0.1)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+                q.put(_DONE)
+            except BaseException as exc:  # handed to the consumer, which re-raises it
+                q.put(exc)
+
+        thread = threading.Thread(target=produce, name="xgal-prefetch", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = q.get()
+                if item is _DONE:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item  # type: ignore[misc]
+        finally:
+            # A consumer that stops early (cancellation, error) must not leave the reader
+            # blocked on a full queue.
+            stop.set()
+            thread.join(timeout=5)

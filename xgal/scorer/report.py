@@ -1,0 +1,98 @@
+"""A ranking for people and files: the terminal table, JSON and CSV."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from xgal.scorer.pipeline import ScoreResult
+from xgal.scorer.ranking import Ranked
+
+
+def rows(r: Ranked, class_names: tuple[str, ...], ranked: bool = True) -> list[dict[str, Any]]:
+    out = []
+    for i in range(len(r)):
+        pred = int(r.pred[i])
+        row: dict[str, Any] = {
+            "id": str(r.ids[i]),
+            "score": float(r.score[i]),
+            "uncertainty": float(r.u[i]),
+            "misalignment": float(r.m[i]),
+            "has_roi": bool(r.has_roi[i]) if r.has_roi is not None else True,
+            "pred": pred,
+            "pred_name": class_names[pred] if pred < len(class_names) else str(pred),
+            "probs": [float(p) for p in r.probs[i]],
+        }
+        if ranked:
+            row = {"rank": i + 1, **row}
+        out.append(row)
+    return out
+
+
+def to_dict(result: ScoreResult, context: dict[str, Any]) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        **context,
+        "scored": result.scored,
+        "excluded": result.excluded,
+        "seconds": round(result.seconds, 4),
+        "images_per_s": round(result.images_per_s, 2),
+        "class_names": list(result.class_names),
+        "top": rows(result.top, result.class_names),
+    }
+    if result.all is not None:
+        doc["all"] = rows(result.all, result.class_names, ranked=False)
+    return doc
+
+
+def write(result: ScoreResult, path: str | os.PathLike[str], context: dict[str, Any]) -> Path:
+    """JSON (everything) or CSV (the ranked rows, or every row with --all) by the suffix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".csv":
+        table = rows(result.all, result.class_names, False) if result.all is not None else None
+        table = table if table is not None else rows(result.top, result.class_names)
+        names = list(result.class_names)
+        with open(path, "w", newline="") as f:
+            fields = [k for k in table[0] if k != "probs"] if table else ["id"]
+            writer = csv.writer(f)
+            writer.writerow(fields + [f"p_{n}" for n in names])
+            for row in table:
+                writer.writerow([row[k] for k in fields] + [f"{p:.6g}" for p in row["probs"]])
+    elif path.suffix.lower() == ".json":
+        path.write_text(json.dumps(to_dict(result, context), indent=1))
+    else:
+        raise ValueError(f"output must end in .json or .csv, got {path.name}")
+    return path
+
+
+def print_table(result: ScoreResult, title: str, console: Console | None = None, limit: int = 30) -> None:
+    console = console or Console()
+    table = Table(title=title, title_justify="left")
+    for col, just in (("rank", "right"), ("id", "left"), ("score", "right"), ("U", "right")):
+        table.add_column(col, justify=just)
+    table.add_column("M = 1 - Dice", justify="right")
+    table.add_column("predicted", justify="left")
+    table.add_column("p(pred)", justify="right")
+    for row in rows(result.top, result.class_names)[:limit]:
+        table.add_row(
+            str(row["rank"]),
+            row["id"],
+            f"{row['score']:.4f}",
+            f"{row['uncertainty']:.4f}",
+            f"{row['misalignment']:.4f}" + ("" if row["has_roi"] else " (no ROI)"),
+            row["pred_name"],
+            f"{row['probs'][row['pred']]:.3f}",
+        )
+    console.print(table)
+    if len(result.top) > limit:
+        console.print(f"... {len(result.top) - limit} more in the output file")
+    console.print(
+        f"scored {result.scored} images in {result.seconds:.2f} s "
+        f"({result.images_per_s:.1f} images/s); {result.excluded} excluded"
+    )

@@ -1,0 +1,1 @@
+"""The trainer: networks, training, the active-learning loop and the ONNX export."""

@@ -1,0 +1,148 @@
+"""The Grad-CAM scoring computation as a traceable module, and its trace to an exportable graph.
+
+`ScoringModule` computes, for uint8/uint16 pixels and ROI masks, what DESIGN.md §1 asks of the
+scoring graph: probabilities, entropy, the Grad-CAM map (with the gradient taken by autograd
+through whatever follows the target layer), the soft Dice against the ROI and the ROI area.
+
+`torch.onnx.export` cannot export `torch.autograd.grad`, so `trace_scoring_module` first runs
+the module under `make_fx`, which records the forward *and* the backward as plain ATen ops.
+All of those have ONNX translations except `aten.convolution_backward`, which we decompose into
+a transposed convolution (the exact input-gradient of a convolution) while tracing. Autograd's
+own derivative formulas thus define the gradient path: it is exact for any head made of the
+usual layers (BatchNorm, ReLU, concatenation, pooling, dropout in eval, linear, L2
+normalisation, prototype distances, further convolutions).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.fx.experimental.proxy_tensor import make_fx
+
+aten = torch.ops.aten
+
+OUTPUT_NAMES = ("probs", "entropy", "cam", "dice", "roi_area")
+INPUT_NAMES = ("image", "roi", "target")
+# Added to the min-max range as pytorch-grad-cam does: a flat map scales to exactly zero.
+CAM_EPS = 1e-7
+
+
+@dataclass(frozen=True)
+class Normalisation:
+    """pixel -> (pixel / scale - mean) / std, per channel; all inside the graph."""
+
+    scale: float
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+def _conv_input_grad(
+    grad_out: Tensor,
+    inp: Tensor,
+    weight: Tensor,
+    bias_sizes: list[int] | None,
+    stride: list[int],
+    padding: list[int],
+    dilation: list[int],
+    transposed: bool,
+    output_padding: list[int],
+    groups: int,
+    output_mask: list[bool],
+) -> tuple[Tensor | None, None, None]:
+    """aten.convolution_backward for the input only, as a transposed convolution."""
+    if transposed or output_mask[1] or output_mask[2]:
+        # Weights are frozen during the trace, so only the input gradient is ever requested;
+        # anything else means the model holds a transposed convolution after the target layer.
+        raise NotImplementedError(
+            "the scoring graph supports ordinary convolutions after the target layer, not transposed ones"
+        )
+    # A strided convolution maps several input sizes to one output size; output_padding
+    # restores the size the forward actually had.
+    extra = []
+    for i, (s, p, d) in enumerate(zip(stride, padding, dilation, strict=True)):
+        k = weight.shape[2 + i]
+        covered = (grad_out.shape[2 + i] - 1) * s - 2 * p + d * (k - 1) + 1
+        extra.append(int(inp.shape[2 + i] - covered))
+    grad_in = aten.convolution.default(grad_out, weight, None, stride, padding, dilation, True, extra, groups)
+    return (grad_in if output_mask[0] else None), None, None
+
+
+class ScoringModule(nn.Module):
+    """Everything the ranking needs, for one batch, in one forward call."""
+
+    def __init__(self, model: nn.Module, target_layer: str, norm: Normalisation) -> None:
+        super().__init__()
+        self.model = model
+        self.target = model.get_submodule(target_layer)
+        channels = len(norm.mean)
+        self.scale = norm.scale
+        self.register_buffer("mean", torch.tensor(norm.mean, dtype=torch.float32).view(1, channels, 1, 1))
+        self.register_buffer("std", torch.tensor(norm.std, dtype=torch.float32).view(1, channels, 1, 1))
+
+    def forward(self, image: Tensor, roi: Tensor, target: Tensor) -> tuple[Tensor, ...]:
+        x = (image.to(torch.float32) / self.scale - self.mean) / self.std
+        captured: list[Tensor] = []
+
+        def hook(_mod: nn.Module, _inp: object, out: Tensor) -> Tensor:
+            # A leaf that requires grad: d score / d A without any gradient to the weights.
+            # The clone keeps A intact if a later layer works in place.
+            leaf = out.detach().requires_grad_(True)
+            captured.append(leaf)
+            return leaf.clone()
+
+        handle = self.target.register_forward_hook(hook)
+        try:
+            with torch.enable_grad():
+                scores = self.model(x)
+        finally:
+            handle.remove()
+        acts = captured[0]
+        logp = F.log_softmax(scores.detach(), dim=1)
+        probs = logp.exp()
+        entropy = -(probs * logp).sum(1)
+
+        # target < 0 selects the predicted class (acquisition); >= 0 a given one (evaluation).
+        chosen = torch.where(target >= 0, target, scores.detach().argmax(1))
+        classes = torch.arange(scores.shape[1], device=scores.device)
+        onehot = (classes.unsqueeze(0) == chosen.unsqueeze(1)).to(scores.dtype)
+        # Samples are independent in eval mode, so one backward of the sum gives every
+        # sample's own gradient.
+        (grads,) = torch.autograd.grad((scores * onehot).sum(), acts)
+
+        weights = grads.mean(dim=(2, 3), keepdim=True)
+        cam = F.relu((weights * acts.detach()).sum(1))
+        up = F.interpolate(cam.unsqueeze(1), size=image.shape[-2:], mode="bilinear", align_corners=False)
+        up = up.squeeze(1)
+        lo = up.amin(dim=(1, 2), keepdim=True)
+        hi = up.amax(dim=(1, 2), keepdim=True)
+        cam01 = (up - lo) / (hi - lo + CAM_EPS)
+
+        roi_f = roi.to(torch.float32)
+        roi_area = roi_f.sum(dim=(1, 2))
+        inter = (cam01 * roi_f).sum(dim=(1, 2))
+        denom = cam01.sum(dim=(1, 2)) + roi_area
+        # A flat map with no ROI has denom 0: Dice 0 (misalignment 1, the authors' fallback).
+        dice = 2.0 * inter / torch.where(denom > 0, denom, torch.ones_like(denom))
+        return probs, entropy, cam, dice, roi_area
+
+
+def trace_scoring_module(
+    module: ScoringModule, example: tuple[Tensor, Tensor, Tensor]
+) -> torch.fx.GraphModule:
+    """Record forward + backward of `module` as an FX graph of exportable ATen ops."""
+    params = [p for p in module.parameters() if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        return make_fx(
+            module,
+            tracing_mode="symbolic",
+            _allow_non_fake_inputs=True,
+            decomposition_table={aten.convolution_backward.default: _conv_input_grad},
+        )(*example)
+    finally:
+        for p in params:
+            p.requires_grad_(True)
