@@ -18,6 +18,8 @@ app = typer.Typer(
 )
 pool_app = typer.Typer(help="Make, inspect and verify pools.", no_args_is_help=True)
 app.add_typer(pool_app, name="pool")
+client_app = typer.Typer(help="Talk to running scorers.", no_args_is_help=True)
+app.add_typer(client_app, name="client")
 console = Console(stderr=True)
 out = Console()
 
@@ -31,7 +33,7 @@ def friendly_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (ValueError, FileNotFoundError, FileExistsError, IndexError) as exc:
+        except (ValueError, FileNotFoundError, FileExistsError, IndexError, RuntimeError) as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from None
 
@@ -183,6 +185,123 @@ def score(
         }
         report.write(result, output, context)
         out.print(f"wrote {output}")
+
+
+@app.command("serve")
+@friendly_errors
+def serve(
+    port: int = typer.Option(50051, help="gRPC port (0 picks a free one)."),
+    host: str = typer.Option("127.0.0.1", help="Address to bind."),
+    data_root: Path = typer.Option(..., help="Pools are read from under this folder only."),
+    model_repo: Path = typer.Option(..., help="Model repository folder (created if missing)."),
+    metrics_port: int | None = typer.Option(None, help="Serve Prometheus /metrics on this port."),
+    tls_cert: Path | None = typer.Option(None, help="PEM certificate chain for TLS."),
+    tls_key: Path | None = typer.Option(None, help="PEM private key for TLS."),
+    token_file: Path | None = typer.Option(None, help="File holding the bearer token clients must send."),
+    max_batch: int = typer.Option(64, help="Dynamic batching: images per engine call."),
+    max_delay_ms: float = typer.Option(5.0, help="Dynamic batching: longest wait to fill a batch."),
+    workers: int = typer.Option(8, help="Concurrent RPCs."),
+    max_message_mb: int = typer.Option(64, help="Largest gRPC message, both directions."),
+) -> None:
+    """Run a scorer replica until SIGTERM (which drains in-flight requests first)."""
+    import logging
+
+    from xgal.scorer.server import ServerConfig, serve_forever
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    token = token_file.read_text().strip() if token_file is not None else None
+    serve_forever(
+        ServerConfig(
+            data_root=data_root,
+            model_repo=model_repo,
+            host=host,
+            port=port,
+            metrics_port=metrics_port,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            token=token,
+            max_batch=max_batch,
+            max_delay_ms=max_delay_ms,
+            workers=workers,
+            max_message_mb=max_message_mb,
+        )
+    )
+
+
+def _client(targets: list[str], token_file: Path | None, tls_ca: Path | None) -> Any:
+    from xgal.client import ScorerClient
+
+    token = token_file.read_text().strip() if token_file is not None else None
+    return ScorerClient(targets, token=token, tls=tls_ca)
+
+
+@client_app.command("publish")
+@friendly_errors
+def client_publish(
+    model: Path = typer.Argument(..., help="Scoring graph (.onnx)."),
+    name: str = typer.Option(..., help="Model name in the repository."),
+    target: list[str] = typer.Option(..., help="Scorer host:port; repeat for replicas."),
+    token_file: Path | None = typer.Option(None),
+    tls_ca: Path | None = typer.Option(None, help="PEM root certificate to trust."),
+) -> None:
+    """Publish a scoring graph to every target."""
+    with _client(target, token_file, tls_ca) as client:
+        info = client.publish_model(model, name)
+    out.print(f"published {info.name} version {info.version} ({info.sha256[:12]}) on {len(target)} target(s)")
+
+
+@client_app.command("score")
+@friendly_errors
+def client_score(
+    pool: str = typer.Option(..., help="Pool path under the scorers' data root."),
+    model: str = typer.Option(..., help="Model name."),
+    version: int = typer.Option(0, help="Model version (0 = latest)."),
+    target: list[str] = typer.Option(..., help="Scorer host:port; repeat for replicas."),
+    top_k: int = typer.Option(20, "--top-k", "-k"),
+    strategy: str = typer.Option("xgal"),
+    lam: float = typer.Option(0.3, "--lambda"),
+    uncertainty: str = typer.Option("entropy"),
+    missing_roi: str = typer.Option("max"),
+    normalise: str = typer.Option("none"),
+    balance: str = typer.Option("none"),
+    exclude: Path | None = typer.Option(None, help="File of labelled IDs to skip, one per line."),
+    output: Path | None = typer.Option(None, "--out", "-o", help="Write the ranking as JSON."),
+    token_file: Path | None = typer.Option(None),
+    tls_ca: Path | None = typer.Option(None),
+) -> None:
+    """Rank a pool on running scorers (sharded over several targets)."""
+    import json
+
+    from xgal.scorer.report import rows
+
+    excluded = exclude.read_text().split() if exclude is not None else []
+    with _client(target, token_file, tls_ca) as client:
+        res = client.score_pool(
+            pool,
+            model=model,
+            version=version,
+            top_k=top_k,
+            exclude_ids=excluded,
+            strategy=strategy,
+            lam=lam,
+            uncertainty=uncertainty,
+            missing_roi=missing_roi,
+            normalise=normalise,
+            balance=balance,
+        )
+    table = rows(res.top, res.class_names)
+    for row in table:
+        out.print(
+            f"{row['rank']:>4}  {row['id']:<24} score {row['score']:.4f}  U {row['uncertainty']:.4f}  "
+            f"M {row['misalignment']:.4f}  {row['pred_name']}"
+        )
+    out.print(
+        f"scored {res.scored} images with {res.model.name} v{res.model.version}; {res.excluded} excluded"
+    )
+    if output is not None:
+        output.write_text(
+            json.dumps({"model": res.model.name, "version": res.model.version, "top": table}, indent=1)
+        )
 
 
 @app.command("demo")

@@ -1,7 +1,8 @@
-"""`xgal demo`: the whole path on built-in synthetic data, in one process.
+"""`xgal demo`: the whole path on built-in synthetic data.
 
 synthetic pool -> a few labels -> train a small CNN -> export the scoring graph (Grad-CAM
-inside) -> rank the unlabelled pool by uncertainty + CAM/ROI misalignment.
+inside) -> start a scorer on 127.0.0.1 -> publish the graph over gRPC -> rank the unlabelled
+pool by uncertainty + CAM/ROI misalignment over gRPC.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from xgal.client import ScorerClient
 from xgal.pool.format import Pool
 from xgal.pool.synth import synth_pool
 from xgal.scorer import report
 from xgal.scorer.acquisition import AcquisitionConfig
-from xgal.scorer.engines import OnnxRuntimeEngine
-from xgal.scorer.pipeline import score_pool
+from xgal.scorer.pipeline import ScoreResult
+from xgal.scorer.server import RunningServer, ServerConfig
 from xgal.trainer.export import export_scoring_graph
 from xgal.trainer.nets import build_model, default_target_layer
 from xgal.trainer.train import TrainConfig, predict, to_input, train_classifier
@@ -76,15 +78,27 @@ def run_demo(out_dir: Path, *, quick: bool = False, seed: int = 0, console: Cons
     )
 
     config = AcquisitionConfig()
-    with OnnxRuntimeEngine(model_path) as engine:
-        result = score_pool(
-            engine,
-            train_pool,
-            config,
-            top_k=20,
-            exclude_ids=everything["ids"][labelled].tolist(),
-            return_all=True,
-        )
+    # The scorer runs as a service, as it does for a real trainer: a replica on 127.0.0.1 that
+    # reads pools under out_dir and keeps published models in out_dir/models.
+    server = RunningServer(ServerConfig(data_root=out_dir, model_repo=out_dir / "models", port=0))
+    try:
+        with ScorerClient(server.address) as client:
+            info = client.publish_model(model_path, "demo")
+            console.print(f"published to the scorer at {server.address}: {info.name} v{info.version}")
+            scores = client.score_pool(
+                train_pool.path.name,
+                model="demo",
+                top_k=20,
+                exclude_ids=everything["ids"][labelled].tolist(),
+                return_all=True,
+                strategy=config.strategy,
+                lam=config.lam,
+            )
+    finally:
+        server.stop(grace=5)
+    result = ScoreResult(
+        scores.top, scores.all, scores.scored, scores.excluded, scores.seconds, scores.class_names
+    )
     report.print_table(
         result, f"the 20 scans xgal would send to the annotator next (λ={config.lam})", console
     )
@@ -94,6 +108,8 @@ def run_demo(out_dir: Path, *, quick: bool = False, seed: int = 0, console: Cons
         {
             "model": str(model_path),
             "pool": str(train_pool.path),
+            "scorer": server.address,
+            "model_version": info.version,
             "labelled": len(labelled),
             "test_accuracy": accuracy,
         },

@@ -1,0 +1,133 @@
+"""Several scorer replicas as separate processes on 127.0.0.1: sharding, exact merge,
+failover when a replica dies mid-pool, SIGTERM drain, and the scorer-side import rule."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from xgal.client import ScorerClient
+from xgal.pool.synth import synth_pool
+from xgal.trainer.export import export_scoring_graph
+from xgal.trainer.nets import build_model
+
+
+class Replica:
+    def __init__(self, data_root, repo, *extra):
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "xgal.cli",
+                "serve",
+                "--port",
+                "0",
+                "--data-root",
+                str(data_root),
+                "--model-repo",
+                str(repo),
+                "--max-batch",
+                "16",
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        deadline = time.monotonic() + 60
+        line = ""
+        while "listening on" not in line:
+            line = self.proc.stdout.readline()
+            if not line and (self.proc.poll() is not None or time.monotonic() > deadline):
+                raise RuntimeError("replica did not start")
+        self.address = line.split("listening on ")[1].split(",")[0].strip()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rep")
+    synth_pool(root / "data" / "pool", 2000, seed=0, image_size=32, shard_size=500)
+    torch.manual_seed(0)
+    model = build_model("small_cnn", "linear", 3, in_channels=1)
+    onnx = export_scoring_graph(model, "features.stage4.0", root / "m.onnx", image_shape=(1, 32, 32))
+    replicas = [Replica(root / "data", root / f"repo{i}") for i in range(3)]
+    yield root, onnx, replicas
+    for r in replicas:
+        r.stop()
+
+
+def test_three_replicas_equal_one_and_survive_a_kill(world):
+    root, onnx, replicas = world
+    addresses = [r.address for r in replicas]
+    with ScorerClient(addresses) as client:
+        client.publish_model(onnx, "demo")
+        single = {}
+        for balance in ("none", "predicted"):
+            with ScorerClient(addresses[:1]) as one:
+                single[balance] = one.score_pool(
+                    "pool", model="demo", top_k=40, balance=balance, progress=False
+                )
+            multi = client.score_pool("pool", model="demo", top_k=40, balance=balance, progress=False)
+            assert multi.top.ids.tolist() == single[balance].top.ids.tolist()
+            np.testing.assert_array_equal(multi.top.score, single[balance].top.score)
+            assert multi.scored == single[balance].scored == 2000
+
+        killed = []
+
+        def kill_one(done, total):
+            if not killed and done > 0:
+                replicas[2].proc.kill()
+                killed.append(done)
+
+        survived = client.score_pool("pool", model="demo", top_k=40, shards=9, progress=kill_one)
+    assert killed and replicas[2].proc.wait(timeout=10) != 0
+    assert survived.top.ids.tolist() == single["none"].top.ids.tolist()
+    assert survived.scored == 2000
+
+
+def test_sigterm_drains_in_flight_request(world):
+    root, onnx, _ = world
+    rep = Replica(root / "data", root / "repo-drain", "--max-delay-ms", "20")
+    try:
+        with ScorerClient(rep.address) as client:
+            client.publish_model(onnx, "demo")
+            seen = []
+
+            def term_once(done, total):
+                if not seen:
+                    rep.proc.send_signal(signal.SIGTERM)
+                seen.append(done)
+
+            res = client.score_pool("pool", model="demo", top_k=5, progress=term_once)
+        assert res.scored == 2000  # the request in flight finished
+        assert rep.proc.wait(timeout=30) == 0  # then the replica exited cleanly
+    finally:
+        rep.stop()
+
+
+def test_scorer_and_client_import_no_torch(world, tmp_path):
+    root, onnx, _ = world
+    code = f"""
+import sys
+from xgal.scorer.server import RunningServer, ServerConfig
+from xgal.client import ScorerClient
+cfg = ServerConfig(data_root={str(root / "data")!r}, model_repo={str(tmp_path / "r")!r}, port=0)
+srv = RunningServer(cfg)
+with ScorerClient(srv.address) as c:
+    c.publish_model({str(onnx)!r}, "demo")
+    assert c.score_pool("pool", model="demo", top_k=3, progress=False).scored == 2000
+srv.stop(1)
+bad = [m for m in sys.modules if m == "torch" or m.startswith(("torch.", "xgal.trainer"))]
+assert not bad, bad
+"""
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=120, env={**os.environ})

@@ -1,0 +1,305 @@
+"""The gRPC service against real servers on 127.0.0.1: every RPC, errors, health,
+reflection, metrics, auth, model versions, dynamic batching."""
+
+import time
+import urllib.request
+
+import grpc
+import numpy as np
+import pytest
+import torch
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from xgal.client import ScorerClient, ScorerError
+from xgal.pool.synth import synth_pool
+from xgal.scorer.acquisition import AcquisitionConfig
+from xgal.scorer.batcher import DynamicBatcher, QueueFullError
+from xgal.scorer.engines.ort import OnnxRuntimeEngine
+from xgal.scorer.pipeline import score_pool
+from xgal.scorer.server import RunningServer, ServerConfig
+from xgal.trainer.export import export_scoring_graph
+from xgal.trainer.nets import build_model
+from xgal.v1 import scorer_pb2 as pb
+
+
+def _export(path, seed):
+    torch.manual_seed(seed)
+    model = build_model("small_cnn", "linear", 3, in_channels=1)
+    return export_scoring_graph(model, "features.stage4.0", path, image_shape=(1, 32, 32))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("svc")
+    (root / "data").mkdir()
+    pool = synth_pool(root / "data" / "pool", 300, seed=0, image_size=32, shard_size=128)
+    return root, pool, _export(root / "m1.onnx", 0), _export(root / "m2.onnx", 1)
+
+
+@pytest.fixture
+def server(world, tmp_path):
+    root = world[0]
+    srv = RunningServer(
+        ServerConfig(
+            data_root=root / "data",
+            model_repo=tmp_path / "repo",
+            port=0,
+            metrics_port=0,
+            max_batch=16,
+            max_delay_ms=2,
+        )
+    )
+    yield srv
+    srv.stop(grace=2)
+
+
+def _health(address, service="xgal.v1.Scorer"):
+    with grpc.insecure_channel(address) as ch:
+        return (
+            health_pb2_grpc.HealthStub(ch)
+            .Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            .status
+        )
+
+
+def test_publish_list_load_unload_and_health(world, server):
+    _, _, m1, m2 = world
+    assert _health(server.address) == health_pb2.HealthCheckResponse.NOT_SERVING
+    with ScorerClient(server.address) as client:
+        info = client.publish_model(m1, "demo")
+        assert (info.name, info.version, info.loaded) == ("demo", 1, True)
+        assert _health(server.address) == health_pb2.HealthCheckResponse.SERVING
+        assert client.publish_model(m1, "demo").version == 1  # same bytes: no new version
+        assert client.publish_model(m2, "demo").version == 2
+        assert [(m.version, m.loaded) for m in client.list_models("demo")] == [(1, True), (2, True)]
+        client.unload_model("demo", 1)
+        client.unload_model("demo", 2)
+        assert _health(server.address) == health_pb2.HealthCheckResponse.NOT_SERVING
+        assert client.load_model("demo", 1).loaded
+        assert (server.config.model_repo / "demo" / "2" / "model.onnx").is_file()
+
+
+def test_restarted_replica_serves_its_repository(world, tmp_path):
+    root, _, m1, _ = world
+    cfg = ServerConfig(data_root=root / "data", model_repo=tmp_path / "repo", port=0)
+    first = RunningServer(cfg)
+    with ScorerClient(first.address) as client:
+        client.publish_model(m1, "demo")
+    first.stop(grace=1)
+    again = RunningServer(cfg)
+    try:
+        assert _health(again.address) == health_pb2.HealthCheckResponse.SERVING
+        with ScorerClient(again.address) as client:
+            assert client.list_models()[0].loaded
+    finally:
+        again.stop(grace=1)
+
+
+def test_grpc_ranking_equals_in_process(world, server):
+    _, pool, m1, _ = world
+    config = AcquisitionConfig(strategy="xgal")
+    want = score_pool(OnnxRuntimeEngine(m1), pool, config, 15, exclude_ids=["scan-0000001"], return_all=True)
+    seen = []
+    with ScorerClient(server.address) as client:
+        client.publish_model(m1, "demo")
+        got = client.score_pool(
+            "pool",
+            model="demo",
+            top_k=15,
+            exclude_ids=["scan-0000001"],
+            return_all=True,
+            progress=lambda d, t: seen.append((d, t)),
+        )
+    assert got.top.ids.tolist() == want.top.ids.tolist()
+    np.testing.assert_allclose(got.top.score, want.top.score, rtol=0, atol=1e-12)
+    assert got.all is not None and got.all.ids.tolist() == want.all.ids.tolist()
+    assert got.scored == 300 and got.excluded == 1
+    assert seen and seen[-1][1] == 300
+
+
+def test_pool_normalised_ranking_over_grpc(world, server):
+    _, pool, m1, _ = world
+    want = score_pool(OnnxRuntimeEngine(m1), pool, AcquisitionConfig(normalise="rank"), 10)
+    with ScorerClient(server.address) as client:
+        client.publish_model(m1, "demo")
+        got = client.score_pool("pool", model="demo", top_k=10, normalise="rank", shards=3)
+    assert got.top.ids.tolist() == want.top.ids.tolist()
+
+
+def test_newer_version_does_not_disturb_a_request_in_flight(world, server):
+    _, pool, m1, m2 = world
+    want = score_pool(OnnxRuntimeEngine(m1), pool, AcquisitionConfig(), 10)
+    with ScorerClient(server.address) as client:
+        client.publish_model(m1, "demo")
+        stub = client.targets[0].stub
+        req = pb.ScorePoolRequest(pool="pool", model=pb.ModelRef(name="demo"), top_k=10)
+        stream = stub.ScorePool(req)
+        first = next(stream)
+        assert first.HasField("progress")
+        assert client.publish_model(m2, "demo").version == 2
+        result = [e for e in stream if e.HasField("result")][0].result
+    assert result.model.version == 1
+    assert [s.id for s in result.top] == want.top.ids.tolist()
+
+
+def test_score_stream_matches_engine(world, server):
+    _, pool, m1, _ = world
+    d = pool.read(0, 40)
+    want = OnnxRuntimeEngine(m1).run(d["images"], d["rois"], want_cam=True)
+    with ScorerClient(server.address) as client:
+        client.publish_model(m1, "demo")
+        got, cams = client.score_arrays(
+            d["images"],
+            d["rois"],
+            d["ids"],
+            model="demo",
+            batch_size=16,
+            want_cam=True,
+            strategy="misalignment",
+        )
+    assert got.ids.tolist() == d["ids"].tolist()
+    np.testing.assert_allclose(got.m, 1 - want.dice, atol=1e-6)
+    np.testing.assert_allclose(got.probs, want.probs, atol=1e-6)
+    np.testing.assert_allclose(cams, want.cam, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "code", "message"),
+    [
+        ({"pool": "missing"}, grpc.StatusCode.NOT_FOUND, "no pool 'missing'"),
+        ({"pool": "../svc"}, grpc.StatusCode.PERMISSION_DENIED, "outside the scorer's data root"),
+        ({"model": "nope"}, grpc.StatusCode.NOT_FOUND, "no model named 'nope'"),
+        ({"lam": 3.0}, grpc.StatusCode.INVALID_ARGUMENT, "must be in [0, 1]"),
+        ({"top_k": 0}, grpc.StatusCode.INVALID_ARGUMENT, "top_k must be at least 1"),
+    ],
+)
+def test_score_pool_errors_are_typed(world, server, kwargs, code, message):
+    _, _, m1, _ = world
+    with ScorerClient(server.address) as client:
+        client.publish_model(m1, "demo")
+        stub = client.targets[0].stub
+        req = pb.ScorePoolRequest(
+            pool=kwargs.get("pool", "pool"),
+            model=pb.ModelRef(name=kwargs.get("model", "demo")),
+            top_k=kwargs.get("top_k", 5),
+            acquisition=pb.Acquisition(lam=kwargs.get("lam", 0.3)),
+        )
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.ScorePool(req, timeout=10))
+    assert info.value.code() == code
+    assert message in info.value.details() and "Traceback" not in info.value.details()
+
+
+def test_publish_errors(world, server, tmp_path):
+    _, _, m1, _ = world
+    with ScorerClient(server.address) as client:
+        stub = client.targets[0].stub
+        data = m1.read_bytes()
+        bad_hash = [
+            pb.PublishModelRequest(header=pb.PublishHeader(name="x", sha256="0" * 64, size_bytes=len(data))),
+            pb.PublishModelRequest(chunk=data),
+        ]
+        with pytest.raises(grpc.RpcError) as info:
+            stub.PublishModel(iter(bad_hash))
+        assert (
+            info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            and "SHA-256 mismatch" in info.value.details()
+        )
+        with pytest.raises(ScorerError, match="INVALID_ARGUMENT.*not a loadable ONNX model"):
+            client.publish_model(b"not onnx", "junk")
+        with pytest.raises(ScorerError, match="INVALID_ARGUMENT: model name"):
+            client.publish_model(m1, "../evil")
+
+
+def test_reflection_lists_the_service(server):
+    with grpc.insecure_channel(server.address) as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        responses = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
+        names = [s.name for s in next(responses).list_services_response.service]
+    assert "xgal.v1.Scorer" in names and "grpc.health.v1.Health" in names
+
+
+def test_metrics_count_images_and_requests(world, server):
+    _, _, m1, _ = world
+    with ScorerClient(server.address) as client:
+        client.publish_model(m1, "demo")
+        client.score_pool("pool", model="demo", top_k=3)
+        with pytest.raises(ScorerError):
+            client.score_pool("missing", model="demo", top_k=3)
+    text = (
+        urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+    )
+    scored = [ln for ln in text.splitlines() if ln.startswith("xgal_images_scored_total")]
+    assert float(scored[0].split()[-1]) >= 300
+    assert 'xgal_requests_total{code="OK",method="ScorePool"}' in text
+    assert 'xgal_requests_total{code="NOT_FOUND",method="DescribePool"}' in text
+    assert 'xgal_model_loaded{name="demo",version="1"} 1.0' in text
+    assert "xgal_batch_size_bucket" in text and "xgal_queue_seconds_bucket" in text
+
+
+def test_bearer_token(world, tmp_path):
+    root, _, m1, _ = world
+    srv = RunningServer(
+        ServerConfig(data_root=root / "data", model_repo=tmp_path / "repo", port=0, token="s3cret")
+    )
+    try:
+        with ScorerClient(srv.address) as anon, pytest.raises(ScorerError, match="UNAUTHENTICATED"):
+            anon.publish_model(m1, "demo")
+        with (
+            ScorerClient(srv.address, token="wrong") as bad,
+            pytest.raises(ScorerError, match="UNAUTHENTICATED"),
+        ):
+            bad.list_models()
+        with ScorerClient(srv.address, token="s3cret") as good:
+            good.publish_model(m1, "demo")
+            assert good.score_pool("pool", model="demo", top_k=2).scored == 300
+        assert _health(srv.address) == health_pb2.HealthCheckResponse.SERVING  # probes need no token
+    finally:
+        srv.stop(grace=1)
+
+
+def test_dynamic_batching_shares_calls_and_bounds_the_queue(world):
+    _, pool, m1, _ = world
+    engine = OnnxRuntimeEngine(m1)
+    sizes = []
+    batcher = DynamicBatcher(engine, max_batch=32, max_delay_ms=200, observe=lambda n, q, c: sizes.append(n))
+    d = pool.read(0, 32)
+    futures = [batcher.submit(d["images"][i : i + 8], d["rois"][i : i + 8]) for i in range(0, 32, 8)]
+    results = [f.result(timeout=10) for f in futures]
+    batcher.close()
+    assert sizes == [32]  # four requests, one engine call
+    want = engine.run(d["images"], d["rois"])
+    np.testing.assert_allclose(np.concatenate([r.dice for r in results]), want.dice, atol=1e-6)
+
+    class Slow:
+        info = engine.info
+        name = "slow"
+
+        def run(self, image, roi, *a, **k):
+            time.sleep(0.3)
+            return engine.run(image, roi)
+
+    slow = DynamicBatcher(Slow(), max_batch=8, max_delay_ms=0, max_queue=1)
+    first = slow.submit(d["images"][:8], d["rois"][:8])
+    time.sleep(0.05)  # the worker holds the first; the queue takes one more
+    second = slow.submit(d["images"][:8], d["rois"][:8])
+    with pytest.raises(QueueFullError, match="queue is full"):
+        slow.submit(d["images"][:8], d["rois"][:8])
+    first.result(timeout=5), second.result(timeout=5)
+    slow.close()
+
+
+def test_deadline_is_honoured(world, server):
+    _, _, m1, _ = world
+    with ScorerClient(server.address) as client:
+        client.publish_model(m1, "demo")
+        stub = client.targets[0].stub
+        req = pb.ScorePoolRequest(pool="pool", model=pb.ModelRef(name="demo"), top_k=3)
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.ScorePool(req, timeout=0.01))
+        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        # The server notices within a batch and stops that work; the next request is served.
+        assert client.score_pool("pool", model="demo", top_k=3).scored == 300

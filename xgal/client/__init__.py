@@ -1,0 +1,7 @@
+"""The Python client of the scoring service: one target or many replicas.
+
+Needs grpcio, protobuf and NumPy only (no PyTorch, no ONNX Runtime)."""
+
+from xgal.client.client import PoolScores, ScorerClient, ScorerError
+
+__all__ = ["PoolScores", "ScorerClient", "ScorerError"]

@@ -1,0 +1,138 @@
+"""Dynamic batching: requests' batches share engine calls, up to `max_batch` images or
+`max_delay_ms` of waiting, like Triton's dynamic batcher."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from xgal.scorer.engines.base import BatchScores, Engine
+
+
+class QueueFullError(RuntimeError):
+    """More images are waiting than the server accepts; the client should retry later."""
+
+
+@dataclass
+class _Item:
+    image: np.ndarray
+    roi: np.ndarray
+    future: Future[BatchScores]
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+class DynamicBatcher:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_batch: int = 64,
+        max_delay_ms: float = 5.0,
+        max_queue: int = 64,
+        observe: Callable[[int, float, float], None] | None = None,
+    ) -> None:
+        """`observe(batch_size, queue_seconds, compute_seconds)` is called after each call."""
+        self.engine = engine
+        self.max_batch = max_batch
+        self.max_delay = max_delay_ms / 1000.0
+        self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=max_queue)
+        self._observe = observe
+        self._thread = threading.Thread(target=self._loop, name="xgal-batcher", daemon=True)
+        self._thread.start()
+
+    def submit(self, image: np.ndarray, roi: np.ndarray) -> Future[BatchScores]:
+        item = _Item(image, roi, Future())
+        try:
+            self._queue.put_nowait(item)
+        except queue.Full:
+            raise QueueFullError(
+                f"the scoring queue is full ({self._queue.maxsize} batches waiting); retry later"
+            ) from None
+        return item.future
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _gather(self, first: _Item) -> tuple[list[_Item], bool]:
+        items, n = [first], len(first.image)
+        deadline = first.queued_at + self.max_delay
+        while n < self.max_batch:
+            timeout = deadline - time.perf_counter()
+            try:
+                nxt = self._queue.get(timeout=max(timeout, 0)) if timeout > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if nxt is None:
+                return items, True
+            if n + len(nxt.image) > self.max_batch:
+                # Does not fit: run what we have, then start the next call with it.
+                self._carry = nxt
+                break
+            items.append(nxt)
+            n += len(nxt.image)
+        return items, False
+
+    def _loop(self) -> None:
+        self._carry: _Item | None = None
+        stop = False
+        while not stop:
+            first = self._carry if self._carry is not None else self._queue.get()
+            self._carry = None
+            if first is None:
+                return
+            items, stop = self._gather(first)
+            live = [it for it in items if it.future.set_running_or_notify_cancel()]
+            if not live:
+                continue
+            start = time.perf_counter()
+            try:
+                out = self.engine.run(
+                    np.concatenate([it.image for it in live]), np.concatenate([it.roi for it in live])
+                )
+            except BaseException as exc:  # every waiter learns why its batch failed
+                for it in live:
+                    it.future.set_exception(exc)
+                continue
+            done = time.perf_counter()
+            lo = 0
+            for it in live:
+                hi = lo + len(it.image)
+                it.future.set_result(
+                    BatchScores(out.probs[lo:hi], out.entropy[lo:hi], out.dice[lo:hi], out.roi_area[lo:hi])
+                )
+                lo = hi
+            if self._observe is not None:
+                waited = max(start - it.queued_at for it in live)
+                self._observe(lo, waited, done - start)
+
+
+class BatchedEngine(Engine):
+    """An engine whose plain calls go through a shared `DynamicBatcher`.
+
+    Calls that need per-sample targets or the CAM go straight to the engine (they are rare and
+    cannot share a call with plain ones)."""
+
+    def __init__(self, batcher: DynamicBatcher) -> None:
+        self.batcher = batcher
+        self.name = f"batched-{batcher.engine.name}"
+        self.info = batcher.engine.info
+
+    def run(
+        self,
+        image: np.ndarray,
+        roi: np.ndarray,
+        target: np.ndarray | None = None,
+        *,
+        want_cam: bool = False,
+    ) -> BatchScores:
+        if target is not None or want_cam:
+            return self.batcher.engine.run(image, roi, target, want_cam=want_cam)
+        self.check_batch(image, roi, None)
+        return self.batcher.submit(image, roi).result()

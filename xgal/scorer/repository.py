@@ -1,0 +1,143 @@
+"""The model repository: `<root>/<name>/<version>/model.onnx` plus `meta.json`, as in Triton.
+
+Published scoring graphs are validated (size, SHA-256, signature) before they are stored, so a
+restarted replica serves exactly what was published. Loaded versions are cached engines; a
+request keeps the engine it resolved, so publishing or unloading never disturbs it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from xgal.scorer.engines.base import Engine
+from xgal.scorer.engines.ort import OnnxRuntimeEngine
+from xgal.scorer.graph import ScoringGraphInfo
+
+NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+
+
+class ModelNotFoundError(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    name: str
+    version: int
+    sha256: str
+    path: Path
+    info: ScoringGraphInfo
+
+
+class ModelRepository:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        engine_factory: Callable[[Path], Engine] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self._factory = engine_factory or (lambda p: OnnxRuntimeEngine(p))
+        self._lock = threading.RLock()
+        self._loaded: dict[tuple[str, int], Engine] = {}
+
+    # -- storage ---------------------------------------------------------------------------
+    def _versions(self, name: str) -> list[int]:
+        d = self.root / name
+        if not d.is_dir():
+            return []
+        return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit() and (p / "meta.json").is_file())
+
+    def names(self) -> list[str]:
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and self._versions(p.name))
+
+    def get(self, name: str, version: int = 0) -> StoredModel:
+        """Version 0 = the latest."""
+        versions = self._versions(name) if NAME_RE.match(name or "") else []
+        if not versions:
+            raise ModelNotFoundError(f"no model named {name!r} in the repository")
+        v = versions[-1] if version == 0 else version
+        if v not in versions:
+            raise ModelNotFoundError(f"model {name!r} has no version {version} (has {versions})")
+        d = self.root / name / str(v)
+        meta = json.loads((d / "meta.json").read_text())
+        info = ScoringGraphInfo(
+            **{
+                **meta["info"],
+                "class_names": tuple(meta["info"]["class_names"]),
+                "input_shape": tuple(meta["info"]["input_shape"]),
+                "cam_shape": tuple(meta["info"]["cam_shape"]),
+            }
+        )
+        return StoredModel(name, v, meta["sha256"], d / "model.onnx", info)
+
+    def publish(self, name: str, data: bytes, sha256: str) -> StoredModel:
+        """Validate and store a scoring graph; publishing the same bytes again is a no-op."""
+        if not NAME_RE.match(name or ""):
+            raise ValueError(f"model name {name!r} must match {NAME_RE.pattern}")
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != sha256.lower():
+            raise ValueError(f"SHA-256 mismatch: received {digest}, header says {sha256}")
+        # Builds a session: rejects anything that is not a scoring graph, with the reason.
+        engine = OnnxRuntimeEngine(data)
+        with self._lock:
+            versions = self._versions(name)
+            if versions:
+                latest = self.get(name, versions[-1])
+                if latest.sha256 == digest:
+                    return latest
+            version = (versions[-1] if versions else 0) + 1
+            d = self.root / name / str(version)
+            tmp = self.root / name / f".{version}.tmp"
+            tmp.mkdir(parents=True, exist_ok=True)
+            (tmp / "model.onnx").write_bytes(data)
+            (tmp / "meta.json").write_text(json.dumps({"sha256": digest, "info": asdict(engine.info)}))
+            os.replace(tmp, d)
+            engine.close()
+            return self.get(name, version)
+
+    # -- loaded engines ----------------------------------------------------------------------
+    def load(self, name: str, version: int = 0) -> tuple[StoredModel, Engine]:
+        stored = self.get(name, version)
+        key = (stored.name, stored.version)
+        with self._lock:
+            engine = self._loaded.get(key)
+            if engine is None:
+                engine = self._factory(stored.path)
+                self._loaded[key] = engine
+        return stored, engine
+
+    def loaded(self, name: str, version: int = 0) -> tuple[StoredModel, Engine]:
+        """The engine of a loaded version, without loading one."""
+        stored = self.get(name, version)
+        with self._lock:
+            engine = self._loaded.get((stored.name, stored.version))
+        if engine is None:
+            raise ModelNotFoundError(f"model {name!r} version {stored.version} is not loaded (LoadModel it)")
+        return stored, engine
+
+    def unload(self, name: str, version: int = 0) -> None:
+        stored = self.get(name, version)
+        with self._lock:
+            # In-flight requests hold their own reference; the session goes when they finish.
+            if self._loaded.pop((stored.name, stored.version), None) is None:
+                raise ModelNotFoundError(f"model {name!r} version {stored.version} is not loaded")
+
+    def is_loaded(self, name: str, version: int) -> bool:
+        with self._lock:
+            return (name, version) in self._loaded
+
+    def loaded_keys(self) -> list[tuple[str, int]]:
+        with self._lock:
+            return sorted(self._loaded)
+
+    def load_latest_all(self) -> list[StoredModel]:
+        """At start-up: serve the latest version of every stored model again."""
+        return [self.load(name)[0] for name in self.names()]

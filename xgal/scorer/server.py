@@ -1,0 +1,171 @@
+"""Start a scorer: gRPC service, health, reflection, metrics, TLS and bearer token, drain on
+SIGTERM.
+
+    xgal serve --port 50051 --data-root /data/pools --model-repo /data/models --metrics-port 9100
+
+Message size limits: requests up to `max_message_mb` (default 64 MiB) in both directions, so
+that a ScoreStream batch of 64 images of 512x512x3 uint8 (48 MiB) fits; models are published in
+chunks of 1 MiB and may be up to 1 GiB.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from xgal.scorer.metrics import Metrics
+from xgal.scorer.repository import ModelRepository
+from xgal.scorer.service import SERVICE, ScorerService
+from xgal.v1 import scorer_pb2, scorer_pb2_grpc
+
+log = logging.getLogger("xgal.scorer")
+UNAUTHENTICATED_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+class BearerTokenInterceptor(grpc.ServerInterceptor):
+    """Rejects calls without `authorization: Bearer <token>`; health and reflection stay open
+    so orchestrators can probe the replica."""
+
+    def __init__(self, token: str) -> None:
+        self._expected = f"Bearer {token}"
+
+    def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
+        method = handler_call_details.method
+        if method.startswith(UNAUTHENTICATED_METHODS):
+            return continuation(handler_call_details)
+        md = dict(handler_call_details.invocation_metadata or ())
+        if md.get("authorization") == self._expected:
+            return continuation(handler_call_details)
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+
+        # Answer with the right streaming shape, else the client sees a protocol error.
+        def deny(_req: Any, context: grpc.ServicerContext) -> None:
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+
+        if handler.request_streaming and handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(deny)
+        if handler.request_streaming:
+            return grpc.stream_unary_rpc_method_handler(deny)
+        if handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(deny)
+        return grpc.unary_unary_rpc_method_handler(deny)
+
+
+@dataclass
+class ServerConfig:
+    data_root: Path
+    model_repo: Path
+    host: str = "127.0.0.1"
+    port: int = 50051
+    metrics_port: int | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    token: str | None = None
+    max_batch: int = 64
+    max_delay_ms: float = 5.0
+    max_queue: int = 64
+    workers: int = 8
+    max_message_mb: int = 64
+
+
+class RunningServer:
+    """A started scorer. `stop(grace)` drains: new requests are refused, in-flight ones finish."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        if not Path(config.data_root).is_dir():
+            raise FileNotFoundError(f"data root {config.data_root} is not a folder")
+        self.config = config
+        self.metrics = Metrics()
+        self.health = health.HealthServicer(experimental_non_blocking=True)
+        self.repo = ModelRepository(config.model_repo)
+        for stored in self.repo.load_latest_all():
+            log.info("serving %s version %d from the repository", stored.name, stored.version)
+        self.service = ScorerService(
+            self.repo,
+            config.data_root,
+            metrics=self.metrics,
+            health_servicer=self.health,
+            max_batch=config.max_batch,
+            max_delay_ms=config.max_delay_ms,
+            max_queue=config.max_queue,
+        )
+        limit = config.max_message_mb * 1024 * 1024
+        interceptors = [BearerTokenInterceptor(config.token)] if config.token else []
+        self.server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="xgal-rpc"),
+            interceptors=interceptors,
+            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+        )
+        scorer_pb2_grpc.add_ScorerServicer_to_server(self.service, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        names = (
+            scorer_pb2.DESCRIPTOR.services_by_name["Scorer"].full_name,
+            reflection.SERVICE_NAME,
+            "grpc.health.v1.Health",
+        )
+        reflection.enable_server_reflection(names, self.server)
+        address = f"{config.host}:{config.port}"
+        if config.tls_cert and config.tls_key:
+            creds = grpc.ssl_server_credentials(
+                [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())]
+            )
+            self.port = self.server.add_secure_port(address, creds)
+        elif config.tls_cert or config.tls_key:
+            raise ValueError("TLS needs both --tls-cert and --tls-key")
+        else:
+            self.port = self.server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"could not bind {address}")
+        self.metrics_port = (
+            self.metrics.serve(config.metrics_port, config.host) if config.metrics_port is not None else None
+        )
+        self.server.start()
+        self.address = f"{config.host}:{self.port}"
+        log.info("xgal scorer on %s (metrics: %s)", self.address, self.metrics_port)
+
+    def stop(self, grace: float | None = 30.0) -> None:
+        self.service.draining.set()
+        self.service._refresh_health()
+        self.server.stop(grace).wait()
+        self.service.close()
+        self.metrics.close()
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def serve_forever(config: ServerConfig, grace: float = 30.0) -> None:
+    """Run until SIGTERM or SIGINT, then drain for up to `grace` seconds."""
+    running = RunningServer(config)
+    done = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        log.info("signal %d: draining (up to %.0f s)", signum, grace)
+        threading.Thread(target=lambda: (running.stop(grace), done.set()), daemon=True).start()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    print(
+        f"xgal scorer listening on {running.address}"
+        + (
+            f", metrics on http://{config.host}:{running.metrics_port}/metrics"
+            if running.metrics_port
+            else ""
+        ),
+        flush=True,
+    )
+    done.wait()
+
+
+__all__ = ["SERVICE", "RunningServer", "ServerConfig", "serve_forever"]

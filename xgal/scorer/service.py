@@ -1,0 +1,359 @@
+"""The `xgal.v1.Scorer` servicer: each RPC maps onto the repository and the pool pipeline.
+
+Errors leave as typed gRPC codes with a message a person can act on; anything unexpected is
+logged here with its traceback and leaves as INTERNAL without one.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health, health_pb2
+
+from xgal.pool.format import Pool, PoolFormatError
+from xgal.scorer.acquisition import criteria
+from xgal.scorer.batcher import BatchedEngine, DynamicBatcher, QueueFullError
+from xgal.scorer.engines.base import Engine
+from xgal.scorer.graph import NotAScoringGraphError
+from xgal.scorer.metrics import Metrics
+from xgal.scorer.pipeline import score_pool
+from xgal.scorer.ranking import Ranked
+from xgal.scorer.repository import ModelNotFoundError, ModelRepository
+from xgal.scorer.wire import acquisition_from_proto, model_info, samples
+from xgal.v1 import scorer_pb2 as pb
+from xgal.v1 import scorer_pb2_grpc
+
+log = logging.getLogger("xgal.scorer")
+SERVICE = "xgal.v1.Scorer"
+
+
+class Cancelled(Exception):
+    pass
+
+
+class PoolAccessError(PermissionError):
+    pass
+
+
+def _code_for(exc: BaseException) -> grpc.StatusCode | None:
+    if isinstance(exc, ModelNotFoundError | FileNotFoundError):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(exc, PermissionError):
+        return grpc.StatusCode.PERMISSION_DENIED
+    if isinstance(exc, QueueFullError):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if isinstance(exc, PoolFormatError):
+        return grpc.StatusCode.FAILED_PRECONDITION
+    if isinstance(exc, NotAScoringGraphError | ValueError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(exc, Cancelled):
+        return grpc.StatusCode.CANCELLED
+    return None
+
+
+def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
+    code = _code_for(exc)
+    if code is None:
+        log.exception("%s failed", method, exc_info=exc)
+        code, message = grpc.StatusCode.INTERNAL, "internal error in the scorer (details are in its log)"
+    else:
+        message = str(exc)
+    context.abort(code, message)
+
+
+def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Count the RPC in the metrics and map exceptions to status codes (unary or streaming)."""
+    name = method.__name__
+
+    def finish(self: ScorerService, code: grpc.StatusCode) -> None:
+        self.metrics.requests.labels(name, code.name).inc()
+
+    if name in ("ScorePool", "ScoreStream"):
+
+        @functools.wraps(method)
+        def stream(self: ScorerService, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                yield from method(self, request, context)
+            except Exception as exc:
+                finish(self, _code_for(exc) or grpc.StatusCode.INTERNAL)
+                _abort(context, exc, name)
+            else:
+                finish(self, grpc.StatusCode.OK)
+
+        return stream
+
+    @functools.wraps(method)
+    def unary(self: ScorerService, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            result = method(self, request, context)
+        except Exception as exc:
+            finish(self, _code_for(exc) or grpc.StatusCode.INTERNAL)
+            _abort(context, exc, name)
+        finish(self, grpc.StatusCode.OK)
+        return result
+
+    return unary
+
+
+class ScorerService(scorer_pb2_grpc.ScorerServicer):
+    def __init__(
+        self,
+        repository: ModelRepository,
+        data_root: str | Path,
+        *,
+        metrics: Metrics,
+        health_servicer: health.HealthServicer,
+        max_batch: int = 64,
+        max_delay_ms: float = 5.0,
+        max_queue: int = 64,
+        max_model_bytes: int = 1 << 30,
+        progress_interval_s: float = 0.25,
+    ) -> None:
+        self.repo = repository
+        self.data_root = Path(data_root).resolve()
+        self.metrics = metrics
+        self.health = health_servicer
+        self.max_batch, self.max_delay_ms, self.max_queue = max_batch, max_delay_ms, max_queue
+        self.max_model_bytes = max_model_bytes
+        self.progress_interval_s = progress_interval_s
+        self._batchers: dict[int, DynamicBatcher] = {}
+        self._lock = threading.Lock()
+        self.draining = threading.Event()
+        self._refresh_health()
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _refresh_health(self) -> None:
+        keys = self.repo.loaded_keys()
+        self.metrics.models_loaded.clear()
+        for name, version in keys:
+            self.metrics.models_loaded.labels(name, str(version)).set(1)
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if keys and not self.draining.is_set()
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        self.health.set("", status)
+        self.health.set(SERVICE, status)
+
+    def _batched(self, engine: Engine) -> BatchedEngine:
+        with self._lock:
+            b = self._batchers.get(id(engine))
+            if b is None or b.engine is not engine:
+                b = DynamicBatcher(
+                    engine,
+                    max_batch=self.max_batch,
+                    max_delay_ms=self.max_delay_ms,
+                    max_queue=self.max_queue,
+                    observe=self.metrics.observe_batch,
+                )
+                self._batchers[id(engine)] = b
+        return BatchedEngine(b)
+
+    def _pool(self, rel: str) -> Pool:
+        if not rel:
+            raise ValueError("no pool given")
+        path = (self.data_root / rel).resolve()
+        if path != self.data_root and self.data_root not in path.parents:
+            raise PoolAccessError(f"pool {rel!r} is outside the scorer's data root")
+        if not path.exists():
+            raise FileNotFoundError(f"no pool {rel!r} under the scorer's data root")
+        return Pool(path)
+
+    def _engine(self, ref: pb.ModelRef) -> tuple[pb.ModelInfo, Engine]:
+        if not ref.name:
+            raise ValueError("no model name given")
+        stored, engine = self.repo.load(ref.name, ref.version)
+        self._refresh_health()
+        return model_info(stored, True, getattr(engine, "providers", None)), engine
+
+    def close(self) -> None:
+        with self._lock:
+            for b in self._batchers.values():
+                b.close()
+            self._batchers.clear()
+
+    # -- models -------------------------------------------------------------------------------
+    @rpc
+    def PublishModel(
+        self, request_iterator: Iterator[pb.PublishModelRequest], context: grpc.ServicerContext
+    ) -> pb.PublishModelResponse:  # noqa: N802
+        first = next(request_iterator, None)
+        if first is None or not first.HasField("header"):
+            raise ValueError("the first PublishModel message must carry the header")
+        header = first.header
+        if header.size_bytes > self.max_model_bytes:
+            raise ValueError(
+                f"model of {header.size_bytes} bytes exceeds the limit of {self.max_model_bytes}"
+            )
+        parts, received = [], 0
+        for msg in request_iterator:
+            if msg.HasField("header"):
+                raise ValueError("only the first PublishModel message may carry a header")
+            received += len(msg.chunk)
+            if received > header.size_bytes:
+                raise ValueError(f"received more than the announced {header.size_bytes} bytes")
+            parts.append(msg.chunk)
+        if received != header.size_bytes:
+            raise ValueError(f"received {received} bytes, the header announced {header.size_bytes}")
+        stored = self.repo.publish(header.name, b"".join(parts), header.sha256)
+        loaded, providers = False, None
+        if header.load:
+            _, engine = self.repo.load(stored.name, stored.version)
+            loaded, providers = True, getattr(engine, "providers", None)
+            self._refresh_health()
+        log.info("published %s version %d (%s)", stored.name, stored.version, stored.sha256[:12])
+        return pb.PublishModelResponse(model=model_info(stored, loaded, providers))
+
+    @rpc
+    def ListModels(
+        self, request: pb.ListModelsRequest, context: grpc.ServicerContext
+    ) -> pb.ListModelsResponse:  # noqa: N802
+        names = [request.name] if request.name else self.repo.names()
+        out = []
+        for name in names:
+            for version in self.repo._versions(name):
+                out.append(model_info(self.repo.get(name, version), self.repo.is_loaded(name, version)))
+        if request.name and not out:
+            raise ModelNotFoundError(f"no model named {request.name!r} in the repository")
+        return pb.ListModelsResponse(models=out)
+
+    @rpc
+    def LoadModel(self, request: pb.LoadModelRequest, context: grpc.ServicerContext) -> pb.ModelInfo:  # noqa: N802
+        info, _ = self._engine(request.model)
+        return info
+
+    @rpc
+    def UnloadModel(
+        self, request: pb.UnloadModelRequest, context: grpc.ServicerContext
+    ) -> pb.UnloadModelResponse:  # noqa: N802
+        self.repo.unload(request.model.name, request.model.version)
+        self._refresh_health()
+        return pb.UnloadModelResponse()
+
+    # -- pools ----------------------------------------------------------------------------------
+    @rpc
+    def DescribePool(
+        self, request: pb.DescribePoolRequest, context: grpc.ServicerContext
+    ) -> pb.PoolDescription:  # noqa: N802
+        pool = self._pool(request.pool)
+        return pb.PoolDescription(
+            pool=request.pool,
+            count=pool.count,
+            image_shape=list(pool.image_shape),
+            pixel_dtype=pool.pixel_dtype,
+            class_names=pool.class_names,
+            has_labels=pool.has_labels,
+        )
+
+    @rpc
+    def ScorePool(
+        self, request: pb.ScorePoolRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.ScorePoolResponse]:  # noqa: N802
+        if self.draining.is_set():
+            raise QueueFullError("the scorer is shutting down; use another replica")
+        if request.top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {request.top_k}")
+        config = acquisition_from_proto(request.acquisition)
+        pool = self._pool(request.pool)
+        info, engine = self._engine(request.model)
+        stop = request.stop or pool.count
+        if not request.start <= stop <= pool.count:
+            raise ValueError(f"shard [{request.start}, {stop}) is outside the pool of {pool.count}")
+        events: queue.Queue[Any] = queue.Queue()
+        t0 = time.perf_counter()
+        last = [0.0]
+
+        def progress(done: int, total: int) -> None:
+            if not context.is_active():
+                raise Cancelled("the client cancelled or its deadline passed")
+            now = time.perf_counter()
+            if now - last[0] >= self.progress_interval_s or done == total:
+                last[0] = now
+                rate = done / (now - t0) if now > t0 else 0.0
+                events.put(
+                    pb.ScorePoolResponse(progress=pb.Progress(done=done, total=total, images_per_s=rate))
+                )
+
+        def work() -> None:
+            try:
+                result = score_pool(
+                    self._batched(engine),
+                    pool,
+                    config,
+                    request.top_k,
+                    exclude_ids=list(request.exclude_ids),
+                    return_all=request.return_all,
+                    batch_size=self.max_batch,
+                    start=request.start,
+                    stop=stop,
+                    progress=progress,
+                )
+                events.put(result)
+            except BaseException as exc:
+                events.put(exc)
+
+        worker = threading.Thread(target=work, name="xgal-score-pool", daemon=True)
+        worker.start()
+        while True:
+            item = events.get()
+            if isinstance(item, BaseException):
+                raise item
+            if isinstance(item, pb.ScorePoolResponse):
+                yield item
+                continue
+            result = pb.ScoreResult(
+                model=info,
+                top=samples(item.top),
+                all=samples(item.all) if item.all is not None else [],
+                scored=item.scored,
+                excluded=item.excluded,
+                seconds=item.seconds,
+            )
+            yield pb.ScorePoolResponse(result=result)
+            return
+
+    @rpc
+    def ScoreStream(
+        self, request_iterator: Iterator[pb.ScoreStreamRequest], context: grpc.ServicerContext
+    ) -> Iterator[pb.ScoreStreamResponse]:  # noqa: N802
+        engine = config = None
+        for req in request_iterator:
+            if engine is None:
+                _, raw = self._engine(req.model)
+                engine = self._batched(raw)
+                config = acquisition_from_proto(req.acquisition)
+                if not config.pointwise:
+                    raise ValueError(
+                        "ScoreStream scores batch by batch: pool-level normalisation needs ScorePool"
+                    )
+            c, h, w = engine.info.input_shape
+            n = len(req.ids)
+            dtype = np.dtype(engine.info.pixel_dtype).newbyteorder("<")
+            if len(req.images) != n * c * h * w * dtype.itemsize or len(req.rois) != n * h * w:
+                raise ValueError(
+                    f"batch of {n} IDs needs {n * c * h * w * dtype.itemsize} image bytes and {n * h * w} "
+                    f"ROI bytes; got {len(req.images)} and {len(req.rois)}"
+                )
+            images = (
+                np.frombuffer(req.images, dtype=dtype).astype(engine.info.pixel_dtype).reshape(n, c, h, w)
+            )
+            rois = np.frombuffer(req.rois, dtype=np.uint8).reshape(n, h, w)
+            ids = np.array(list(req.ids), dtype=str)
+            s = engine.run(images, rois, want_cam=req.want_cam)
+            crit = criteria(s.probs, s.entropy, s.dice, s.roi_area, ids, config)
+            pred = s.probs.argmax(1).astype(np.int64)
+            ranked = Ranked(ids, crit.u, crit.m, crit.score, pred, s.probs, pred, crit.has_roi)
+            resp = pb.ScoreStreamResponse(samples=samples(ranked))
+            if req.want_cam and s.cam is not None:
+                resp.cams = s.cam.astype("<f4").tobytes()
+                resp.cam_shape.extend(s.cam.shape[1:])
+            yield resp
