@@ -131,3 +131,31 @@ bad = [m for m in sys.modules if m == "torch" or m.startswith(("torch.", "xgal.t
 assert not bad, bad
 """
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120, env={**os.environ})
+
+
+def test_client_cli_publish_and_score(world, tmp_path):
+    root, onnx, replicas = world
+    live = [r.address for r in replicas if r.proc.poll() is None]
+    targets = [arg for a in live for arg in ("--target", a)]
+    cli = [sys.executable, "-m", "xgal.cli", "client"]
+    pub = subprocess.run(
+        [*cli, "publish", str(onnx), "--name", "cli", *targets], capture_output=True, text=True, timeout=120
+    )
+    assert pub.returncode == 0, pub.stderr
+    assert "published cli version 1" in pub.stdout
+    out = tmp_path / "r.json"
+    res = subprocess.run(
+        [*cli, "score", "--pool", "pool", "--model", "cli", "-k", "5", "--out", str(out), *targets],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    assert "scored 2000 images with cli v1" in res.stdout
+    bad = subprocess.run(
+        [*cli, "score", "--pool", "../etc", "--model", "cli", *targets],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert bad.returncode == 2 and "PERMISSION_DENIED" in bad.stderr and "Traceback" not in bad.stderr

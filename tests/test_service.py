@@ -1,6 +1,8 @@
 """The gRPC service against real servers on 127.0.0.1: every RPC, errors, health,
 reflection, metrics, auth, model versions, dynamic batching."""
 
+import shutil
+import subprocess
 import time
 import urllib.request
 
@@ -303,3 +305,50 @@ def test_deadline_is_honoured(world, server):
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         # The server notices within a batch and stops that work; the next request is served.
         assert client.score_pool("pool", model="demo", top_k=3).scored == 300
+
+
+@pytest.mark.skipif(
+    shutil.which("openssl") is None, reason="needs the openssl command to make a test certificate"
+)
+def test_tls(world, tmp_path):
+    root, _, m1, _ = world
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(tmp_path / "key.pem"),
+            "-out",
+            str(tmp_path / "cert.pem"),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
+    srv = RunningServer(
+        ServerConfig(
+            data_root=root / "data",
+            model_repo=tmp_path / "repo",
+            port=0,
+            tls_cert=tmp_path / "cert.pem",
+            tls_key=tmp_path / "key.pem",
+        )
+    )
+    try:
+        with ScorerClient(srv.address, tls=tmp_path / "cert.pem") as client:
+            client.publish_model(m1, "demo")
+            assert client.score_pool("pool", model="demo", top_k=2).scored == 300
+        with ScorerClient(srv.address, timeout=5) as plain, pytest.raises(ScorerError, match="UNAVAILABLE"):
+            plain.list_models()
+    finally:
+        srv.stop(grace=1)

@@ -49,18 +49,18 @@ class ModelRepository:
         self._loaded: dict[tuple[str, int], Engine] = {}
 
     # -- storage ---------------------------------------------------------------------------
-    def _versions(self, name: str) -> list[int]:
+    def versions(self, name: str) -> list[int]:
         d = self.root / name
         if not d.is_dir():
             return []
         return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit() and (p / "meta.json").is_file())
 
     def names(self) -> list[str]:
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and self._versions(p.name))
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and self.versions(p.name))
 
     def get(self, name: str, version: int = 0) -> StoredModel:
         """Version 0 = the latest."""
-        versions = self._versions(name) if NAME_RE.match(name or "") else []
+        versions = self.versions(name) if NAME_RE.match(name or "") else []
         if not versions:
             raise ModelNotFoundError(f"no model named {name!r} in the repository")
         v = versions[-1] if version == 0 else version
@@ -88,7 +88,7 @@ class ModelRepository:
         # Builds a session: rejects anything that is not a scoring graph, with the reason.
         engine = OnnxRuntimeEngine(data)
         with self._lock:
-            versions = self._versions(name)
+            versions = self.versions(name)
             if versions:
                 latest = self.get(name, versions[-1])
                 if latest.sha256 == digest:

@@ -220,7 +220,7 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
         names = [request.name] if request.name else self.repo.names()
         out = []
         for name in names:
-            for version in self.repo._versions(name):
+            for version in self.repo.versions(name):
                 out.append(model_info(self.repo.get(name, version), self.repo.is_loaded(name, version)))
         if request.name and not out:
             raise ModelNotFoundError(f"no model named {request.name!r} in the repository")
