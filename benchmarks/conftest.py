@@ -7,6 +7,32 @@ same process on the same machine state.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import pytest
+
+
+@pytest.fixture
+def measure(benchmark):  # noqa: ANN001, ANN201
+    """measure(fn, group=..., images=..., baseline=False, rounds=5, warmup=1): time fn with
+    pytest-benchmark and tag it for the images/s and ratio summary below."""
+
+    def run(
+        fn: Callable[[], object],
+        *,
+        group: str,
+        images: int,
+        baseline: bool = False,
+        rounds: int = 5,
+        warmup: int = 1,
+    ) -> None:
+        benchmark.group = group
+        benchmark.extra_info["images"] = images
+        benchmark.extra_info["baseline"] = baseline
+        benchmark.pedantic(fn, rounds=rounds, iterations=1, warmup_rounds=warmup)
+
+    return run
+
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):  # noqa: ANN001, ANN201
     session = getattr(config, "_benchmarksession", None)

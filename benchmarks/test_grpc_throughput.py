@@ -61,35 +61,30 @@ def setup(tmp_path_factory):
     server.stop(grace=1)
 
 
-def _run(benchmark, fn, baseline=False):
-    benchmark.group = GROUP
-    benchmark.extra_info["images"] = POOL
-    benchmark.extra_info["baseline"] = baseline
-    benchmark.pedantic(fn, rounds=3, iterations=1, warmup_rounds=1)
+def _run(measure, fn, baseline=False):
+    measure(fn, group=GROUP, images=POOL, baseline=baseline, rounds=3, warmup=1)
 
 
-def test_in_process_pool(benchmark, setup):
+def test_in_process_pool(measure, setup):
     from xgal.pool.format import Pool
 
     root, onnx, _, _ = setup
     engine = OnnxRuntimeEngine(onnx)
     pool = Pool(root / "data" / "pool")
-    _run(
-        benchmark, lambda: score_pool(engine, pool, AcquisitionConfig(), 20, batch_size=BATCH), baseline=True
-    )
+    _run(measure, lambda: score_pool(engine, pool, AcquisitionConfig(), 20, batch_size=BATCH), baseline=True)
 
 
-def test_score_pool_over_grpc(benchmark, setup):
+def test_score_pool_over_grpc(measure, setup):
     _, _, _, client = setup
-    _run(benchmark, lambda: client.score_pool("pool", model="bench", top_k=20, progress=False))
+    _run(measure, lambda: client.score_pool("pool", model="bench", top_k=20, progress=False))
 
 
-def test_score_stream_client_data(benchmark, setup):
+def test_score_stream_client_data(measure, setup):
     from xgal.pool.format import Pool
 
     root, _, _, client = setup
     d = Pool(root / "data" / "pool").read(0, POOL)
     _run(
-        benchmark,
+        measure,
         lambda: client.score_arrays(d["images"], d["rois"], d["ids"], model="bench", batch_size=BATCH),
     )

@@ -81,26 +81,23 @@ def _session(path):
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _run(benchmark, fn, baseline=False):
-    benchmark.group = GROUP
-    benchmark.extra_info["images"] = BATCH
-    benchmark.extra_info["baseline"] = baseline
-    benchmark.pedantic(fn, rounds=8, iterations=1, warmup_rounds=2)
+def _run(measure, fn, baseline=False):
+    measure(fn, group=GROUP, images=BATCH, baseline=baseline, rounds=8, warmup=2)
 
 
-def test_forward_only_onnx(benchmark, setup):
+def test_forward_only_onnx(measure, setup):
     _, _, forward, images, _ = setup
     sess = _session(forward)
-    _run(benchmark, lambda: sess.run(["probs"], {"image": images}), baseline=True)
+    _run(measure, lambda: sess.run(["probs"], {"image": images}), baseline=True)
 
 
-def test_scoring_graph_onnx(benchmark, setup):
+def test_scoring_graph_onnx(measure, setup):
     _, scoring, _, images, rois = setup
     engine = OnnxRuntimeEngine(scoring, providers=["CPUExecutionProvider"], intra_op_threads=THREADS)
-    _run(benchmark, lambda: engine.run(images, rois))
+    _run(measure, lambda: engine.run(images, rois))
 
 
-def test_eager_reference_gradcam(benchmark, setup):
+def test_eager_reference_gradcam(measure, setup):
     model, _, _, images, rois = setup
     ref = TorchReferenceEngine(model, LAYER, image_shape=(3, SIZE, SIZE), mean=MEAN, std=STD)
-    _run(benchmark, lambda: ref.run(images, rois))
+    _run(measure, lambda: ref.run(images, rois))

@@ -139,3 +139,27 @@ def test_random_strategy_is_per_id_and_seeded():
     assert np.all((0 <= a) & (a < 1)) and len(set(a)) == 4
     np.testing.assert_array_equal(random_scores(ids[2:], 0), a[2:])  # shard-invariant
     assert not np.array_equal(random_scores(ids, 1), a)
+
+
+def test_acquisition_survives_the_wire_for_every_option():
+    from xgal.client.client import to_proto
+    from xgal.scorer.acquisition import Balance, MissingRoi, Normalise, Strategy, Uncertainty
+    from xgal.scorer.wire import acquisition_from_proto
+
+    for s in Strategy:
+        for u in Uncertainty:
+            for m in MissingRoi:
+                for n in Normalise:
+                    for b in Balance:
+                        cfg = AcquisitionConfig(
+                            strategy=s,
+                            uncertainty=u,
+                            missing_roi=m,
+                            normalise=n,
+                            balance=b,
+                            lam=0.25,
+                            seed=7,
+                            entropy_over_log_k=True,
+                        )
+                        assert acquisition_from_proto(to_proto(cfg)) == cfg
+    assert acquisition_from_proto(to_proto(AcquisitionConfig()).__class__()) == AcquisitionConfig()

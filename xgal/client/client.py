@@ -37,31 +37,6 @@ RETRYABLE = {
     grpc.StatusCode.UNKNOWN,
 }
 
-_ENUMS = {
-    "strategy": {
-        "random": pb.STRATEGY_RANDOM,
-        "uncertainty": pb.STRATEGY_UNCERTAINTY,
-        "misalignment": pb.STRATEGY_MISALIGNMENT,
-        "xgal": pb.STRATEGY_XGAL,
-    },
-    "uncertainty": {
-        "entropy": pb.UNCERTAINTY_ENTROPY,
-        "margin": pb.UNCERTAINTY_MARGIN,
-        "least_confidence": pb.UNCERTAINTY_LEAST_CONFIDENCE,
-    },
-    "missing_roi": {
-        "max": pb.MISSING_ROI_MAX,
-        "ignore": pb.MISSING_ROI_IGNORE,
-        "exclude": pb.MISSING_ROI_EXCLUDE,
-    },
-    "normalise": {
-        "none": pb.NORMALISATION_NONE,
-        "minmax": pb.NORMALISATION_MINMAX,
-        "rank": pb.NORMALISATION_RANK,
-    },
-    "balance": {"none": pb.BALANCE_NONE, "predicted": pb.BALANCE_PREDICTED, "oracle": pb.BALANCE_ORACLE},
-}
-
 
 class ScorerError(RuntimeError):
     """A scoring request failed; `code` is the gRPC status code."""
@@ -83,14 +58,16 @@ class PoolScores:
 
 
 def to_proto(config: AcquisitionConfig) -> pb.Acquisition:
+    """AcquisitionConfig -> message; enum values are named after the config's values
+    ("least_confidence" -> UNCERTAINTY_LEAST_CONFIDENCE), so no table is kept by hand."""
     return pb.Acquisition(
-        strategy=_ENUMS["strategy"][config.strategy.value],
+        strategy=pb.Strategy.Value(f"STRATEGY_{config.strategy.value.upper()}"),
         lam=config.lam,
-        uncertainty=_ENUMS["uncertainty"][config.uncertainty.value],
+        uncertainty=pb.UncertaintyKind.Value(f"UNCERTAINTY_{config.uncertainty.value.upper()}"),
         entropy_over_log_k=config.entropy_over_log_k,
-        missing_roi=_ENUMS["missing_roi"][config.missing_roi.value],
-        normalisation=_ENUMS["normalise"][config.normalise.value],
-        balance=_ENUMS["balance"][config.balance.value],
+        missing_roi=pb.MissingRoiPolicy.Value(f"MISSING_ROI_{config.missing_roi.value.upper()}"),
+        normalisation=pb.Normalisation.Value(f"NORMALISATION_{config.normalise.value.upper()}"),
+        balance=pb.Balance.Value(f"BALANCE_{config.balance.value.upper()}"),
         seed=config.seed,
     )
 

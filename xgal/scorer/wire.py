@@ -9,55 +9,26 @@ from xgal.scorer.ranking import Ranked
 from xgal.scorer.repository import StoredModel
 from xgal.v1 import scorer_pb2 as pb
 
-_STRATEGY = {
-    pb.STRATEGY_RANDOM: "random",
-    pb.STRATEGY_UNCERTAINTY: "uncertainty",
-    pb.STRATEGY_MISALIGNMENT: "misalignment",
-    pb.STRATEGY_XGAL: "xgal",
-    pb.STRATEGY_UNSPECIFIED: "xgal",
-}
-_UNCERTAINTY = {
-    pb.UNCERTAINTY_ENTROPY: "entropy",
-    pb.UNCERTAINTY_MARGIN: "margin",
-    pb.UNCERTAINTY_LEAST_CONFIDENCE: "least_confidence",
-    pb.UNCERTAINTY_UNSPECIFIED: "entropy",
-}
-_MISSING = {
-    pb.MISSING_ROI_MAX: "max",
-    pb.MISSING_ROI_IGNORE: "ignore",
-    pb.MISSING_ROI_EXCLUDE: "exclude",
-    pb.MISSING_ROI_UNSPECIFIED: "max",
-}
-_NORMALISE = {
-    pb.NORMALISATION_NONE: "none",
-    pb.NORMALISATION_MINMAX: "minmax",
-    pb.NORMALISATION_RANK: "rank",
-    pb.NORMALISATION_UNSPECIFIED: "none",
-}
-_BALANCE = {
-    pb.BALANCE_NONE: "none",
-    pb.BALANCE_PREDICTED: "predicted",
-    pb.BALANCE_ORACLE: "oracle",
-    pb.BALANCE_UNSPECIFIED: "none",
-}
 
-
-def _lookup(table: dict[int, str], value: int, what: str) -> str:
+def _name(enum: object, value: int, prefix: str, default: str) -> str:
+    """Enum value -> AcquisitionConfig's name: STRATEGY_XGAL -> "xgal"; 0 (unset) -> default."""
+    if value == 0:
+        return default
     try:
-        return table[value]
-    except KeyError:
-        raise ValueError(f"unknown {what} value {value}") from None
+        return enum.Name(value).removeprefix(prefix).lower()  # type: ignore[attr-defined]
+    except ValueError:
+        raise ValueError(f"unknown {prefix.rstrip('_').lower()} value {value}") from None
 
 
 def acquisition_from_proto(msg: pb.Acquisition) -> AcquisitionConfig:
     return AcquisitionConfig(
-        strategy=_lookup(_STRATEGY, msg.strategy, "strategy"),
+        strategy=_name(pb.Strategy, msg.strategy, "STRATEGY_", "xgal"),
         lam=msg.lam if msg.HasField("lam") else 0.3,
-        uncertainty=_lookup(_UNCERTAINTY, msg.uncertainty, "uncertainty"),
+        uncertainty=_name(pb.UncertaintyKind, msg.uncertainty, "UNCERTAINTY_", "entropy"),
         entropy_over_log_k=msg.entropy_over_log_k,
-        missing_roi=_lookup(_MISSING, msg.missing_roi, "missing_roi"),
-        normalise=_lookup(_NORMALISE, msg.normalisation, "normalisation"),
-        balance=_lookup(_BALANCE, msg.balance, "balance"),
+        missing_roi=_name(pb.MissingRoiPolicy, msg.missing_roi, "MISSING_ROI_", "max"),
+        normalise=_name(pb.Normalisation, msg.normalisation, "NORMALISATION_", "none"),
+        balance=_name(pb.Balance, msg.balance, "BALANCE_", "none"),
         seed=msg.seed,
     )
 
