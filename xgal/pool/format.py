@@ -296,6 +296,27 @@ class Pool:
                 parts[key].append(np.array(self._array(shard, key)[lo - shard.start : hi - shard.start]))
         return {k: (np.concatenate(v) if v else self._empty(k)) for k, v in parts.items()}
 
+    def take(
+        self, indices: Sequence[int] | np.ndarray, keys: Sequence[str] = ("ids", "images", "rois")
+    ) -> dict[str, np.ndarray]:
+        """Copy the samples at pool `indices` (any order) out of the memory maps."""
+        idx = np.asarray(indices, dtype=np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= self.count):
+            raise IndexError(f"indices outside the pool of {self.count}")
+        if "labels" in keys and not self.has_labels:
+            raise PoolFormatError(f"{self.path} has no labels (not a simulation pool)")
+        out = {k: None for k in keys}
+        for shard in self.shards:
+            sel = np.flatnonzero((idx >= shard.start) & (idx < shard.stop))
+            if not sel.size:
+                continue
+            for key in keys:
+                part = self._array(shard, key)[idx[sel] - shard.start]
+                if out[key] is None:
+                    out[key] = np.empty((idx.size, *part.shape[1:]), dtype=part.dtype)
+                out[key][sel] = part
+        return {k: (v if v is not None else self._empty(k)) for k, v in out.items()}
+
     def _empty(self, key: str) -> np.ndarray:
         c, h, w = self.image_shape
         return {

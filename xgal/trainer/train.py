@@ -1,8 +1,9 @@
-"""Supervised training of a `Classifier` on a labelled set held in memory.
+"""Training a `Classifier` on the labelled set: cross-entropy or episodic prototypical loss,
+plus the optional Grad-CAM guidance loss α·mean(1 − softDice(CAM of the true class, ROI)).
 
-Cross-entropy on the class scores for every head; for the prototypical head the scores are
-negative distances to prototypes that are re-estimated from the labelled embeddings before
-each epoch and once more at the end (so the exported buffer matches the trained embedding).
+Adam with weight decay, ReduceLROnPlateau on a held-out part of the labelled set (or the
+training loss when it is too small to split), gradient-norm clipping, fixed seeds. The model is
+trained in place and not reset between rounds (the authors' choice).
 """
 
 from __future__ import annotations
@@ -13,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import Tensor, nn
 
+from xgal.trainer.gradcam import scores_and_cam, soft_dice
 from xgal.trainer.nets.classifier import Classifier
 
 
@@ -25,12 +27,28 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-5
     grad_clip: float = 10.0
+    alpha: float = 0.1  # Grad-CAM guidance weight; 0 = off
+    loss: str = "ce"  # "ce" or "proto" (episodic, prototypical head only)
+    episodes: int = 10  # per epoch, for "proto"
+    shots: int = 3
+    queries: int = 3
+    val_fraction: float = 0.2  # held out for the LR schedule when there are >= 50 samples
+    plateau_factor: float = 0.5
+    plateau_patience: int = 3
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.loss not in ("ce", "proto"):
+            raise ValueError(f"loss must be 'ce' or 'proto', got {self.loss!r}")
+        if self.alpha < 0:
+            raise ValueError(f"alpha must be >= 0, got {self.alpha}")
+        if self.epochs < 1 or self.batch_size < 2:
+            raise ValueError("epochs must be >= 1 and batch_size >= 2")
 
 
 def to_input(
     images: np.ndarray, scale: float, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
-) -> torch.Tensor:
+) -> Tensor:
     """Stored pixels -> the network's input, the same normalisation the scoring graph applies."""
     x = torch.from_numpy(np.ascontiguousarray(images)).to(torch.float32) / scale
     c = x.shape[1]
@@ -42,7 +60,7 @@ def to_input(
 
 
 @torch.no_grad()
-def refresh_prototypes(model: Classifier, x: torch.Tensor, y: torch.Tensor, batch: int = 256) -> None:
+def refresh_prototypes(model: Classifier, x: Tensor, y: Tensor, batch: int = 256) -> None:
     head = model.head
     if getattr(head, "kind", "") != "prototypical":
         return
@@ -53,46 +71,196 @@ def refresh_prototypes(model: Classifier, x: torch.Tensor, y: torch.Tensor, batc
     model.train(was_training)
 
 
+def _guidance(cam01: Tensor, roi: Tensor) -> Tensor:
+    has = roi.flatten(1).amax(1) > 0
+    if not bool(has.any()):
+        return cam01.new_zeros(())
+    return (1 - soft_dice(cam01[has], roi[has])).mean()
+
+
+def _step_loss(
+    model: Classifier, layer: nn.Module | None, x: Tensor, y: Tensor, roi: Tensor | None, alpha: float
+) -> tuple[Tensor, float, float]:
+    if alpha > 0 and layer is not None and roi is not None:
+        scores, cam01 = scores_and_cam(model, layer, x, y)
+        ce = F.cross_entropy(scores, y)
+        guide = _guidance(cam01, roi)
+        return ce + alpha * guide, float(ce.detach()), float(guide.detach())
+    ce = F.cross_entropy(model(x), y)
+    return ce, float(ce.detach()), 0.0
+
+
+def _episode_batches(y: Tensor, cfg: TrainConfig, gen: torch.Generator) -> list[tuple[Tensor, Tensor]]:
+    """(support, query) index sets of one episode: `shots` + `queries` per class."""
+    out = []
+    classes = torch.unique(y)
+    for _ in range(cfg.episodes):
+        sup, qry = [], []
+        for c in classes:
+            idx = torch.nonzero(y == c).flatten()
+            idx = idx[torch.randperm(len(idx), generator=gen)]
+            if len(idx) < 2:
+                continue
+            s = min(cfg.shots, len(idx) - 1)
+            sup.append(idx[:s])
+            qry.append(idx[s : s + cfg.queries])
+        if sup:
+            out.append((torch.cat(sup), torch.cat(qry)))
+    return out
+
+
+def _proto_step(
+    model: Classifier,
+    layer: nn.Module | None,
+    x: Tensor,
+    y: Tensor,
+    roi: Tensor | None,
+    support: Tensor,
+    query: Tensor,
+    alpha: float,
+) -> tuple[Tensor, float, float]:
+    """Episodic prototypical loss: prototypes from the support embeddings, CE over the
+    queries' negative distances; the guidance term on the queries' CAMs."""
+    head = model.head
+    emb_s = head.embed(model.pooled(x[support]))
+    classes = torch.unique(y[support])
+    protos = torch.stack([emb_s[y[support] == c].mean(0) for c in classes])
+    remap = {int(c): i for i, c in enumerate(classes)}
+    yq = torch.tensor([remap[int(v)] for v in y[query]])
+    saved = head.prototypes
+    # The head scores against the episode's prototypes (with their gradient); the buffer is
+    # restored afterwards.
+    try:
+        head.prototypes = torch.zeros_like(saved).index_copy(0, classes, protos)
+        xq = x[query]
+        if alpha > 0 and layer is not None and roi is not None:
+            scores, cam01 = scores_and_cam(model, layer, xq, y[query])
+            guide = _guidance(cam01, roi[query])
+        else:
+            scores, guide = model(xq), xq.new_zeros(())
+        ce = F.cross_entropy(scores[:, classes], yq)
+    finally:
+        head.prototypes = saved
+    return ce + alpha * guide, float(ce.detach()), float(guide.detach())
+
+
 def train_classifier(
     model: Classifier,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    x: Tensor,
+    y: Tensor,
     config: TrainConfig = TrainConfig(),
-    progress: Callable[[int, float], None] | None = None,
-) -> list[float]:
-    """Train in place on normalised inputs `x` and labels `y`; returns the mean loss per epoch.
-    `progress(epoch, loss)` is called after each epoch."""
+    *,
+    roi: Tensor | None = None,
+    target_layer: str | None = None,
+    progress: Callable[[dict], None] | None = None,
+) -> list[dict]:
+    """Train in place on normalised inputs `x`, labels `y` and (for the guidance loss) ROI masks
+    `roi` [N, H, W] with Grad-CAM at `target_layer`. Returns one dict per epoch (loss, ce,
+    guidance, val_loss, lr); `progress` receives each as it is made."""
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"need as many labels as images and at least one; got {len(x)} and {len(y)}")
+    if config.alpha > 0 and (roi is None or target_layer is None):
+        raise ValueError("the guidance loss (alpha > 0) needs ROIs and a target layer")
+    if config.loss == "proto" and getattr(model.head, "kind", "") != "prototypical":
+        raise ValueError("the episodic prototypical loss needs a prototypical head")
+    layer = model.get_submodule(target_layer) if target_layer else None
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
+    order = torch.randperm(len(x), generator=gen)
+    n_val = int(len(x) * config.val_fraction) if len(x) >= 50 else 0
+    val, tr = order[:n_val], order[n_val:]
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    history = []
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        opt, factor=config.plateau_factor, patience=config.plateau_patience
+    )
+    history: list[dict] = []
     for epoch in range(config.epochs):
-        refresh_prototypes(model, x, y)
+        refresh_prototypes(model, x[tr], y[tr])
         model.train()
-        order = torch.randperm(len(x), generator=gen)
-        total, seen = 0.0, 0
-        for i in range(0, len(x), config.batch_size):
-            idx = order[i : i + config.batch_size]
-            if len(idx) < 2:  # BatchNorm needs two samples
-                continue
-            loss = F.cross_entropy(model(x[idx]), y[idx])
+        totals = np.zeros(3)
+        steps = 0
+        if config.loss == "proto":
+            batches = [(tr[s], tr[q]) for s, q in _episode_batches(y[tr], config, gen)]
+        else:
+            perm = tr[torch.randperm(len(tr), generator=gen)]
+            batches = [
+                (perm[i : i + config.batch_size], None) for i in range(0, len(perm), config.batch_size)
+            ]
+        for idx, query in batches:
+            if config.loss == "proto":
+                loss, ce, guide = _proto_step(model, layer, x, y, roi, idx, query, config.alpha)
+            else:
+                if len(idx) < 2:  # BatchNorm needs two samples
+                    continue
+                loss, ce, guide = _step_loss(
+                    model, layer, x[idx], y[idx], None if roi is None else roi[idx], config.alpha
+                )
             opt.zero_grad(set_to_none=True)
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             opt.step()
-            total += float(loss.detach()) * len(idx)
-            seen += len(idx)
-        history.append(total / max(seen, 1))
+            totals += (float(loss.detach()), ce, guide)
+            steps += 1
+        mean = totals / max(steps, 1)
+        val_loss = _val_loss(model, x, y, val) if n_val else float(mean[0])
+        sched.step(val_loss)
+        record = {
+            "epoch": epoch,
+            "loss": mean[0],
+            "ce": mean[1],
+            "guidance": mean[2],
+            "val_loss": val_loss,
+            "lr": opt.param_groups[0]["lr"],
+        }
+        history.append(record)
         if progress is not None:
-            progress(epoch, history[-1])
+            progress(record)
     refresh_prototypes(model, x, y)
     model.eval()
     return history
 
 
 @torch.no_grad()
-def predict(model: Classifier, x: torch.Tensor, batch: int = 256) -> np.ndarray:
+def _val_loss(model: Classifier, x: Tensor, y: Tensor, idx: Tensor) -> float:
+    refresh_prototypes(model, x, y)
+    model.eval()
+    return float(F.cross_entropy(model(x[idx]), y[idx]))
+
+
+@torch.no_grad()
+def predict(model: Classifier, x: Tensor, batch: int = 256) -> np.ndarray:
     model.eval()
     return torch.cat([model(x[i : i + batch]).argmax(1) for i in range(0, len(x), batch)]).numpy()
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
+    f1s = []
+    for c in range(num_classes):
+        tp = np.sum((y_pred == c) & (y_true == c))
+        fp = np.sum((y_pred == c) & (y_true != c))
+        fn = np.sum((y_pred != c) & (y_true == c))
+        f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
+    return float(np.mean(f1s))
+
+
+def evaluate(
+    model: Classifier, target_layer: str, x: Tensor, y: Tensor, roi: Tensor, batch: int = 128
+) -> dict[str, float]:
+    """Accuracy, macro-F1 and the mean CAM–ROI Dice (CAM of the true class) on a test split."""
+    model.eval()
+    layer = model.get_submodule(target_layer)
+    preds, dices = [], []
+    num_classes = 0
+    for i in range(0, len(x), batch):
+        scores, cam01 = scores_and_cam(model, layer, x[i : i + batch], y[i : i + batch], differentiable=False)
+        num_classes = int(scores.shape[1])
+        preds.append(scores.argmax(1).numpy())
+        has = roi[i : i + batch].flatten(1).amax(1) > 0
+        dices.append(soft_dice(cam01, roi[i : i + batch])[has].numpy())
+    pred = np.concatenate(preds)
+    truth = y.numpy()
+    return {
+        "accuracy": float((pred == truth).mean()),
+        "macro_f1": macro_f1(truth, pred, num_classes),
+        "cam_dice": float(np.concatenate(dices).mean()) if dices else float("nan"),
+    }
