@@ -5,7 +5,6 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -127,8 +126,13 @@ def test_scorer_side_never_imports_torch(pool_and_model):
 
 
 def test_demo_quick(tmp_path):
+    """The README's main job, quick: three arms through a local scorer, results and plots."""
     res = run("demo", "--quick", "--out", tmp_path / "demo")
-    assert "would send to the annotator" in res.stdout
-    doc = json.loads((tmp_path / "demo" / "ranking.json").read_text())
-    assert len(doc["top"]) == 20 and 0 <= doc["test_accuracy"] <= 1
-    assert Path(doc["model"]).is_file()
+    assert "final round" in res.stdout and "xgal - uncertainty" in res.stdout
+    doc = json.loads((tmp_path / "demo" / "results.json").read_text())
+    assert set(doc["summary"]["arms"]) == {"random", "uncertainty", "xgal"}
+    for arm in ("random", "uncertainty", "xgal"):
+        rounds = doc["rounds"]["0"][arm]
+        assert [r["labelled"] for r in rounds] == [30, 60, 90, 120]
+    for png in ("learning_curves.png", "cam_overlays.png"):
+        assert (tmp_path / "demo" / png).read_bytes()[:4] == b"\x89PNG"

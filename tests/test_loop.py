@@ -1,0 +1,216 @@
+"""The active-learning loop against a real local scorer, resume, the oracle's discipline, and
+the guidance loss on a toy case."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from xgal.client import ScorerClient
+from xgal.pool.format import Pool
+from xgal.pool.synth import synth_pool
+from xgal.scorer.server import RunningServer, ServerConfig
+from xgal.trainer.annotator import OracleAnnotator
+from xgal.trainer.loop import ActiveLearningLoop, LoopConfig
+from xgal.trainer.nets import build_model
+from xgal.trainer.train import TrainConfig, evaluate, to_input, train_classifier
+
+LAYER = "features.stage4.0"
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loop")
+    pool = synth_pool(root / "data" / "pool", 240, seed=0, image_size=32, shard_size=100)
+    test = synth_pool(root / "data" / "test", 60, seed=0, image_size=32, split="test")
+    server = RunningServer(ServerConfig(data_root=root / "data", model_repo=root / "repo", port=0))
+    client = ScorerClient(server.address)
+    yield root, pool, test, client, server
+    client.close()
+    server.stop(grace=1)
+
+
+def _config(**kw):
+    base = dict(initial=24, per_round=12, rounds=2, train=TrainConfig(epochs=3, alpha=0.1))
+    return LoopConfig(**{**base, **kw})
+
+
+class SpyPool(Pool):
+    """Records every row whose label or ROI is read."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        self.label_rows: list[int] = []
+
+    def take(self, indices, keys=("ids", "images", "rois")):
+        if "labels" in keys or "rois" in keys:
+            self.label_rows.extend(int(i) for i in indices)
+        return super().take(indices, keys)
+
+
+def test_two_rounds_end_to_end_and_no_label_leaks(world, tmp_path):
+    root, pool, test, client, server = world
+    spy = SpyPool(pool.path)
+    oracle = OracleAnnotator(spy)
+    seen = []
+    loop = ActiveLearningLoop(
+        _config(strategy="xgal"),
+        Pool(pool.path),
+        test,
+        client,
+        oracle,
+        tmp_path / "run",
+        pool_ref="pool",
+        model_name="loop",
+        log=lambda r, m: seen.append(r.round),
+    )
+    records = loop.run()
+    assert [r.labelled for r in records] == [24, 36, 48] and seen == [0, 1, 2]
+    assert [r.model_version for r in records[:2]] == [1, 2]
+    for r in records:
+        assert 0 <= r.accuracy <= 1 and 0 <= r.cam_dice <= 1 and 0 <= r.macro_f1 <= 1
+    # Selections are new IDs each round, and the oracle saw exactly the labelled ones.
+    selected = records[0].selected + records[1].selected
+    assert len(set(selected)) == 24
+    ann = np.load(tmp_path / "run" / "annotations.npz")
+    assert sorted(oracle.requested) == sorted(ann["ids"].tolist())
+    index = {s: i for i, s in enumerate(pool.ids().tolist())}
+    assert sorted(spy.label_rows) == sorted(index[i] for i in ann["ids"].tolist())
+    np.testing.assert_array_equal(ann["labels"], pool.labels()[[index[i] for i in ann["ids"]]])
+    assert [m.version for m in client.list_models("loop")] == [1, 2]
+
+
+def test_resume_continues_from_the_last_finished_round(world, tmp_path):
+    root, pool, test, client, _ = world
+    out = tmp_path / "run"
+
+    class Flaky(OracleAnnotator):
+        calls = 0
+
+        def annotate(self, ids):
+            Flaky.calls += 1
+            if Flaky.calls == 3:  # initial set, round 0's picks, then the annotator goes away
+                raise ConnectionError("annotation service down")
+            return super().annotate(ids)
+
+    with pytest.raises(ConnectionError):
+        ActiveLearningLoop(
+            _config(), pool, test, client, Flaky(pool), out, pool_ref="pool", model_name="r"
+        ).run()
+    state = json.loads((out / "state.json").read_text())
+    assert [r["round"] for r in state["rounds"]] == [0]
+
+    oracle = OracleAnnotator(pool)
+    records = ActiveLearningLoop(
+        _config(), pool, test, client, oracle, out, pool_ref="pool", model_name="r"
+    ).run()
+    assert [r.round for r in records] == [0, 1, 2]
+    assert len(oracle.requested) == 12  # only round 1's picks: nothing is asked twice
+    assert records[0].selected == state["rounds"][0]["selected"]
+
+    with pytest.raises(ValueError, match="different configuration"):
+        ActiveLearningLoop(_config(rounds=3, lam=0.5), pool, test, client, oracle, out, pool_ref="pool").run()
+
+
+def test_guidance_loss_lowers_misalignment_on_a_toy_case(world):
+    _, pool, _, _, _ = world
+    d = pool.read(0, 120, ("images", "labels", "rois"))
+    x, y, roi = to_input(d["images"], 255.0), torch.from_numpy(d["labels"]), torch.from_numpy(d["rois"])
+    # At 32 px the last stage's map is 4x4; the one before (8x8) can follow a lesion's outline.
+    layer = "features.stage3.0"
+    dice = {}
+    for alpha in (0.0, 1.0):
+        torch.manual_seed(0)
+        model = build_model("small_cnn", "linear", 3, in_channels=1)
+        train_classifier(
+            model, x, y, TrainConfig(epochs=12, alpha=alpha, seed=0), roi=roi, target_layer=layer
+        )
+        dice[alpha] = evaluate(model, layer, x, y, roi)["cam_dice"]
+    assert dice[1.0] > dice[0.0] + 0.05, dice
+
+
+def test_prototypical_episodic_training_runs(world):
+    _, pool, _, _, _ = world
+    d = pool.read(0, 60, ("images", "labels", "rois"))
+    x, y, roi = to_input(d["images"], 255.0), torch.from_numpy(d["labels"]), torch.from_numpy(d["rois"])
+    model = build_model("small_cnn", "prototypical", 3, in_channels=1)
+    before = model.head.prototypes.clone()
+    hist = train_classifier(
+        model, x, y, TrainConfig(epochs=2, loss="proto", alpha=0.1, episodes=3), roi=roi, target_layer=LAYER
+    )
+    assert len(hist) == 2 and np.isfinite(hist[-1]["loss"]) and hist[-1]["guidance"] > 0
+    assert not torch.equal(before, model.head.prototypes)  # set from the labelled embeddings
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [({"loss": "focal"}, "loss must be"), ({"alpha": -1}, "alpha must be >= 0"), ({"epochs": 0}, "epochs")],
+)
+def test_bad_train_config(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_guidance_needs_rois():
+    model = build_model("small_cnn", "linear", 3, in_channels=1)
+    with pytest.raises(ValueError, match="needs ROIs and a target layer"):
+        train_classifier(
+            model, torch.zeros(4, 1, 32, 32), torch.zeros(4, dtype=torch.long), TrainConfig(alpha=0.1)
+        )
+
+
+def test_authors_preset_matches_the_method():
+    from xgal.trainer.presets import preset
+
+    cfg = preset("authors-brats")
+    assert (cfg.arch, cfg.head, cfg.target_layer) == (
+        "densenet121",
+        "prototypical",
+        "features.denseblock4.denselayer16.conv2",
+    )
+    assert (cfg.lam, cfg.train.alpha, cfg.initial, cfg.per_round, cfg.rounds) == (0.3, 0.1, 150, 120, 6)
+    assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.loss, cfg.train.shots, cfg.train.queries) == (
+        1e-4,
+        1e-5,
+        "proto",
+        3,
+        3,
+    )
+    model = build_model(cfg.arch, cfg.head, 3, in_channels=3)
+    assert model.head.proj.out_features == 512
+    model.get_submodule(cfg.target_layer)
+    with pytest.raises(ValueError, match="unknown preset"):
+        preset("nope")
+
+
+def test_train_cli_runs_and_resumes(world, tmp_path):
+    import subprocess
+    import sys
+
+    root, pool, test, _, _ = world
+    cmd = [
+        sys.executable,
+        "-m",
+        "xgal.cli",
+        "train",
+        "--pool",
+        str(pool.path),
+        "--test-pool",
+        str(test.path),
+        "--initial",
+        "12",
+        "--per-round",
+        "6",
+        "--rounds",
+        "1",
+        "--epochs",
+        "2",
+        "--out",
+        str(tmp_path / "run"),
+    ]
+    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert first.returncode == 0, first.stderr
+    assert "round 0: 12 labelled" in first.stdout and "round 1: 18 labelled" in first.stdout
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and "round 0" not in again.stdout and "done: 18 labelled" in again.stdout
