@@ -7,6 +7,7 @@ never asked twice for the same samples.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import time
@@ -154,7 +155,7 @@ class ActiveLearningLoop:
             )
         ann = np.load(self.out / "annotations.npz", allow_pickle=False)
         model = self._new_model()
-        model.load_state_dict(torch.load(self.out / "model.pt", weights_only=True))
+        model.load_state_dict(torch.load(self.out / "model.pt", weights_only=True, map_location="cpu"))
         records = [RoundRecord(**r) for r in state["rounds"]]
         return records, ann["ids"].tolist(), ann["labels"], ann["rois"], model
 
@@ -166,8 +167,6 @@ class ActiveLearningLoop:
         rois: np.ndarray,
         model: Classifier,
     ) -> None:
-        import io
-
         buf = io.BytesIO()
         np.savez(buf, ids=np.array(ids, dtype=str), labels=labels, rois=rois)
         _atomic_write(self.out / "annotations.npz", buf.getvalue())

@@ -36,6 +36,7 @@ class TrainConfig:
     plateau_factor: float = 0.5
     plateau_patience: int = 3
     seed: int = 0
+    device: str = "auto"  # "auto" = CUDA when present, else CPU
 
     def __post_init__(self) -> None:
         if self.loss not in ("ce", "proto"):
@@ -44,6 +45,12 @@ class TrainConfig:
             raise ValueError(f"alpha must be >= 0, got {self.alpha}")
         if self.epochs < 1 or self.batch_size < 2:
             raise ValueError("epochs must be >= 1 and batch_size >= 2")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
 
 
 def to_input(
@@ -66,8 +73,9 @@ def refresh_prototypes(model: Classifier, x: Tensor, y: Tensor, batch: int = 256
         return
     was_training = model.training
     model.eval()
-    emb = torch.cat([head.embed(model.pooled(x[i : i + batch])) for i in range(0, len(x), batch)])
-    head.set_prototypes(emb, y)
+    device = next(model.parameters()).device
+    emb = torch.cat([head.embed(model.pooled(x[i : i + batch].to(device))) for i in range(0, len(x), batch)])
+    head.set_prototypes(emb, y.to(device))
     model.train(was_training)
 
 
@@ -126,7 +134,7 @@ def _proto_step(
     classes = torch.unique(y[support])
     protos = torch.stack([emb_s[y[support] == c].mean(0) for c in classes])
     remap = {int(c): i for i, c in enumerate(classes)}
-    yq = torch.tensor([remap[int(v)] for v in y[query]])
+    yq = torch.tensor([remap[int(v)] for v in y[query]], device=x.device)
     saved = head.prototypes
     # The head scores against the episode's prototypes (with their gradient); the buffer is
     # restored afterwards.
@@ -163,6 +171,11 @@ def train_classifier(
         raise ValueError("the guidance loss (alpha > 0) needs ROIs and a target layer")
     if config.loss == "proto" and getattr(model.head, "kind", "") != "prototypical":
         raise ValueError("the episodic prototypical loss needs a prototypical head")
+    device = resolve_device(config.device)
+    model.to(device)
+    # The labelled set is small (hundreds to a few thousand images): it lives on the device.
+    x, y = x.to(device), y.to(device)
+    roi = roi.to(device) if roi is not None else None
     layer = model.get_submodule(target_layer) if target_layer else None
     torch.manual_seed(config.seed)
     gen = torch.Generator().manual_seed(config.seed)
@@ -175,7 +188,7 @@ def train_classifier(
     )
     history: list[dict] = []
     for epoch in range(config.epochs):
-        refresh_prototypes(model, x[tr], y[tr])
+        refresh_prototypes(model, x[tr.to(device)], y[tr.to(device)])
         model.train()
         totals = np.zeros(3)
         steps = 0
@@ -187,6 +200,8 @@ def train_classifier(
                 (perm[i : i + config.batch_size], None) for i in range(0, len(perm), config.batch_size)
             ]
         for idx, query in batches:
+            idx = idx.to(device)
+            query = query.to(device) if query is not None else None
             if config.loss == "proto":
                 loss, ce, guide = _proto_step(model, layer, x, y, roi, idx, query, config.alpha)
             else:
@@ -224,13 +239,17 @@ def train_classifier(
 def _val_loss(model: Classifier, x: Tensor, y: Tensor, idx: Tensor) -> float:
     refresh_prototypes(model, x, y)
     model.eval()
+    idx = idx.to(x.device)
     return float(F.cross_entropy(model(x[idx]), y[idx]))
 
 
 @torch.no_grad()
 def predict(model: Classifier, x: Tensor, batch: int = 256) -> np.ndarray:
     model.eval()
-    return torch.cat([model(x[i : i + batch]).argmax(1) for i in range(0, len(x), batch)]).numpy()
+    device = next(model.parameters()).device
+    return torch.cat(
+        [model(x[i : i + batch].to(device)).argmax(1).cpu() for i in range(0, len(x), batch)]
+    ).numpy()
 
 
 def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
@@ -248,15 +267,17 @@ def evaluate(
 ) -> dict[str, float]:
     """Accuracy, macro-F1 and the mean CAM–ROI Dice (CAM of the true class) on a test split."""
     model.eval()
+    device = next(model.parameters()).device
     layer = model.get_submodule(target_layer)
     preds, dices = [], []
     num_classes = 0
     for i in range(0, len(x), batch):
-        scores, cam01 = scores_and_cam(model, layer, x[i : i + batch], y[i : i + batch], differentiable=False)
+        xb, yb, rb = (t[i : i + batch].to(device) for t in (x, y, roi))
+        scores, cam01 = scores_and_cam(model, layer, xb, yb, differentiable=False)
         num_classes = int(scores.shape[1])
-        preds.append(scores.argmax(1).numpy())
-        has = roi[i : i + batch].flatten(1).amax(1) > 0
-        dices.append(soft_dice(cam01, roi[i : i + batch])[has].numpy())
+        preds.append(scores.argmax(1).cpu().numpy())
+        has = rb.flatten(1).amax(1) > 0
+        dices.append(soft_dice(cam01, rb)[has].cpu().numpy())
     pred = np.concatenate(preds)
     truth = y.numpy()
     return {
