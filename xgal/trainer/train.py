@@ -32,7 +32,9 @@ class TrainConfig:
     episodes: int = 10  # per epoch, for "proto"
     shots: int = 3
     queries: int = 3
-    val_fraction: float = 0.2  # held out for the LR schedule when there are >= 50 samples
+    # Labels held out to drive the LR schedule (when >= 50 samples). 0 = schedule on the
+    # training loss: with a few dozen labels each one is worth more in training.
+    val_fraction: float = 0.0
     plateau_factor: float = 0.5
     plateau_patience: int = 3
     seed: int = 0
@@ -193,7 +195,7 @@ def train_classifier(
         totals = np.zeros(3)
         steps = 0
         if config.loss == "proto":
-            batches = [(tr[s], tr[q]) for s, q in _episode_batches(y[tr], config, gen)]
+            batches = [(tr[s], tr[q]) for s, q in _episode_batches(y[tr.to(device)].cpu(), config, gen)]
         else:
             perm = tr[torch.randperm(len(tr), generator=gen)]
             batches = [
