@@ -20,8 +20,8 @@ pool_app = typer.Typer(help="Make, inspect and verify pools.", no_args_is_help=T
 app.add_typer(pool_app, name="pool")
 client_app = typer.Typer(help="Talk to running scorers.", no_args_is_help=True)
 app.add_typer(client_app, name="client")
-console = Console(stderr=True)
-out = Console()
+console = Console(stderr=True, soft_wrap=True)
+out = Console(soft_wrap=True)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -91,6 +91,128 @@ def pool_synth(
             progress=advance,
         )
     out.print(f"wrote {pool}")
+
+
+import_app = typer.Typer(
+    help="Build a pool from PNG/JPEG, DICOM or NIfTI (BraTS) data.", no_args_is_help=True
+)
+pool_app.add_typer(import_app, name="import")
+
+
+def _import_progress(label: str) -> tuple[Any, Callable[[int, int], None]]:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    bar = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=not console.is_terminal,
+    )
+    task = bar.add_task(label, total=None)
+    return bar, lambda done, total: bar.update(task, completed=done, total=total)
+
+
+def _import_done(pool: Any, report: Any) -> None:
+    out.print(f"wrote {pool}: {report.written} new samples, {len(report.skipped)} sources skipped")
+    for line in report.skipped[:20]:
+        console.print(f"  skipped {line}")
+    if len(report.skipped) > 20:
+        console.print(f"  ... and {len(report.skipped) - 20} more")
+
+
+@import_app.command("images")
+@friendly_errors
+def import_images_cmd(
+    folder: Path = typer.Argument(..., help="Folder of PNG/JPEG images."),
+    out_dir: Path = typer.Argument(..., help="Pool to create (an unfinished one is resumed)."),
+    labels: Path = typer.Option(..., help="CSV: image, label[, id][, mask]."),
+    boxes: Path | None = typer.Option(None, help="CSV of ROI boxes: image|id, x_min, y_min, x_max, y_max."),
+    size: int = typer.Option(224, help="Side of the pool's square images."),
+    channels: int = typer.Option(1, help="1 (grayscale) or 3 (RGB)."),
+    classes: str | None = typer.Option(None, help="Comma-separated class order (default: sorted)."),
+    overwrite: bool = typer.Option(False),
+) -> None:
+    """Import a folder of PNG/JPEG images with labels and ROI masks or boxes."""
+    from xgal.pool.importers.images import import_images
+
+    bar, update = _import_progress("importing images")
+    with bar:
+        pool, report = import_images(
+            folder,
+            labels,
+            out_dir,
+            size=size,
+            channels=channels,
+            boxes_csv=boxes,
+            class_names=classes.split(",") if classes else None,
+            overwrite=overwrite,
+            progress=update,
+        )
+    _import_done(pool, report)
+
+
+@import_app.command("dicom")
+@friendly_errors
+def import_dicom_cmd(
+    folder: Path = typer.Argument(..., help="Folder of <image_id>.dicom / .dcm files."),
+    out_dir: Path = typer.Argument(..., help="Pool to create (an unfinished one is resumed)."),
+    boxes: Path = typer.Option(..., help="CSV: image_id, class_name, x_min, y_min, x_max, y_max."),
+    size: int = typer.Option(224),
+    classes: str | None = typer.Option(None, help="Comma-separated classes to keep (default: all)."),
+    window: str | None = typer.Option(None, help="centre,width; default: the file's VOI window."),
+    uint16: bool = typer.Option(False, help="Store 16-bit pixels instead of 8-bit."),
+    overwrite: bool = typer.Option(False),
+) -> None:
+    """Import DICOM images with a VinDr-CXR / SIIM-style box CSV."""
+    from xgal.pool.importers.dicom import import_dicom
+
+    win = tuple(float(v) for v in window.split(",")) if window else None
+    if win is not None and len(win) != 2:
+        raise ValueError("--window takes centre,width")
+    bar, update = _import_progress("importing DICOM")
+    with bar:
+        pool, report = import_dicom(
+            folder,
+            boxes,
+            out_dir,
+            size=size,
+            window=win,  # type: ignore[arg-type]
+            classes=classes.split(",") if classes else None,
+            pixel_dtype="uint16" if uint16 else "uint8",
+            overwrite=overwrite,
+            progress=update,
+        )
+    _import_done(pool, report)
+
+
+@import_app.command("brats")
+@friendly_errors
+def import_brats_cmd(
+    folder: Path = typer.Argument(..., help="Folder of BraTS subject folders."),
+    out_dir: Path = typer.Argument(..., help="Pool to create (an unfinished one is resumed)."),
+    size: int = typer.Option(224),
+    modalities: str = typer.Option("t1ce,flair,t2", help="Channels, in order."),
+    min_area: int = typer.Option(100, help="Least tumour voxels for a slice to be kept."),
+    overwrite: bool = typer.Option(False),
+) -> None:
+    """Import NIfTI volumes in the BraTS layout as axial slices (class = dominant region)."""
+    from xgal.pool.importers.brats import import_brats
+
+    bar, update = _import_progress("importing subjects")
+    with bar:
+        pool, report = import_brats(
+            folder,
+            out_dir,
+            size=size,
+            modalities=modalities.split(","),
+            min_area=min_area,
+            overwrite=overwrite,
+            progress=update,
+        )
+    _import_done(pool, report)
 
 
 @pool_app.command("info")

@@ -24,6 +24,7 @@ import numpy as np
 
 FORMAT = "xgal-pool/1"
 MANIFEST = "manifest.json"
+PARTIAL = "partial.json"  # written after every shard of an unfinished pool, for resuming
 ARRAYS = ("images", "rois", "ids", "labels")
 PIXEL_DTYPES = ("uint8", "uint16")
 
@@ -66,8 +67,12 @@ class PoolWriter:
         with_labels: bool = False,
         shard_size: int = 8192,
         overwrite: bool = False,
+        resume: bool = False,
         description: str = "",
     ) -> None:
+        """With `resume`, an unfinished pool at `path` (one with partial.json) is continued:
+        its finished shards are kept and `resume_after` tells the importer which source item
+        was the last one written completely."""
         self.path = Path(path)
         if pixel_dtype not in PIXEL_DTYPES:
             raise ValueError(f"pixel_dtype must be one of {PIXEL_DTYPES}, got {pixel_dtype!r}")
@@ -75,9 +80,13 @@ class PoolWriter:
             raise ValueError(f"image_shape must be (C, H, W), got {tuple(image_shape)}")
         if shard_size < 1:
             raise ValueError("shard_size must be at least 1")
-        if self.path.exists() and any(self.path.iterdir()):
+        partial = self.path / PARTIAL
+        resuming = resume and partial.is_file() and not overwrite
+        if resume and (self.path / MANIFEST).is_file() and not overwrite:
+            raise FileExistsError(f"{self.path} is already a finished pool")
+        if not resuming and self.path.exists() and any(self.path.iterdir()):
             if not overwrite:
-                raise FileExistsError(f"{self.path} exists and is not empty (use overwrite)")
+                raise FileExistsError(f"{self.path} exists and is not empty (use overwrite or resume)")
             shutil.rmtree(self.path)
         self.path.mkdir(parents=True, exist_ok=True)
         self.image_shape = tuple(int(v) for v in image_shape)
@@ -86,12 +95,39 @@ class PoolWriter:
         self.with_labels = with_labels
         self.shard_size = shard_size
         self.description = description
-        self._pending: dict[str, list[np.ndarray]] = {k: [] for k in ARRAYS}
+        self._pending: dict[str, list[np.ndarray]] = {k: [] for k in (*ARRAYS, "source")}
         self._pending_n = 0
         self._shards: list[dict[str, object]] = []
         self._count = 0
         self._seen_ids: set[str] = set()
         self._closed = False
+        self.resume_after = -1  # index of the last source item whose rows are all in shards
+        if resuming:
+            self._reopen(json.loads(partial.read_text()))
+
+    def _settings(self) -> dict[str, object]:
+        return {
+            "image_shape": list(self.image_shape),
+            "pixel_dtype": self.pixel_dtype,
+            "class_names": self.class_names,
+            "has_labels": self.with_labels,
+        }
+
+    def _reopen(self, state: dict) -> None:
+        mine = self._settings()
+        theirs = {k: state[k] for k in mine}
+        if theirs != mine:
+            raise PoolFormatError(f"{self.path}: the unfinished pool was started with {theirs}, not {mine}")
+        self._shards = state["shards"]
+        self._count = int(state["count"])
+        self.resume_after = int(state["resume_after"])
+        for shard in self._shards:
+            ids = np.load(self.path / str(shard["path"]) / "ids.npy", allow_pickle=False)
+            self._seen_ids.update(ids.tolist())
+        # Shard folders beyond the recorded ones are half-written leftovers.
+        for extra in self.path.glob("shard-*"):
+            if extra.name not in {s["path"] for s in self._shards}:
+                shutil.rmtree(extra)
 
     def __enter__(self) -> PoolWriter:
         return self
@@ -106,7 +142,11 @@ class PoolWriter:
         images: np.ndarray,
         rois: np.ndarray,
         labels: np.ndarray | None = None,
+        *,
+        source: int | None = None,
     ) -> None:
+        """Append samples. `source` is the index of the source item (file, volume) they came
+        from, in the importer's order; it makes the pool resumable."""
         ids_arr = np.asarray(ids, dtype=str)
         n = len(ids_arr)
         c, h, w = self.image_shape
@@ -140,6 +180,8 @@ class PoolWriter:
         self._pending["rois"].append(rois.astype(np.uint8, copy=False))
         if labels is not None:
             self._pending["labels"].append(labels)
+        src = self._count + self._pending_n if source is None else source
+        self._pending["source"].append(np.full(n, src, dtype=np.int64))
         self._pending_n += n
         while self._pending_n >= self.shard_size:
             self._flush(self.shard_size)
@@ -149,6 +191,8 @@ class PoolWriter:
         shard_dir = self.path / f"shard-{index:05d}"
         shard_dir.mkdir(exist_ok=True)
         checksums = {}
+        sources = np.concatenate(self._pending["source"])
+        self._pending["source"] = [sources[n:]] if len(sources) > n else []
         for key in ARRAYS:
             parts = self._pending[key]
             if not parts:
@@ -170,6 +214,18 @@ class PoolWriter:
         )
         self._count += n
         self._pending_n -= n
+        # A source item whose rows straddle this shard and the pending ones is not finished.
+        rest = sources[n:]
+        self.resume_after = int(rest.min()) - 1 if rest.size else int(sources[n - 1])
+        state = {
+            **self._settings(),
+            "count": self._count,
+            "shards": self._shards,
+            "resume_after": self.resume_after,
+        }
+        tmp = self.path / (PARTIAL + ".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.path / PARTIAL)
 
     def close(self) -> Path:
         if self._closed:
@@ -189,6 +245,7 @@ class PoolWriter:
         tmp = self.path / (MANIFEST + ".tmp")
         tmp.write_text(json.dumps(manifest, indent=1))
         os.replace(tmp, self.path / MANIFEST)
+        (self.path / PARTIAL).unlink(missing_ok=True)
         self._closed = True
         return self.path
 

@@ -1,0 +1,246 @@
+"""Importers on small files the tests write in each format: PNG with masks and boxes, DICOM
+(MONOCHROME1/2, windowing) with a VinDr-style box CSV, NIfTI volumes in the BraTS layout;
+validation and resuming an interrupted import."""
+
+import csv
+
+import nibabel as nib
+import numpy as np
+import pydicom
+import pytest
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from xgal.pool.format import PARTIAL, Pool
+from xgal.pool.importers.brats import import_brats
+from xgal.pool.importers.dicom import import_dicom
+from xgal.pool.importers.images import import_images
+
+
+def _csv(path, header, rows):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(header)
+        w.writerows(rows)
+    return path
+
+
+@pytest.fixture
+def png_folder(tmp_path):
+    src = tmp_path / "png"
+    src.mkdir()
+    rows = []
+    for i in range(6):
+        img = np.full((40, 60), 30 + 20 * i, dtype=np.uint8)
+        img[10:20, 15:45] = 250
+        Image.fromarray(img).save(src / f"img{i}.png")
+        mask = ""
+        if i % 2 == 0:
+            m = np.zeros((40, 60), dtype=np.uint8)
+            m[10:20, 15:45] = 255
+            Image.fromarray(m).save(src / f"mask{i}.png")
+            mask = f"mask{i}.png"
+        rows.append([f"img{i}.png", "benign" if i < 3 else "malignant", mask])
+    _csv(src / "labels.csv", ["image", "label", "mask"], rows)
+    _csv(
+        src / "boxes.csv",
+        ["image", "x_min", "y_min", "x_max", "y_max"],
+        [["img1.png", 15, 10, 45, 20], ["img3.png", 0, 0, 30, 20], ["img3.png", 30, 20, 60, 40]],
+    )
+    return src
+
+
+def test_png_with_masks_and_boxes(png_folder, tmp_path):
+    pool, report = import_images(
+        png_folder, png_folder / "labels.csv", tmp_path / "pool", size=32, boxes_csv=png_folder / "boxes.csv"
+    )
+    assert report.written == 6 and not report.skipped
+    d = pool.read(0, 6, ("ids", "images", "rois", "labels"))
+    assert d["ids"].tolist() == [f"img{i}" for i in range(6)]
+    assert d["images"].shape == (6, 1, 32, 32) and d["images"].dtype == np.uint8
+    assert pool.class_names == ["benign", "malignant"] and d["labels"].tolist() == [0, 0, 0, 1, 1, 1]
+    # The lesion (rows 10-20 of 40, columns 15-45 of 60) is 1/8 of the image, masks and boxes alike.
+    for i in (0, 1, 2, 4):
+        assert abs(d["rois"][i].mean() - 0.125) < 0.03
+    assert abs(d["rois"][3].mean() - 0.5) < 0.05  # two boxes filled into one mask
+    assert d["rois"][5].sum() == 0  # no mask, no box: no ROI
+    assert d["images"][0, 0, 8, 16] > 200 and d["images"][0, 0, 28, 2] < 60
+
+
+def test_png_validation(png_folder, tmp_path):
+    _csv(
+        png_folder / "bad_boxes.csv",
+        ["image", "x_min", "y_min", "x_max", "y_max"],
+        [["img1.png", 50, 10, 90, 20]],
+    )
+    pool, report = import_images(
+        png_folder,
+        png_folder / "labels.csv",
+        tmp_path / "p1",
+        size=32,
+        boxes_csv=png_folder / "bad_boxes.csv",
+    )
+    assert pool.count == 5 and "lies outside the 60x40 image" in report.skipped[0]
+    _csv(png_folder / "dupes.csv", ["image", "label", "id"], [["img0.png", "a", "x"], ["img1.png", "a", "x"]])
+    with pytest.raises(ValueError, match="duplicate IDs"):
+        import_images(png_folder, png_folder / "dupes.csv", tmp_path / "p2")
+    with pytest.raises(ValueError, match="not among the classes"):
+        import_images(png_folder, png_folder / "labels.csv", tmp_path / "p3", class_names=["benign"])
+    (png_folder / "img2.png").write_bytes(b"broken")
+    _, report = import_images(png_folder, png_folder / "labels.csv", tmp_path / "p4", size=32)
+    assert any("img2.png: not a readable image" in s for s in report.skipped)
+
+
+def test_interrupted_import_resumes(png_folder, tmp_path):
+    whole, _ = import_images(png_folder, png_folder / "labels.csv", tmp_path / "whole", size=32)
+
+    def stop_after_four(done, total):
+        if done == 4:
+            raise KeyboardInterrupt
+
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        import_images(
+            png_folder, png_folder / "labels.csv", out, size=32, shard_size=2, progress=stop_after_four
+        )
+    assert (out / PARTIAL).is_file() and not (out / "manifest.json").exists()
+    seen = []
+    pool, report = import_images(
+        png_folder,
+        png_folder / "labels.csv",
+        out,
+        size=32,
+        shard_size=2,
+        progress=lambda d, t: seen.append(d),
+    )
+    assert seen[0] == 5 and report.written == 2  # the four finished sources were not redone
+    assert not (out / PARTIAL).exists()
+    a, b = (
+        whole.read(0, 6, ("ids", "images", "rois", "labels")),
+        pool.read(0, 6, ("ids", "images", "rois", "labels")),
+    )
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k])
+    pool.verify()
+
+
+def _dicom(path, pixels, photometric="MONOCHROME2", window=None):
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = pixels.shape
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    if window:
+        ds.WindowCenter, ds.WindowWidth = window
+    ds.PixelData = pixels.astype("<u2").tobytes()
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_dicom_vindr_style(tmp_path):
+    src = tmp_path / "dcm"
+    src.mkdir()
+    base = np.full((64, 48), 500, dtype=np.uint16)
+    base[8:24, 8:24] = 3500  # dense region
+    _dicom(src / "a.dicom", base)
+    _dicom(src / "b.dcm", base, photometric="MONOCHROME1")
+    _dicom(src / "c.dicom", base, window=(2000, 4000))
+    rows = [
+        ["a", "Nodule/Mass", 8, 8, 24, 24],
+        ["a", "Nodule/Mass", 10, 10, 20, 20],  # two readers, one finding
+        ["b", "Lung Opacity", 0, 0, 10, 10],
+        ["b", "Nodule/Mass", 8, 8, 40, 40],  # the larger class wins
+        ["c", "Lung Opacity", 20, 30, 40, 60],
+        ["d", "No finding", "", "", "", ""],
+        ["e", "Pulmonary fibrosis", 1, 1, 5, 5],  # a class not asked for: image dropped
+    ]
+    _csv(src / "boxes.csv", ["image_id", "class_name", "x_min", "y_min", "x_max", "y_max"], rows)
+    pool, report = import_dicom(
+        src, src / "boxes.csv", tmp_path / "pool", size=32, classes=["Nodule/Mass", "Lung Opacity"]
+    )
+    d = pool.read(0, pool.count, ("ids", "images", "rois", "labels"))
+    assert d["ids"].tolist() == ["a", "b", "c"] and d["labels"].tolist() == [0, 0, 1]
+    assert not report.skipped
+    # MONOCHROME2: the dense region is bright; MONOCHROME1 stores it inverted, so it reads dark.
+    assert d["images"][0, 0, 7, 7] > 200 and d["images"][0, 0, 25, 20] < 50
+    assert d["images"][1, 0, 7, 7] < 50 and d["images"][1, 0, 25, 20] > 200
+    assert d["rois"][0].sum() == pytest.approx(
+        16 / 64 * 32 * 16 / 48 * 32, abs=10
+    )  # the union: the 16x16 box
+    assert d["rois"][2][20:30].any() and not d["rois"][2][:10].any()
+    u16, _ = import_dicom(src, src / "boxes.csv", tmp_path / "p16", size=32, pixel_dtype="uint16")
+    assert u16.pixel_dtype == "uint16" and u16.class_names == [
+        "Lung Opacity",
+        "Nodule/Mass",
+        "Pulmonary fibrosis",
+    ]
+    assert pydicom.dcmread(src / "a.dicom").Rows == 64
+
+
+def _nifti(path, arr):
+    nib.save(nib.Nifti1Image(arr.astype(np.float32), np.eye(4)), path)
+
+
+def test_brats_layout(tmp_path):
+    src = tmp_path / "brats"
+    rng = np.random.default_rng(0)
+    for s in ("BraTS20_001", "BraTS20_002"):
+        sub = src / s
+        sub.mkdir(parents=True)
+        seg = np.zeros((24, 24, 5), dtype=np.int16)
+        seg[4:14, 4:14, 1] = 2  # edema-dominated slice
+        seg[6:8, 6:8, 1] = 4
+        seg[4:10, 4:10, 2] = 1  # necrotic core only
+        seg[4:14, 4:14, 3] = 4
+        seg[5:7, 5:7, 3] = 2  # enhancing dominates
+        seg[0:2, 0:2, 4] = 2  # too small: dropped
+        _nifti(sub / f"{s}_seg.nii.gz", seg)
+        for m in ("t1ce", "flair", "t2"):
+            vol = rng.random((24, 24, 5)) * 100 + 10
+            _nifti(sub / f"{s}_{m}.nii.gz", vol)
+    pool, report = import_brats(src, tmp_path / "pool", size=32, min_area=10)
+    assert not report.skipped and pool.count == 6
+    d = pool.read(0, 6, ("ids", "images", "rois", "labels"))
+    assert d["ids"].tolist()[:3] == ["BraTS20_001_z001", "BraTS20_001_z002", "BraTS20_001_z003"]
+    assert pool.class_names == ["edema", "necrotic", "enhancing"]
+    assert d["labels"].tolist() == [0, 1, 2, 0, 1, 2]
+    assert d["images"].shape == (6, 3, 32, 32)
+    # The ROI is the dominant region's mask: 10x10 minus the enhancing 2x2 on slice 1.
+    assert d["rois"][0].sum() == pytest.approx((100 - 4) * (32 / 24) ** 2, rel=0.15)
+    (src / "BraTS20_003").mkdir()
+    _, report = import_brats(src, tmp_path / "p2", size=32, min_area=10)
+    assert "no BraTS20_003_seg.nii(.gz)" in report.skipped[0]
+
+
+def test_import_cli(png_folder, tmp_path):
+    import subprocess
+    import sys
+
+    cmd = [
+        sys.executable,
+        "-m",
+        "xgal.cli",
+        "pool",
+        "import",
+        "images",
+        str(png_folder),
+        str(tmp_path / "pool"),
+        "--labels",
+        str(png_folder / "labels.csv"),
+        "--size",
+        "32",
+        "--channels",
+        "3",
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "6 new samples" in res.stdout and Pool(tmp_path / "pool").image_shape == (3, 32, 32)
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 2 and "already a finished pool" in again.stderr

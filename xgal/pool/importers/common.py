@@ -1,0 +1,133 @@
+"""Shared pieces of the importers: resizing, masks from boxes, intensity scaling, the writer
+loop with progress and resume."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from xgal.pool.format import Pool, PoolWriter
+
+
+class ImportError_(ValueError):  # noqa: N801 - not the builtin ImportError
+    """Source data that cannot become a pool; the message names the file and the problem."""
+
+
+@dataclass
+class Sample:
+    sample_id: str
+    image: np.ndarray  # [C, H, W] at the pool's size and dtype
+    roi: np.ndarray  # [H, W] uint8
+    label: int
+
+
+@dataclass
+class ImportReport:
+    written: int = 0
+    skipped: list[str] = field(default_factory=list)  # "source: reason"
+
+
+def resize_image(img: np.ndarray, size: int) -> np.ndarray:
+    """[H, W] or [H, W, C] float32 in [0, 1] -> [size, size(, C)] bilinear."""
+    if img.ndim == 2:
+        return np.asarray(
+            Image.fromarray(img.astype(np.float32), mode="F").resize((size, size), Image.BILINEAR)
+        )
+    return np.stack([resize_image(img[..., c], size) for c in range(img.shape[-1])], axis=-1)
+
+
+def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
+    """Nearest-neighbour, so the ROI stays a 0/1 mask."""
+    return (
+        np.asarray(Image.fromarray((mask > 0).astype(np.uint8) * 255).resize((size, size), Image.NEAREST))
+        > 127
+    ).astype(np.uint8)
+
+
+def boxes_to_mask(
+    boxes: Sequence[tuple[float, float, float, float]], height: int, width: int, where: str
+) -> np.ndarray:
+    """Fill boxes (x_min, y_min, x_max, y_max, pixel coordinates) into one mask; a box that
+    leaves the image by more than a pixel is an error, not silently clipped."""
+    mask = np.zeros((height, width), dtype=np.uint8)
+    for x0, y0, x1, y1 in boxes:
+        if not (x1 > x0 and y1 > y0):
+            raise ImportError_(f"{where}: empty or inverted box ({x0}, {y0}, {x1}, {y1})")
+        if x0 < -1 or y0 < -1 or x1 > width + 1 or y1 > height + 1:
+            raise ImportError_(
+                f"{where}: box ({x0}, {y0}, {x1}, {y1}) lies outside the {width}x{height} image"
+            )
+        mask[
+            max(0, int(np.floor(y0))) : min(height, int(np.ceil(y1))),
+            max(0, int(np.floor(x0))) : min(width, int(np.ceil(x1))),
+        ] = 1
+    return mask
+
+
+def to_pixels(img01: np.ndarray, dtype: str) -> np.ndarray:
+    hi = 255 if dtype == "uint8" else 65535
+    return np.round(np.clip(img01, 0, 1) * hi).astype(dtype)
+
+
+def robust_scale(
+    arr: np.ndarray, lo_pct: float = 0.5, hi_pct: float = 99.5, mask: np.ndarray | None = None
+) -> np.ndarray:
+    """Percentile window to [0, 1] (over `mask` when given: e.g. the brain, not the air)."""
+    vals = arr[mask] if mask is not None and mask.any() else arr
+    lo, hi = np.percentile(vals, [lo_pct, hi_pct]) if vals.size else (0.0, 1.0)
+    return np.clip((arr - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(arr, dtype=np.float64)
+
+
+def write_pool(
+    out: str | os.PathLike[str],
+    sources: Sequence[object],
+    convert: Callable[[object], Iterator[Sample]],
+    *,
+    image_shape: tuple[int, int, int],
+    class_names: Sequence[str],
+    pixel_dtype: str = "uint8",
+    with_labels: bool = True,
+    shard_size: int = 4096,
+    overwrite: bool = False,
+    description: str = "",
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[Pool, ImportReport]:
+    """Convert each source item into samples and write them; resumes an unfinished `out`.
+    `progress(done, total)` counts source items."""
+    report = ImportReport()
+    writer = PoolWriter(
+        out,
+        image_shape=image_shape,
+        pixel_dtype=pixel_dtype,
+        class_names=class_names,
+        with_labels=with_labels,
+        shard_size=shard_size,
+        overwrite=overwrite,
+        resume=not overwrite,
+        description=description,
+    )
+    start = writer.resume_after + 1
+    for k in range(start, len(sources)):
+        try:
+            samples = list(convert(sources[k]))
+        except ImportError_ as exc:
+            report.skipped.append(str(exc))
+            samples = []
+        if samples:
+            writer.add(
+                [s.sample_id for s in samples],
+                np.stack([s.image for s in samples]),
+                np.stack([s.roi for s in samples]),
+                np.array([s.label for s in samples], dtype=np.int64) if with_labels else None,
+                source=k,
+            )
+            report.written += len(samples)
+        if progress is not None:
+            progress(k + 1, len(sources))
+    writer.close()
+    return Pool(Path(out)), report
