@@ -13,11 +13,10 @@ import os
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
 from xgal.scorer.engines.torch_ref import TorchReferenceEngine
-from xgal.trainer.export import _quiet_exporter, export_scoring_graph
+from xgal.trainer.export import export_forward_graph, export_scoring_graph
 from xgal.trainer.nets import build_model
 
 ARCH = os.environ.get("XGAL_BENCH_ARCH", "resnet18")
@@ -29,20 +28,6 @@ GROUP = f"{ARCH}-{SIZE}px-batch{BATCH}-threads{THREADS}"
 LAYER = {"resnet18": "features.layer4.1.conv2"}.get(ARCH, "features.denseblock4.denselayer16.conv2")
 
 
-class ForwardOnly(nn.Module):
-    """uint8 pixels in, probabilities out: what a plain classifier export would run."""
-
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.register_buffer("mean", torch.tensor(MEAN).view(1, 3, 1, 1))
-        self.register_buffer("std", torch.tensor(STD).view(1, 3, 1, 1))
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        x = (image.to(torch.float32) / 255.0 - self.mean) / self.std
-        return self.model(x).softmax(1)
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
     torch.manual_seed(0)
@@ -52,18 +37,7 @@ def setup(tmp_path_factory):
     scoring = export_scoring_graph(
         model, LAYER, root / "scoring.onnx", image_shape=(3, SIZE, SIZE), mean=MEAN, std=STD
     )
-    example = torch.zeros(2, 3, SIZE, SIZE, dtype=torch.uint8)
-    with _quiet_exporter():
-        prog = torch.onnx.export(
-            ForwardOnly(model).eval(),
-            (example,),
-            input_names=["image"],
-            output_names=["probs"],
-            dynamic_shapes=({0: torch.export.Dim("N", min=1)},),
-            dynamo=True,
-            optimize=True,
-        )
-    prog.save(str(root / "forward.onnx"))
+    export_forward_graph(model, root / "forward.onnx", image_shape=(3, SIZE, SIZE), mean=MEAN, std=STD)
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (BATCH, 3, SIZE, SIZE), dtype=np.uint8)
     rois = np.zeros((BATCH, SIZE, SIZE), dtype=np.uint8)

@@ -511,6 +511,96 @@ def train(
     out.print(f"done: {records[-1].labelled} labelled; state, annotations and model in {out_dir}")
 
 
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"expected comma-separated integers, got {text!r}") from None
+
+
+@app.command("bench")
+@friendly_errors
+def bench(
+    arch: str = typer.Option("resnet18", help="small_cnn | resnet18 | densenet121"),
+    image_size: int = typer.Option(224),
+    channels: int = typer.Option(3),
+    batch: int = typer.Option(32, help="Images per engine call."),
+    threads: int = typer.Option(0, help="Intra-op threads (0 = all cores)."),
+    pool_size: int = typer.Option(256, help="Images in the pool-level measurements."),
+    repeats: int = typer.Option(5, help="Timed repetitions (the median is reported)."),
+    peak_gflops: float | None = typer.Option(
+        None, help="The CPU's FMA peak, to report the fraction reached."
+    ),
+    int8: bool = typer.Option(True, help="Also measure an INT8 scoring graph and its ranking agreement."),
+    baselines: bool = typer.Option(
+        True, help="Eager PyTorch Grad-CAM and pytorch-grad-cam (when installed)."
+    ),
+    replicas: str = typer.Option("1,2", help="gRPC replica counts to measure, e.g. 1,2."),
+    sweep_batch: str = typer.Option("", help="Batch sizes to sweep, e.g. 8,16,32,64."),
+    sweep_threads: str = typer.Option("", help="Thread counts to sweep, e.g. 1,2."),
+    pool_sweep: str = typer.Option(
+        "", help="Pool sizes for time/image and peak RSS, e.g. 10000,100000,1000000."
+    ),
+    pool_sweep_image_size: int = typer.Option(64, help="Image side in the pool-size sweep."),
+    workdir: Path | None = typer.Option(
+        None, help="Keep models and pools here (default: a temporary folder)."
+    ),
+    json_out: Path | None = typer.Option(None, "--json", help="Write every figure as JSON."),
+) -> None:
+    """Measure pool-scoring throughput against forward-only, eager Grad-CAM and pytorch-grad-cam.
+
+    JSON (--json): {machine, config, rows: [{name, images_per_s, ms_per_image, batch, threads,
+    gflops_per_s?, peak_fraction?, replicas?, sweep?}], gflop_per_image: {scoring, forward},
+    ratios: {scoring_vs_forward, scoring_vs_eager, scoring_vs_pytorch_grad_cam?,
+    grpc_N_vs_in_process}, int8: {speedup, top_k, topk_overlap, spearman},
+    pytorch_grad_cam: {skipped: reason}?, pool_sweep: [{pool_size, seconds_per_image,
+    images_per_s, peak_rss_mb}], pool_sweep_rss_growth_mb}."""
+    import json
+
+    from rich.table import Table
+
+    from xgal.bench.run import Bench, BenchConfig
+
+    cfg = BenchConfig(
+        arch=arch,
+        image_size=image_size,
+        channels=channels,
+        batch=batch,
+        threads=threads,
+        pool_size=pool_size,
+        repeats=repeats,
+        peak_gflops=peak_gflops,
+        int8=int8,
+        baselines=baselines,
+        replicas=_ints(replicas),
+        sweep_batch=_ints(sweep_batch),
+        sweep_threads=_ints(sweep_threads),
+        pool_sweep=_ints(pool_sweep),
+        pool_sweep_image_size=pool_sweep_image_size,
+        workdir=workdir,
+    )
+    doc = Bench(cfg, log=lambda line: console.print(line, highlight=False)).run()
+    table = Table(
+        title=f"xgal bench: {arch} {channels}x{image_size}x{image_size}, batch {batch}", title_justify="left"
+    )
+    for col in ("measurement", "images/s", "ms/image", "GFLOP/s", "of peak"):
+        table.add_column(col, justify="left" if col == "measurement" else "right")
+    for r in doc["rows"]:
+        table.add_row(
+            r["name"],
+            f"{r['images_per_s']:.1f}",
+            f"{r['ms_per_image']:.2f}",
+            f"{r['gflops_per_s']:.1f}" if "gflops_per_s" in r else "",
+            f"{100 * r['peak_fraction']:.0f}%" if "peak_fraction" in r else "",
+        )
+    out.print(table)
+    for name, value in doc.get("ratios", {}).items():
+        out.print(f"  {name:<32} {value:.3f}x")
+    if json_out is not None:
+        json_out.write_text(json.dumps(doc, indent=1))
+        out.print(f"wrote {json_out}")
+
+
 @app.command("demo")
 @friendly_errors
 def demo(

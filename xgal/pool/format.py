@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import mmap
 import os
 import shutil
 from collections.abc import Sequence
@@ -250,6 +251,28 @@ class PoolWriter:
         return self.path
 
 
+_PAGE = mmap.PAGESIZE
+
+
+def _release(arr: np.ndarray, lo: int, hi: int) -> None:
+    """Drop rows [lo, hi) of a memory-mapped array from this process's resident set.
+
+    A pass over a pool touches every page of its files; without this the process's RSS would
+    grow to the pool's size (the pages stay in the OS page cache either way, so a second pass
+    is just as fast)."""
+    mm = getattr(arr, "_mmap", None)
+    if mm is None or not hasattr(mm, "madvise") or arr.ndim == 0 or hi <= lo:
+        return
+    row = arr.strides[0]
+    begin = getattr(arr, "offset", 0) + lo * row
+    end = getattr(arr, "offset", 0) + hi * row
+    begin_page = begin - begin % _PAGE
+    # Only whole pages inside the range: a page shared with the next batch stays mapped.
+    end_page = end - end % _PAGE
+    if end_page > begin_page:
+        mm.madvise(mmap.MADV_DONTNEED, begin_page, end_page - begin_page)
+
+
 class Pool:
     """A pool opened read-only; arrays are memory-mapped, nothing is read until asked for."""
 
@@ -350,7 +373,9 @@ class Pool:
             if lo >= hi:
                 continue
             for key in keys:
-                parts[key].append(np.array(self._array(shard, key)[lo - shard.start : hi - shard.start]))
+                arr = self._array(shard, key)
+                parts[key].append(np.array(arr[lo - shard.start : hi - shard.start]))
+                _release(arr, lo - shard.start, hi - shard.start)
         return {k: (np.concatenate(v) if v else self._empty(k)) for k, v in parts.items()}
 
     def take(

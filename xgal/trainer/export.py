@@ -210,3 +210,54 @@ def export_scoring_graph(
             os.unlink(tmp)
         raise
     return out
+
+
+class _ForwardOnly(nn.Module):
+    """Stored pixels in, probabilities out: what a plain classifier export runs."""
+
+    def __init__(self, model: nn.Module, norm: Normalisation) -> None:
+        super().__init__()
+        self.model = model
+        self.scale = norm.scale
+        c = len(norm.mean)
+        self.register_buffer("mean", torch.tensor(norm.mean, dtype=torch.float32).view(1, c, 1, 1))
+        self.register_buffer("std", torch.tensor(norm.std, dtype=torch.float32).view(1, c, 1, 1))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.model((image.to(torch.float32) / self.scale - self.mean) / self.std).softmax(1)
+
+
+def export_forward_graph(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    *,
+    image_shape: Sequence[int],
+    pixel_dtype: str = "uint8",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+) -> Path:
+    """The same network without Grad-CAM (input `image`, output `probs`): the throughput
+    ceiling a scoring graph is measured against."""
+    c, h, w = (int(v) for v in image_shape)
+    norm = Normalisation(
+        PIXEL_SCALE[pixel_dtype],
+        tuple(float(v) for v in (mean if mean is not None else [0.0] * c)),
+        tuple(float(v) for v in (std if std is not None else [1.0] * c)),
+    )
+    module = _ForwardOnly(copy.deepcopy(model).cpu().eval(), norm).eval()
+    example = (torch.zeros(2, c, h, w, dtype=_TORCH_DTYPE[pixel_dtype]),)
+    with _quiet_exporter():
+        program = torch.onnx.export(
+            module,
+            example,
+            input_names=["image"],
+            output_names=["probs"],
+            dynamic_shapes=({0: torch.export.Dim("N", min=1)},),
+            dynamo=True,
+            optimize=True,
+            verbose=False,
+        )
+    out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(program.model_proto.SerializeToString())
+    return out

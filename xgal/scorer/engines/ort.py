@@ -76,6 +76,15 @@ class OnnxRuntimeEngine(Engine):
         self.providers = self.session.get_providers()
         self._has_target = any(name == "target" for name, _, _ in inputs)
 
+    @staticmethod
+    def plain_session(model: str | os.PathLike[str], intra_op_threads: int = 0) -> ort.InferenceSession:
+        """A CPU session for any ONNX model (e.g. a forward-only graph to compare against)."""
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = intra_op_threads
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        return ort.InferenceSession(os.fspath(model), opts, providers=["CPUExecutionProvider"])
+
     def run(
         self,
         image: np.ndarray,

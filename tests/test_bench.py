@@ -1,0 +1,138 @@
+"""The benchmarking tools: FLOP counting, INT8 quantization and ranking agreement, flat memory
+over a pool pass, and `xgal bench` end to end on a tiny configuration (bounded)."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from xgal.bench.flops import count_flops
+from xgal.bench.pools import random_pool
+from xgal.bench.quantize import quantize_scoring_graph, ranking_agreement
+from xgal.scorer.acquisition import AcquisitionConfig
+from xgal.scorer.engines.ort import OnnxRuntimeEngine
+from xgal.scorer.pipeline import score_pool
+from xgal.trainer.export import export_scoring_graph
+from xgal.trainer.nets import build_model
+
+
+def test_count_flops_conv_and_gemm():
+    w = numpy_helper.from_array(np.zeros((3, 2, 3, 3), np.float32), "w")
+    fc = numpy_helper.from_array(np.zeros((3 * 8 * 8, 5), np.float32), "fc")
+    shape = numpy_helper.from_array(np.array([0, -1], np.int64), "shape")
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1]),
+        helper.make_node("Reshape", ["y", "shape"], ["f"]),
+        helper.make_node("MatMul", ["f", "fc"], ["z"]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 2, 8, 8])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 5])],
+        [w, fc, shape],
+    )
+    model = helper.make_model(graph)
+    conv = 2 * (3 * 8 * 8) * (2 * 9)
+    matmul = 2 * 5 * (3 * 8 * 8)
+    assert count_flops(model, batch=1) == conv + matmul
+    assert count_flops(model, batch=4) == 4 * (conv + matmul)
+
+
+def test_ranking_agreement():
+    ids = np.array(["a", "b", "c", "d"])
+    same = ranking_agreement(ids, np.array([4.0, 3, 2, 1]), ids[::-1], np.array([1.0, 2, 3, 4]), 2)
+    assert same == {"topk_overlap": 1.0, "spearman": pytest.approx(1.0)}
+    flipped = ranking_agreement(ids, np.array([4.0, 3, 2, 1]), ids, np.array([1.0, 2, 3, 4]), 2)
+    assert flipped["topk_overlap"] == 0.0 and flipped["spearman"] == pytest.approx(-1.0)
+
+
+def test_int8_scoring_graph_agrees_with_fp32(tmp_path):
+    pool = random_pool(tmp_path / "pool", 96, (1, 32, 32))
+    torch.manual_seed(0)
+    model = build_model("small_cnn", "linear", 3, in_channels=1).eval()
+    fp32 = export_scoring_graph(model, "features.stage4.0", tmp_path / "m.onnx", image_shape=(1, 32, 32))
+    int8 = quantize_scoring_graph(fp32, pool, tmp_path / "m8.onnx", calibration=64)
+    meta = {p.key: p.value for p in onnx.load(int8).metadata_props}
+    assert meta["xgal.precision"] == "int8" and meta["xgal.target_layer"] == "features.stage4.0"
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(int8).graph.node)
+    a = score_pool(OnnxRuntimeEngine(fp32), pool, AcquisitionConfig(), 10, return_all=True).all
+    b = score_pool(OnnxRuntimeEngine(int8), pool, AcquisitionConfig(), 10, return_all=True).all
+    agree = ranking_agreement(a.ids, a.score, b.ids, b.score, 10)
+    assert agree["spearman"] > 0.8, agree
+
+
+def _rss_kb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def test_a_pass_over_a_pool_keeps_memory_flat(tmp_path):
+    pool = random_pool(tmp_path / "pool", 40000, (1, 32, 32), shard_size=8192)  # 80 MB of arrays
+    before = _rss_kb()
+    for lo in range(0, pool.count, 512):
+        pool.read(lo, min(lo + 512, pool.count))
+    grown_mb = (_rss_kb() - before) / 1024
+    assert grown_mb < 20, f"RSS grew by {grown_mb:.0f} MB reading an 80 MB pool"
+
+
+def test_xgal_bench_tiny(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "xgal.cli",
+        "bench",
+        "--arch",
+        "small_cnn",
+        "--image-size",
+        "32",
+        "--channels",
+        "1",
+        "--batch",
+        "16",
+        "--pool-size",
+        "48",
+        "--repeats",
+        "1",
+        "--replicas",
+        "1",
+        "--sweep-batch",
+        "8",
+        "--pool-sweep",
+        "300,600",
+        "--pool-sweep-image-size",
+        "32",
+        "--peak-gflops",
+        "500",
+        "--json",
+        str(out),
+    ]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    doc = json.loads(out.read_text())
+    names = [r["name"] for r in doc["rows"]]
+    for want in (
+        "engine: scoring graph fp32",
+        "engine: forward-only graph fp32",
+        "engine: scoring graph INT8",
+        "pool: in process fp32",
+        "pool: gRPC ScorePool, 1 replica(s)",
+        "sweep: batch 8, 2 thread(s)",
+    ):
+        assert any(n.startswith(want.split(", 2 thread")[0]) for n in names), want
+    assert {"scoring_vs_forward", "scoring_vs_eager", "grpc_1_vs_in_process"} <= set(doc["ratios"])
+    assert 0 < doc["rows"][0]["peak_fraction"] and doc["gflop_per_image"]["scoring"] > 0
+    assert {"speedup", "topk_overlap", "spearman"} <= set(doc["int8"])
+    assert [p["pool_size"] for p in doc["pool_sweep"]] == [300, 600]
+    assert (
+        "skipped" in doc.get("pytorch_grad_cam", {"skipped": ""})
+        or "scoring_vs_pytorch_grad_cam" in doc["ratios"]
+    )

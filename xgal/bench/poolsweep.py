@@ -1,0 +1,44 @@
+"""One point of the pool-size sweep, in a process of its own so its peak RSS is its own:
+
+    python -m xgal.bench.poolsweep POOL MODEL BATCH THREADS
+
+prints one JSON line: images, seconds, seconds per image, peak RSS (MB)."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+
+
+def main(argv: list[str]) -> None:
+    pool_path, model_path, batch, threads = argv[0], argv[1], int(argv[2]), int(argv[3])
+    from xgal.pool.format import Pool
+    from xgal.scorer.acquisition import AcquisitionConfig
+    from xgal.scorer.engines.ort import OnnxRuntimeEngine
+    from xgal.scorer.pipeline import score_pool
+
+    pool = Pool(pool_path)
+    engine = OnnxRuntimeEngine(model_path, intra_op_threads=threads)
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    t0 = time.perf_counter()
+    result = score_pool(engine, pool, AcquisitionConfig(), 100, batch_size=batch)
+    seconds = time.perf_counter() - t0
+    print(
+        json.dumps(
+            {
+                "pool_size": pool.count,
+                "seconds": seconds,
+                "seconds_per_image": seconds / pool.count,
+                "images_per_s": pool.count / seconds,
+                "top": len(result.top),
+                "rss_before_mb": rss_before,
+                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            }
+        )
+    )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

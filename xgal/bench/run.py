@@ -1,0 +1,376 @@
+"""`xgal bench`: throughput of pool scoring, and what it is measured against, in one process.
+
+All figures come from one run on one machine state, so their ratios are meaningful:
+- engine (in memory, one batch): scoring graph fp32, forward-only graph (the ceiling), the
+  eager PyTorch Grad-CAM reference, pytorch-grad-cam when installed, INT8 scoring graph;
+- pool (whole pipeline: reader, engine, acquisition, bounded top-k): in process fp32 and INT8
+  (with ranking agreement against fp32), and ScorePool over gRPC on 1..N replica processes;
+- sweeps: batch size x threads for the scoring graph; pool size (time per image and peak RSS,
+  each size in a fresh process).
+The JSON written with --json holds every row (name, images_per_s, ms_per_image, batch,
+threads, gflops_per_s, peak_fraction, ...) plus `ratios`, `int8` and `pool_sweep`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MEAN3, STD3 = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+@dataclass
+class BenchConfig:
+    arch: str = "resnet18"
+    image_size: int = 224
+    channels: int = 3
+    batch: int = 32
+    threads: int = 0  # 0 = all cores
+    pool_size: int = 256
+    repeats: int = 5
+    peak_gflops: float | None = None
+    int8: bool = True
+    baselines: bool = True
+    replicas: list[int] = field(default_factory=lambda: [1, 2])
+    sweep_batch: list[int] = field(default_factory=list)
+    sweep_threads: list[int] = field(default_factory=list)
+    pool_sweep: list[int] = field(default_factory=list)
+    pool_sweep_image_size: int = 64
+    workdir: Path | None = None
+
+    @property
+    def n_threads(self) -> int:
+        return self.threads or (os.cpu_count() or 1)
+
+
+def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    """Median wall seconds of `fn` over `repeats` calls after `warmup` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+class Bench:
+    def __init__(self, config: BenchConfig, log: Callable[[str], None] = print) -> None:
+        self.cfg = config
+        self.log = log
+        self.rows: list[dict[str, Any]] = []
+        self.extra: dict[str, Any] = {}
+        self._tmp = tempfile.TemporaryDirectory() if config.workdir is None else None
+        self.work = Path(self._tmp.name) if self._tmp else Path(config.workdir)  # type: ignore[arg-type]
+        self.work.mkdir(parents=True, exist_ok=True)
+
+    def row(
+        self,
+        name: str,
+        seconds: float,
+        images: int,
+        *,
+        batch: int,
+        threads: int,
+        flops_per_image: float = 0,
+        **extra: Any,
+    ) -> dict[str, Any]:
+        r: dict[str, Any] = {
+            "name": name,
+            "images_per_s": images / seconds,
+            "ms_per_image": 1000 * seconds / images,
+            "batch": batch,
+            "threads": threads,
+            **extra,
+        }
+        if flops_per_image:
+            r["gflops_per_s"] = flops_per_image * images / seconds / 1e9
+            if self.cfg.peak_gflops:
+                r["peak_fraction"] = r["gflops_per_s"] / self.cfg.peak_gflops
+        self.rows.append(r)
+        self.log(f"{name:<40} {r['images_per_s']:9.1f} images/s  {r['ms_per_image']:8.2f} ms/image")
+        return r
+
+    # -- models and data ---------------------------------------------------------------------------
+    def _models(self) -> tuple[Any, Path, Path, str]:
+        import torch
+
+        from xgal.trainer.export import export_forward_graph, export_scoring_graph
+        from xgal.trainer.nets import build_model, default_target_layer
+
+        c, s = self.cfg.channels, self.cfg.image_size
+        mean, std = (MEAN3, STD3) if c == 3 else (None, None)
+        torch.manual_seed(0)
+        model = build_model(self.cfg.arch, "linear", 3, in_channels=c).eval()
+        layer = default_target_layer(self.cfg.arch)
+        self.log(f"exporting {self.cfg.arch} at {c}x{s}x{s} (scoring graph and forward-only) ...")
+        scoring = export_scoring_graph(
+            model, layer, self.work / "scoring.onnx", image_shape=(c, s, s), mean=mean, std=std
+        )
+        forward = export_forward_graph(
+            model, self.work / "forward.onnx", image_shape=(c, s, s), mean=mean, std=std
+        )
+        return model, scoring, forward, layer
+
+    def run(self) -> dict[str, Any]:
+        from xgal.bench.flops import count_flops
+        from xgal.bench.pools import random_pool
+        from xgal.scorer.engines.ort import OnnxRuntimeEngine
+
+        cfg = self.cfg
+        c, s, b, t = cfg.channels, cfg.image_size, cfg.batch, cfg.n_threads
+        model, scoring, forward, layer = self._models()
+        pool = random_pool(self.work / "pool", max(cfg.pool_size, b), (c, s, s))
+        batch = pool.read(0, b)
+        flops_scoring = count_flops(scoring) / 1
+        flops_forward = count_flops(forward)
+        self.extra["gflop_per_image"] = {"scoring": flops_scoring / 1e9, "forward": flops_forward / 1e9}
+
+        engine = OnnxRuntimeEngine(scoring, providers=["CPUExecutionProvider"], intra_op_threads=t)
+        sec = timed(lambda: engine.run(batch["images"], batch["rois"]), cfg.repeats)
+        score_row = self.row(
+            "engine: scoring graph fp32", sec, b, batch=b, threads=t, flops_per_image=flops_scoring
+        )
+        fwd = OnnxRuntimeEngine.plain_session(forward, t)
+        sec = timed(lambda: fwd.run(["probs"], {"image": batch["images"]}), cfg.repeats)
+        fwd_row = self.row(
+            "engine: forward-only graph fp32", sec, b, batch=b, threads=t, flops_per_image=flops_forward
+        )
+        ratios = {"scoring_vs_forward": score_row["images_per_s"] / fwd_row["images_per_s"]}
+        if cfg.baselines:
+            ratios.update(self._baselines(model, layer, batch, score_row))
+        if cfg.int8:
+            self.extra["int8"] = self._int8(scoring, pool, batch, score_row)
+        ratios.update(self._pool_level(scoring, pool))
+        self.extra["ratios"] = ratios
+        if cfg.sweep_batch or cfg.sweep_threads:
+            self._sweep(scoring, pool, flops_scoring)
+        if cfg.pool_sweep:
+            self.extra["pool_sweep"] = self._pool_sweep()
+        return self.report()
+
+    def _baselines(self, model: Any, layer: str, batch: dict, score_row: dict) -> dict[str, float]:
+        import torch
+
+        from xgal.scorer.engines.torch_ref import TorchReferenceEngine
+
+        cfg = self.cfg
+        torch.set_num_threads(cfg.n_threads)
+        c, s = cfg.channels, cfg.image_size
+        mean, std = (MEAN3, STD3) if c == 3 else (None, None)
+        ref = TorchReferenceEngine(model, layer, image_shape=(c, s, s), mean=mean, std=std)
+        sec = timed(lambda: ref.run(batch["images"], batch["rois"]), max(2, cfg.repeats // 2))
+        eager = self.row(
+            "engine: eager PyTorch Grad-CAM (reference)",
+            sec,
+            cfg.batch,
+            batch=cfg.batch,
+            threads=cfg.n_threads,
+        )
+        out = {"scoring_vs_eager": score_row["images_per_s"] / eager["images_per_s"]}
+        try:
+            from pytorch_grad_cam import GradCAM  # type: ignore[import-not-found]
+            from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # type: ignore[import-not-found]
+        except Exception as exc:  # ImportError, or its torchvision failing beside this torch
+            reason = f"pytorch-grad-cam not usable here: {type(exc).__name__}: {exc}".splitlines()[0]
+            self.extra["pytorch_grad_cam"] = {"skipped": reason}
+            self.log(f"{'pytorch-grad-cam':<40} skipped ({reason})")
+            return out
+        x = (torch.from_numpy(batch["images"].astype(np.float32)) / 255.0 - ref.mean) / ref.std
+        cam = GradCAM(model=model, target_layers=[model.get_submodule(layer)])
+        targets = [ClassifierOutputTarget(0)] * len(x)
+        sec = timed(lambda: cam(input_tensor=x, targets=targets), max(2, cfg.repeats // 2))
+        pgc = self.row("engine: pytorch-grad-cam", sec, cfg.batch, batch=cfg.batch, threads=cfg.n_threads)
+        out["scoring_vs_pytorch_grad_cam"] = score_row["images_per_s"] / pgc["images_per_s"]
+        return out
+
+    def _int8(self, scoring: Path, pool: Any, batch: dict, score_row: dict) -> dict[str, Any]:
+        from xgal.bench.quantize import quantize_scoring_graph, ranking_agreement
+        from xgal.scorer.acquisition import AcquisitionConfig
+        from xgal.scorer.engines.ort import OnnxRuntimeEngine
+        from xgal.scorer.pipeline import score_pool
+
+        cfg = self.cfg
+        self.log("quantizing the scoring graph to INT8 (calibration on the pool) ...")
+        q = quantize_scoring_graph(
+            scoring, pool, self.work / "scoring-int8.onnx", calibration=min(128, pool.count)
+        )
+        engine8 = OnnxRuntimeEngine(q, providers=["CPUExecutionProvider"], intra_op_threads=cfg.n_threads)
+        sec = timed(lambda: engine8.run(batch["images"], batch["rois"]), cfg.repeats)
+        row8 = self.row("engine: scoring graph INT8", sec, cfg.batch, batch=cfg.batch, threads=cfg.n_threads)
+        engine32 = OnnxRuntimeEngine(
+            scoring, providers=["CPUExecutionProvider"], intra_op_threads=cfg.n_threads
+        )
+        k = min(50, pool.count)
+        a = score_pool(engine32, pool, AcquisitionConfig(), k, return_all=True, batch_size=cfg.batch).all
+        q8 = score_pool(engine8, pool, AcquisitionConfig(), k, return_all=True, batch_size=cfg.batch).all
+        agree = ranking_agreement(a.ids, a.score, q8.ids, q8.score, k)
+        res = {"speedup": row8["images_per_s"] / score_row["images_per_s"], "top_k": k, **agree}
+        self.log(
+            f"INT8 vs fp32: {res['speedup']:.2f}x, top-{k} overlap {agree['topk_overlap']:.2f}, "
+            f"Spearman {agree['spearman']:.3f}"
+        )
+        return res
+
+    def _pool_level(self, scoring: Path, pool: Any) -> dict[str, float]:
+        from xgal.client import ScorerClient
+        from xgal.scorer.acquisition import AcquisitionConfig
+        from xgal.scorer.engines.ort import OnnxRuntimeEngine
+        from xgal.scorer.pipeline import score_pool
+
+        cfg = self.cfg
+        engine = OnnxRuntimeEngine(
+            scoring, providers=["CPUExecutionProvider"], intra_op_threads=cfg.n_threads
+        )
+        sec = timed(
+            lambda: score_pool(engine, pool, AcquisitionConfig(), 20, batch_size=cfg.batch), cfg.repeats
+        )
+        inproc = self.row("pool: in process fp32", sec, pool.count, batch=cfg.batch, threads=cfg.n_threads)
+        out: dict[str, float] = {}
+        for n in cfg.replicas:
+            procs = [_start_replica(pool.path.parent, self.work / f"repo{i}", cfg.batch) for i in range(n)]
+            try:
+                with ScorerClient([addr for _, addr in procs]) as client:
+                    client.publish_model(scoring, "bench")
+                    sec = timed(
+                        lambda c=client: c.score_pool(
+                            pool.path.name, model="bench", top_k=20, progress=False
+                        ),
+                        cfg.repeats,
+                    )
+                row = self.row(
+                    f"pool: gRPC ScorePool, {n} replica(s)",
+                    sec,
+                    pool.count,
+                    batch=cfg.batch,
+                    threads=cfg.n_threads,
+                    replicas=n,
+                )
+                out[f"grpc_{n}_vs_in_process"] = row["images_per_s"] / inproc["images_per_s"]
+            finally:
+                for proc, _ in procs:
+                    proc.terminate()
+                    proc.wait(timeout=30)
+        return out
+
+    def _sweep(self, scoring: Path, pool: Any, flops: float) -> None:
+        from xgal.scorer.engines.ort import OnnxRuntimeEngine
+
+        cfg = self.cfg
+        for threads in cfg.sweep_threads or [cfg.n_threads]:
+            engine = OnnxRuntimeEngine(scoring, providers=["CPUExecutionProvider"], intra_op_threads=threads)
+            for b in cfg.sweep_batch or [cfg.batch]:
+                data = pool.read(0, min(b, pool.count))
+                sec = timed(lambda e=engine, d=data: e.run(d["images"], d["rois"]), cfg.repeats)
+                self.row(
+                    f"sweep: batch {b}, {threads} thread(s)",
+                    sec,
+                    len(data["ids"]),
+                    batch=b,
+                    threads=threads,
+                    flops_per_image=flops,
+                    sweep=True,
+                )
+
+    def _pool_sweep(self) -> list[dict[str, Any]]:
+        """Time per image and peak RSS from 10k to 1M images: small images and the small CNN,
+        so the sweep takes minutes; each size is scored in a fresh process."""
+        import torch
+
+        from xgal.bench.pools import random_pool
+        from xgal.trainer.export import export_scoring_graph
+        from xgal.trainer.nets import build_model, default_target_layer
+
+        cfg = self.cfg
+        s = cfg.pool_sweep_image_size
+        torch.manual_seed(0)
+        small = build_model("small_cnn", "linear", 3, in_channels=1).eval()
+        model = export_scoring_graph(
+            small, default_target_layer("small_cnn"), self.work / "sweep.onnx", image_shape=(1, s, s)
+        )
+        out = []
+        for n in sorted(cfg.pool_sweep):
+            self.log(f"pool sweep: writing a pool of {n} images of 1x{s}x{s} ...")
+            pool = random_pool(self.work / f"sweep-{n}", n, (1, s, s))
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "xgal.bench.poolsweep",
+                    str(pool.path),
+                    str(model),
+                    str(cfg.batch * 8),
+                    str(cfg.n_threads),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            point = json.loads(proc.stdout.strip().splitlines()[-1])
+            self.log(
+                f"pool sweep: {n:>8} images  {point['images_per_s']:9.1f} images/s  "
+                f"{1e6 * point['seconds_per_image']:7.1f} us/image  peak RSS {point['peak_rss_mb']:.0f} MB"
+            )
+            out.append(point)
+        if len(out) >= 2:
+            self.extra["pool_sweep_rss_growth_mb"] = out[-1]["peak_rss_mb"] - out[0]["peak_rss_mb"]
+        return out
+
+    def report(self) -> dict[str, Any]:
+        import onnxruntime
+
+        return {
+            "machine": {
+                "python": platform.python_version(),
+                "processor": platform.processor() or platform.machine(),
+                "cpus": os.cpu_count(),
+                "onnxruntime": onnxruntime.__version__,
+            },
+            "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(self.cfg).items()},
+            "rows": self.rows,
+            **self.extra,
+        }
+
+
+def _start_replica(data_root: Path, repo: Path, max_batch: int) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "xgal.cli",
+            "serve",
+            "--port",
+            "0",
+            "--data-root",
+            str(data_root),
+            "--model-repo",
+            str(repo),
+            "--max-batch",
+            str(max_batch),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while True:
+        line = proc.stdout.readline()
+        if "listening on" in line:
+            return proc, line.split("listening on ")[1].split(",")[0].strip()
+        if not line and (proc.poll() is not None or time.monotonic() > deadline):
+            proc.kill()
+            raise RuntimeError("a scorer replica did not start")
