@@ -145,3 +145,13 @@ def test_engine_rejects_malformed_batches(graph):
 def test_unknown_provider(graph):
     with pytest.raises(ValueError, match="not installed"):
         OnnxRuntimeEngine(graph, providers=["NoSuchExecutionProvider"])
+
+
+def test_io_binding_gives_the_same_scores(graph):
+    images = np.random.default_rng(0).integers(0, 256, (5, *SHAPE), dtype=np.uint8)
+    rois = np.zeros((5, 32, 32), dtype=np.uint8)
+    rois[:, 8:20, 8:20] = 1
+    plain = OnnxRuntimeEngine(graph, io_binding=False).run(images, rois, want_cam=True)
+    bound = OnnxRuntimeEngine(graph, io_binding=True).run(images, rois, want_cam=True)
+    for a, b in zip((plain.probs, plain.dice, plain.cam), (bound.probs, bound.dice, bound.cam), strict=True):
+        np.testing.assert_array_equal(a, b)
