@@ -37,6 +37,7 @@ class Arm:
     strategy: str
     normalise: str = "none"
     alpha: float = 0.1
+    balance: str = "none"
 
 
 ARMS = (
@@ -44,6 +45,7 @@ ARMS = (
     Arm("uncertainty", "uncertainty"),
     Arm("xgal", "xgal"),
     Arm("xgal-rank", "xgal", normalise="rank"),
+    Arm("xgal-balanced", "xgal", balance="predicted"),
     Arm("xgal-alpha0", "xgal", alpha=0.0),
 )
 QUICK_ARMS = ARMS[:3]
@@ -105,6 +107,8 @@ def _summary(all_results: dict[int, dict[str, list[RoundRecord]]]) -> dict:
         ("xgal", "uncertainty"),
         ("xgal-rank", "xgal"),
         ("xgal-rank", "uncertainty"),
+        ("xgal-balanced", "xgal"),
+        ("xgal-balanced", "random"),
         ("xgal", "xgal-alpha0"),
     ]
     for a, b in pairs:
@@ -240,6 +244,7 @@ def run_demo(
                         rounds=budget.rounds,
                         strategy=arm.strategy,
                         normalise=arm.normalise,
+                        balance=arm.balance,
                         seed=seed,
                         train=TrainConfig(epochs=budget.epochs, alpha=arm.alpha),
                     )

@@ -232,9 +232,37 @@ def train_classifier(
         history.append(record)
         if progress is not None:
             progress(record)
+    recalibrate_batchnorm(model, x, config.batch_size)
     refresh_prototypes(model, x, y)
     model.eval()
     return history
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, x: Tensor, batch: int = 64) -> None:
+    """Re-estimate BatchNorm running statistics with the final weights.
+
+    The running averages are updated during training while the weights move fast; with a few
+    dozen labels (a few dozen steps) they end up describing weights that no longer exist, and an
+    eval-mode model can predict one class for everything. An exact average over the labelled
+    set with the final weights removes that lag."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the calls below
+    was_training = model.training
+    model.train()
+    try:
+        for i in range(0, len(x), batch):
+            if len(x[i : i + batch]) >= 2:
+                model(x[i : i + batch])
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+        model.train(was_training)
 
 
 @torch.no_grad()
