@@ -136,3 +136,11 @@ def test_demo_quick(tmp_path):
         assert [r["labelled"] for r in rounds] == [30, 60, 90, 120]
     for png in ("learning_curves.png", "cam_overlays.png"):
         assert (tmp_path / "demo" / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_demo_rejects_an_unknown_arm(tmp_path):
+    res = run("demo", "--arms", "random,nope", "--out", tmp_path / "demo", check=False)
+    assert res.returncode == 2
+    assert "unknown arm(s) ['nope']" in res.stderr and "xgal-balanced" in res.stderr
+    assert "Traceback" not in res.stdout + res.stderr
+    assert not (tmp_path / "demo").exists()

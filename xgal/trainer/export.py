@@ -18,10 +18,12 @@ import os
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir
 import torch
 from torch import nn
 
@@ -111,6 +113,209 @@ def _finish(model_proto: onnx.ModelProto, metadata: dict[str, str]) -> onnx.Mode
     return model_proto
 
 
+@dataclass
+class _Template:
+    """The unoptimised graph of one traced architecture and where its weights sit in it."""
+
+    signature: tuple
+    proto: bytes  # before the ONNX optimizer, so every initializer is a model tensor as stored
+    weights: dict[str, str]  # ONNX initializer name -> key in the ScoringModule's state_dict
+    cam_shape: tuple[int, int]
+    num_classes: int
+
+
+def _signature(model: nn.Module) -> tuple:
+    """What must be equal for a traced graph to serve another model: the module tree and the
+    names, shapes and dtypes of its tensors."""
+    layout = tuple((name, type(m).__qualname__) for name, m in model.named_modules())
+    state = tuple((k, tuple(v.shape), str(v.dtype)) for k, v in model.state_dict().items())
+    return layout, state
+
+
+def _weight_map(traced: torch.fx.GraphModule, module: ScoringModule) -> dict[str, str] | None:
+    """Which state_dict entry each constant of the traced graph is (by identity), or None when
+    a floating-point tensor of the model is not one of them (e.g. folded into a literal while
+    tracing): then the graph cannot be refilled and every export traces anew."""
+    key_of = {id(v): k for k, v in module.state_dict(keep_vars=True).items()}
+    weights = {}
+    for node in traced.graph.nodes:
+        if node.op == "get_attr":
+            key = key_of.get(id(getattr(traced, node.target)))
+            if key is None:
+                return None
+            weights[node.target] = key
+    state = module.state_dict(keep_vars=True)
+    covered = {id(state[k]) for k in weights.values()}
+    if any(v.is_floating_point() and id(v) not in covered for v in state.values()):
+        return None
+    return weights
+
+
+class ScoringGraphExporter:
+    """Exports the scoring graph (DESIGN.md §1) of models that share one architecture.
+
+    Tracing forward + backward and running the ONNX exporter takes seconds (about 8 s for the
+    demo's small CNN on 2 cores), every round. The graph depends on the architecture, not on
+    the weights, so the first export keeps the exporter's unoptimised graph; a later model with
+    the same module tree and tensor shapes gets a copy of it with its own weights, then the
+    same ONNX optimizer `torch.onnx.export(optimize=True)` runs (a fraction of a second).
+    A model of another shape is traced anew.
+    """
+
+    def __init__(
+        self,
+        target_layer: str,
+        *,
+        image_shape: Sequence[int],
+        pixel_dtype: str = "uint8",
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        class_names: Sequence[str] | None = None,
+    ) -> None:
+        if pixel_dtype not in PIXEL_SCALE:
+            raise ValueError(f"pixel_dtype must be one of {sorted(PIXEL_SCALE)}, got {pixel_dtype!r}")
+        if len(image_shape) != 3 or any(int(s) <= 0 for s in image_shape):
+            raise ValueError(f"image_shape must be (C, H, W) with positive sizes, got {tuple(image_shape)}")
+        c, h, w = (int(s) for s in image_shape)
+        mean_t = tuple(float(v) for v in (mean if mean is not None else [0.0] * c))
+        std_t = tuple(float(v) for v in (std if std is not None else [1.0] * c))
+        if len(mean_t) != c or len(std_t) != c:
+            raise ValueError(
+                f"mean and std need one value per channel ({c}), got {len(mean_t)} and {len(std_t)}"
+            )
+        if any(s <= 0 for s in std_t):
+            raise ValueError(f"std must be positive, got {std_t}")
+        self.target_layer = target_layer
+        self.image_shape = (c, h, w)
+        self.pixel_dtype = pixel_dtype
+        self.norm = Normalisation(PIXEL_SCALE[pixel_dtype], mean_t, std_t)
+        self.class_names = list(class_names) if class_names is not None else None
+        self._template: _Template | None = None
+        self.traces = 0  # how many exports traced the model (the rest reused the graph)
+
+    @property
+    def settings(self) -> dict[str, object]:
+        """What the graph is made for, apart from the model: two exporters with equal settings
+        export any model identically."""
+        return {
+            "target_layer": self.target_layer,
+            "image_shape": self.image_shape,
+            "pixel_dtype": self.pixel_dtype,
+            "normalisation": self.norm,
+            "class_names": self.class_names,
+        }
+
+    def export(self, model: nn.Module, path: str | os.PathLike[str], *, round_index: int = 0) -> Path:
+        """Write the scoring graph of `model` to `path` (atomically) and return the path."""
+        # A plain contiguous copy: training may leave weights in channels_last.
+        model = copy.deepcopy(model).cpu().eval().to(memory_format=torch.contiguous_format)
+        template = self._template
+        if template is None or template.signature != _signature(model):
+            template = self._trace(model)
+        module = ScoringModule(model, self.target_layer, self.norm).eval()
+        proto = onnx.ModelProto.FromString(template.proto)
+        state = module.state_dict()
+        for init in proto.graph.initializer:
+            if init.name in template.weights:
+                value = state[template.weights[init.name]].detach().contiguous().numpy()
+                init.CopyFrom(onnx.numpy_helper.from_array(value, init.name))
+        program = torch.onnx.ONNXProgram(onnx_ir.from_proto(proto), None)
+        with _quiet_exporter():
+            program.optimize()
+
+        names = self.class_names or [f"class{i}" for i in range(template.num_classes)]
+        if len(names) != template.num_classes:
+            raise ValueError(
+                f"class_names has {len(names)} names but the model scores {template.num_classes} classes"
+            )
+        c, h, w = self.image_shape
+        metadata = {
+            "xgal.format": FORMAT,
+            "xgal.version": xgal.__version__,
+            "xgal.class_names": json.dumps(names),
+            "xgal.input_shape": json.dumps([c, h, w]),
+            "xgal.pixel_dtype": self.pixel_dtype,
+            "xgal.normalisation": json.dumps(
+                {"scale": self.norm.scale, "mean": self.norm.mean, "std": self.norm.std}
+            ),
+            "xgal.target_layer": self.target_layer,
+            "xgal.cam_shape": json.dumps(list(template.cam_shape)),
+            "xgal.head": str(getattr(model, "head_kind", "unknown")),
+            "xgal.arch": str(getattr(model, "arch", type(model).__name__)),
+            "xgal.round": str(int(round_index)),
+        }
+        proto = _finish(onnx_ir.to_proto(program.model), metadata)
+        onnx.checker.check_model(proto, full_check=True)
+        return _write_atomically(proto, Path(path))
+
+    def _trace(self, model: nn.Module) -> _Template:
+        c, h, w = self.image_shape
+        probe = torch.zeros(2, c, h, w)
+        cam_shape = _check_target_layer(model, self.target_layer, probe)
+        module = ScoringModule(model, self.target_layer, self.norm).eval()
+        with torch.no_grad():
+            num_classes = int(model(probe).shape[1])
+        if self.class_names is not None and len(self.class_names) != num_classes:
+            raise ValueError(
+                f"class_names has {len(self.class_names)} names but the model scores {num_classes} classes"
+            )
+        gen = torch.Generator().manual_seed(0)
+        hi = 256 if self.pixel_dtype == "uint8" else 65536
+        example = (
+            torch.randint(0, hi, (2, c, h, w), generator=gen).to(_TORCH_DTYPE[self.pixel_dtype]),
+            torch.randint(0, 2, (2, h, w), generator=gen).to(torch.uint8),
+            torch.tensor([-1, 0], dtype=torch.int64),
+        )
+        try:
+            traced = trace_scoring_module(module, example)
+        except RuntimeError as exc:
+            if "not have been used in the graph" in str(exc):
+                raise ValueError(
+                    f"target layer {self.target_layer!r} does not influence the class scores, so it "
+                    "has no gradient for Grad-CAM"
+                ) from None
+            raise
+        batch = torch.export.Dim("N", min=1)
+        with _quiet_exporter():
+            program = torch.onnx.export(
+                traced,
+                example,
+                input_names=list(INPUT_NAMES),
+                output_names=list(OUTPUT_NAMES),
+                dynamic_shapes=({0: batch}, {0: batch}, {0: batch}),
+                dynamo=True,
+                optimize=False,  # after the weights are in (export)
+                verbose=False,
+            )
+        self.traces += 1
+        weights = _weight_map(traced, module)
+        template = _Template(
+            signature=_signature(model),
+            proto=program.model_proto.SerializeToString(),
+            weights=weights or {},
+            cam_shape=cam_shape,
+            num_classes=num_classes,
+        )
+        # Without a complete weight map the graph holds this model's weights only: use it once.
+        self._template = template if weights is not None else None
+        return template
+
+
+def _write_atomically(proto: onnx.ModelProto, out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # Written beside the target and renamed, so a reader never sees half a model.
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(proto.SerializeToString())
+        os.replace(tmp, out)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return out
+
+
 def export_scoring_graph(
     model: nn.Module,
     target_layer: str,
@@ -128,88 +333,17 @@ def export_scoring_graph(
     `image_shape` is (C, H, W) of the pool's pixels, which enter the graph as stored
     (`pixel_dtype` uint8 or uint16) and are scaled to [0, 1], then standardised with the
     per-channel `mean` and `std` when given. The batch dimension is dynamic. Returns the path.
+    Exporting the same architecture every round: keep one `ScoringGraphExporter`.
     """
-    if pixel_dtype not in PIXEL_SCALE:
-        raise ValueError(f"pixel_dtype must be one of {sorted(PIXEL_SCALE)}, got {pixel_dtype!r}")
-    if len(image_shape) != 3 or any(int(s) <= 0 for s in image_shape):
-        raise ValueError(f"image_shape must be (C, H, W) with positive sizes, got {tuple(image_shape)}")
-    c, h, w = (int(s) for s in image_shape)
-    mean_t = tuple(float(v) for v in (mean if mean is not None else [0.0] * c))
-    std_t = tuple(float(v) for v in (std if std is not None else [1.0] * c))
-    if len(mean_t) != c or len(std_t) != c:
-        raise ValueError(f"mean and std need one value per channel ({c}), got {len(mean_t)} and {len(std_t)}")
-    if any(s <= 0 for s in std_t):
-        raise ValueError(f"std must be positive, got {std_t}")
-
-    model = copy.deepcopy(model).cpu().eval()
-    probe = torch.zeros(2, c, h, w)
-    cam_h, cam_w = _check_target_layer(model, target_layer, probe)
-    with torch.no_grad():
-        num_classes = int(model(probe).shape[1])
-    names = list(class_names) if class_names is not None else [f"class{i}" for i in range(num_classes)]
-    if len(names) != num_classes:
-        raise ValueError(f"class_names has {len(names)} names but the model scores {num_classes} classes")
-
-    norm = Normalisation(PIXEL_SCALE[pixel_dtype], mean_t, std_t)
-    module = ScoringModule(model, target_layer, norm).eval()
-    gen = torch.Generator().manual_seed(0)
-    hi = 256 if pixel_dtype == "uint8" else 65536
-    example = (
-        torch.randint(0, hi, (2, c, h, w), generator=gen).to(_TORCH_DTYPE[pixel_dtype]),
-        torch.randint(0, 2, (2, h, w), generator=gen).to(torch.uint8),
-        torch.tensor([-1, 0], dtype=torch.int64),
+    exporter = ScoringGraphExporter(
+        target_layer,
+        image_shape=image_shape,
+        pixel_dtype=pixel_dtype,
+        mean=mean,
+        std=std,
+        class_names=class_names,
     )
-    try:
-        traced = trace_scoring_module(module, example)
-    except RuntimeError as exc:
-        if "not have been used in the graph" in str(exc):
-            raise ValueError(
-                f"target layer {target_layer!r} does not influence the class scores, so it has "
-                "no gradient for Grad-CAM"
-            ) from None
-        raise
-
-    batch = torch.export.Dim("N", min=1)
-    with _quiet_exporter():
-        program = torch.onnx.export(
-            traced,
-            example,
-            input_names=list(INPUT_NAMES),
-            output_names=list(OUTPUT_NAMES),
-            dynamic_shapes=({0: batch}, {0: batch}, {0: batch}),
-            dynamo=True,
-            optimize=True,
-            verbose=False,
-        )
-    metadata = {
-        "xgal.format": FORMAT,
-        "xgal.version": xgal.__version__,
-        "xgal.class_names": json.dumps(names),
-        "xgal.input_shape": json.dumps([c, h, w]),
-        "xgal.pixel_dtype": pixel_dtype,
-        "xgal.normalisation": json.dumps({"scale": norm.scale, "mean": norm.mean, "std": norm.std}),
-        "xgal.target_layer": target_layer,
-        "xgal.cam_shape": json.dumps([cam_h, cam_w]),
-        "xgal.head": str(getattr(model, "head_kind", "unknown")),
-        "xgal.arch": str(getattr(model, "arch", type(model).__name__)),
-        "xgal.round": str(int(round_index)),
-    }
-    proto = _finish(program.model_proto, metadata)
-    onnx.checker.check_model(proto, full_check=True)
-
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside the target and renamed, so a reader never sees half a model.
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(proto.SerializeToString())
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return out
+    return exporter.export(model, path, round_index=round_index)
 
 
 class _ForwardOnly(nn.Module):

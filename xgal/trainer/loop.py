@@ -21,7 +21,7 @@ import torch
 from xgal.client import ScorerClient
 from xgal.pool.format import Pool
 from xgal.trainer.annotator import Annotator
-from xgal.trainer.export import PIXEL_SCALE, export_scoring_graph
+from xgal.trainer.export import PIXEL_SCALE, ScoringGraphExporter
 from xgal.trainer.nets import build_model, default_target_layer
 from xgal.trainer.nets.classifier import Classifier
 from xgal.trainer.train import TrainConfig, evaluate, to_input, train_classifier
@@ -115,9 +115,11 @@ class ActiveLearningLoop:
         pool_ref: str | None = None,
         model_name: str = "xgal",
         log: Callable[[RoundRecord, Classifier], None] | None = None,
+        exporter: ScoringGraphExporter | None = None,
     ) -> None:
         """`pool_ref` is the pool's path as the scorers see it (under their data root);
-        default: the pool folder's name."""
+        default: the pool folder's name. `exporter`: one to share between runs of the same
+        network (it traces once); by default the run makes its own."""
         if not test_pool.has_labels:
             raise ValueError(f"the test pool {test_pool.path} needs labels to measure accuracy")
         if tuple(test_pool.image_shape) != tuple(pool.image_shape):
@@ -137,6 +139,20 @@ class ActiveLearningLoop:
         self.test_x = to_input(test["images"], self.scale, config.mean, config.std)
         self.test_y = torch.from_numpy(test["labels"])
         self.test_roi = torch.from_numpy(test["rois"])
+        # The first round traces the network, later rounds only swap the weights.
+        own = ScoringGraphExporter(
+            config.layer,
+            image_shape=pool.image_shape,
+            pixel_dtype=pool.pixel_dtype,
+            mean=config.mean,
+            std=config.std,
+            class_names=self.class_names,
+        )
+        if exporter is not None and exporter.settings != own.settings:
+            raise ValueError(
+                f"the shared exporter is set up for {exporter.settings}, this run needs {own.settings}"
+            )
+        self.exporter = exporter or own
 
     # -- persistence ----------------------------------------------------------------------------
     @property
@@ -227,17 +243,7 @@ class ActiveLearningLoop:
 
     def _acquire(self, model: Classifier, r: int, labelled: list[str]) -> tuple[list[str], int]:
         cfg = self.config
-        path = export_scoring_graph(
-            model,
-            cfg.layer,
-            self.out / "model.onnx",
-            image_shape=self.pool.image_shape,
-            pixel_dtype=self.pool.pixel_dtype,
-            mean=cfg.mean,
-            std=cfg.std,
-            class_names=self.class_names,
-            round_index=r,
-        )
+        path = self.exporter.export(model, self.out / "model.onnx", round_index=r)
         info = self.client.publish_model(path, self.model_name)
         result = self.client.score_pool(
             self.pool_ref,
