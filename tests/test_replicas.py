@@ -3,6 +3,7 @@ failover when a replica dies mid-pool, SIGTERM drain, and the scorer-side import
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -159,3 +160,35 @@ def test_client_cli_publish_and_score(world, tmp_path):
         timeout=120,
     )
     assert bad.returncode == 2 and "PERMISSION_DENIED" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_client_cli_health(tmp_path):
+    """What a container health check runs: reachable is exit 0, SERVING (a model loaded) is
+    exit 0 with --serving, a closed port is exit 1."""
+    (tmp_path / "data").mkdir()
+    replica = Replica(tmp_path / "data", tmp_path / "repo")
+    cli = [sys.executable, "-m", "xgal.cli", "client", "health"]
+    try:
+
+        def health(*args):
+            return subprocess.run([*cli, *args], capture_output=True, text=True, timeout=60)
+
+        up = health("--target", replica.address)
+        assert up.returncode == 0 and f"{replica.address}  NOT_SERVING" in up.stdout
+        assert health("--target", replica.address, "--serving").returncode == 1
+
+        torch.manual_seed(0)
+        model = build_model("small_cnn", "linear", 3, in_channels=1)
+        onnx = export_scoring_graph(model, "features.stage4.0", tmp_path / "m.onnx", image_shape=(1, 32, 32))
+        with ScorerClient(replica.address) as client:
+            client.publish_model(onnx, "m")
+        assert health("--target", replica.address, "--serving").returncode == 0
+
+        with socket.socket() as s:  # a port nothing listens on
+            s.bind(("127.0.0.1", 0))
+            closed = f"127.0.0.1:{s.getsockname()[1]}"
+        down = health("--target", replica.address, "--target", closed, "--timeout", "2")
+        assert down.returncode == 1
+        assert f"{closed}  UNREACHABLE" in down.stdout and f"{replica.address}  SERVING" in down.stdout
+    finally:
+        replica.stop()

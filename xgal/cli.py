@@ -33,6 +33,8 @@ def friendly_errors(fn: F) -> F:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except typer.Exit:  # a command's own exit code (click's Exit is a RuntimeError)
+            raise
         except (ValueError, FileNotFoundError, FileExistsError, IndexError, RuntimeError) as exc:
             console.print(f"[red]error:[/red] {exc}")
             raise typer.Exit(2) from None
@@ -370,6 +372,27 @@ def client_publish(
     with _client(target, token_file, tls_ca) as client:
         info = client.publish_model(model, name)
     out.print(f"published {info.name} version {info.version} ({info.sha256[:12]}) on {len(target)} target(s)")
+
+
+@client_app.command("health")
+@friendly_errors
+def client_health(
+    target: list[str] = typer.Option(..., help="Scorer host:port; repeat for replicas."),
+    serving: bool = typer.Option(
+        False, help="Exit 1 unless every target is SERVING (a model loaded), not only reachable."
+    ),
+    timeout: float = typer.Option(5.0, help="Seconds to wait for each target."),
+    tls_ca: Path | None = typer.Option(None, help="PEM root certificate to trust."),
+) -> None:
+    """Health of each replica (grpc.health.v1): exit 0 when every target answers, 1 otherwise;
+    for container health checks and load balancers."""
+    with _client(target, None, tls_ca) as client:
+        status = client.health(timeout=timeout)
+    for address, state in status.items():
+        out.print(f"{address}  {state}", highlight=False)
+    ok = all(s == "SERVING" if serving else not s.startswith("UNREACHABLE") for s in status.values())
+    if not ok:
+        raise typer.Exit(1)
 
 
 @client_app.command("score")

@@ -141,6 +141,27 @@ class ScorerClient:
         except grpc.RpcError as err:
             raise ScorerError(f"{err.code().name}: {err.details()}", err.code()) from None
 
+    # -- operations ---------------------------------------------------------------------------
+    def health(self, service: str = "xgal.v1.Scorer", timeout: float = 5.0) -> dict[str, str]:
+        """grpc.health.v1 status of every target: SERVING, NOT_SERVING (no model loaded, or
+        draining), or UNREACHABLE with the reason. Needs grpcio-health-checking (the scorer
+        extra), which the base client does not."""
+        try:
+            from grpc_health.v1 import health_pb2, health_pb2_grpc
+        except ImportError:
+            raise ScorerError(
+                "health checks need grpcio-health-checking: pip install 'xgal[scorer]'"
+            ) from None
+        out = {}
+        for t in self.targets:
+            stub = health_pb2_grpc.HealthStub(t.channel)
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+                out[t.address] = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+            except grpc.RpcError as err:
+                out[t.address] = f"UNREACHABLE ({err.code().name}: {err.details()})"
+        return out
+
     # -- models -------------------------------------------------------------------------------
     def publish_model(
         self, model: str | os.PathLike[str] | bytes, name: str, *, load: bool = True
