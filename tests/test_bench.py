@@ -85,6 +85,15 @@ def test_a_pass_over_a_pool_keeps_memory_flat(tmp_path):
 
 def test_xgal_bench_tiny(tmp_path):
     out = tmp_path / "bench.json"
+    # INT8 measured on a scoring graph and pool of the user's (--int8-model, --int8-pool).
+    pool = random_pool(tmp_path / "own-pool", 64, (1, 32, 32))
+    torch.manual_seed(1)
+    own = export_scoring_graph(
+        build_model("small_cnn", "linear", 3, in_channels=1).eval(),
+        "features.stage4.0",
+        tmp_path / "own.onnx",
+        image_shape=(1, 32, 32),
+    )
     cmd = [
         sys.executable,
         "-m",
@@ -112,6 +121,10 @@ def test_xgal_bench_tiny(tmp_path):
         "32",
         "--peak-gflops",
         "500",
+        "--int8-model",
+        str(own),
+        "--int8-pool",
+        str(pool.path),
         "--json",
         str(out),
     ]
@@ -131,8 +144,33 @@ def test_xgal_bench_tiny(tmp_path):
     assert {"scoring_vs_forward", "scoring_vs_eager", "grpc_1_vs_in_process"} <= set(doc["ratios"])
     assert 0 < doc["rows"][0]["peak_fraction"] and doc["gflop_per_image"]["scoring"] > 0
     assert {"speedup", "topk_overlap", "spearman"} <= set(doc["int8"])
+    assert doc["int8"]["model"] == str(own) and doc["int8"]["pool_size"] == 64
+    assert "engine: own.onnx fp32" in names
     assert [p["pool_size"] for p in doc["pool_sweep"]] == [300, 600]
     assert (
         "skipped" in doc.get("pytorch_grad_cam", {"skipped": ""})
         or "scoring_vs_pytorch_grad_cam" in doc["ratios"]
     )
+
+
+def test_pool_sweep_point_reports_its_own_memory(tmp_path):
+    """Linux keeps ru_maxrss across exec: a sweep point started by a large parent must still
+    report the memory of its own pass, not the parent's."""
+    pool = random_pool(tmp_path / "pool", 500, (1, 32, 32))
+    torch.manual_seed(0)
+    model = build_model("small_cnn", "linear", 3, in_channels=1).eval()
+    path = export_scoring_graph(model, "features.stage4.0", tmp_path / "m.onnx", image_shape=(1, 32, 32))
+    ballast = np.ones(800 * 2**20 // 8)  # 800 MB resident in this process when the child forks
+    try:
+        res = subprocess.run(
+            [sys.executable, "-m", "xgal.bench.poolsweep", str(pool.path), str(path), "64", "1"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
+    finally:
+        del ballast
+    point = json.loads(res.stdout.strip().splitlines()[-1])
+    assert point["pool_size"] == 500 and point["top"] == 100
+    assert 0 < point["rss_before_mb"] <= point["peak_rss_mb"] < 600, point

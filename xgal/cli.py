@@ -555,6 +555,10 @@ def bench(
         None, help="The CPU's FMA peak, to report the fraction reached."
     ),
     int8: bool = typer.Option(True, help="Also measure an INT8 scoring graph and its ranking agreement."),
+    int8_model: Path | None = typer.Option(
+        None, help="Measure INT8 on this scoring graph (e.g. a trained round's) instead of the bench's."
+    ),
+    int8_pool: Path | None = typer.Option(None, help="The pool to calibrate and rank on with --int8-model."),
     baselines: bool = typer.Option(
         True, help="Eager PyTorch Grad-CAM and pytorch-grad-cam (when installed)."
     ),
@@ -575,7 +579,8 @@ def bench(
     JSON (--json): {machine, config, rows: [{name, images_per_s, ms_per_image, batch, threads,
     gflops_per_s?, peak_fraction?, replicas?, sweep?}], gflop_per_image: {scoring, forward},
     ratios: {scoring_vs_forward, scoring_vs_eager, scoring_vs_pytorch_grad_cam?,
-    grpc_N_vs_in_process}, int8: {speedup, top_k, topk_overlap, spearman},
+    grpc_N_vs_in_process}, int8: {speedup, top_k, topk_overlap, spearman, model?, pool?,
+    pool_size?},
     pytorch_grad_cam: {skipped: reason}?, pool_sweep: [{pool_size, seconds_per_image,
     images_per_s, peak_rss_mb}], pool_sweep_rss_growth_mb}."""
     import json
@@ -594,6 +599,8 @@ def bench(
         repeats=repeats,
         peak_gflops=peak_gflops,
         int8=int8,
+        int8_model=int8_model,
+        int8_pool=int8_pool,
         baselines=baselines,
         replicas=_ints(replicas),
         sweep_batch=_ints(sweep_batch),

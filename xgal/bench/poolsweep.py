@@ -2,7 +2,8 @@
 
     python -m xgal.bench.poolsweep POOL MODEL BATCH THREADS
 
-prints one JSON line: images, seconds, seconds per image, peak RSS (MB)."""
+prints one JSON line: images, seconds, seconds per image, RSS before and after the pass and
+the process's peak RSS (MB)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,19 @@ import json
 import resource
 import sys
 import time
+
+
+def _memory_mb() -> tuple[float, float]:
+    """(current RSS, peak RSS) of this process in MB. Linux keeps getrusage's ru_maxrss across
+    exec, so a child started by a large parent would report the parent's peak; VmHWM belongs to
+    this process's own address space."""
+    try:
+        with open("/proc/self/status") as f:
+            fields = dict(line.split(":", 1) for line in f if ":" in line)
+        return int(fields["VmRSS"].split()[0]) / 1024, int(fields["VmHWM"].split()[0]) / 1024
+    except (OSError, KeyError):  # not Linux: the best available, with the caveat above
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return peak, peak
 
 
 def main(argv: list[str]) -> None:
@@ -21,10 +35,11 @@ def main(argv: list[str]) -> None:
 
     pool = Pool(pool_path)
     engine = OnnxRuntimeEngine(model_path, intra_op_threads=threads)
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    rss_before, _ = _memory_mb()
     t0 = time.perf_counter()
     result = score_pool(engine, pool, AcquisitionConfig(), 100, batch_size=batch)
     seconds = time.perf_counter() - t0
+    rss_after, peak = _memory_mb()
     print(
         json.dumps(
             {
@@ -34,7 +49,8 @@ def main(argv: list[str]) -> None:
                 "images_per_s": pool.count / seconds,
                 "top": len(result.top),
                 "rss_before_mb": rss_before,
-                "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "rss_after_mb": rss_after,
+                "peak_rss_mb": peak,
             }
         )
     )
