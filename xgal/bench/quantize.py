@@ -2,7 +2,10 @@
 
 Convolutions, Gemm and MatMul are quantized with activation ranges calibrated on pool
 samples; the Grad-CAM tail (transposed convolutions of the gradient path, the CAM, Dice) stays
-in float, so the explanation is computed from int8 features but not int8 gradients. The
+in float, so the explanation is computed from int8 features but not int8 gradients. The first
+convolution, which reads the pixels, stays in float too: quantizing it moved the ranking most
+(the demo's trained small CNN on its synthetic pool, AVX2 without VNNI: top-50 overlap with
+fp32 0.26 -> 0.80, Spearman 0.70 -> 0.975, mean |delta misalignment| 0.114 -> 0.016). The
 result must be checked against fp32 on the pool: `ranking_agreement` gives top-k overlap and
 the Spearman correlation of the acquisition scores.
 """
@@ -29,8 +32,10 @@ def quantize_scoring_graph(
     *,
     calibration: int = 128,
     batch: int = 16,
+    fp32_first_conv: bool = True,
 ) -> Path:
-    """Write an INT8 version of a scoring graph, calibrated on the first `calibration` samples."""
+    """Write an INT8 version of a scoring graph, calibrated on the first `calibration` samples;
+    `fp32_first_conv` keeps the convolution that reads the pixels in float."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -61,6 +66,8 @@ def quantize_scoring_graph(
     inputs = [i for i in src.graph.input if i.name != "target"]
     del src.graph.input[:]
     src.graph.input.extend(inputs)
+    # Nodes are stored in topological order: the first Conv is the one nearest the pixels.
+    first_conv = [n.name for n in src.graph.node if n.op_type == "Conv"][:1]
     out = Path(out)
     root = logging.getLogger()
     level = root.level
@@ -79,6 +86,7 @@ def quantize_scoring_graph(
                 activation_type=QuantType.QUInt8,
                 weight_type=QuantType.QInt8,
                 op_types_to_quantize=QUANTIZED_OPS,
+                nodes_to_exclude=first_conv if fp32_first_conv else [],
                 calibrate_method=CalibrationMethod.MinMax,
             )
     finally:
