@@ -223,11 +223,8 @@ class ScoringGraphExporter:
         with _quiet_exporter():
             program.optimize()
 
+        # Their count was checked against the model's classes when the graph was traced.
         names = self.class_names or [f"class{i}" for i in range(template.num_classes)]
-        if len(names) != template.num_classes:
-            raise ValueError(
-                f"class_names has {len(names)} names but the model scores {template.num_classes} classes"
-            )
         c, h, w = self.image_shape
         metadata = {
             "xgal.format": FORMAT,
