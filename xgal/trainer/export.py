@@ -113,6 +113,27 @@ def _finish(model_proto: onnx.ModelProto, metadata: dict[str, str]) -> onnx.Mode
     return model_proto
 
 
+def _input_spec(
+    image_shape: Sequence[int],
+    pixel_dtype: str,
+    mean: Sequence[float] | None,
+    std: Sequence[float] | None,
+) -> tuple[tuple[int, int, int], Normalisation]:
+    """(C, H, W) and the in-graph normalisation, checked; mean 0 and std 1 when not given."""
+    if pixel_dtype not in PIXEL_SCALE:
+        raise ValueError(f"pixel_dtype must be one of {sorted(PIXEL_SCALE)}, got {pixel_dtype!r}")
+    if len(image_shape) != 3 or any(int(s) <= 0 for s in image_shape):
+        raise ValueError(f"image_shape must be (C, H, W) with positive sizes, got {tuple(image_shape)}")
+    c, h, w = (int(s) for s in image_shape)
+    mean_t = tuple(float(v) for v in (mean if mean is not None else [0.0] * c))
+    std_t = tuple(float(v) for v in (std if std is not None else [1.0] * c))
+    if len(mean_t) != c or len(std_t) != c:
+        raise ValueError(f"mean and std need one value per channel ({c}), got {len(mean_t)} and {len(std_t)}")
+    if any(s <= 0 for s in std_t):
+        raise ValueError(f"std must be positive, got {std_t}")
+    return (c, h, w), Normalisation(PIXEL_SCALE[pixel_dtype], mean_t, std_t)
+
+
 @dataclass
 class _Template:
     """The unoptimised graph of one traced architecture and where its weights sit in it."""
@@ -136,7 +157,8 @@ def _weight_map(traced: torch.fx.GraphModule, module: ScoringModule) -> dict[str
     """Which state_dict entry each constant of the traced graph is (by identity), or None when
     a floating-point tensor of the model is not one of them (e.g. folded into a literal while
     tracing): then the graph cannot be refilled and every export traces anew."""
-    key_of = {id(v): k for k, v in module.state_dict(keep_vars=True).items()}
+    state = module.state_dict(keep_vars=True)
+    key_of = {id(v): k for k, v in state.items()}
     weights = {}
     for node in traced.graph.nodes:
         if node.op == "get_attr":
@@ -144,7 +166,6 @@ def _weight_map(traced: torch.fx.GraphModule, module: ScoringModule) -> dict[str
             if key is None:
                 return None
             weights[node.target] = key
-    state = module.state_dict(keep_vars=True)
     covered = {id(state[k]) for k in weights.values()}
     if any(v.is_floating_point() and id(v) not in covered for v in state.values()):
         return None
@@ -172,23 +193,9 @@ class ScoringGraphExporter:
         std: Sequence[float] | None = None,
         class_names: Sequence[str] | None = None,
     ) -> None:
-        if pixel_dtype not in PIXEL_SCALE:
-            raise ValueError(f"pixel_dtype must be one of {sorted(PIXEL_SCALE)}, got {pixel_dtype!r}")
-        if len(image_shape) != 3 or any(int(s) <= 0 for s in image_shape):
-            raise ValueError(f"image_shape must be (C, H, W) with positive sizes, got {tuple(image_shape)}")
-        c, h, w = (int(s) for s in image_shape)
-        mean_t = tuple(float(v) for v in (mean if mean is not None else [0.0] * c))
-        std_t = tuple(float(v) for v in (std if std is not None else [1.0] * c))
-        if len(mean_t) != c or len(std_t) != c:
-            raise ValueError(
-                f"mean and std need one value per channel ({c}), got {len(mean_t)} and {len(std_t)}"
-            )
-        if any(s <= 0 for s in std_t):
-            raise ValueError(f"std must be positive, got {std_t}")
         self.target_layer = target_layer
-        self.image_shape = (c, h, w)
+        self.image_shape, self.norm = _input_spec(image_shape, pixel_dtype, mean, std)
         self.pixel_dtype = pixel_dtype
-        self.norm = Normalisation(PIXEL_SCALE[pixel_dtype], mean_t, std_t)
         self.class_names = list(class_names) if class_names is not None else None
         self._template: _Template | None = None
         self.traces = 0  # how many exports traced the model (the rest reused the graph)
@@ -369,12 +376,7 @@ def export_forward_graph(
 ) -> Path:
     """The same network without Grad-CAM (input `image`, output `probs`): the throughput
     ceiling a scoring graph is measured against."""
-    c, h, w = (int(v) for v in image_shape)
-    norm = Normalisation(
-        PIXEL_SCALE[pixel_dtype],
-        tuple(float(v) for v in (mean if mean is not None else [0.0] * c)),
-        tuple(float(v) for v in (std if std is not None else [1.0] * c)),
-    )
+    (c, h, w), norm = _input_spec(image_shape, pixel_dtype, mean, std)
     module = _ForwardOnly(copy.deepcopy(model).cpu().eval(), norm).eval()
     example = (torch.zeros(2, c, h, w, dtype=_TORCH_DTYPE[pixel_dtype]),)
     with _quiet_exporter():
