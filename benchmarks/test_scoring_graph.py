@@ -71,6 +71,19 @@ def test_scoring_graph_onnx(measure, setup):
     _run(measure, lambda: engine.run(images, rois))
 
 
+def test_scoring_graph_int8_onnx(measure, setup, tmp_path):
+    """INT8 (operator format, calibrated on the built-in synthetic scans); its ranking
+    agreement with fp32 is measured by `xgal bench`."""
+    from xgal.bench.quantize import quantize_scoring_graph
+    from xgal.pool.synth import synth_pool
+
+    _, scoring, _, images, rois = setup
+    scans = synth_pool(tmp_path / "scans", 128, image_size=SIZE, channels=3, split="test")
+    int8 = quantize_scoring_graph(scoring, scans, tmp_path / "int8.onnx", calibration=128)
+    engine = OnnxRuntimeEngine(int8, providers=["CPUExecutionProvider"], intra_op_threads=THREADS)
+    _run(measure, lambda: engine.run(images, rois))
+
+
 def test_eager_reference_gradcam(measure, setup):
     model, _, _, images, rois = setup
     ref = TorchReferenceEngine(model, LAYER, image_shape=(3, SIZE, SIZE), mean=MEAN, std=STD)

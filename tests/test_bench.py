@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 from xgal.bench.flops import count_flops
 from xgal.bench.pools import random_pool
 from xgal.bench.quantize import quantize_scoring_graph, ranking_agreement
+from xgal.pool.format import Pool
 from xgal.scorer.acquisition import AcquisitionConfig
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
 from xgal.scorer.pipeline import score_pool
@@ -65,6 +66,46 @@ def test_int8_scoring_graph_agrees_with_fp32(tmp_path):
     b = score_pool(OnnxRuntimeEngine(int8), pool, AcquisitionConfig(), 10, return_all=True).all
     agree = ranking_agreement(a.ids, a.score, b.ids, b.score, 10)
     assert agree["spearman"] > 0.8, agree
+
+
+def test_int8_formats(tmp_path):
+    pool = random_pool(tmp_path / "pool", 32, (1, 32, 32))
+    torch.manual_seed(0)
+    model = build_model("small_cnn", "linear", 3, in_channels=1).eval()
+    fp32 = export_scoring_graph(model, "features.stage4.0", tmp_path / "m.onnx", image_shape=(1, 32, 32))
+    ops = {}
+    for fmt in ("operator", "qdq"):
+        q = quantize_scoring_graph(fp32, pool, tmp_path / f"{fmt}.onnx", calibration=32, quant_format=fmt)
+        ops[fmt] = [n.op_type for n in onnx.load(q).graph.node]
+    # The operator format writes QLinearConv itself, and the first (pixel-reading) Conv stays float.
+    assert "QLinearConv" in ops["operator"] and ops["operator"].count("Conv") >= 1
+    assert "QLinearConv" not in ops["qdq"] and "DequantizeLinear" in ops["qdq"]
+    with pytest.raises(ValueError, match="quant_format must be one of"):
+        quantize_scoring_graph(fp32, pool, tmp_path / "x.onnx", quant_format="int4")
+
+
+def test_bench_int8_on_synthetic_scans(tmp_path):
+    from xgal.bench.run import Bench, BenchConfig
+
+    cfg = BenchConfig(
+        arch="small_cnn",
+        image_size=32,
+        channels=3,
+        batch=16,
+        pool_size=64,
+        repeats=1,
+        baselines=False,
+        replicas=[],
+        workdir=tmp_path / "work",
+    )
+    doc = Bench(cfg, log=lambda _: None).run()
+    int8 = doc["int8"]
+    assert int8["pool"] == "synthetic scans" and int8["pool_size"] == 64 and int8["top_k"] == 50
+    assert int8["speedup"] > 0 and -1 <= int8["spearman"] <= 1 and 0 <= int8["topk_overlap"] <= 1
+    names = [r["name"] for r in doc["rows"]]
+    assert "int8: scoring graph fp32" in names and "int8: scoring graph INT8" in names
+    scans = Pool(tmp_path / "work" / "synthetic-scans")
+    assert scans.image_shape == (3, 32, 32) and scans.count == 64
 
 
 def _rss_kb():
@@ -135,7 +176,7 @@ def test_xgal_bench_tiny(tmp_path):
     for want in (
         "engine: scoring graph fp32",
         "engine: forward-only graph fp32",
-        "engine: scoring graph INT8",
+        "int8: own.onnx INT8",
         "pool: in process fp32",
         "pool: gRPC ScorePool, 1 replica(s)",
         "sweep: batch 8, 2 thread(s)",
@@ -145,7 +186,7 @@ def test_xgal_bench_tiny(tmp_path):
     assert 0 < doc["rows"][0]["peak_fraction"] and doc["gflop_per_image"]["scoring"] > 0
     assert {"speedup", "topk_overlap", "spearman"} <= set(doc["int8"])
     assert doc["int8"]["model"] == str(own) and doc["int8"]["pool_size"] == 64
-    assert "engine: own.onnx fp32" in names
+    assert "int8: own.onnx fp32" in names
     assert [p["pool_size"] for p in doc["pool_sweep"]] == [300, 600]
     assert (
         "skipped" in doc.get("pytorch_grad_cam", {"skipped": ""})

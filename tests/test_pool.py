@@ -102,6 +102,17 @@ def test_synth_is_reproducible_and_labelled(tmp_path):
     assert test.ids()[0] == "test-0000000"
 
 
+def test_synth_channels_repeat_the_scan(tmp_path):
+    gray = synth_pool(tmp_path / "g", 6, seed=1, image_size=32).read(0, 6)
+    rgb = synth_pool(tmp_path / "c", 6, seed=1, image_size=32, channels=3).read(0, 6)
+    assert rgb["images"].shape == (6, 3, 32, 32)
+    for c in range(3):
+        np.testing.assert_array_equal(rgb["images"][:, c], gray["images"][:, 0])
+    np.testing.assert_array_equal(rgb["rois"], gray["rois"])
+    with pytest.raises(ValueError, match="channels"):
+        synth_pool(tmp_path / "x", 6, channels=0)
+
+
 def test_marker_is_drawn_as_asked(tmp_path):
     # With every scan tagged, the saturated glyph makes pixel 255 common outside the ROI;
     # with none tagged it is rare.

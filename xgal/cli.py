@@ -579,8 +579,8 @@ def bench(
     JSON (--json): {machine, config, rows: [{name, images_per_s, ms_per_image, batch, threads,
     gflops_per_s?, peak_fraction?, replicas?, sweep?}], gflop_per_image: {scoring, forward},
     ratios: {scoring_vs_forward, scoring_vs_eager, scoring_vs_pytorch_grad_cam?,
-    grpc_N_vs_in_process}, int8: {speedup, top_k, topk_overlap, spearman, model?, pool?,
-    pool_size?},
+    grpc_N_vs_in_process}, int8: {speedup, top_k, topk_overlap, spearman, pool ("synthetic scans" or
+    --int8-pool), pool_size, model?},
     pytorch_grad_cam: {skipped: reason}?, pool_sweep: [{pool_size, seconds_per_image,
     images_per_s, peak_rss_mb}], pool_sweep_rss_growth_mb}."""
     import json

@@ -42,8 +42,8 @@ class BenchConfig:
     repeats: int = 5
     peak_gflops: float | None = None
     int8: bool = True
-    # Measure INT8 on this scoring graph and pool instead of the bench's untrained network on
-    # noise, whose near-uniform probabilities are the worst case for ranking agreement.
+    # Measure INT8 on this scoring graph and pool (e.g. a trained round's) instead of the
+    # bench's untrained network on the built-in synthetic scans.
     int8_model: Path | None = None
     int8_pool: Path | None = None
     baselines: bool = True
@@ -73,6 +73,23 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def timed_pair(
+    fn_a: Callable[[], object], fn_b: Callable[[], object], repeats: int, warmup: int = 1
+) -> tuple[float, float]:
+    """Median wall seconds of two functions called in turn, so that both see the same drift of
+    a shared machine's clock speed (figures here move by 15% over minutes)."""
+    for _ in range(warmup):
+        fn_a()
+        fn_b()
+    a, b = [], []
+    for _ in range(repeats):
+        for fn, times in ((fn_a, a), (fn_b, b)):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(a), statistics.median(b)
 
 
 class Bench:
@@ -143,19 +160,22 @@ class Bench:
         model, scoring, forward, layer = self._models()
         pool = random_pool(self.work / "pool", max(cfg.pool_size, b), (c, s, s))
         batch = pool.read(0, b)
-        flops_scoring = count_flops(scoring) / 1
+        flops_scoring = count_flops(scoring)
         flops_forward = count_flops(forward)
         self.extra["gflop_per_image"] = {"scoring": flops_scoring / 1e9, "forward": flops_forward / 1e9}
 
         engine = OnnxRuntimeEngine(scoring, providers=["CPUExecutionProvider"], intra_op_threads=t)
-        sec = timed(lambda: engine.run(batch["images"], batch["rois"]), cfg.repeats)
+        fwd = OnnxRuntimeEngine.plain_session(forward, t)
+        sec, sec_fwd = timed_pair(
+            lambda: engine.run(batch["images"], batch["rois"]),
+            lambda: fwd.run(["probs"], {"image": batch["images"]}),
+            cfg.repeats,
+        )
         score_row = self.row(
             "engine: scoring graph fp32", sec, b, batch=b, threads=t, flops_per_image=flops_scoring
         )
-        fwd = OnnxRuntimeEngine.plain_session(forward, t)
-        sec = timed(lambda: fwd.run(["probs"], {"image": batch["images"]}), cfg.repeats)
         fwd_row = self.row(
-            "engine: forward-only graph fp32", sec, b, batch=b, threads=t, flops_per_image=flops_forward
+            "engine: forward-only graph fp32", sec_fwd, b, batch=b, threads=t, flops_per_image=flops_forward
         )
         ratios = {"scoring_vs_forward": score_row["images_per_s"] / fwd_row["images_per_s"]}
         if cfg.baselines:
@@ -163,7 +183,7 @@ class Bench:
         if cfg.int8 and cfg.int8_model is not None and cfg.int8_pool is not None:
             self.extra["int8"] = self._int8_own(cfg.int8_model, cfg.int8_pool)
         elif cfg.int8:
-            self.extra["int8"] = self._int8(scoring, pool, batch, score_row)
+            self.extra["int8"] = self._int8_synthetic(scoring)
         ratios.update(self._pool_level(scoring, pool))
         self.extra["ratios"] = ratios
         if cfg.sweep_batch or cfg.sweep_threads:
@@ -209,25 +229,31 @@ class Bench:
 
     def _int8_own(self, model: Path, pool_path: Path) -> dict[str, Any]:
         from xgal.pool.format import Pool
-        from xgal.scorer.engines.ort import OnnxRuntimeEngine
 
         pool = Pool(pool_path)
-        batch = pool.read(0, min(self.cfg.batch, pool.count))
-        engine = OnnxRuntimeEngine(
-            model, providers=["CPUExecutionProvider"], intra_op_threads=self.cfg.n_threads
-        )
-        sec = timed(lambda: engine.run(batch["images"], batch["rois"]), self.cfg.repeats)
-        fp32 = self.row(
-            f"engine: {Path(model).name} fp32",
-            sec,
-            len(batch["ids"]),
-            batch=self.cfg.batch,
-            threads=self.cfg.n_threads,
-        )
-        res = self._int8(Path(model), pool, batch, fp32)
+        res = self._int8(Path(model), pool, Path(model).name)
         return {**res, "model": str(model), "pool": str(pool_path), "pool_size": pool.count}
 
-    def _int8(self, scoring: Path, pool: Any, batch: dict, score_row: dict) -> dict[str, Any]:
+    def _int8_synthetic(self, scoring: Path) -> dict[str, Any]:
+        """INT8 on the built-in synthetic scans: ranking agreement needs images whose scores
+        differ by content; on uniform noise the scores are nearly tied and any rounding reorders them."""
+        from xgal.pool.synth import synth_pool
+
+        cfg = self.cfg
+        n = max(cfg.pool_size, cfg.batch)
+        self.log(f"writing {n} synthetic scans of {cfg.channels}x{cfg.image_size}x{cfg.image_size} ...")
+        pool = synth_pool(
+            self.work / "synthetic-scans",
+            n,
+            image_size=cfg.image_size,
+            channels=cfg.channels,
+            split="test",
+            overwrite=True,
+        )
+        res = self._int8(scoring, pool, "scoring graph")
+        return {**res, "pool": "synthetic scans", "pool_size": pool.count}
+
+    def _int8(self, scoring: Path, pool: Any, label: str) -> dict[str, Any]:
         from xgal.bench.quantize import quantize_scoring_graph, ranking_agreement
         from xgal.scorer.acquisition import AcquisitionConfig
         from xgal.scorer.engines.ort import OnnxRuntimeEngine
@@ -238,17 +264,24 @@ class Bench:
         q = quantize_scoring_graph(
             scoring, pool, self.work / "scoring-int8.onnx", calibration=min(128, pool.count)
         )
-        engine8 = OnnxRuntimeEngine(q, providers=["CPUExecutionProvider"], intra_op_threads=cfg.n_threads)
-        sec = timed(lambda: engine8.run(batch["images"], batch["rois"]), cfg.repeats)
-        row8 = self.row("engine: scoring graph INT8", sec, cfg.batch, batch=cfg.batch, threads=cfg.n_threads)
+        batch = pool.read(0, min(cfg.batch, pool.count))
+        n = len(batch["ids"])
         engine32 = OnnxRuntimeEngine(
             scoring, providers=["CPUExecutionProvider"], intra_op_threads=cfg.n_threads
         )
+        engine8 = OnnxRuntimeEngine(q, providers=["CPUExecutionProvider"], intra_op_threads=cfg.n_threads)
+        sec32, sec8 = timed_pair(
+            lambda: engine32.run(batch["images"], batch["rois"]),
+            lambda: engine8.run(batch["images"], batch["rois"]),
+            2 * cfg.repeats,
+        )
+        self.row(f"int8: {label} fp32", sec32, n, batch=cfg.batch, threads=cfg.n_threads)
+        self.row(f"int8: {label} INT8", sec8, n, batch=cfg.batch, threads=cfg.n_threads)
         k = min(50, pool.count)
         a = score_pool(engine32, pool, AcquisitionConfig(), k, return_all=True, batch_size=cfg.batch).all
         q8 = score_pool(engine8, pool, AcquisitionConfig(), k, return_all=True, batch_size=cfg.batch).all
         agree = ranking_agreement(a.ids, a.score, q8.ids, q8.score, k)
-        res = {"speedup": row8["images_per_s"] / score_row["images_per_s"], "top_k": k, **agree}
+        res = {"speedup": sec32 / sec8, "top_k": k, **agree}
         self.log(
             f"INT8 vs fp32: {res['speedup']:.2f}x, top-{k} overlap {agree['topk_overlap']:.2f}, "
             f"Spearman {agree['spearman']:.3f}"

@@ -108,6 +108,7 @@ def synth_pool(
     *,
     seed: int = 0,
     image_size: int = 64,
+    channels: int = 1,
     num_classes: int = 3,
     marker_fraction: float = 0.7,
     marker_agreement: float = 0.95,
@@ -120,13 +121,14 @@ def synth_pool(
 
     split "train": the tag agrees with the class with probability `marker_agreement`;
     split "test": the tag's glyph is independent of the class (the shortcut fails there).
+    `channels` > 1 repeats the grayscale scan, as X-rays are fed to three-channel networks.
     """
     if not 2 <= num_classes <= len(CLASS_NAMES):
         raise ValueError(f"num_classes must be in [2, {len(CLASS_NAMES)}], got {num_classes}")
     if split not in ("train", "test"):
         raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-    if size < 1 or image_size < 16:
-        raise ValueError("size must be >= 1 and image_size >= 16")
+    if size < 1 or image_size < 16 or channels < 1:
+        raise ValueError("size must be >= 1, image_size >= 16 and channels >= 1")
     if not (0 <= marker_fraction <= 1 and 0 <= marker_agreement <= 1):
         raise ValueError("marker_fraction and marker_agreement must be in [0, 1]")
     rng = np.random.default_rng([seed, 0 if split == "train" else 1])
@@ -139,7 +141,7 @@ def synth_pool(
     )
     with PoolWriter(
         out,
-        image_shape=(1, image_size, image_size),
+        image_shape=(channels, image_size, image_size),
         class_names=CLASS_NAMES[:num_classes],
         with_labels=True,
         shard_size=shard_size,
@@ -149,7 +151,7 @@ def synth_pool(
         batch = 256
         for start in range(0, size, batch):
             n = min(batch, size - start)
-            images = np.empty((n, 1, image_size, image_size), dtype=np.uint8)
+            images = np.empty((n, channels, image_size, image_size), dtype=np.uint8)
             rois = np.empty((n, image_size, image_size), dtype=np.uint8)
             for j in range(n):
                 cls = int(labels[start + j])
@@ -161,7 +163,7 @@ def synth_pool(
                         marker = int(rng.choice([k for k in range(num_classes) if k != cls]))
                     else:
                         marker = int(rng.integers(num_classes))
-                images[j, 0], rois[j] = synth_scan(rng, cls, image_size, marker)
+                images[j, :], rois[j] = synth_scan(rng, cls, image_size, marker)
             ids = [f"{prefix}-{i:07d}" for i in range(start, start + n)]
             writer.add(ids, images, rois, labels[start : start + n])
             if progress is not None:
