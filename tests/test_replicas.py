@@ -192,3 +192,31 @@ def test_client_cli_health(tmp_path):
         assert f"{closed}  UNREACHABLE" in down.stdout and f"{replica.address}  SERVING" in down.stdout
     finally:
         replica.stop()
+
+
+def test_replicas_sharing_one_model_repository(world, tmp_path):
+    root, onnx, _ = world
+    shared = tmp_path / "models"
+    pair = [Replica(root / "data", shared) for _ in range(2)]
+    try:
+        torch.manual_seed(5)
+        other = export_scoring_graph(
+            build_model("small_cnn", "linear", 3, in_channels=1),
+            "features.stage4.0",
+            tmp_path / "other.onnx",
+            image_shape=(1, 32, 32),
+        )
+        addresses = [r.address for r in pair]
+        a, b = (ScorerClient(address) for address in addresses)
+        with a, b:
+            # One round published to every replica is stored once, as one version.
+            assert [c.publish_model(onnx, "demo").version for c in (a, b)] == [1, 1]
+            assert [c.publish_model(other, "demo").version for c in (b, a)] == [2, 2]
+            assert sorted(p.name for p in (shared / "demo").iterdir()) == ["1", "2"]
+            assert [m.version for m in a.list_models("demo")] == [1, 2]
+        with ScorerClient(addresses) as both:
+            ranked = both.score_pool("pool", model="demo", top_k=10, progress=False)
+            assert len(ranked.top.ids) == 10 and ranked.model.version == 2
+    finally:
+        for r in pair:
+            r.stop()

@@ -3,6 +3,11 @@
 Published scoring graphs are validated (size, SHA-256, signature) before they are stored, so a
 restarted replica serves exactly what was published. Loaded versions are cached engines; a
 request keeps the engine it resolved, so publishing or unloading never disturbs it.
+
+Several replicas may share one repository folder (DESIGN.md §6): a publish holds a file lock on
+the folder, so the same bytes published to every replica at once become one version, and
+different models get different version numbers. Readers need no lock: a version appears by one
+atomic rename, complete.
 """
 
 from __future__ import annotations
@@ -12,15 +17,19 @@ import json
 import os
 import re
 import threading
+import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+
+from filelock import FileLock
 
 from xgal.scorer.engines.base import Engine
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
 from xgal.scorer.graph import ScoringGraphInfo
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+LOCK_FILE = ".publish.lock"
 
 
 class ModelNotFoundError(LookupError):
@@ -46,6 +55,7 @@ class ModelRepository:
         self.root.mkdir(parents=True, exist_ok=True)
         self._factory = engine_factory or (lambda p: OnnxRuntimeEngine(p))
         self._lock = threading.RLock()
+        self._publish_lock = FileLock(self.root / LOCK_FILE)
         self._loaded: dict[tuple[str, int], Engine] = {}
 
     # -- storage ---------------------------------------------------------------------------
@@ -87,7 +97,7 @@ class ModelRepository:
             raise ValueError(f"SHA-256 mismatch: received {digest}, header says {sha256}")
         # Builds a session: rejects anything that is not a scoring graph, with the reason.
         engine = OnnxRuntimeEngine(data)
-        with self._lock:
+        with self._lock, self._publish_lock:
             versions = self.versions(name)
             if versions:
                 latest = self.get(name, versions[-1])
@@ -95,7 +105,8 @@ class ModelRepository:
                     return latest
             version = (versions[-1] if versions else 0) + 1
             d = self.root / name / str(version)
-            tmp = self.root / name / f".{version}.tmp"
+            # Unique even if a crashed publisher left its folder behind.
+            tmp = self.root / name / f".{version}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
             tmp.mkdir(parents=True, exist_ok=True)
             (tmp / "model.onnx").write_bytes(data)
             (tmp / "meta.json").write_text(json.dumps({"sha256": digest, "info": asdict(engine.info)}))
