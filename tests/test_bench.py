@@ -84,7 +84,7 @@ def test_int8_formats(tmp_path):
         quantize_scoring_graph(fp32, pool, tmp_path / "x.onnx", quant_format="int4")
 
 
-def test_bench_int8_on_synthetic_scans(tmp_path):
+def test_bench_int8_and_fp16_on_synthetic_scans(tmp_path):
     from xgal.bench.run import Bench, BenchConfig
 
     cfg = BenchConfig(
@@ -96,14 +96,21 @@ def test_bench_int8_on_synthetic_scans(tmp_path):
         repeats=1,
         baselines=False,
         replicas=[],
+        fp16=True,  # the GPU path, run on the CPU kernels to check the code and its agreement
         workdir=tmp_path / "work",
     )
     doc = Bench(cfg, log=lambda _: None).run()
+    fp16 = doc["fp16"]
+    assert fp16["providers"] == ["CPUExecutionProvider"] and fp16["pool"] == "synthetic scans"
+    assert fp16["spearman"] > 0.99 and fp16["topk_overlap"] >= 0.9, fp16
     int8 = doc["int8"]
     assert int8["pool"] == "synthetic scans" and int8["pool_size"] == 64 and int8["top_k"] == 50
     assert int8["speedup"] > 0 and -1 <= int8["spearman"] <= 1 and 0 <= int8["topk_overlap"] <= 1
     names = [r["name"] for r in doc["rows"]]
     assert "int8: scoring graph fp32" in names and "int8: scoring graph INT8" in names
+    assert "fp16: scoring graph fp32" in names and "fp16: scoring graph FP16" in names
+    with pytest.raises(ValueError, match="not installed"):
+        BenchConfig(providers=["NoSuchExecutionProvider"])
     scans = Pool(tmp_path / "work" / "synthetic-scans")
     assert scans.image_shape == (3, 32, 32) and scans.count == 64
 
@@ -186,6 +193,7 @@ def test_xgal_bench_tiny(tmp_path):
     assert 0 < doc["rows"][0]["peak_fraction"] and doc["gflop_per_image"]["scoring"] > 0
     assert {"speedup", "topk_overlap", "spearman"} <= set(doc["int8"])
     assert doc["int8"]["model"] == str(own) and doc["int8"]["pool_size"] == 64
+    assert "GPU path" in doc["fp16"]["skipped"]  # CPU providers: FP16 is not measured by default
     assert "int8: own.onnx fp32" in names
     assert [p["pool_size"] for p in doc["pool_sweep"]] == [300, 600]
     assert (

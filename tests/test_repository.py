@@ -33,36 +33,67 @@ def _export(path, seed):
     return export_scoring_graph(model, "features.stage4.0", path, image_shape=(1, 32, 32))
 
 
-def test_replicas_publishing_at_once_to_one_folder(tmp_path):
-    models = [_export(tmp_path / f"m{i}.onnx", i) for i in range(2)]
-    root, go = tmp_path / "repo", tmp_path / "go"
-    # Four processes publish model 0 (the client publishing one round to every replica) and
-    # two publish model 1, all at the same moment.
-    which = [0, 0, 0, 0, 1, 1]
+def _publish_at_once(root, go, models):
+    """Start one process per model path, let them all import, then release them together."""
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", PUBLISHER, str(root), str(go), str(models[i])],
+            [sys.executable, "-c", PUBLISHER, str(root), str(go), str(m)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        for i in which
+        for m in models
     ]
-    time.sleep(3)  # let every process import and open the repository
+    time.sleep(3)
     go.touch()
     results = []
     for proc in procs:
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0, err[-2000:]
         results.append(tuple(json.loads(out)))
-    shas = [hashlib.sha256(m.read_bytes()).hexdigest() for m in models]
-    by_model = {i: {r for r, w in zip(results, which, strict=True) if w == i} for i in (0, 1)}
-    # Each model has exactly one version number for all its publishers, and they differ.
-    assert all(len(v) == 1 for v in by_model.values()), results
-    (v0, sha0), (v1, sha1) = by_model[0].pop(), by_model[1].pop()
-    assert (sha0, sha1) == tuple(shas) and v0 != v1
+    go.unlink()
+    return results
+
+
+def test_replicas_publishing_at_once_to_one_folder(tmp_path):
+    m0, m1 = (_export(tmp_path / f"m{i}.onnx", i) for i in range(2))
+    sha0, sha1 = (hashlib.sha256(m.read_bytes()).hexdigest() for m in (m0, m1))
+    root, go = tmp_path / "repo", tmp_path / "go"
+    # The client publishing one round to every replica at once: one version.
+    assert set(_publish_at_once(root, go, [m0] * 4)) == {(1, sha0)}
+    assert sorted(p.name for p in (root / "shared").iterdir()) == ["1"]
+    # Two models racing under one name: every publisher succeeds and gets a version that holds
+    # exactly its bytes (the same bytes as the latest version reuse it, so rounds may alternate).
+    results = _publish_at_once(root, go, [m1, m0, m1, m0, m1, m0])
     repo = ModelRepository(root)
-    assert repo.versions("shared") == sorted([v0, v1])
-    assert repo.get("shared", v0).sha256 == shas[0] and repo.get("shared", v1).sha256 == shas[1]
+    versions = repo.versions("shared")
+    assert versions == list(range(1, len(versions) + 1))
+    for version, sha in results:
+        assert repo.get("shared", version).sha256 == sha
+    assert {sha for _, sha in results} == {sha0, sha1}
     # Nothing half-written is left behind.
-    assert sorted(p.name for p in (root / "shared").iterdir()) == sorted([str(v0), str(v1)])
+    assert sorted(p.name for p in (root / "shared").iterdir()) == sorted(str(v) for v in versions)
+
+
+def test_a_publish_waits_for_another_process_holding_the_folder(tmp_path):
+    from filelock import FileLock
+
+    from xgal.scorer.repository import LOCK_FILE
+
+    model = _export(tmp_path / "m.onnx", 0)
+    root, go = tmp_path / "repo", tmp_path / "go"
+    root.mkdir()
+    go.touch()
+    lock = FileLock(root / LOCK_FILE)
+    with lock:  # another replica in the middle of its publish
+        proc = subprocess.Popen(
+            [sys.executable, "-c", PUBLISHER, str(root), str(go), str(model)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        time.sleep(6)  # ample time to import, validate and store, were it not waiting
+        assert proc.poll() is None and not (root / "shared" / "1").exists()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err[-2000:]
+    assert json.loads(out)[0] == 1 and (root / "shared" / "1" / "model.onnx").is_file()

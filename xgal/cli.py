@@ -559,6 +559,16 @@ def bench(
         None, help="Measure INT8 on this scoring graph (e.g. a trained round's) instead of the bench's."
     ),
     int8_pool: Path | None = typer.Option(None, help="The pool to calibrate and rank on with --int8-model."),
+    fp16: bool | None = typer.Option(
+        None,
+        help="Measure an FP16 scoring graph and its ranking agreement (default: when the first "
+        "provider is a GPU one).",
+    ),
+    provider: list[str] = typer.Option(
+        ["CPUExecutionProvider"],
+        help="ONNX Runtime execution provider(s) for the engine rows, best first "
+        "(e.g. CUDAExecutionProvider). INT8 always runs on the CPU.",
+    ),
     baselines: bool = typer.Option(
         True, help="Eager PyTorch Grad-CAM and pytorch-grad-cam (when installed)."
     ),
@@ -580,7 +590,8 @@ def bench(
     gflops_per_s?, peak_fraction?, replicas?, sweep?}], gflop_per_image: {scoring, forward},
     ratios: {scoring_vs_forward, scoring_vs_eager, scoring_vs_pytorch_grad_cam?,
     grpc_N_vs_in_process}, int8: {speedup, top_k, topk_overlap, spearman, pool ("synthetic scans" or
-    --int8-pool), pool_size, model?},
+    --int8-pool), pool_size, model?}, fp16: {speedup, top_k, topk_overlap, spearman, pool,
+    pool_size, providers} or {skipped: reason},
     pytorch_grad_cam: {skipped: reason}?, pool_sweep: [{pool_size, seconds_per_image,
     images_per_s, peak_rss_mb}], pool_sweep_rss_growth_mb}."""
     import json
@@ -601,6 +612,8 @@ def bench(
         int8=int8,
         int8_model=int8_model,
         int8_pool=int8_pool,
+        fp16=fp16,
+        providers=provider,
         baselines=baselines,
         replicas=_ints(replicas),
         sweep_batch=_ints(sweep_batch),
@@ -626,6 +639,15 @@ def bench(
     out.print(table)
     for name, value in doc.get("ratios", {}).items():
         out.print(f"  {name:<32} {value:.3f}x")
+    for precision in ("int8", "fp16"):
+        res = doc.get(precision)
+        if res and "skipped" in res:
+            out.print(f"  {precision}: skipped ({res['skipped']})")
+        elif res:
+            out.print(
+                f"  {precision + '_vs_fp32':<32} {res['speedup']:.3f}x  top-{res['top_k']} overlap "
+                f"{res['topk_overlap']:.2f}, Spearman {res['spearman']:.3f}"
+            )
     if json_out is not None:
         json_out.write_text(json.dumps(doc, indent=1))
         out.print(f"wrote {json_out}")

@@ -46,6 +46,9 @@ class BenchConfig:
     # bench's untrained network on the built-in synthetic scans.
     int8_model: Path | None = None
     int8_pool: Path | None = None
+    # FP16 is the GPU path: None = measured when the first provider is a GPU one.
+    fp16: bool | None = None
+    providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
     baselines: bool = True
     replicas: list[int] = field(default_factory=lambda: [1, 2])
     sweep_batch: list[int] = field(default_factory=list)
@@ -57,6 +60,18 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if (self.int8_model is None) != (self.int8_pool is None):
             raise ValueError("--int8-model and --int8-pool go together: a scoring graph and the pool to rank")
+        import onnxruntime
+
+        available = onnxruntime.get_available_providers()
+        missing = [p for p in self.providers if p not in available]
+        if not self.providers:
+            raise ValueError(f"name at least one execution provider; available: {available}")
+        if missing:
+            raise ValueError(f"execution providers {missing} are not installed; available: {available}")
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.providers[0] != "CPUExecutionProvider"
 
     @property
     def n_threads(self) -> int:
@@ -164,8 +179,8 @@ class Bench:
         flops_forward = count_flops(forward)
         self.extra["gflop_per_image"] = {"scoring": flops_scoring / 1e9, "forward": flops_forward / 1e9}
 
-        engine = OnnxRuntimeEngine(scoring, providers=["CPUExecutionProvider"], intra_op_threads=t)
-        fwd = OnnxRuntimeEngine.plain_session(forward, t)
+        engine = OnnxRuntimeEngine(scoring, providers=cfg.providers, intra_op_threads=t)
+        fwd = OnnxRuntimeEngine.plain_session(forward, t, providers=cfg.providers)
         sec, sec_fwd = timed_pair(
             lambda: engine.run(batch["images"], batch["rois"]),
             lambda: fwd.run(["probs"], {"image": batch["images"]}),
@@ -183,7 +198,17 @@ class Bench:
         if cfg.int8 and cfg.int8_model is not None and cfg.int8_pool is not None:
             self.extra["int8"] = self._int8_own(cfg.int8_model, cfg.int8_pool)
         elif cfg.int8:
-            self.extra["int8"] = self._int8_synthetic(scoring)
+            self.extra["int8"] = {
+                **self._int8(scoring, self._scans(), "scoring graph"),
+                "pool": "synthetic scans",
+            }
+        if cfg.fp16 or (cfg.fp16 is None and cfg.on_gpu):
+            self.extra["fp16"] = self._fp16(scoring)
+        elif cfg.fp16 is None:
+            self.extra["fp16"] = {
+                "skipped": f"FP16 is the GPU path; the providers are {cfg.providers} "
+                "(--fp16 measures it anyway)"
+            }
         ratios.update(self._pool_level(scoring, pool))
         self.extra["ratios"] = ratios
         if cfg.sweep_batch or cfg.sweep_threads:
@@ -232,61 +257,85 @@ class Bench:
 
         pool = Pool(pool_path)
         res = self._int8(Path(model), pool, Path(model).name)
-        return {**res, "model": str(model), "pool": str(pool_path), "pool_size": pool.count}
+        return {**res, "model": str(model), "pool": str(pool_path)}
 
-    def _int8_synthetic(self, scoring: Path) -> dict[str, Any]:
-        """INT8 on the built-in synthetic scans: ranking agreement needs images whose scores
-        differ by content; on uniform noise the scores are nearly tied and any rounding reorders them."""
+    def _scans(self) -> Any:
+        """The built-in synthetic scans at the bench's size, for ranking agreement: it needs
+        images whose scores differ by content; on uniform noise the scores are nearly tied and
+        any rounding reorders them."""
+        from xgal.pool.format import Pool
         from xgal.pool.synth import synth_pool
 
         cfg = self.cfg
         n = max(cfg.pool_size, cfg.batch)
+        path = self.work / "synthetic-scans"
+        if (path / "manifest.json").is_file():
+            pool = Pool(path)
+            if pool.count == n and tuple(pool.image_shape) == (cfg.channels, cfg.image_size, cfg.image_size):
+                return pool
         self.log(f"writing {n} synthetic scans of {cfg.channels}x{cfg.image_size}x{cfg.image_size} ...")
-        pool = synth_pool(
-            self.work / "synthetic-scans",
-            n,
-            image_size=cfg.image_size,
-            channels=cfg.channels,
-            split="test",
-            overwrite=True,
+        return synth_pool(
+            path, n, image_size=cfg.image_size, channels=cfg.channels, split="test", overwrite=True
         )
-        res = self._int8(scoring, pool, "scoring graph")
-        return {**res, "pool": "synthetic scans", "pool_size": pool.count}
 
-    def _int8(self, scoring: Path, pool: Any, label: str) -> dict[str, Any]:
-        from xgal.bench.quantize import quantize_scoring_graph, ranking_agreement
+    def _agreement(self, ref: Any, other: Any, pool: Any) -> dict[str, float]:
+        """Top-50 overlap and Spearman correlation of two engines' acquisition scores on `pool`."""
+        from xgal.bench.quantize import ranking_agreement
         from xgal.scorer.acquisition import AcquisitionConfig
-        from xgal.scorer.engines.ort import OnnxRuntimeEngine
         from xgal.scorer.pipeline import score_pool
+
+        k = min(50, pool.count)
+        bs = self.cfg.batch
+        a = score_pool(ref, pool, AcquisitionConfig(), k, return_all=True, batch_size=bs).all
+        b = score_pool(other, pool, AcquisitionConfig(), k, return_all=True, batch_size=bs).all
+        return {"top_k": k, **ranking_agreement(a.ids, a.score, b.ids, b.score, k)}
+
+    def _versus(self, name: str, precision: str, ref: Any, other: Any, pool: Any) -> dict[str, Any]:
+        """fp32 and a reduced-precision engine timed in turn on one batch, then ranked."""
+        cfg = self.cfg
+        batch = pool.read(0, min(cfg.batch, pool.count))
+        n = len(batch["ids"])
+        sec_ref, sec = timed_pair(
+            lambda: ref.run(batch["images"], batch["rois"]),
+            lambda: other.run(batch["images"], batch["rois"]),
+            2 * cfg.repeats,
+        )
+        section = precision.lower()
+        self.row(f"{section}: {name} fp32", sec_ref, n, batch=cfg.batch, threads=cfg.n_threads)
+        self.row(f"{section}: {name} {precision}", sec, n, batch=cfg.batch, threads=cfg.n_threads)
+        res = {"speedup": sec_ref / sec, **self._agreement(ref, other, pool), "pool_size": pool.count}
+        self.log(
+            f"{precision} vs fp32: {res['speedup']:.2f}x, top-{res['top_k']} overlap "
+            f"{res['topk_overlap']:.2f}, Spearman {res['spearman']:.3f}"
+        )
+        return res
+
+    def _fp16(self, scoring: Path) -> dict[str, Any]:
+        from xgal.bench.fp16 import half_scoring_graph
+        from xgal.scorer.engines.ort import OnnxRuntimeEngine
+
+        cfg = self.cfg
+        self.log(f"converting the scoring graph to FP16 (providers {cfg.providers}) ...")
+        half = half_scoring_graph(scoring, self.work / "scoring-fp16.onnx")
+        ref = OnnxRuntimeEngine(scoring, providers=cfg.providers, intra_op_threads=cfg.n_threads)
+        engine16 = OnnxRuntimeEngine(half, providers=cfg.providers, intra_op_threads=cfg.n_threads)
+        res = self._versus("scoring graph", "FP16", ref, engine16, self._scans())
+        return {**res, "pool": "synthetic scans", "providers": ref.providers}
+
+    def _int8(self, scoring: Path, pool: Any, name: str) -> dict[str, Any]:
+        from xgal.bench.quantize import quantize_scoring_graph
+        from xgal.scorer.engines.ort import OnnxRuntimeEngine
 
         cfg = self.cfg
         self.log("quantizing the scoring graph to INT8 (calibration on the pool) ...")
         q = quantize_scoring_graph(
             scoring, pool, self.work / "scoring-int8.onnx", calibration=min(128, pool.count)
         )
-        batch = pool.read(0, min(cfg.batch, pool.count))
-        n = len(batch["ids"])
-        engine32 = OnnxRuntimeEngine(
-            scoring, providers=["CPUExecutionProvider"], intra_op_threads=cfg.n_threads
-        )
-        engine8 = OnnxRuntimeEngine(q, providers=["CPUExecutionProvider"], intra_op_threads=cfg.n_threads)
-        sec32, sec8 = timed_pair(
-            lambda: engine32.run(batch["images"], batch["rois"]),
-            lambda: engine8.run(batch["images"], batch["rois"]),
-            2 * cfg.repeats,
-        )
-        self.row(f"int8: {label} fp32", sec32, n, batch=cfg.batch, threads=cfg.n_threads)
-        self.row(f"int8: {label} INT8", sec8, n, batch=cfg.batch, threads=cfg.n_threads)
-        k = min(50, pool.count)
-        a = score_pool(engine32, pool, AcquisitionConfig(), k, return_all=True, batch_size=cfg.batch).all
-        q8 = score_pool(engine8, pool, AcquisitionConfig(), k, return_all=True, batch_size=cfg.batch).all
-        agree = ranking_agreement(a.ids, a.score, q8.ids, q8.score, k)
-        res = {"speedup": sec32 / sec8, "top_k": k, **agree}
-        self.log(
-            f"INT8 vs fp32: {res['speedup']:.2f}x, top-{k} overlap {agree['topk_overlap']:.2f}, "
-            f"Spearman {agree['spearman']:.3f}"
-        )
-        return res
+        # INT8 is the CPU path, whatever the other rows run on.
+        cpu = ["CPUExecutionProvider"]
+        ref = OnnxRuntimeEngine(scoring, providers=cpu, intra_op_threads=cfg.n_threads)
+        engine8 = OnnxRuntimeEngine(q, providers=cpu, intra_op_threads=cfg.n_threads)
+        return self._versus(name, "INT8", ref, engine8, pool)
 
     def _pool_level(self, scoring: Path, pool: Any) -> dict[str, float]:
         from xgal.client import ScorerClient
@@ -295,9 +344,7 @@ class Bench:
         from xgal.scorer.pipeline import score_pool
 
         cfg = self.cfg
-        engine = OnnxRuntimeEngine(
-            scoring, providers=["CPUExecutionProvider"], intra_op_threads=cfg.n_threads
-        )
+        engine = OnnxRuntimeEngine(scoring, providers=cfg.providers, intra_op_threads=cfg.n_threads)
         sec = timed(
             lambda: score_pool(engine, pool, AcquisitionConfig(), 20, batch_size=cfg.batch), cfg.repeats
         )
@@ -334,7 +381,7 @@ class Bench:
 
         cfg = self.cfg
         for threads in cfg.sweep_threads or [cfg.n_threads]:
-            engine = OnnxRuntimeEngine(scoring, providers=["CPUExecutionProvider"], intra_op_threads=threads)
+            engine = OnnxRuntimeEngine(scoring, providers=cfg.providers, intra_op_threads=threads)
             for b in cfg.sweep_batch or [cfg.batch]:
                 data = pool.read(0, min(b, pool.count))
                 sec = timed(lambda e=engine, d=data: e.run(d["images"], d["rois"]), cfg.repeats)

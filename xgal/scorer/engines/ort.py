@@ -82,13 +82,17 @@ class OnnxRuntimeEngine(Engine):
         self.io_binding = on_gpu if io_binding is None else io_binding
 
     @staticmethod
-    def plain_session(model: str | os.PathLike[str], intra_op_threads: int = 0) -> ort.InferenceSession:
-        """A CPU session for any ONNX model (e.g. a forward-only graph to compare against)."""
+    def plain_session(
+        model: str | os.PathLike[str],
+        intra_op_threads: int = 0,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+    ) -> ort.InferenceSession:
+        """A session for any ONNX model (e.g. a forward-only graph to compare against)."""
         opts = ort.SessionOptions()
         opts.intra_op_num_threads = intra_op_threads
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        return ort.InferenceSession(os.fspath(model), opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(os.fspath(model), opts, providers=list(providers))
 
     def run(
         self,
