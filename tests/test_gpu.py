@@ -17,9 +17,27 @@ from xgal.trainer.export import export_scoring_graph
 from xgal.trainer.nets import build_model
 
 CUDA = "CUDAExecutionProvider"
+
+
+def _cuda_works() -> bool:
+    """onnxruntime-gpu lists CUDA even where no device or cuDNN can start; a session tells."""
+    if CUDA not in ort.get_available_providers():
+        return False
+    from onnx import TensorProto, helper
+
+    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in "xy"]
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "probe", io[:1], io[1:])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    try:
+        session = ort.InferenceSession(model.SerializeToString(), providers=[CUDA, "CPUExecutionProvider"])
+    except Exception:  # noqa: BLE001 - any failure to start means: no usable CUDA here
+        return False
+    return session.get_providers()[0] == CUDA
+
+
 pytestmark = pytest.mark.skipif(
-    CUDA not in ort.get_available_providers(),
-    reason=f"needs onnxruntime-gpu and a CUDA device; providers here: {ort.get_available_providers()}",
+    not _cuda_works(),
+    reason=f"needs onnxruntime-gpu and a usable CUDA device; providers here: {ort.get_available_providers()}",
 )
 
 

@@ -352,3 +352,14 @@ def test_tls(world, tmp_path):
             plain.list_models()
     finally:
         srv.stop(grace=1)
+
+
+def test_server_rejects_unknown_providers(world, tmp_path):
+    config = ServerConfig(
+        data_root=world[0] / "data",
+        model_repo=tmp_path / "repo",
+        port=0,
+        providers=("NoSuchExecutionProvider",),
+    )
+    with pytest.raises(ValueError, match="not installed"):
+        RunningServer(config)

@@ -326,6 +326,9 @@ def serve(
     max_delay_ms: float = typer.Option(5.0, help="Dynamic batching: longest wait to fill a batch."),
     workers: int = typer.Option(8, help="Concurrent RPCs."),
     max_message_mb: int = typer.Option(64, help="Largest gRPC message, both directions."),
+    provider: list[str] = typer.Option(
+        [], help="ONNX Runtime execution provider(s), best first (default: every installed one)."
+    ),
 ) -> None:
     """Run a scorer replica until SIGTERM (which drains in-flight requests first)."""
     import logging
@@ -348,6 +351,7 @@ def serve(
             max_delay_ms=max_delay_ms,
             workers=workers,
             max_message_mb=max_message_mb,
+            providers=tuple(provider),
         )
     )
 
@@ -566,8 +570,9 @@ def bench(
     ),
     provider: list[str] = typer.Option(
         ["CPUExecutionProvider"],
-        help="ONNX Runtime execution provider(s) for the engine rows, best first "
-        "(e.g. CUDAExecutionProvider). INT8 always runs on the CPU.",
+        help="ONNX Runtime execution provider(s), best first (e.g. CUDAExecutionProvider), for "
+        "the engine, FP16, pool, replica and sweep rows. INT8 always runs on the CPU; the eager "
+        "baselines are skipped on a GPU provider.",
     ),
     baselines: bool = typer.Option(
         True, help="Eager PyTorch Grad-CAM and pytorch-grad-cam (when installed)."
@@ -591,7 +596,8 @@ def bench(
     ratios: {scoring_vs_forward, scoring_vs_eager, scoring_vs_pytorch_grad_cam?,
     grpc_N_vs_in_process}, int8: {speedup, top_k, topk_overlap, spearman, pool ("synthetic scans" or
     --int8-pool), pool_size, model?}, fp16: {speedup, top_k, topk_overlap, spearman, pool,
-    pool_size, providers} or {skipped: reason},
+    pool_size, providers} or {skipped: reason}, providers (the engine's, as ONNX Runtime reports),
+    baselines: {skipped: reason}?,
     pytorch_grad_cam: {skipped: reason}?, pool_sweep: [{pool_size, seconds_per_image,
     images_per_s, peak_rss_mb}], pool_sweep_rss_growth_mb}."""
     import json

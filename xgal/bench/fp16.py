@@ -63,12 +63,14 @@ def half_scoring_graph(model: str | os.PathLike[str], out: str | os.PathLike[str
     typed = onnx.shape_inference.infer_shapes(m).graph
     types = {v.name: v.type.tensor_type.elem_type for v in (*typed.value_info, *typed.input, *typed.output)}
     types.update({name: t.data_type for name, t in inits.items()})
-    # Float nodes only: shape arithmetic (int64 Concat, Add) stays as it is.
+    # Float nodes only: shape arithmetic (int64 Concat, Add) stays as it is, and so does a node
+    # with an input whose type shape inference could not tell (it could not be cast safely).
     half = {
         i
         for i in _ancestors(g, "probs")
         if g.node[i].op_type in HALF_OPS
         and all(types.get(name) == TensorProto.FLOAT for name in g.node[i].output)
+        and all(types.get(name) is not None for name in g.node[i].input if name)
     }
     consumers: dict[str, list[int]] = defaultdict(list)
     for i, node in enumerate(g.node):

@@ -66,16 +66,29 @@ class BenchConfig:
         missing = [p for p in self.providers if p not in available]
         if not self.providers:
             raise ValueError(f"name at least one execution provider; available: {available}")
+        if self.image_size < 16 or self.channels < 1 or self.batch < 1 or self.repeats < 1:
+            raise ValueError("image_size must be >= 16 and channels, batch and repeats >= 1")
         if missing:
             raise ValueError(f"execution providers {missing} are not installed; available: {available}")
 
     @property
     def on_gpu(self) -> bool:
-        return self.providers[0] != "CPUExecutionProvider"
+        return self.providers[0] in GPU_PROVIDERS
 
     @property
     def n_threads(self) -> int:
         return self.threads or (os.cpu_count() or 1)
+
+
+GPU_PROVIDERS = frozenset(
+    {
+        "CUDAExecutionProvider",
+        "TensorrtExecutionProvider",
+        "ROCMExecutionProvider",
+        "MIGraphXExecutionProvider",
+        "DmlExecutionProvider",
+    }
+)
 
 
 def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
@@ -180,6 +193,13 @@ class Bench:
         self.extra["gflop_per_image"] = {"scoring": flops_scoring / 1e9, "forward": flops_forward / 1e9}
 
         engine = OnnxRuntimeEngine(scoring, providers=cfg.providers, intra_op_threads=t)
+        if engine.providers[0] != cfg.providers[0]:
+            # ONNX Runtime falls back quietly, e.g. to the CPU when CUDA or cuDNN cannot start.
+            raise RuntimeError(
+                f"asked for {cfg.providers[0]} but ONNX Runtime runs the graph on {engine.providers[0]}; "
+                "is the device (and its libraries) usable here?"
+            )
+        self.extra["providers"] = engine.providers
         fwd = OnnxRuntimeEngine.plain_session(forward, t, providers=cfg.providers)
         sec, sec_fwd = timed_pair(
             lambda: engine.run(batch["images"], batch["rois"]),
@@ -193,7 +213,11 @@ class Bench:
             "engine: forward-only graph fp32", sec_fwd, b, batch=b, threads=t, flops_per_image=flops_forward
         )
         ratios = {"scoring_vs_forward": score_row["images_per_s"] / fwd_row["images_per_s"]}
-        if cfg.baselines:
+        if cfg.baselines and cfg.on_gpu:
+            self.extra["baselines"] = {
+                "skipped": "the eager baselines run on the CPU; set against a GPU engine they say nothing"
+            }
+        elif cfg.baselines:
             ratios.update(self._baselines(model, layer, batch, score_row))
         if cfg.int8 and cfg.int8_model is not None and cfg.int8_pool is not None:
             self.extra["int8"] = self._int8_own(cfg.int8_model, cfg.int8_pool)
@@ -301,8 +325,8 @@ class Bench:
             2 * cfg.repeats,
         )
         section = precision.lower()
-        self.row(f"{section}: {name} fp32", sec_ref, n, batch=cfg.batch, threads=cfg.n_threads)
-        self.row(f"{section}: {name} {precision}", sec, n, batch=cfg.batch, threads=cfg.n_threads)
+        self.row(f"{section}: {name} fp32", sec_ref, n, batch=n, threads=cfg.n_threads)
+        self.row(f"{section}: {name} {precision}", sec, n, batch=n, threads=cfg.n_threads)
         res = {"speedup": sec_ref / sec, **self._agreement(ref, other, pool), "pool_size": pool.count}
         self.log(
             f"{precision} vs fp32: {res['speedup']:.2f}x, top-{res['top_k']} overlap "
@@ -351,7 +375,10 @@ class Bench:
         inproc = self.row("pool: in process fp32", sec, pool.count, batch=cfg.batch, threads=cfg.n_threads)
         out: dict[str, float] = {}
         for n in cfg.replicas:
-            procs = [_start_replica(pool.path.parent, self.work / f"repo{i}", cfg.batch) for i in range(n)]
+            procs = [
+                _start_replica(pool.path.parent, self.work / f"repo{i}", cfg.batch, cfg.providers)
+                for i in range(n)
+            ]
             try:
                 with ScorerClient([addr for _, addr in procs]) as client:
                     client.publish_model(scoring, "bench")
@@ -455,7 +482,9 @@ class Bench:
         }
 
 
-def _start_replica(data_root: Path, repo: Path, max_batch: int) -> tuple[subprocess.Popen, str]:
+def _start_replica(
+    data_root: Path, repo: Path, max_batch: int, providers: list[str]
+) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -470,6 +499,7 @@ def _start_replica(data_root: Path, repo: Path, max_batch: int) -> tuple[subproc
             str(repo),
             "--max-batch",
             str(max_batch),
+            *(arg for p in providers for arg in ("--provider", p)),
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

@@ -16,13 +16,15 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from filelock import FileLock
+from filelock import FileLock, Timeout
 
 from xgal.scorer.engines.base import Engine
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
@@ -30,6 +32,7 @@ from xgal.scorer.graph import ScoringGraphInfo
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 LOCK_FILE = ".publish.lock"
+LOCK_TIMEOUT_S = 120.0
 
 
 class ModelNotFoundError(LookupError):
@@ -50,12 +53,16 @@ class ModelRepository:
         self,
         root: str | os.PathLike[str],
         engine_factory: Callable[[Path], Engine] | None = None,
+        *,
+        lock_timeout_s: float = LOCK_TIMEOUT_S,
     ) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._factory = engine_factory or (lambda p: OnnxRuntimeEngine(p))
-        self._lock = threading.RLock()
-        self._publish_lock = FileLock(self.root / LOCK_FILE)
+        self._lock = threading.RLock()  # the loaded engines
+        # Publishing has its own locks, so scoring and health never wait on another replica.
+        self._publish_thread_lock = threading.Lock()
+        self._publish_lock = FileLock(self.root / LOCK_FILE, timeout=lock_timeout_s)
         self._loaded: dict[tuple[str, int], Engine] = {}
 
     # -- storage ---------------------------------------------------------------------------
@@ -97,22 +104,44 @@ class ModelRepository:
             raise ValueError(f"SHA-256 mismatch: received {digest}, header says {sha256}")
         # Builds a session: rejects anything that is not a scoring graph, with the reason.
         engine = OnnxRuntimeEngine(data)
-        with self._lock, self._publish_lock:
-            versions = self.versions(name)
-            if versions:
-                latest = self.get(name, versions[-1])
-                if latest.sha256 == digest:
-                    return latest
-            version = (versions[-1] if versions else 0) + 1
-            d = self.root / name / str(version)
-            # Unique even if a crashed publisher left its folder behind.
-            tmp = self.root / name / f".{version}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-            tmp.mkdir(parents=True, exist_ok=True)
-            (tmp / "model.onnx").write_bytes(data)
-            (tmp / "meta.json").write_text(json.dumps({"sha256": digest, "info": asdict(engine.info)}))
-            os.replace(tmp, d)
+        try:
+            with self._publish_thread_lock, self._locked_folder():
+                return self._store(name, data, digest, engine.info)
+        finally:
             engine.close()
-            return self.get(name, version)
+
+    def _store(self, name: str, data: bytes, digest: str, info: ScoringGraphInfo) -> StoredModel:
+        """Under the publish locks: the same bytes as the latest version reuse it."""
+        versions = self.versions(name)
+        if versions:
+            latest = self.get(name, versions[-1])
+            if latest.sha256 == digest:
+                return latest
+        version = (versions[-1] if versions else 0) + 1
+        folder = self.root / name
+        # Holding the lock, any temp folder here is a crashed publisher's.
+        for stale in folder.glob(".*.tmp") if folder.is_dir() else ():
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = folder / f".{version}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        (tmp / "model.onnx").write_bytes(data)
+        (tmp / "meta.json").write_text(json.dumps({"sha256": digest, "info": asdict(info)}))
+        os.replace(tmp, folder / str(version))
+        return self.get(name, version)
+
+    @contextmanager
+    def _locked_folder(self) -> Iterator[None]:
+        try:
+            self._publish_lock.acquire()
+        except Timeout:
+            raise TimeoutError(
+                f"another process has held {self.root / LOCK_FILE} for {self._publish_lock.timeout:g} s; "
+                "publish again later"
+            ) from None
+        try:
+            yield
+        finally:
+            self._publish_lock.release()
 
     # -- loaded engines ----------------------------------------------------------------------
     def load(self, name: str, version: int = 0) -> tuple[StoredModel, Engine]:

@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import onnxruntime as ort
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from xgal.scorer.engines.ort import OnnxRuntimeEngine
 from xgal.scorer.metrics import Metrics
 from xgal.scorer.repository import ModelRepository
 from xgal.scorer.service import SERVICE, ScorerService
@@ -77,6 +79,7 @@ class ServerConfig:
     max_queue: int = 64
     workers: int = 8
     max_message_mb: int = 64
+    providers: tuple[str, ...] = ()  # ONNX Runtime execution providers, best first; () = all installed
 
 
 class RunningServer:
@@ -85,10 +88,17 @@ class RunningServer:
     def __init__(self, config: ServerConfig) -> None:
         if not Path(config.data_root).is_dir():
             raise FileNotFoundError(f"data root {config.data_root} is not a folder")
+        available = ort.get_available_providers()
+        missing = [p for p in config.providers if p not in available]
+        if missing:
+            raise ValueError(f"execution providers {missing} are not installed; available: {available}")
         self.config = config
         self.metrics = Metrics()
         self.health = health.HealthServicer(experimental_non_blocking=True)
-        self.repo = ModelRepository(config.model_repo)
+        providers = list(config.providers) or None
+        self.repo = ModelRepository(
+            config.model_repo, engine_factory=lambda path: OnnxRuntimeEngine(path, providers=providers)
+        )
         for stored in self.repo.load_latest_all():
             log.info("serving %s version %d from the repository", stored.name, stored.version)
         self.service = ScorerService(

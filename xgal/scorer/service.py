@@ -51,6 +51,8 @@ def _code_for(exc: BaseException) -> grpc.StatusCode | None:
         return grpc.StatusCode.PERMISSION_DENIED
     if isinstance(exc, QueueFullError):
         return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if isinstance(exc, TimeoutError):  # e.g. another replica holding the repository's lock
+        return grpc.StatusCode.UNAVAILABLE
     if isinstance(exc, PoolFormatError):
         return grpc.StatusCode.FAILED_PRECONDITION
     if isinstance(exc, NotAScoringGraphError | ValueError):
