@@ -12,6 +12,14 @@ import numpy as np
 from xgal.pool.format import Pool, PoolWriter
 
 
+def existing_pool(path: str | os.PathLike[str], size: int, image_shape: tuple[int, int, int]) -> Pool | None:
+    """The finished pool at `path` if it has `size` images of `image_shape`, else None."""
+    if not (Path(path) / "manifest.json").is_file():
+        return None
+    pool = Pool(path)
+    return pool if pool.count == size and tuple(pool.image_shape) == tuple(image_shape) else None
+
+
 def random_pool(
     out: str | os.PathLike[str],
     size: int,
@@ -23,10 +31,9 @@ def random_pool(
 ) -> Pool:
     """A pool of `size` uniform-noise images with a random box ROI each (reused if present)."""
     out = Path(out)
-    if (out / "manifest.json").is_file():
-        pool = Pool(out)
-        if pool.count == size and tuple(pool.image_shape) == tuple(image_shape):
-            return pool
+    pool = existing_pool(out, size, image_shape)
+    if pool is not None:
+        return pool
     c, h, w = image_shape
     rng = np.random.default_rng(seed)
     chunk = 8192

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,16 +60,13 @@ class BenchConfig:
     def __post_init__(self) -> None:
         if (self.int8_model is None) != (self.int8_pool is None):
             raise ValueError("--int8-model and --int8-pool go together: a scoring graph and the pool to rank")
-        import onnxruntime
-
-        available = onnxruntime.get_available_providers()
-        missing = [p for p in self.providers if p not in available]
         if not self.providers:
-            raise ValueError(f"name at least one execution provider; available: {available}")
+            raise ValueError("name at least one execution provider")
+        from xgal.scorer.engines.ort import check_providers
+
+        check_providers(self.providers)
         if self.image_size < 16 or self.channels < 1 or self.batch < 1 or self.repeats < 1:
             raise ValueError("image_size must be >= 16 and channels, batch and repeats >= 1")
-        if missing:
-            raise ValueError(f"execution providers {missing} are not installed; available: {available}")
 
     @property
     def on_gpu(self) -> bool:
@@ -93,31 +90,22 @@ GPU_PROVIDERS = frozenset(
 
 def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
     """Median wall seconds of `fn` over `repeats` calls after `warmup` calls."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    return timed_in_turn([fn], repeats, warmup)[0]
 
 
-def timed_pair(
-    fn_a: Callable[[], object], fn_b: Callable[[], object], repeats: int, warmup: int = 1
-) -> tuple[float, float]:
-    """Median wall seconds of two functions called in turn, so that both see the same drift of
-    a shared machine's clock speed (figures here move by 15% over minutes)."""
+def timed_in_turn(fns: Sequence[Callable[[], object]], repeats: int, warmup: int = 1) -> list[float]:
+    """Median wall seconds of each function, the functions called in turn, so that all see the
+    same drift of a shared machine's clock speed (figures here move by 15% over minutes)."""
     for _ in range(warmup):
-        fn_a()
-        fn_b()
-    a, b = [], []
+        for fn in fns:
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        for fn, times in ((fn_a, a), (fn_b, b)):
+        for fn, own in zip(fns, times, strict=True):
             t0 = time.perf_counter()
             fn()
-            times.append(time.perf_counter() - t0)
-    return statistics.median(a), statistics.median(b)
+            own.append(time.perf_counter() - t0)
+    return [statistics.median(own) for own in times]
 
 
 class Bench:
@@ -201,9 +189,11 @@ class Bench:
             )
         self.extra["providers"] = engine.providers
         fwd = OnnxRuntimeEngine.plain_session(forward, t, providers=cfg.providers)
-        sec, sec_fwd = timed_pair(
-            lambda: engine.run(batch["images"], batch["rois"]),
-            lambda: fwd.run(["probs"], {"image": batch["images"]}),
+        sec, sec_fwd = timed_in_turn(
+            [
+                lambda: engine.run(batch["images"], batch["rois"]),
+                lambda: fwd.run(["probs"], {"image": batch["images"]}),
+            ],
             cfg.repeats,
         )
         score_row = self.row(
@@ -227,13 +217,13 @@ class Bench:
                 "pool": "synthetic scans",
             }
         if cfg.fp16 or (cfg.fp16 is None and cfg.on_gpu):
-            self.extra["fp16"] = self._fp16(scoring)
+            self.extra["fp16"] = self._fp16(scoring, engine)
         elif cfg.fp16 is None:
             self.extra["fp16"] = {
                 "skipped": f"FP16 is the GPU path; the providers are {cfg.providers} "
                 "(--fp16 measures it anyway)"
             }
-        ratios.update(self._pool_level(scoring, pool))
+        ratios.update(self._pool_level(scoring, pool, engine))
         self.extra["ratios"] = ratios
         if cfg.sweep_batch or cfg.sweep_threads:
             self._sweep(scoring, pool, flops_scoring)
@@ -287,16 +277,15 @@ class Bench:
         """The built-in synthetic scans at the bench's size, for ranking agreement: it needs
         images whose scores differ by content; on uniform noise the scores are nearly tied and
         any rounding reorders them."""
-        from xgal.pool.format import Pool
+        from xgal.bench.pools import existing_pool
         from xgal.pool.synth import synth_pool
 
         cfg = self.cfg
         n = max(cfg.pool_size, cfg.batch)
         path = self.work / "synthetic-scans"
-        if (path / "manifest.json").is_file():
-            pool = Pool(path)
-            if pool.count == n and tuple(pool.image_shape) == (cfg.channels, cfg.image_size, cfg.image_size):
-                return pool
+        pool = existing_pool(path, n, (cfg.channels, cfg.image_size, cfg.image_size))
+        if pool is not None:
+            return pool
         self.log(f"writing {n} synthetic scans of {cfg.channels}x{cfg.image_size}x{cfg.image_size} ...")
         return synth_pool(
             path, n, image_size=cfg.image_size, channels=cfg.channels, split="test", overwrite=True
@@ -319,10 +308,8 @@ class Bench:
         cfg = self.cfg
         batch = pool.read(0, min(cfg.batch, pool.count))
         n = len(batch["ids"])
-        sec_ref, sec = timed_pair(
-            lambda: ref.run(batch["images"], batch["rois"]),
-            lambda: other.run(batch["images"], batch["rois"]),
-            2 * cfg.repeats,
+        sec_ref, sec = timed_in_turn(
+            [lambda e=e: e.run(batch["images"], batch["rois"]) for e in (ref, other)], 2 * cfg.repeats
         )
         section = precision.lower()
         self.row(f"{section}: {name} fp32", sec_ref, n, batch=n, threads=cfg.n_threads)
@@ -334,14 +321,14 @@ class Bench:
         )
         return res
 
-    def _fp16(self, scoring: Path) -> dict[str, Any]:
+    def _fp16(self, scoring: Path, ref: Any) -> dict[str, Any]:
+        """`ref` is the fp32 engine of the rows above (same graph, providers and threads)."""
         from xgal.bench.fp16 import half_scoring_graph
         from xgal.scorer.engines.ort import OnnxRuntimeEngine
 
         cfg = self.cfg
         self.log(f"converting the scoring graph to FP16 (providers {cfg.providers}) ...")
         half = half_scoring_graph(scoring, self.work / "scoring-fp16.onnx")
-        ref = OnnxRuntimeEngine(scoring, providers=cfg.providers, intra_op_threads=cfg.n_threads)
         engine16 = OnnxRuntimeEngine(half, providers=cfg.providers, intra_op_threads=cfg.n_threads)
         res = self._versus("scoring graph", "FP16", ref, engine16, self._scans())
         return {**res, "pool": "synthetic scans", "providers": ref.providers}
@@ -361,14 +348,13 @@ class Bench:
         engine8 = OnnxRuntimeEngine(q, providers=cpu, intra_op_threads=cfg.n_threads)
         return self._versus(name, "INT8", ref, engine8, pool)
 
-    def _pool_level(self, scoring: Path, pool: Any) -> dict[str, float]:
+    def _pool_level(self, scoring: Path, pool: Any, engine: Any) -> dict[str, float]:
+        """`engine` is the fp32 engine of the rows above; the replicas load `scoring` themselves."""
         from xgal.client import ScorerClient
         from xgal.scorer.acquisition import AcquisitionConfig
-        from xgal.scorer.engines.ort import OnnxRuntimeEngine
         from xgal.scorer.pipeline import score_pool
 
         cfg = self.cfg
-        engine = OnnxRuntimeEngine(scoring, providers=cfg.providers, intra_op_threads=cfg.n_threads)
         sec = timed(
             lambda: score_pool(engine, pool, AcquisitionConfig(), 20, batch_size=cfg.batch), cfg.repeats
         )

@@ -19,11 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import onnxruntime as ort
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from xgal.scorer.engines.ort import OnnxRuntimeEngine
+from xgal.scorer.engines.ort import OnnxRuntimeEngine, check_providers
 from xgal.scorer.metrics import Metrics
 from xgal.scorer.repository import ModelRepository
 from xgal.scorer.service import SERVICE, ScorerService
@@ -88,10 +87,7 @@ class RunningServer:
     def __init__(self, config: ServerConfig) -> None:
         if not Path(config.data_root).is_dir():
             raise FileNotFoundError(f"data root {config.data_root} is not a folder")
-        available = ort.get_available_providers()
-        missing = [p for p in config.providers if p not in available]
-        if missing:
-            raise ValueError(f"execution providers {missing} are not installed; available: {available}")
+        check_providers(config.providers)
         self.config = config
         self.metrics = Metrics()
         self.health = health.HealthServicer(experimental_non_blocking=True)

@@ -24,6 +24,14 @@ def default_providers() -> list[str]:
     return [p for p in PROVIDER_PREFERENCE if p in available]
 
 
+def check_providers(providers: Sequence[str]) -> None:
+    """Raise ValueError, naming what is installed, if any of `providers` is not."""
+    available = ort.get_available_providers()
+    unknown = [p for p in providers if p not in available]
+    if unknown:
+        raise ValueError(f"execution providers {unknown} are not installed; available: {available}")
+
+
 class OnnxRuntimeEngine(Engine):
     name = "onnxruntime"
 
@@ -41,11 +49,7 @@ class OnnxRuntimeEngine(Engine):
         `io_binding` (default: on with a GPU provider) binds inputs and outputs explicitly, so
         a GPU session copies each batch once and returns only the small outputs."""
         where = "model bytes" if isinstance(model, bytes) else str(model)
-        unknown = [p for p in providers or () if p not in ort.get_available_providers()]
-        if unknown:
-            raise ValueError(
-                f"execution providers {unknown} are not installed; available: {ort.get_available_providers()}"
-            )
+        check_providers(providers or ())
         levels = {
             "none": ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
             "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
