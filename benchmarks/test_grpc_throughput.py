@@ -61,25 +61,44 @@ def setup(tmp_path_factory):
     server.stop(grace=1)
 
 
-def _run(measure, fn, baseline=False):
-    measure(fn, group=GROUP, images=POOL, baseline=baseline, rounds=3, warmup=1)
-
-
-def test_in_process_pool(measure, setup):
+@pytest.fixture(scope="module")
+def in_process(setup):
+    """The whole pool through the in-process pipeline: the baseline and every gRPC row's pair."""
     from xgal.pool.format import Pool
 
     root, onnx, _, _ = setup
-    engine = OnnxRuntimeEngine(onnx)
+    engine = OnnxRuntimeEngine(onnx, spinning=False)  # as the server's engine
     pool = Pool(root / "data" / "pool")
-    _run(measure, lambda: score_pool(engine, pool, AcquisitionConfig(), 20, batch_size=BATCH), baseline=True)
+    return lambda: score_pool(engine, pool, AcquisitionConfig(), 20, batch_size=BATCH)
 
 
-def test_score_pool_over_grpc(measure, setup):
+def _run(measure, fn, baseline=False, paired_with=None):
+    measure(
+        fn,
+        group=GROUP,
+        images=POOL,
+        baseline=baseline,
+        paired_with=paired_with,
+        paired_label="in process",
+        rounds=3,
+        warmup=1,
+    )
+
+
+def test_in_process_pool(measure, in_process):
+    _run(measure, in_process, baseline=True)
+
+
+def test_score_pool_over_grpc(measure, setup, in_process):
     _, _, _, client = setup
-    _run(measure, lambda: client.score_pool("pool", model="bench", top_k=20, progress=False))
+    _run(
+        measure,
+        lambda: client.score_pool("pool", model="bench", top_k=20, progress=False),
+        paired_with=in_process,
+    )
 
 
-def test_score_stream_client_data(measure, setup):
+def test_score_stream_client_data(measure, setup, in_process):
     from xgal.pool.format import Pool
 
     root, _, _, client = setup
@@ -87,4 +106,5 @@ def test_score_stream_client_data(measure, setup):
     _run(
         measure,
         lambda: client.score_arrays(d["images"], d["rois"], d["ids"], model="bench", batch_size=BATCH),
+        paired_with=in_process,
     )

@@ -45,33 +45,51 @@ def setup(tmp_path_factory):
     return model, scoring, root / "forward.onnx", images, rois
 
 
-def _session(path):
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = THREADS
-    opts.inter_op_num_threads = 1
-    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+def _engine(path):
+    # Paired rows run two sessions in turn; a spinning session would slow the other.
+    return OnnxRuntimeEngine(
+        path, providers=["CPUExecutionProvider"], intra_op_threads=THREADS, spinning=False
+    )
 
 
-def _run(measure, fn, baseline=False):
-    measure(fn, group=GROUP, images=BATCH, baseline=baseline, rounds=8, warmup=2)
-
-
-def test_forward_only_onnx(measure, setup):
+@pytest.fixture(scope="module")
+def forward_only(setup):
+    """One batch through the forward-only graph: the group's baseline and the scoring graph's pair."""
     _, _, forward, images, _ = setup
-    sess = _session(forward)
-    _run(measure, lambda: sess.run(["probs"], {"image": images}), baseline=True)
+    sess = OnnxRuntimeEngine.plain_session(forward, THREADS, spinning=False)
+    return lambda: sess.run(["probs"], {"image": images})
 
 
-def test_scoring_graph_onnx(measure, setup):
+@pytest.fixture(scope="module")
+def scoring_fp32(setup):
+    """One batch through the fp32 scoring graph: the reduced-precision and eager rows' pair."""
     _, scoring, _, images, rois = setup
-    engine = OnnxRuntimeEngine(scoring, providers=["CPUExecutionProvider"], intra_op_threads=THREADS)
-    _run(measure, lambda: engine.run(images, rois))
+    engine = _engine(scoring)
+    return lambda: engine.run(images, rois)
 
 
-def test_scoring_graph_int8_onnx(measure, setup, tmp_path):
+def _run(measure, fn, baseline=False, paired_with=None, paired_label=""):
+    measure(
+        fn,
+        group=GROUP,
+        images=BATCH,
+        baseline=baseline,
+        paired_with=paired_with,
+        paired_label=paired_label,
+        rounds=8,
+        warmup=2,
+    )
+
+
+def test_forward_only_onnx(measure, forward_only):
+    _run(measure, forward_only, baseline=True)
+
+
+def test_scoring_graph_onnx(measure, scoring_fp32, forward_only):
+    _run(measure, scoring_fp32, paired_with=forward_only, paired_label="forward-only")
+
+
+def test_scoring_graph_int8_onnx(measure, setup, scoring_fp32, tmp_path):
     """INT8 (operator format, calibrated on the built-in synthetic scans); its ranking
     agreement with fp32 is measured by `xgal bench`."""
     from xgal.bench.quantize import quantize_scoring_graph
@@ -80,11 +98,11 @@ def test_scoring_graph_int8_onnx(measure, setup, tmp_path):
     _, scoring, _, images, rois = setup
     scans = synth_pool(tmp_path / "scans", 128, image_size=SIZE, channels=3, split="test")
     int8 = quantize_scoring_graph(scoring, scans, tmp_path / "int8.onnx", calibration=128)
-    engine = OnnxRuntimeEngine(int8, providers=["CPUExecutionProvider"], intra_op_threads=THREADS)
-    _run(measure, lambda: engine.run(images, rois))
+    engine = _engine(int8)
+    _run(measure, lambda: engine.run(images, rois), paired_with=scoring_fp32, paired_label="scoring fp32")
 
 
-def test_eager_reference_gradcam(measure, setup):
+def test_eager_reference_gradcam(measure, setup, scoring_fp32):
     model, _, _, images, rois = setup
     ref = TorchReferenceEngine(model, LAYER, image_shape=(3, SIZE, SIZE), mean=MEAN, std=STD)
-    _run(measure, lambda: ref.run(images, rois))
+    _run(measure, lambda: ref.run(images, rois), paired_with=scoring_fp32, paired_label="scoring fp32")

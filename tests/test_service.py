@@ -363,3 +363,30 @@ def test_server_rejects_unknown_providers(world, tmp_path):
     )
     with pytest.raises(ValueError, match="not installed"):
         RunningServer(config)
+
+
+def _spins(engine):
+    options = engine.session.get_session_options()
+    try:
+        return options.get_session_config_entry("session.intra_op.allow_spinning") != "0"
+    except Exception:  # no entry: ONNX Runtime's default, which spins
+        return True
+
+
+@pytest.mark.parametrize("spinning", [False, True])
+def test_replica_sessions_spin_only_when_asked(world, tmp_path, spinning):
+    """A replica's sessions do not spin by default: several models scored at once would
+    hold the cores for one another (`xgal serve --spin` turns it back on)."""
+    kwargs = {"spinning": True} if spinning else {}  # nothing said: the default
+    srv = RunningServer(
+        ServerConfig(data_root=world[0] / "data", model_repo=tmp_path / "repo", port=0, **kwargs)
+    )
+    try:
+        with ScorerClient(srv.address, timeout=30) as client:
+            client.publish_model(world[2], "m1")
+            client.publish_model(world[3], "m2")
+            assert client.score_pool("pool", model="m1", top_k=3).scored == 300
+        engines = [srv.repo.loaded(name)[1] for name in ("m1", "m2")]
+        assert [_spins(e) for e in engines] == [spinning, spinning]
+    finally:
+        srv.stop(grace=1)

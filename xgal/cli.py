@@ -329,6 +329,11 @@ def serve(
     provider: list[str] = typer.Option(
         [], help="ONNX Runtime execution provider(s), best first (default: every installed one)."
     ),
+    spin: bool = typer.Option(
+        False,
+        help="Let ONNX Runtime's threads spin-wait between runs (a replica scoring one model "
+        "at a time only; with several models at once, spinning costs them about 25%).",
+    ),
 ) -> None:
     """Run a scorer replica until SIGTERM (which drains in-flight requests first)."""
     import logging
@@ -352,6 +357,7 @@ def serve(
             workers=workers,
             max_message_mb=max_message_mb,
             providers=tuple(provider),
+            spinning=spin,
         )
     )
 

@@ -34,7 +34,7 @@ def main(argv: list[str]) -> None:
     from xgal.scorer.pipeline import score_pool
 
     pool = Pool(pool_path)
-    engine = OnnxRuntimeEngine(model_path, intra_op_threads=threads)
+    engine = OnnxRuntimeEngine(model_path, intra_op_threads=threads, spinning=False)
     rss_before, _ = _memory_mb()
     t0 = time.perf_counter()
     result = score_pool(engine, pool, AcquisitionConfig(), 100, batch_size=batch)

@@ -95,7 +95,9 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
 
 def timed_in_turn(fns: Sequence[Callable[[], object]], repeats: int, warmup: int = 1) -> list[float]:
     """Median wall seconds of each function, the functions called in turn, so that all see the
-    same drift of a shared machine's clock speed (figures here move by 15% over minutes)."""
+    same drift of a shared machine's clock speed (figures here move by 15% over minutes). The
+    bench opens every ONNX Runtime session with `spinning=False`: a session whose threads still
+    spin after its run slows the next one (see `session_options`)."""
     for _ in range(warmup):
         for fn in fns:
             fn()
@@ -180,7 +182,7 @@ class Bench:
         flops_forward = count_flops(forward)
         self.extra["gflop_per_image"] = {"scoring": flops_scoring / 1e9, "forward": flops_forward / 1e9}
 
-        engine = OnnxRuntimeEngine(scoring, providers=cfg.providers, intra_op_threads=t)
+        engine = OnnxRuntimeEngine(scoring, providers=cfg.providers, intra_op_threads=t, spinning=False)
         if engine.providers[0] != cfg.providers[0]:
             # ONNX Runtime falls back quietly, e.g. to the CPU when CUDA or cuDNN cannot start.
             raise RuntimeError(
@@ -188,7 +190,7 @@ class Bench:
                 "is the device (and its libraries) usable here?"
             )
         self.extra["providers"] = engine.providers
-        fwd = OnnxRuntimeEngine.plain_session(forward, t, providers=cfg.providers)
+        fwd = OnnxRuntimeEngine.plain_session(forward, t, providers=cfg.providers, spinning=False)
         sec, sec_fwd = timed_in_turn(
             [
                 lambda: engine.run(batch["images"], batch["rois"]),
@@ -329,7 +331,9 @@ class Bench:
         cfg = self.cfg
         self.log(f"converting the scoring graph to FP16 (providers {cfg.providers}) ...")
         half = half_scoring_graph(scoring, self.work / "scoring-fp16.onnx")
-        engine16 = OnnxRuntimeEngine(half, providers=cfg.providers, intra_op_threads=cfg.n_threads)
+        engine16 = OnnxRuntimeEngine(
+            half, providers=cfg.providers, intra_op_threads=cfg.n_threads, spinning=False
+        )
         res = self._versus("scoring graph", "FP16", ref, engine16, self._scans())
         return {**res, "pool": "synthetic scans", "providers": ref.providers}
 
@@ -344,8 +348,8 @@ class Bench:
         )
         # INT8 is the CPU path, whatever the other rows run on.
         cpu = ["CPUExecutionProvider"]
-        ref = OnnxRuntimeEngine(scoring, providers=cpu, intra_op_threads=cfg.n_threads)
-        engine8 = OnnxRuntimeEngine(q, providers=cpu, intra_op_threads=cfg.n_threads)
+        ref = OnnxRuntimeEngine(scoring, providers=cpu, intra_op_threads=cfg.n_threads, spinning=False)
+        engine8 = OnnxRuntimeEngine(q, providers=cpu, intra_op_threads=cfg.n_threads, spinning=False)
         return self._versus(name, "INT8", ref, engine8, pool)
 
     def _pool_level(self, scoring: Path, pool: Any, engine: Any) -> dict[str, float]:
@@ -394,7 +398,9 @@ class Bench:
 
         cfg = self.cfg
         for threads in cfg.sweep_threads or [cfg.n_threads]:
-            engine = OnnxRuntimeEngine(scoring, providers=cfg.providers, intra_op_threads=threads)
+            engine = OnnxRuntimeEngine(
+                scoring, providers=cfg.providers, intra_op_threads=threads, spinning=False
+            )
             for b in cfg.sweep_batch or [cfg.batch]:
                 data = pool.read(0, min(b, pool.count))
                 sec = timed(lambda e=engine, d=data: e.run(d["images"], d["rois"]), cfg.repeats)
