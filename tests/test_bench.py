@@ -191,6 +191,14 @@ def test_xgal_bench_tiny(tmp_path):
         assert any(n.startswith(want.split(", 2 thread")[0]) for n in names), want
     assert {"scoring_vs_forward", "scoring_vs_eager", "grpc_1_vs_in_process"} <= set(doc["ratios"])
     assert 0 < doc["rows"][0]["peak_fraction"] and doc["gflop_per_image"]["scoring"] > 0
+    # Ratios to baselines come from the pair timed in turn, not from rows timed minutes apart.
+    rows = {r["name"]: r for r in doc["rows"]}
+    grpc = rows["pool: gRPC ScorePool, 1 replica(s)"]
+    paired = grpc["images_per_s"] / grpc["in_process_images_per_s_in_turn"]
+    assert doc["ratios"]["grpc_1_vs_in_process"] == pytest.approx(paired)
+    eager = rows["engine: eager PyTorch Grad-CAM (reference)"]
+    paired = eager["scoring_images_per_s_in_turn"] / eager["images_per_s"]
+    assert doc["ratios"]["scoring_vs_eager"] == pytest.approx(paired)
     assert {"speedup", "topk_overlap", "spearman"} <= set(doc["int8"])
     assert doc["int8"]["model"] == str(own) and doc["int8"]["pool_size"] == 64
     assert "GPU path" in doc["fp16"]["skipped"]  # CPU providers: FP16 is not measured by default

@@ -598,9 +598,10 @@ def bench(
     """Measure pool-scoring throughput against forward-only, eager Grad-CAM and pytorch-grad-cam.
 
     JSON (--json): {machine, config, rows: [{name, images_per_s, ms_per_image, batch, threads,
-    gflops_per_s?, peak_fraction?, replicas?, sweep?}], gflop_per_image: {scoring, forward},
+    gflops_per_s?, peak_fraction?, replicas?, sweep?, scoring_images_per_s_in_turn? (eager rows),
+    in_process_images_per_s_in_turn? (gRPC rows)}], gflop_per_image: {scoring, forward},
     ratios: {scoring_vs_forward, scoring_vs_eager, scoring_vs_pytorch_grad_cam?,
-    grpc_N_vs_in_process}, int8: {speedup, top_k, topk_overlap, spearman, pool ("synthetic scans" or
+    grpc_N_vs_in_process} (each from the two timed in turn, one call of each per repeat), int8: {speedup, top_k, topk_overlap, spearman, pool ("synthetic scans" or
     --int8-pool), pool_size, model?}, fp16: {speedup, top_k, topk_overlap, spearman, pool,
     pool_size, providers} or {skipped: reason}, providers (the engine's, as ONNX Runtime reports),
     baselines: {skipped: reason}?,

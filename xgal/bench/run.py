@@ -210,7 +210,9 @@ class Bench:
                 "skipped": "the eager baselines run on the CPU; set against a GPU engine they say nothing"
             }
         elif cfg.baselines:
-            ratios.update(self._baselines(model, layer, batch, score_row))
+            ratios.update(
+                self._baselines(model, layer, batch, lambda: engine.run(batch["images"], batch["rois"]))
+            )
         if cfg.int8 and cfg.int8_model is not None and cfg.int8_pool is not None:
             self.extra["int8"] = self._int8_own(cfg.int8_model, cfg.int8_pool)
         elif cfg.int8:
@@ -233,7 +235,11 @@ class Bench:
             self.extra["pool_sweep"] = self._pool_sweep()
         return self.report()
 
-    def _baselines(self, model: Any, layer: str, batch: dict, score_row: dict) -> dict[str, float]:
+    def _baselines(
+        self, model: Any, layer: str, batch: dict, score: Callable[[], object]
+    ) -> dict[str, float]:
+        """Each eager baseline is timed in turn with `score` (one batch through the fp32 scoring
+        engine), and its ratio comes from that pair."""
         import torch
 
         from xgal.scorer.engines.torch_ref import TorchReferenceEngine
@@ -243,15 +249,17 @@ class Bench:
         c, s = cfg.channels, cfg.image_size
         mean, std = (MEAN3, STD3) if c == 3 else (None, None)
         ref = TorchReferenceEngine(model, layer, image_shape=(c, s, s), mean=mean, std=std)
-        sec = timed(lambda: ref.run(batch["images"], batch["rois"]), max(2, cfg.repeats // 2))
-        eager = self.row(
+        repeats = max(2, cfg.repeats // 2)
+        sec_score, sec = timed_in_turn([score, lambda: ref.run(batch["images"], batch["rois"])], repeats)
+        self.row(
             "engine: eager PyTorch Grad-CAM (reference)",
             sec,
             cfg.batch,
             batch=cfg.batch,
             threads=cfg.n_threads,
+            scoring_images_per_s_in_turn=cfg.batch / sec_score,
         )
-        out = {"scoring_vs_eager": score_row["images_per_s"] / eager["images_per_s"]}
+        out = {"scoring_vs_eager": sec / sec_score}
         try:
             from pytorch_grad_cam import GradCAM  # type: ignore[import-not-found]
             from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # type: ignore[import-not-found]
@@ -263,9 +271,16 @@ class Bench:
         x = (torch.from_numpy(batch["images"].astype(np.float32)) / 255.0 - ref.mean) / ref.std
         cam = GradCAM(model=model, target_layers=[model.get_submodule(layer)])
         targets = [ClassifierOutputTarget(0)] * len(x)
-        sec = timed(lambda: cam(input_tensor=x, targets=targets), max(2, cfg.repeats // 2))
-        pgc = self.row("engine: pytorch-grad-cam", sec, cfg.batch, batch=cfg.batch, threads=cfg.n_threads)
-        out["scoring_vs_pytorch_grad_cam"] = score_row["images_per_s"] / pgc["images_per_s"]
+        sec_score, sec = timed_in_turn([score, lambda: cam(input_tensor=x, targets=targets)], repeats)
+        self.row(
+            "engine: pytorch-grad-cam",
+            sec,
+            cfg.batch,
+            batch=cfg.batch,
+            threads=cfg.n_threads,
+            scoring_images_per_s_in_turn=cfg.batch / sec_score,
+        )
+        out["scoring_vs_pytorch_grad_cam"] = sec / sec_score
         return out
 
     def _int8_own(self, model: Path, pool_path: Path) -> dict[str, Any]:
@@ -353,16 +368,20 @@ class Bench:
         return self._versus(name, "INT8", ref, engine8, pool)
 
     def _pool_level(self, scoring: Path, pool: Any, engine: Any) -> dict[str, float]:
-        """`engine` is the fp32 engine of the rows above; the replicas load `scoring` themselves."""
+        """`engine` is the fp32 engine of the rows above; the replicas load `scoring` themselves.
+        Each replica count is timed in turn with the in-process pipeline, and its ratio comes
+        from that pair: timed one after the other, the machine's drift alone moved it by 20%."""
         from xgal.client import ScorerClient
         from xgal.scorer.acquisition import AcquisitionConfig
         from xgal.scorer.pipeline import score_pool
 
         cfg = self.cfg
-        sec = timed(
-            lambda: score_pool(engine, pool, AcquisitionConfig(), 20, batch_size=cfg.batch), cfg.repeats
-        )
-        inproc = self.row("pool: in process fp32", sec, pool.count, batch=cfg.batch, threads=cfg.n_threads)
+
+        def in_process() -> object:
+            return score_pool(engine, pool, AcquisitionConfig(), 20, batch_size=cfg.batch)
+
+        sec = timed(in_process, cfg.repeats)
+        self.row("pool: in process fp32", sec, pool.count, batch=cfg.batch, threads=cfg.n_threads)
         out: dict[str, float] = {}
         for n in cfg.replicas:
             procs = [
@@ -372,21 +391,25 @@ class Bench:
             try:
                 with ScorerClient([addr for _, addr in procs]) as client:
                     client.publish_model(scoring, "bench")
-                    sec = timed(
-                        lambda c=client: c.score_pool(
-                            pool.path.name, model="bench", top_k=20, progress=False
-                        ),
+                    sec_in, sec = timed_in_turn(
+                        [
+                            in_process,
+                            lambda c=client: c.score_pool(
+                                pool.path.name, model="bench", top_k=20, progress=False
+                            ),
+                        ],
                         cfg.repeats,
                     )
-                row = self.row(
+                self.row(
                     f"pool: gRPC ScorePool, {n} replica(s)",
                     sec,
                     pool.count,
                     batch=cfg.batch,
                     threads=cfg.n_threads,
                     replicas=n,
+                    in_process_images_per_s_in_turn=pool.count / sec_in,
                 )
-                out[f"grpc_{n}_vs_in_process"] = row["images_per_s"] / inproc["images_per_s"]
+                out[f"grpc_{n}_vs_in_process"] = sec_in / sec
             finally:
                 for proc, _ in procs:
                     proc.terminate()
