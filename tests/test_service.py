@@ -374,10 +374,11 @@ def _spins(engine):
 
 
 @pytest.mark.parametrize("spinning", [False, True])
-def test_replica_sessions_spin_only_when_asked(world, tmp_path, spinning):
+def test_replica_sessions_spin_and_thread_as_asked(world, tmp_path, spinning):
     """A replica's sessions do not spin by default: several models scored at once would
     hold the cores for one another (`xgal serve --spin` turns it back on)."""
-    kwargs = {"spinning": True} if spinning else {}  # nothing said: the default
+    # Nothing said: the defaults. Said: spinning and one thread per model (`--threads 1`).
+    kwargs = {"spinning": True, "intra_op_threads": 1} if spinning else {}
     srv = RunningServer(
         ServerConfig(data_root=world[0] / "data", model_repo=tmp_path / "repo", port=0, **kwargs)
     )
@@ -388,5 +389,7 @@ def test_replica_sessions_spin_only_when_asked(world, tmp_path, spinning):
             assert client.score_pool("pool", model="m1", top_k=3).scored == 300
         engines = [srv.repo.loaded(name)[1] for name in ("m1", "m2")]
         assert [_spins(e) for e in engines] == [spinning, spinning]
+        threads = [e.session.get_session_options().intra_op_num_threads for e in engines]
+        assert threads == ([1, 1] if spinning else [0, 0])
     finally:
         srv.stop(grace=1)

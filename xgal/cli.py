@@ -329,6 +329,12 @@ def serve(
     provider: list[str] = typer.Option(
         [], help="ONNX Runtime execution provider(s), best first (default: every installed one)."
     ),
+    threads: int = typer.Option(
+        0,
+        min=0,
+        help="ONNX Runtime threads per model (0 = one per core). Replicas sharing a host: "
+        "give each its share of the cores.",
+    ),
     spin: bool = typer.Option(
         False,
         help="Let ONNX Runtime's threads spin-wait between runs (a replica scoring one model "
@@ -358,6 +364,7 @@ def serve(
             max_message_mb=max_message_mb,
             providers=tuple(provider),
             spinning=spin,
+            intra_op_threads=threads,
         )
     )
 
@@ -599,14 +606,14 @@ def bench(
 
     JSON (--json): {machine, config, rows: [{name, images_per_s, ms_per_image, batch, threads,
     gflops_per_s?, peak_fraction?, replicas?, sweep?, scoring_images_per_s_in_turn? (eager rows),
-    in_process_images_per_s_in_turn? (gRPC rows)}], gflop_per_image: {scoring, forward},
-    ratios: {scoring_vs_forward, scoring_vs_eager, scoring_vs_pytorch_grad_cam?,
-    grpc_N_vs_in_process} (each from the two timed in turn, one call of each per repeat), int8: {speedup, top_k, topk_overlap, spearman, pool ("synthetic scans" or
-    --int8-pool), pool_size, model?}, fp16: {speedup, top_k, topk_overlap, spearman, pool,
-    pool_size, providers} or {skipped: reason}, providers (the engine's, as ONNX Runtime reports),
-    baselines: {skipped: reason}?,
-    pytorch_grad_cam: {skipped: reason}?, pool_sweep: [{pool_size, seconds_per_image,
-    images_per_s, peak_rss_mb}], pool_sweep_rss_growth_mb}."""
+    in_process_images_per_s_in_turn?, threads_per_replica? (gRPC rows)}],
+    gflop_per_image: {scoring, forward}, ratios: {scoring_vs_forward, scoring_vs_eager,
+    scoring_vs_pytorch_grad_cam?, grpc_N_vs_in_process} (each from the two timed in turn, one
+    call of each per repeat), int8: {speedup, top_k, topk_overlap, spearman, pool ("synthetic
+    scans" or --int8-pool), pool_size, model?}, fp16: {speedup, top_k, topk_overlap, spearman,
+    pool, pool_size, providers} or {skipped: reason}, providers (the engine's, as ONNX Runtime
+    reports), baselines: {skipped: reason}?, pytorch_grad_cam: {skipped: reason}?, pool_sweep:
+    [{pool_size, seconds_per_image, images_per_s, peak_rss_mb}], pool_sweep_rss_growth_mb}."""
     import json
 
     from rich.table import Table

@@ -384,8 +384,13 @@ class Bench:
         self.row("pool: in process fp32", sec, pool.count, batch=cfg.batch, threads=cfg.n_threads)
         out: dict[str, float] = {}
         for n in cfg.replicas:
+            # The replicas share this host: each gets its share of the bench's threads, as
+            # replicas sharing a host should (`xgal serve --threads`).
+            per_replica = max(1, cfg.n_threads // n)
             procs = [
-                _start_replica(pool.path.parent, self.work / f"repo{i}", cfg.batch, cfg.providers)
+                _start_replica(
+                    pool.path.parent, self.work / f"repo{i}", cfg.batch, cfg.providers, per_replica
+                )
                 for i in range(n)
             ]
             try:
@@ -407,6 +412,7 @@ class Bench:
                     batch=cfg.batch,
                     threads=cfg.n_threads,
                     replicas=n,
+                    threads_per_replica=per_replica,
                     in_process_images_per_s_in_turn=pool.count / sec_in,
                 )
                 out[f"grpc_{n}_vs_in_process"] = sec_in / sec
@@ -498,7 +504,7 @@ class Bench:
 
 
 def _start_replica(
-    data_root: Path, repo: Path, max_batch: int, providers: list[str]
+    data_root: Path, repo: Path, max_batch: int, providers: list[str], threads: int
 ) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen(
         [
@@ -514,6 +520,8 @@ def _start_replica(
             str(repo),
             "--max-batch",
             str(max_batch),
+            "--threads",
+            str(threads),
             *(arg for p in providers for arg in ("--provider", p)),
         ],
         stdout=subprocess.PIPE,

@@ -82,6 +82,9 @@ class ServerConfig:
     # ONNX Runtime's threads spin-wait between runs: no gain for one model here, and 25% fewer
     # images/s when a replica scores two models at once (each one's spinning holds the cores).
     spinning: bool = False
+    # ONNX Runtime intra-op threads per loaded model; 0 = one per core. Replicas that share a
+    # host should split its cores between them rather than each take them all.
+    intra_op_threads: int = 0
 
 
 class RunningServer:
@@ -98,7 +101,10 @@ class RunningServer:
         self.repo = ModelRepository(
             config.model_repo,
             engine_factory=lambda path: OnnxRuntimeEngine(
-                path, providers=providers, spinning=config.spinning
+                path,
+                providers=providers,
+                intra_op_threads=config.intra_op_threads,
+                spinning=config.spinning,
             ),
         )
         for stored in self.repo.load_latest_all():
