@@ -249,17 +249,25 @@ class Bench:
         c, s = cfg.channels, cfg.image_size
         mean, std = (MEAN3, STD3) if c == 3 else (None, None)
         ref = TorchReferenceEngine(model, layer, image_shape=(c, s, s), mean=mean, std=std)
-        repeats = max(2, cfg.repeats // 2)
-        sec_score, sec = timed_in_turn([score, lambda: ref.run(batch["images"], batch["rois"])], repeats)
-        self.row(
-            "engine: eager PyTorch Grad-CAM (reference)",
-            sec,
-            cfg.batch,
-            batch=cfg.batch,
-            threads=cfg.n_threads,
-            scoring_images_per_s_in_turn=cfg.batch / sec_score,
-        )
-        out = {"scoring_vs_eager": sec / sec_score}
+
+        def scoring_vs(name: str, baseline: Callable[[], object]) -> float:
+            sec_score, sec = timed_in_turn([score, baseline], max(2, cfg.repeats // 2))
+            self.row(
+                name,
+                sec,
+                cfg.batch,
+                batch=cfg.batch,
+                threads=cfg.n_threads,
+                scoring_images_per_s_in_turn=cfg.batch / sec_score,
+            )
+            return sec / sec_score
+
+        out = {
+            "scoring_vs_eager": scoring_vs(
+                "engine: eager PyTorch Grad-CAM (reference)",
+                lambda: ref.run(batch["images"], batch["rois"]),
+            )
+        }
         try:
             from pytorch_grad_cam import GradCAM  # type: ignore[import-not-found]
             from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # type: ignore[import-not-found]
@@ -271,16 +279,9 @@ class Bench:
         x = (torch.from_numpy(batch["images"].astype(np.float32)) / 255.0 - ref.mean) / ref.std
         cam = GradCAM(model=model, target_layers=[model.get_submodule(layer)])
         targets = [ClassifierOutputTarget(0)] * len(x)
-        sec_score, sec = timed_in_turn([score, lambda: cam(input_tensor=x, targets=targets)], repeats)
-        self.row(
-            "engine: pytorch-grad-cam",
-            sec,
-            cfg.batch,
-            batch=cfg.batch,
-            threads=cfg.n_threads,
-            scoring_images_per_s_in_turn=cfg.batch / sec_score,
+        out["scoring_vs_pytorch_grad_cam"] = scoring_vs(
+            "engine: pytorch-grad-cam", lambda: cam(input_tensor=x, targets=targets)
         )
-        out["scoring_vs_pytorch_grad_cam"] = sec / sec_score
         return out
 
     def _int8_own(self, model: Path, pool_path: Path) -> dict[str, Any]:
