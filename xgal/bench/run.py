@@ -96,7 +96,7 @@ def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
 def timed_in_turn(fns: Sequence[Callable[[], object]], repeats: int, warmup: int = 1) -> list[float]:
     """Median wall seconds of each function, the functions called in turn, so that all see the
     same drift of a shared machine's clock speed (figures here move by 15% over minutes). The
-    bench opens every ONNX Runtime session with `spinning=False`: a session whose threads still
+    bench opens every ONNX Runtime session without spinning (`_engine`): a session whose threads still
     spin after its run slows the next one (see `session_options`)."""
     for _ in range(warmup):
         for fn in fns:
@@ -108,6 +108,14 @@ def timed_in_turn(fns: Sequence[Callable[[], object]], repeats: int, warmup: int
             fn()
             own.append(time.perf_counter() - t0)
     return [statistics.median(own) for own in times]
+
+
+def _engine(model: Path, providers: Sequence[str], threads: int) -> Any:
+    """A scoring engine as the bench opens them all: without spinning, since it times them in
+    turn (see `timed_in_turn`)."""
+    from xgal.scorer.engines.ort import OnnxRuntimeEngine
+
+    return OnnxRuntimeEngine(model, providers=providers, intra_op_threads=threads, spinning=False)
 
 
 class Bench:
@@ -182,7 +190,7 @@ class Bench:
         flops_forward = count_flops(forward)
         self.extra["gflop_per_image"] = {"scoring": flops_scoring / 1e9, "forward": flops_forward / 1e9}
 
-        engine = OnnxRuntimeEngine(scoring, providers=cfg.providers, intra_op_threads=t, spinning=False)
+        engine = _engine(scoring, cfg.providers, t)
         if engine.providers[0] != cfg.providers[0]:
             # ONNX Runtime falls back quietly, e.g. to the CPU when CUDA or cuDNN cannot start.
             raise RuntimeError(
@@ -342,20 +350,16 @@ class Bench:
     def _fp16(self, scoring: Path, ref: Any) -> dict[str, Any]:
         """`ref` is the fp32 engine of the rows above (same graph, providers and threads)."""
         from xgal.bench.fp16 import half_scoring_graph
-        from xgal.scorer.engines.ort import OnnxRuntimeEngine
 
         cfg = self.cfg
         self.log(f"converting the scoring graph to FP16 (providers {cfg.providers}) ...")
         half = half_scoring_graph(scoring, self.work / "scoring-fp16.onnx")
-        engine16 = OnnxRuntimeEngine(
-            half, providers=cfg.providers, intra_op_threads=cfg.n_threads, spinning=False
-        )
+        engine16 = _engine(half, cfg.providers, cfg.n_threads)
         res = self._versus("scoring graph", "FP16", ref, engine16, self._scans())
         return {**res, "pool": "synthetic scans", "providers": ref.providers}
 
     def _int8(self, scoring: Path, pool: Any, name: str) -> dict[str, Any]:
         from xgal.bench.quantize import quantize_scoring_graph
-        from xgal.scorer.engines.ort import OnnxRuntimeEngine
 
         cfg = self.cfg
         self.log("quantizing the scoring graph to INT8 (calibration on the pool) ...")
@@ -364,8 +368,8 @@ class Bench:
         )
         # INT8 is the CPU path, whatever the other rows run on.
         cpu = ["CPUExecutionProvider"]
-        ref = OnnxRuntimeEngine(scoring, providers=cpu, intra_op_threads=cfg.n_threads, spinning=False)
-        engine8 = OnnxRuntimeEngine(q, providers=cpu, intra_op_threads=cfg.n_threads, spinning=False)
+        ref = _engine(scoring, cpu, cfg.n_threads)
+        engine8 = _engine(q, cpu, cfg.n_threads)
         return self._versus(name, "INT8", ref, engine8, pool)
 
     def _pool_level(self, scoring: Path, pool: Any, engine: Any) -> dict[str, float]:
@@ -424,13 +428,9 @@ class Bench:
         return out
 
     def _sweep(self, scoring: Path, pool: Any, flops: float) -> None:
-        from xgal.scorer.engines.ort import OnnxRuntimeEngine
-
         cfg = self.cfg
         for threads in cfg.sweep_threads or [cfg.n_threads]:
-            engine = OnnxRuntimeEngine(
-                scoring, providers=cfg.providers, intra_op_threads=threads, spinning=False
-            )
+            engine = _engine(scoring, cfg.providers, threads)
             for b in cfg.sweep_batch or [cfg.batch]:
                 data = pool.read(0, min(b, pool.count))
                 sec = timed(lambda e=engine, d=data: e.run(d["images"], d["rois"]), cfg.repeats)
