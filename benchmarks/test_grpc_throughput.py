@@ -16,7 +16,7 @@ import torch
 
 from xgal.client import ScorerClient
 from xgal.pool.format import PoolWriter
-from xgal.scorer.acquisition import AcquisitionConfig
+from xgal.core.acquisition import AcquisitionConfig
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
 from xgal.scorer.pipeline import score_pool
 from xgal.scorer.server import RunningServer, ServerConfig

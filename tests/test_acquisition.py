@@ -6,14 +6,14 @@ import math
 import numpy as np
 import pytest
 
-from xgal.scorer.acquisition import (
+from xgal.core.acquisition import (
     AcquisitionConfig,
     criteria,
     normalise,
     random_scores,
     uncertainty,
 )
-from xgal.scorer.ranking import Ranked, TopK, merge, top
+from xgal.core.ranking import Ranked, TopK, merge, top
 
 P = np.array([[0.5, 0.5, 0.0], [1.0, 0.0, 0.0], [0.6, 0.3, 0.1], [1 / 3, 1 / 3, 1 / 3]])
 ENT = -(np.where(P > 0, P * np.log(np.where(P > 0, P, 1)), 0)).sum(1)
@@ -142,9 +142,9 @@ def test_random_strategy_is_per_id_and_seeded():
 
 
 def test_acquisition_survives_the_wire_for_every_option():
-    from xgal.client.client import to_proto
-    from xgal.scorer.acquisition import Balance, MissingRoi, Normalise, Strategy, Uncertainty
-    from xgal.scorer.wire import acquisition_from_proto
+    from xgal.core.wire import acquisition_to_proto as to_proto
+    from xgal.core.acquisition import Balance, MissingRoi, Normalise, Strategy, Uncertainty
+    from xgal.core.wire import acquisition_from_proto
 
     for s in Strategy:
         for u in Uncertainty:

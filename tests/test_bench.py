@@ -15,7 +15,7 @@ from xgal.bench.flops import count_flops
 from xgal.bench.pools import random_pool
 from xgal.bench.quantize import quantize_scoring_graph, ranking_agreement
 from xgal.pool.format import Pool
-from xgal.scorer.acquisition import AcquisitionConfig
+from xgal.core.acquisition import AcquisitionConfig
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
 from xgal.scorer.pipeline import score_pool
 from xgal.trainer.export import export_scoring_graph

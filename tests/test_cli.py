@@ -113,7 +113,7 @@ def test_scorer_side_never_imports_torch(pool_and_model):
     code = (
         "import sys\n"
         "from xgal.pool.format import Pool\n"
-        "from xgal.scorer.acquisition import AcquisitionConfig\n"
+        "from xgal.core.acquisition import AcquisitionConfig\n"
         "from xgal.scorer.engines import OnnxRuntimeEngine\n"
         "from xgal.scorer.pipeline import score_pool\n"
         "from xgal.scorer import report\n"

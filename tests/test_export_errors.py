@@ -9,7 +9,7 @@ from onnx import TensorProto, helper
 from torch import nn
 
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
-from xgal.scorer.graph import NotAScoringGraphError
+from xgal.core.contract import NotAScoringGraphError
 from xgal.trainer.export import export_scoring_graph
 from xgal.trainer.nets import build_model
 

@@ -10,7 +10,7 @@ import torch
 from xgal.bench.fp16 import half_scoring_graph
 from xgal.bench.quantize import ranking_agreement
 from xgal.pool.synth import synth_pool
-from xgal.scorer.acquisition import AcquisitionConfig
+from xgal.core.acquisition import AcquisitionConfig
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
 from xgal.scorer.pipeline import score_pool
 from xgal.trainer.export import export_scoring_graph

@@ -120,3 +120,18 @@ def test_marker_is_drawn_as_asked(tmp_path):
     plain = synth_pool(tmp_path / "b", 30, seed=0, image_size=32, marker_fraction=0.0).read(0, 30)
     sat = lambda d: ((d["images"][:, 0] == 255) & (d["rois"] == 0)).sum()  # noqa: E731
     assert sat(tagged) > 30 * 5 and sat(plain) < 30
+
+
+def test_take_keeps_ids_longer_than_the_first_shards(tmp_path):
+    # Each shard stores its IDs at its own string width; a later shard's longer IDs must not be
+    # cut to the width of the first shard touched.
+    ids = [f"s{i}" for i in range(10)] + [f"a-much-longer-id-{i:04d}" for i in range(10)]
+    rng = np.random.default_rng(1)
+    with PoolWriter(tmp_path / "p", image_shape=(1, 4, 4), shard_size=10) as w:
+        for lo in (0, 10):  # one batch per shard, so each is written at its own width
+            images = rng.integers(0, 256, (10, 1, 4, 4), dtype=np.uint8)
+            w.add(ids[lo : lo + 10], images, np.zeros((10, 4, 4), np.uint8))
+    pool = Pool(tmp_path / "p")
+    got = pool.take([3, 15, 0, 19])
+    assert got["ids"].tolist() == [ids[3], ids[15], ids[0], ids[19]]
+    np.testing.assert_array_equal(got["images"], pool.read(0, 20)["images"][[3, 15, 0, 19]])

@@ -262,9 +262,9 @@ def score(
     all_scores: bool = typer.Option(False, "--all", help="Include every sample's scores."),
 ) -> None:
     """Rank a pool with a scoring graph, in this process (no server)."""
+    from xgal.core.acquisition import AcquisitionConfig
     from xgal.pool.format import Pool
     from xgal.scorer import report
-    from xgal.scorer.acquisition import AcquisitionConfig
     from xgal.scorer.engines import OnnxRuntimeEngine
     from xgal.scorer.pipeline import score_pool
 

@@ -28,8 +28,8 @@ def _memory_mb() -> tuple[float, float]:
 
 def main(argv: list[str]) -> None:
     pool_path, model_path, batch, threads = argv[0], argv[1], int(argv[2]), int(argv[3])
+    from xgal.core.acquisition import AcquisitionConfig
     from xgal.pool.format import Pool
-    from xgal.scorer.acquisition import AcquisitionConfig
     from xgal.scorer.engines.ort import OnnxRuntimeEngine
     from xgal.scorer.pipeline import score_pool
 

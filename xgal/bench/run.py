@@ -190,13 +190,7 @@ class Bench:
         flops_forward = count_flops(forward)
         self.extra["gflop_per_image"] = {"scoring": flops_scoring / 1e9, "forward": flops_forward / 1e9}
 
-        engine = _engine(scoring, cfg.providers, t)
-        if engine.providers[0] != cfg.providers[0]:
-            # ONNX Runtime falls back quietly, e.g. to the CPU when CUDA or cuDNN cannot start.
-            raise RuntimeError(
-                f"asked for {cfg.providers[0]} but ONNX Runtime runs the graph on {engine.providers[0]}; "
-                "is the device (and its libraries) usable here?"
-            )
+        engine = _engine(scoring, cfg.providers, t)  # refuses a silent fallback to another provider
         self.extra["providers"] = engine.providers
         fwd = OnnxRuntimeEngine.plain_session(forward, t, providers=cfg.providers, spinning=False)
         sec, sec_fwd = timed_in_turn(
@@ -320,7 +314,7 @@ class Bench:
     def _agreement(self, ref: Any, other: Any, pool: Any) -> dict[str, float]:
         """Top-50 overlap and Spearman correlation of two engines' acquisition scores on `pool`."""
         from xgal.bench.quantize import ranking_agreement
-        from xgal.scorer.acquisition import AcquisitionConfig
+        from xgal.core.acquisition import AcquisitionConfig
         from xgal.scorer.pipeline import score_pool
 
         k = min(50, pool.count)
@@ -377,7 +371,7 @@ class Bench:
         Each replica count is timed in turn with the in-process pipeline, and its ratio comes
         from that pair: timed one after the other, the machine's drift alone moved it by 20%."""
         from xgal.client import ScorerClient
-        from xgal.scorer.acquisition import AcquisitionConfig
+        from xgal.core.acquisition import AcquisitionConfig
         from xgal.scorer.pipeline import score_pool
 
         cfg = self.cfg

@@ -2,6 +2,7 @@
 
 Needs grpcio, protobuf and NumPy only (no PyTorch, no ONNX Runtime)."""
 
-from xgal.client.client import PoolScores, ScorerClient, ScorerError
+from xgal.client.client import PoolScores, ScorerClient
+from xgal.client.transport import RetryPolicy, ScorerError
 
-__all__ = ["PoolScores", "ScorerClient", "ScorerError"]
+__all__ = ["PoolScores", "RetryPolicy", "ScorerClient", "ScorerError"]

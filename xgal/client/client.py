@@ -11,93 +11,28 @@ from __future__ import annotations
 
 import hashlib
 import os
-import queue
 import sys
-import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import numpy as np
 
-from xgal.scorer.acquisition import AcquisitionConfig, Criteria, combine
-from xgal.scorer.ranking import Ranked, TopK, merge
+from xgal.client.shards import ShardRun
+from xgal.client.transport import RETRYABLE, RetryPolicy, ScorerError, Target, error
+from xgal.core.acquisition import AcquisitionConfig
+from xgal.core.ranking import Ranked, ScoreResult, merge, select
+from xgal.core.wire import acquisition_to_proto, ranked_from_proto
 from xgal.v1 import scorer_pb2 as pb
-from xgal.v1 import scorer_pb2_grpc
 
 CHUNK = 1 << 20
-# Codes after which a shard is moved to another replica; any other code is the caller's error.
-RETRYABLE = {
-    grpc.StatusCode.UNAVAILABLE,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
-    grpc.StatusCode.CANCELLED,
-    grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.INTERNAL,
-    grpc.StatusCode.UNKNOWN,
-}
-
-
-class ScorerError(RuntimeError):
-    """A scoring request failed; `code` is the gRPC status code."""
-
-    def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 @dataclass
-class PoolScores:
-    top: Ranked
-    all: Ranked | None
-    scored: int
-    excluded: int
-    seconds: float
-    model: pb.ModelInfo
-    class_names: tuple[str, ...]
-
-
-def to_proto(config: AcquisitionConfig) -> pb.Acquisition:
-    """AcquisitionConfig -> message; enum values are named after the config's values
-    ("least_confidence" -> UNCERTAINTY_LEAST_CONFIDENCE), so no table is kept by hand."""
-    return pb.Acquisition(
-        strategy=pb.Strategy.Value(f"STRATEGY_{config.strategy.value.upper()}"),
-        lam=config.lam,
-        uncertainty=pb.UncertaintyKind.Value(f"UNCERTAINTY_{config.uncertainty.value.upper()}"),
-        entropy_over_log_k=config.entropy_over_log_k,
-        missing_roi=pb.MissingRoiPolicy.Value(f"MISSING_ROI_{config.missing_roi.value.upper()}"),
-        normalisation=pb.Normalisation.Value(f"NORMALISATION_{config.normalise.value.upper()}"),
-        balance=pb.Balance.Value(f"BALANCE_{config.balance.value.upper()}"),
-        seed=config.seed,
-    )
-
-
-def to_ranked(samples: Sequence[pb.ScoredSample], num_classes: int) -> Ranked:
-    n = len(samples)
-    if n == 0:
-        return Ranked.empty(num_classes)
-    return Ranked(
-        ids=np.array([s.id for s in samples], dtype=str),
-        u=np.array([s.uncertainty for s in samples]),
-        m=np.array([s.misalignment for s in samples]),
-        score=np.array([s.score for s in samples]),
-        pred=np.array([s.predicted for s in samples], dtype=np.int64),
-        probs=np.array([list(s.probs) for s in samples], dtype=np.float32).reshape(n, num_classes),
-        group=np.array([s.group for s in samples], dtype=np.int64),
-        has_roi=np.array([s.has_roi for s in samples], dtype=bool),
-    )
-
-
-class _Target:
-    def __init__(self, address: str, credentials: grpc.ChannelCredentials | None, options: list) -> None:
-        self.address = address
-        self.channel = (
-            grpc.secure_channel(address, credentials, options)
-            if credentials
-            else grpc.insecure_channel(address, options)
-        )
-        self.stub = scorer_pb2_grpc.ScorerStub(self.channel)
-        self.alive = True
+class PoolScores(ScoreResult):
+    model: pb.ModelInfo = field(default_factory=pb.ModelInfo)
 
 
 class ScorerClient:
@@ -109,9 +44,11 @@ class ScorerClient:
         tls: bytes | str | os.PathLike[str] | bool | None = None,
         max_message_mb: int = 64,
         timeout: float | None = None,
+        retry: RetryPolicy | None = None,
     ) -> None:
         """`tls`: True for the system's roots, or a PEM root certificate (bytes or path).
-        `timeout`: deadline in seconds for each RPC (None = no deadline)."""
+        `timeout`: deadline in seconds for each RPC (None = no deadline). `retry`: how requests
+        that meet an unavailable or overloaded replica are tried again (`RetryPolicy()`)."""
         addresses = [targets] if isinstance(targets, str) else list(targets)
         if not addresses:
             raise ValueError("give at least one target host:port")
@@ -120,8 +57,17 @@ class ScorerClient:
             root = None if tls is True else (tls if isinstance(tls, bytes) else Path(tls).read_bytes())
             creds = grpc.ssl_channel_credentials(root_certificates=root)
         limit = max_message_mb * 1024 * 1024
-        options = [("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)]
-        self.targets = [_Target(a, creds, options) for a in addresses]
+        self.retry = retry or RetryPolicy()
+        options = [
+            ("grpc.max_receive_message_length", limit),
+            ("grpc.max_send_message_length", limit),
+            # gRPC's own reconnect back-off grows to 120 s: a replica that restarts would sit
+            # unused for minutes. Keep it within the retry policy's longest back-off.
+            ("grpc.initial_reconnect_backoff_ms", max(50, int(self.retry.backoff_s * 1000))),
+            ("grpc.min_reconnect_backoff_ms", max(50, int(self.retry.backoff_s * 1000))),
+            ("grpc.max_reconnect_backoff_ms", max(100, int(self.retry.max_backoff_s * 1000))),
+        ]
+        self.targets = [Target(a, creds, options) for a in addresses]
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout = timeout
 
@@ -135,11 +81,26 @@ class ScorerClient:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _call(self, fn: Callable[..., object], request: object, **kw: object) -> object:
-        try:
-            return fn(request, metadata=self.metadata, timeout=self.timeout, **kw)
-        except grpc.RpcError as err:
-            raise ScorerError(f"{err.code().name}: {err.details()}", err.code()) from None
+    def _call(self, targets: Sequence[Target], method: str, request: Callable[[], object]) -> object:
+        """A unary call, tried on `targets` in turn (the first usable one first) until one
+        answers, a non-retryable code comes back, or the retry policy's attempts are spent.
+        `request()` makes the request anew for each try (a stream is consumed by a try)."""
+        last: grpc.RpcError | None = None
+        for attempt in range(self.retry.attempts):
+            t = min(targets, key=lambda t: t.down_until)
+            time.sleep(t.wait_s() if attempt else 0.0)
+            try:
+                reply = getattr(t.stub, method)(request(), metadata=self.metadata, timeout=self.timeout)
+            except grpc.RpcError as err:
+                if err.code() not in RETRYABLE:
+                    raise error(t, err) from None
+                t.failed(self.retry)
+                last = err
+                continue
+            t.succeeded()
+            return reply
+        assert last is not None
+        raise error(None, last, f" after {self.retry.attempts} tries") from None
 
     # -- operations ---------------------------------------------------------------------------
     def health(self, service: str = "xgal.v1.Scorer", timeout: float = 5.0) -> dict[str, str]:
@@ -166,7 +127,8 @@ class ScorerClient:
     def publish_model(
         self, model: str | os.PathLike[str] | bytes, name: str, *, load: bool = True
     ) -> pb.ModelInfo:
-        """Upload a scoring graph to every target; returns the first target's model info."""
+        """Upload a scoring graph to every target; returns the first target's model info.
+        Publishing the same bytes again is a no-op on the server, so retries are safe."""
         data = model if isinstance(model, bytes) else Path(model).read_bytes()
         header = pb.PublishHeader(
             name=name, sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data), load=load
@@ -177,35 +139,25 @@ class ScorerClient:
             for i in range(0, len(data), CHUNK):
                 yield pb.PublishModelRequest(chunk=data[i : i + CHUNK])
 
-        infos = [self._call(t.stub.PublishModel, messages()).model for t in self.targets]  # type: ignore[attr-defined]
+        infos = [self._call([t], "PublishModel", messages).model for t in self.targets]  # type: ignore[attr-defined]
         return infos[0]
 
     def list_models(self, name: str = "") -> list[pb.ModelInfo]:
-        return list(self._call(self.targets[0].stub.ListModels, pb.ListModelsRequest(name=name)).models)  # type: ignore[attr-defined]
+        reply = self._call(self.targets, "ListModels", lambda: pb.ListModelsRequest(name=name))
+        return list(reply.models)  # type: ignore[attr-defined]
 
     def load_model(self, name: str, version: int = 0) -> pb.ModelInfo:
-        infos = [
-            self._call(t.stub.LoadModel, pb.LoadModelRequest(model=pb.ModelRef(name=name, version=version)))
-            for t in self.targets
-        ]
+        request = pb.LoadModelRequest(model=pb.ModelRef(name=name, version=version))
+        infos = [self._call([t], "LoadModel", lambda: request) for t in self.targets]
         return infos[0]  # type: ignore[return-value]
 
     def unload_model(self, name: str, version: int = 0) -> None:
+        request = pb.UnloadModelRequest(model=pb.ModelRef(name=name, version=version))
         for t in self.targets:
-            self._call(
-                t.stub.UnloadModel, pb.UnloadModelRequest(model=pb.ModelRef(name=name, version=version))
-            )
+            self._call([t], "UnloadModel", lambda: request)
 
     def describe_pool(self, pool: str) -> pb.PoolDescription:
-        last: ScorerError | None = None
-        for t in self.targets:
-            try:
-                return self._call(t.stub.DescribePool, pb.DescribePoolRequest(pool=pool))  # type: ignore[return-value]
-            except ScorerError as err:
-                if err.code not in RETRYABLE:
-                    raise
-                last = err
-        raise last or ScorerError("no target answered")
+        return self._call(self.targets, "DescribePool", lambda: pb.DescribePoolRequest(pool=pool))  # type: ignore[return-value]
 
     # -- scoring ------------------------------------------------------------------------------
     def score_pool(
@@ -225,108 +177,55 @@ class ScorerClient:
         (strategy, lam, uncertainty, missing_roi, normalise, balance, seed, ...).
 
         With several targets the pool is split into `shards` (default 2 per target), scored
-        in parallel, and a failed replica's shards move to the others. Pointwise scores merge
-        exactly from the shards' top-k; a pool-level normalisation fetches every score and
-        ranks here."""
+        in parallel; a shard that meets an unavailable or overloaded replica is tried again on
+        another (or the same, after a back-off) up to the retry policy's attempts. Pointwise
+        scores merge exactly from the shards' top-k; a pool-level normalisation fetches every
+        score and ranks here."""
         config = AcquisitionConfig(**acquisition)  # type: ignore[arg-type]
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
         desc = self.describe_pool(pool)
-        k_classes = None
         n_shards = max(1, shards or (1 if len(self.targets) == 1 else 2 * len(self.targets)))
         bounds = np.linspace(0, desc.count, n_shards + 1).astype(int)
-        todo: queue.Queue[tuple[int, int]] = queue.Queue()
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True):
-            if b > a or desc.count == 0:
-                todo.put((int(a), int(b)))
+        spans = sorted({(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a})
         need_all = return_all or not config.pointwise
-        results: dict[int, pb.ScoreResult] = {}
-        done_by_shard: dict[int, int] = {}
-        errors: list[ScorerError] = []
-        lock = threading.Lock()
+        proto_config = acquisition_to_proto(config)
+
+        def request(start: int, stop: int) -> pb.ScorePoolRequest:
+            return pb.ScorePoolRequest(
+                pool=pool,
+                model=pb.ModelRef(name=model, version=version),
+                acquisition=proto_config,
+                top_k=top_k,
+                exclude_ids=list(exclude_ids),
+                start=start,
+                stop=stop,
+                return_all=need_all,
+            )
+
         report = self._progress(progress, desc.count)
-
-        def worker(t: _Target) -> None:
-            while t.alive and not errors:
-                try:
-                    start, stop = todo.get_nowait()
-                except queue.Empty:
-                    return
-                request = pb.ScorePoolRequest(
-                    pool=pool,
-                    model=pb.ModelRef(name=model, version=version),
-                    acquisition=to_proto(config),
-                    top_k=top_k,
-                    exclude_ids=list(exclude_ids),
-                    start=start,
-                    stop=stop or desc.count,
-                    return_all=need_all,
-                )
-                try:
-                    for event in t.stub.ScorePool(request, metadata=self.metadata, timeout=self.timeout):
-                        if event.HasField("progress"):
-                            with lock:
-                                done_by_shard[start] = event.progress.done
-                                report(sum(done_by_shard.values()))
-                        else:
-                            with lock:
-                                results[start] = event.result
-                                done_by_shard[start] = stop - start
-                except grpc.RpcError as err:
-                    with lock:
-                        done_by_shard.pop(start, None)
-                    if err.code() in RETRYABLE and len(self.targets) > 1:
-                        t.alive = False  # this replica is out; another takes the shard
-                        todo.put((start, stop))
-                        return
-                    errors.append(ScorerError(f"{t.address}: {err.code().name}: {err.details()}", err.code()))
-                    return
-
-        while True:
-            threads = [
-                threading.Thread(target=worker, args=(t,), daemon=True) for t in self.targets if t.alive
-            ]
-            if not threads:
-                break
-            for th in threads:
-                th.start()
-            for th in threads:
-                th.join()
-            if errors or todo.empty():
-                break
-        report(None)
-        if errors:
-            raise errors[0]
-        if not todo.empty():
-            raise ScorerError("every scorer failed; shards left unscored", grpc.StatusCode.UNAVAILABLE)
-
+        try:
+            results = ShardRun(self, spans or [(0, 0)], request, report).run()
+        finally:
+            report(None)
         parts = [results[s] for s in sorted(results)]
         info = parts[0].model
         k_classes = len(info.class_names)
-        tops = [to_ranked(p.top, k_classes) for p in parts]
-        everything = Ranked.concat([to_ranked(p.all, k_classes) for p in parts]) if need_all else None
+        tops = [ranked_from_proto(p.top, k_classes) for p in parts]
+        everything = Ranked.concat([ranked_from_proto(p.all, k_classes) for p in parts]) if need_all else None
         if config.pointwise:
             best = merge(tops, top_k, k_classes, config.balance)
         else:
-            assert everything is not None and everything.has_roi is not None
-            everything.score = combine(
-                Criteria(
-                    everything.u, everything.m, everything.score, everything.has_roi, everything.has_roi
-                ),
-                everything.ids,
-                config,
-            )
-            acc = TopK(top_k, k_classes, config.balance)
-            acc.update(everything)
-            best = acc.result()
+            assert everything is not None
+            best = select(everything, top_k, k_classes, config)
         return PoolScores(
             top=best,
             all=everything if return_all else None,
             scored=sum(p.scored for p in parts),
             excluded=sum(p.excluded for p in parts),
             seconds=max(p.seconds for p in parts),
-            model=info,
             class_names=tuple(info.class_names),
+            model=info,
         )
 
     def score_arrays(
@@ -341,19 +240,22 @@ class ScorerClient:
         want_cam: bool = False,
         **acquisition: object,
     ) -> tuple[Ranked, np.ndarray | None]:
-        """Score arrays held here (pool order, not ranked) over ScoreStream, on the first target.
-        Returns the scores and, with `want_cam`, the CAMs [N, h, w]."""
+        """Score arrays held here over ScoreStream; returns the scores in the order given (not
+        ranked; samples the missing-ROI policy excludes are left out) and, with `want_cam`, the
+        CAMs [N, h, w]. A stream cut by an unavailable replica resumes, on another replica
+        when there is one, from the first batch not answered."""
         config = AcquisitionConfig(**acquisition)  # type: ignore[arg-type]
         if len(images) != len(rois):
             raise ValueError(f"{len(images)} images but {len(rois)} ROIs")
         ids = [str(i) for i in (ids if ids is not None else range(len(images)))]
         if len(ids) != len(images):
             raise ValueError(f"{len(ids)} IDs for {len(images)} images")
-        proto_acq = to_proto(config)
+        proto_acq = acquisition_to_proto(config)
         ref = pb.ModelRef(name=model, version=version)
+        starts = range(0, len(images), batch_size)
 
-        def requests() -> Iterator[pb.ScoreStreamRequest]:
-            for lo in range(0, len(images), batch_size):
+        def requests(first: int) -> Iterator[pb.ScoreStreamRequest]:
+            for lo in starts[first:]:
                 hi = lo + batch_size
                 yield pb.ScoreStreamRequest(
                     model=ref,
@@ -368,19 +270,29 @@ class ScorerClient:
 
         samples: list[pb.ScoredSample] = []
         cams: list[np.ndarray] = []
-        try:
-            for resp in self.targets[0].stub.ScoreStream(
-                requests(), metadata=self.metadata, timeout=self.timeout
-            ):
-                samples.extend(resp.samples)
-                if want_cam:
-                    cams.append(
-                        np.frombuffer(resp.cams, dtype="<f4").reshape(len(resp.samples), *resp.cam_shape)
-                    )
-        except grpc.RpcError as err:
-            raise ScorerError(f"{err.code().name}: {err.details()}", err.code()) from None
+        answered = 0  # one response per request batch, in order
+        for attempt in range(1, self.retry.attempts + 1):
+            t = min(self.targets, key=lambda t: t.down_until)
+            time.sleep(t.wait_s())
+            try:
+                for resp in t.stub.ScoreStream(
+                    requests(answered), metadata=self.metadata, timeout=self.timeout
+                ):
+                    samples.extend(resp.samples)
+                    if want_cam:
+                        cams.append(
+                            np.frombuffer(resp.cams, dtype="<f4").reshape(len(resp.samples), *resp.cam_shape)
+                        )
+                    answered += 1
+            except grpc.RpcError as err:
+                if err.code() not in RETRYABLE or attempt == self.retry.attempts:
+                    raise error(t, err, f" (try {attempt} of {self.retry.attempts})") from None
+                t.failed(self.retry)
+                continue
+            t.succeeded()
+            break
         k = len(samples[0].probs) if samples else 0
-        return to_ranked(samples, k), (np.concatenate(cams) if want_cam and cams else None)
+        return ranked_from_proto(samples, k), (np.concatenate(cams) if want_cam and cams else None)
 
     @staticmethod
     def _progress(

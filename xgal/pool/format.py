@@ -387,17 +387,24 @@ class Pool:
             raise IndexError(f"indices outside the pool of {self.count}")
         if "labels" in keys and not self.has_labels:
             raise PoolFormatError(f"{self.path} has no labels (not a simulation pool)")
-        out = {k: None for k in keys}
+        parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {k: [] for k in keys}
         for shard in self.shards:
             sel = np.flatnonzero((idx >= shard.start) & (idx < shard.stop))
-            if not sel.size:
+            if sel.size:
+                for key in keys:
+                    parts[key].append((sel, self._array(shard, key)[idx[sel] - shard.start]))
+        out = {}
+        for key, found in parts.items():
+            if not found:
+                out[key] = self._empty(key)
                 continue
-            for key in keys:
-                part = self._array(shard, key)[idx[sel] - shard.start]
-                if out[key] is None:
-                    out[key] = np.empty((idx.size, *part.shape[1:]), dtype=part.dtype)
-                out[key][sel] = part
-        return {k: (v if v is not None else self._empty(k)) for k, v in out.items()}
+            # Shards may store IDs as strings of different widths: the widest one must fit.
+            dtype = np.result_type(*(part.dtype for _, part in found))
+            arr = np.empty((idx.size, *found[0][1].shape[1:]), dtype=dtype)
+            for sel, part in found:
+                arr[sel] = part
+            out[key] = arr
+        return out
 
     def _empty(self, key: str) -> np.ndarray:
         c, h, w = self.image_shape

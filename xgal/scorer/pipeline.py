@@ -8,29 +8,14 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
 
-import numpy as np
-
+from xgal.core.acquisition import AcquisitionConfig, Balance
+from xgal.core.ranking import Ranked, ScoreResult, TopK, exclusion_set, rescore, scored_batch
 from xgal.pool.format import Pool, PoolFormatError
-from xgal.scorer.acquisition import AcquisitionConfig, Balance, Criteria, combine, criteria
 from xgal.scorer.engines.base import Engine
 from xgal.scorer.loader import PrefetchLoader
-from xgal.scorer.ranking import Ranked, TopK
 
-
-@dataclass
-class ScoreResult:
-    top: Ranked  # the selection, in rank order
-    all: Ranked | None  # every scored sample (pool order) when asked for
-    scored: int  # samples run through the engine
-    excluded: int  # labelled IDs and samples dropped by the missing-ROI policy
-    seconds: float
-    class_names: tuple[str, ...]
-
-    @property
-    def images_per_s(self) -> float:
-        return self.scored / self.seconds if self.seconds > 0 else 0.0
+__all__ = ["ScoreResult", "check_compatible", "score_pool"]
 
 
 def check_compatible(engine: Engine, pool: Pool) -> None:
@@ -62,6 +47,7 @@ def score_pool(
     if config.balance is Balance.ORACLE and not pool.has_labels:
         raise PoolFormatError(f"balance 'oracle' needs a pool with labels; {pool.path} has none")
     k = engine.info.num_classes
+    best = TopK(top_k, k, config.balance)
     loader = PrefetchLoader(
         pool,
         batch_size,
@@ -71,56 +57,41 @@ def score_pool(
         with_labels=config.balance is Balance.ORACLE,
     )
     total = loader.stop - loader.start
-    excluded_set = np.array(sorted(set(exclude_ids)), dtype=str)
-    best = TopK(top_k, k, config.balance)
+    excluded_ids = exclusion_set(exclude_ids)
     kept: list[Ranked] = []
     need_all = return_all or not config.pointwise
-    done = excluded = 0
+    done = kept_count = 0
     t0 = time.perf_counter()
     for batch in loader:
         s = engine.run(batch.images, batch.rois)
-        crit = criteria(s.probs, s.entropy, s.dice, s.roi_area, batch.ids, config)
-        keep = crit.keep & ~np.isin(batch.ids, excluded_set)
-        idx = np.flatnonzero(keep)
-        pred = s.probs.argmax(1).astype(np.int64)
-        group = batch.labels if batch.labels is not None else pred
-        ranked = Ranked(
-            batch.ids[idx],
-            crit.u[idx],
-            crit.m[idx],
-            crit.score[idx],
-            pred[idx],
-            s.probs[idx],
-            group[idx],
-            crit.has_roi[idx],
+        ranked = scored_batch(
+            batch.ids,
+            s.probs,
+            s.entropy,
+            s.dice,
+            s.roi_area,
+            config,
+            labels=batch.labels,
+            exclude_ids=excluded_ids,
         )
         if config.pointwise:
             best.update(ranked)
         if need_all:
             kept.append(ranked)
         done += len(batch)
-        excluded += len(batch) - idx.size
+        kept_count += len(ranked)
         if progress is not None:
             progress(done, total)
     everything = None
     if need_all:
         everything = Ranked.concat(kept) if kept else Ranked.empty(k)
-        if not config.pointwise and len(everything):
-            # The pool-level normalisation needs every sample's U and M: rescore, then rank.
-            assert everything.has_roi is not None
-            everything.score = combine(
-                Criteria(
-                    everything.u, everything.m, everything.score, everything.has_roi, everything.has_roi
-                ),
-                everything.ids,
-                config,
-            )
-            best.update(everything)
+        if not config.pointwise:
+            best.update(rescore(everything, config))
     return ScoreResult(
         top=best.result(),
         all=everything if return_all else None,
         scored=done,
-        excluded=excluded,
+        excluded=done - kept_count,
         seconds=time.perf_counter() - t0,
         class_names=engine.info.class_names,
     )

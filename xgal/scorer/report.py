@@ -11,28 +11,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from xgal.scorer.pipeline import ScoreResult
-from xgal.scorer.ranking import Ranked
-
-
-def rows(r: Ranked, class_names: tuple[str, ...], ranked: bool = True) -> list[dict[str, Any]]:
-    out = []
-    for i in range(len(r)):
-        pred = int(r.pred[i])
-        row: dict[str, Any] = {
-            "id": str(r.ids[i]),
-            "score": float(r.score[i]),
-            "uncertainty": float(r.u[i]),
-            "misalignment": float(r.m[i]),
-            "has_roi": bool(r.has_roi[i]) if r.has_roi is not None else True,
-            "pred": pred,
-            "pred_name": class_names[pred] if pred < len(class_names) else str(pred),
-            "probs": [float(p) for p in r.probs[i]],
-        }
-        if ranked:
-            row = {"rank": i + 1, **row}
-        out.append(row)
-    return out
+from xgal.core.ranking import ScoreResult, rows
 
 
 def to_dict(result: ScoreResult, context: dict[str, Any]) -> dict[str, Any]:

@@ -21,14 +21,14 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 from filelock import FileLock, Timeout
 
+from xgal.core.contract import ScoringGraphInfo
 from xgal.scorer.engines.base import Engine
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
-from xgal.scorer.graph import ScoringGraphInfo
 
 NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 LOCK_FILE = ".publish.lock"
@@ -52,10 +52,12 @@ class ModelRepository:
     def __init__(
         self,
         root: str | os.PathLike[str],
-        engine_factory: Callable[[Path], Engine] | None = None,
+        engine_factory: Callable[[Path | bytes], Engine] | None = None,
         *,
         lock_timeout_s: float = LOCK_TIMEOUT_S,
     ) -> None:
+        """`engine_factory` opens a model (a path, or the bytes of an upload being checked) the
+        way this replica serves it: its providers, its threads."""
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._factory = engine_factory or (lambda p: OnnxRuntimeEngine(p))
@@ -85,14 +87,9 @@ class ModelRepository:
             raise ModelNotFoundError(f"model {name!r} has no version {version} (has {versions})")
         d = self.root / name / str(v)
         meta = json.loads((d / "meta.json").read_text())
-        info = ScoringGraphInfo(
-            **{
-                **meta["info"],
-                "class_names": tuple(meta["info"]["class_names"]),
-                "input_shape": tuple(meta["info"]["input_shape"]),
-                "cam_shape": tuple(meta["info"]["cam_shape"]),
-            }
-        )
+        if "metadata" not in meta:  # written before 0.2: the info's fields; read the graph's own
+            meta["metadata"] = _onnx_metadata(d / "model.onnx")
+        info = ScoringGraphInfo.from_metadata(meta["metadata"], f"{name} version {v}")
         return StoredModel(name, v, meta["sha256"], d / "model.onnx", info)
 
     def publish(self, name: str, data: bytes, sha256: str) -> StoredModel:
@@ -102,8 +99,9 @@ class ModelRepository:
         digest = hashlib.sha256(data).hexdigest()
         if digest != sha256.lower():
             raise ValueError(f"SHA-256 mismatch: received {digest}, header says {sha256}")
-        # Builds a session: rejects anything that is not a scoring graph, with the reason.
-        engine = OnnxRuntimeEngine(data)
+        # Opens the graph as this replica would serve it (its providers included): rejects
+        # anything that is not a scoring graph, or that cannot run here, with the reason.
+        engine = self._factory(data)
         try:
             with self._publish_thread_lock, self._locked_folder():
                 return self._store(name, data, digest, engine.info)
@@ -125,7 +123,7 @@ class ModelRepository:
         tmp = folder / f".{version}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
         tmp.mkdir(parents=True, exist_ok=True)
         (tmp / "model.onnx").write_bytes(data)
-        (tmp / "meta.json").write_text(json.dumps({"sha256": digest, "info": asdict(info)}))
+        (tmp / "meta.json").write_text(json.dumps({"sha256": digest, "metadata": info.to_metadata()}))
         os.replace(tmp, folder / str(version))
         return self.get(name, version)
 
@@ -174,6 +172,10 @@ class ModelRepository:
         with self._lock:
             return (name, version) in self._loaded
 
+    def loaded_engines(self) -> list[Engine]:
+        with self._lock:
+            return list(self._loaded.values())
+
     def loaded_keys(self) -> list[tuple[str, int]]:
         with self._lock:
             return sorted(self._loaded)
@@ -181,3 +183,10 @@ class ModelRepository:
     def load_latest_all(self) -> list[StoredModel]:
         """At start-up: serve the latest version of every stored model again."""
         return [self.load(name)[0] for name in self.names()]
+
+
+def _onnx_metadata(path: Path) -> dict[str, str]:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+    return dict(session.get_modelmeta().custom_metadata_map)

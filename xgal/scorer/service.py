@@ -12,6 +12,8 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +21,16 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health, health_pb2
 
+from xgal.core.acquisition import AcquisitionConfig, criteria
+from xgal.core.contract import NotAScoringGraphError
+from xgal.core.ranking import kept, scored_batch
+from xgal.core.wire import acquisition_from_proto, model_info_to_proto, ranked_to_proto
 from xgal.pool.format import Pool, PoolFormatError
-from xgal.scorer.acquisition import criteria
 from xgal.scorer.batcher import BatchedEngine, DynamicBatcher, QueueFullError
 from xgal.scorer.engines.base import Engine
-from xgal.scorer.graph import NotAScoringGraphError
 from xgal.scorer.metrics import Metrics
 from xgal.scorer.pipeline import score_pool
-from xgal.scorer.ranking import Ranked
-from xgal.scorer.repository import ModelNotFoundError, ModelRepository
-from xgal.scorer.wire import acquisition_from_proto, model_info, samples
+from xgal.scorer.repository import ModelNotFoundError, ModelRepository, StoredModel
 from xgal.v1 import scorer_pb2 as pb
 from xgal.v1 import scorer_pb2_grpc
 
@@ -42,6 +44,20 @@ class Cancelled(Exception):
 
 class PoolAccessError(PermissionError):
     pass
+
+
+@dataclass
+class _Batching:
+    """A loaded engine's batcher and how many requests use it now."""
+
+    batcher: DynamicBatcher
+    users: int = 0
+
+
+def model_info(stored: StoredModel, loaded: bool, providers: list[str] | None = None) -> pb.ModelInfo:
+    return model_info_to_proto(
+        stored.name, stored.version, stored.sha256, stored.info, loaded=loaded, providers=providers or ()
+    )
 
 
 def _code_for(exc: BaseException) -> grpc.StatusCode | None:
@@ -127,7 +143,7 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
         self.max_batch, self.max_delay_ms, self.max_queue = max_batch, max_delay_ms, max_queue
         self.max_model_bytes = max_model_bytes
         self.progress_interval_s = progress_interval_s
-        self._batchers: dict[int, DynamicBatcher] = {}
+        self._batchers: dict[int, _Batching] = {}
         self._lock = threading.Lock()
         self.draining = threading.Event()
         self._refresh_health()
@@ -146,19 +162,40 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
         self.health.set("", status)
         self.health.set(SERVICE, status)
 
-    def _batched(self, engine: Engine) -> BatchedEngine:
+    @contextmanager
+    def _batched(self, engine: Engine) -> Iterator[BatchedEngine]:
+        """The engine behind its shared batcher, for the length of one request. A batcher (its
+        thread and the session it holds) lives while its version is loaded or in use."""
         with self._lock:
-            b = self._batchers.get(id(engine))
-            if b is None or b.engine is not engine:
-                b = DynamicBatcher(
-                    engine,
-                    max_batch=self.max_batch,
-                    max_delay_ms=self.max_delay_ms,
-                    max_queue=self.max_queue,
-                    observe=self.metrics.observe_batch,
+            entry = self._batchers.get(id(engine))
+            if entry is None:
+                entry = _Batching(
+                    DynamicBatcher(
+                        engine,
+                        max_batch=self.max_batch,
+                        max_delay_ms=self.max_delay_ms,
+                        max_queue=self.max_queue,
+                        observe=self.metrics.observe_batch,
+                    )
                 )
-                self._batchers[id(engine)] = b
-        return BatchedEngine(b)
+                self._batchers[id(engine)] = entry
+            entry.users += 1
+        try:
+            yield BatchedEngine(entry.batcher)
+        finally:
+            with self._lock:
+                entry.users -= 1
+            self._release_unloaded()
+
+    def _release_unloaded(self) -> None:
+        """Close the batchers of versions no longer loaded, once no request uses them."""
+        loaded = {id(engine) for engine in self.repo.loaded_engines()}
+        with self._lock:
+            idle = [k for k, e in self._batchers.items() if e.users == 0 and k not in loaded]
+            released = [self._batchers.pop(k).batcher for k in idle]
+        for batcher in released:
+            batcher.close()
+            batcher.engine.close()
 
     def _pool(self, rel: str) -> Pool:
         if not rel:
@@ -179,8 +216,8 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
 
     def close(self) -> None:
         with self._lock:
-            for b in self._batchers.values():
-                b.close()
+            for entry in self._batchers.values():
+                entry.batcher.close()
             self._batchers.clear()
 
     # -- models -------------------------------------------------------------------------------
@@ -238,6 +275,7 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
         self, request: pb.UnloadModelRequest, context: grpc.ServicerContext
     ) -> pb.UnloadModelResponse:  # noqa: N802
         self.repo.unload(request.model.name, request.model.version)
+        self._release_unloaded()
         self._refresh_health()
         return pb.UnloadModelResponse()
 
@@ -287,18 +325,19 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
 
         def work() -> None:
             try:
-                result = score_pool(
-                    self._batched(engine),
-                    pool,
-                    config,
-                    request.top_k,
-                    exclude_ids=list(request.exclude_ids),
-                    return_all=request.return_all,
-                    batch_size=self.max_batch,
-                    start=request.start,
-                    stop=stop,
-                    progress=progress,
-                )
+                with self._batched(engine) as batched:
+                    result = score_pool(
+                        batched,
+                        pool,
+                        config,
+                        request.top_k,
+                        exclude_ids=list(request.exclude_ids),
+                        return_all=request.return_all,
+                        batch_size=self.max_batch,
+                        start=request.start,
+                        stop=stop,
+                        progress=progress,
+                    )
                 events.put(result)
             except BaseException as exc:
                 events.put(exc)
@@ -314,8 +353,8 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
                 continue
             result = pb.ScoreResult(
                 model=info,
-                top=samples(item.top),
-                all=samples(item.all) if item.all is not None else [],
+                top=ranked_to_proto(item.top),
+                all=ranked_to_proto(item.all) if item.all is not None else [],
                 scored=item.scored,
                 excluded=item.excluded,
                 seconds=item.seconds,
@@ -327,35 +366,42 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
     def ScoreStream(
         self, request_iterator: Iterator[pb.ScoreStreamRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.ScoreStreamResponse]:  # noqa: N802
-        engine = config = None
-        for req in request_iterator:
-            if engine is None:
-                _, raw = self._engine(req.model)
-                engine = self._batched(raw)
-                config = acquisition_from_proto(req.acquisition)
-                if not config.pointwise:
-                    raise ValueError(
-                        "ScoreStream scores batch by batch: pool-level normalisation needs ScorePool"
-                    )
-            c, h, w = engine.info.input_shape
-            n = len(req.ids)
-            dtype = np.dtype(engine.info.pixel_dtype).newbyteorder("<")
-            if len(req.images) != n * c * h * w * dtype.itemsize or len(req.rois) != n * h * w:
-                raise ValueError(
-                    f"batch of {n} IDs needs {n * c * h * w * dtype.itemsize} image bytes and {n * h * w} "
-                    f"ROI bytes; got {len(req.images)} and {len(req.rois)}"
-                )
-            images = (
-                np.frombuffer(req.images, dtype=dtype).astype(engine.info.pixel_dtype).reshape(n, c, h, w)
+        requests = iter(request_iterator)
+        first = next(requests, None)
+        if first is None:
+            return
+        _, raw = self._engine(first.model)
+        config = acquisition_from_proto(first.acquisition)
+        if not config.pointwise:
+            raise ValueError("ScoreStream scores batch by batch: pool-level normalisation needs ScorePool")
+        with self._batched(raw) as engine:
+            req: pb.ScoreStreamRequest | None = first
+            while req is not None:
+                yield self._score_message(engine, req, config)
+                req = next(requests, None)
+
+    @staticmethod
+    def _score_message(
+        engine: BatchedEngine, req: pb.ScoreStreamRequest, config: AcquisitionConfig
+    ) -> pb.ScoreStreamResponse:
+        """One ScoreStream batch: its samples in the order sent, less those the missing-ROI
+        policy excludes (as ScorePool leaves them out)."""
+        c, h, w = engine.info.input_shape
+        n = len(req.ids)
+        dtype = np.dtype(engine.info.pixel_dtype).newbyteorder("<")
+        if len(req.images) != n * c * h * w * dtype.itemsize or len(req.rois) != n * h * w:
+            raise ValueError(
+                f"batch of {n} IDs needs {n * c * h * w * dtype.itemsize} image bytes and {n * h * w} "
+                f"ROI bytes; got {len(req.images)} and {len(req.rois)}"
             )
-            rois = np.frombuffer(req.rois, dtype=np.uint8).reshape(n, h, w)
-            ids = np.array(list(req.ids), dtype=str)
-            s = engine.run(images, rois, want_cam=req.want_cam)
-            crit = criteria(s.probs, s.entropy, s.dice, s.roi_area, ids, config)
-            pred = s.probs.argmax(1).astype(np.int64)
-            ranked = Ranked(ids, crit.u, crit.m, crit.score, pred, s.probs, pred, crit.has_roi)
-            resp = pb.ScoreStreamResponse(samples=samples(ranked))
-            if req.want_cam and s.cam is not None:
-                resp.cams = s.cam.astype("<f4").tobytes()
-                resp.cam_shape.extend(s.cam.shape[1:])
-            yield resp
+        images = np.frombuffer(req.images, dtype=dtype).astype(engine.info.pixel_dtype).reshape(n, c, h, w)
+        rois = np.frombuffer(req.rois, dtype=np.uint8).reshape(n, h, w)
+        ids = np.array(list(req.ids), dtype=str)
+        s = engine.run(images, rois, want_cam=req.want_cam)
+        ranked = scored_batch(ids, s.probs, s.entropy, s.dice, s.roi_area, config)
+        resp = pb.ScoreStreamResponse(samples=ranked_to_proto(ranked))
+        if req.want_cam and s.cam is not None:
+            rows = kept(ids, criteria(s.probs, s.entropy, s.dice, s.roi_area, ids, config).keep)
+            resp.cams = s.cam[rows].astype("<f4").tobytes()
+            resp.cam_shape.extend(s.cam.shape[1:])
+        return resp

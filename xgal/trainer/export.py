@@ -4,15 +4,14 @@
                          image_shape=(3, 224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD,
                          class_names=["edema", "necrotic", "enhancing"])
 
-The graph's contract (inputs, outputs, metadata) is DESIGN.md §1; `xgal.scorer.graph` reads it.
+The graph's contract (inputs, outputs, metadata) is DESIGN.md §1, written down once in
+`xgal.core.contract`, which the scorer reads it back with.
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
-import json
 import logging
 import os
 import tempfile
@@ -28,17 +27,12 @@ import torch
 from torch import nn
 
 import xgal
-from xgal.trainer.gradpath import (
-    INPUT_NAMES,
-    OUTPUT_NAMES,
-    Normalisation,
-    ScoringModule,
-    trace_scoring_module,
-)
+from xgal.core.contract import INPUT_NAMES, OUTPUT_NAMES, Normalisation, ScoringGraphInfo, write_metadata
+from xgal.core.errors import InvalidArgument
+from xgal.trainer.gradcam import PixelNormalise
+from xgal.trainer.gradpath import ScoringModule, trace_scoring_module
 
-PIXEL_SCALE = {"uint8": 255.0, "uint16": 65535.0}
 _TORCH_DTYPE = {"uint8": torch.uint8, "uint16": torch.uint16}
-FORMAT = "xgal-scoring-graph/1"
 
 
 def _check_target_layer(model: nn.Module, target_layer: str, probe: torch.Tensor) -> tuple[int, int]:
@@ -48,7 +42,7 @@ def _check_target_layer(model: nn.Module, target_layer: str, probe: torch.Tensor
     except AttributeError:
         convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
         hint = ", ".join(convs[-3:]) if convs else "none"
-        raise ValueError(
+        raise InvalidArgument(
             f"unknown target layer {target_layer!r}: the model has no such submodule "
             f"(its last convolutions are: {hint})"
         ) from None
@@ -60,20 +54,15 @@ def _check_target_layer(model: nn.Module, target_layer: str, probe: torch.Tensor
     finally:
         handle.remove()
     if not seen:
-        raise ValueError(f"target layer {target_layer!r} is never called in the model's forward")
+        raise InvalidArgument(f"target layer {target_layer!r} is never called in the model's forward")
     out = seen[-1]
     if not isinstance(out, torch.Tensor) or out.dim() != 4:
         desc = f"a {out.dim()}-D tensor" if isinstance(out, torch.Tensor) else type(out).__name__
-        raise ValueError(
+        raise InvalidArgument(
             f"target layer {target_layer!r} outputs {desc}; Grad-CAM needs a 4-D feature map "
             "[N, C, h, w] (choose a convolution or a block of them)"
         )
     return int(out.shape[2]), int(out.shape[3])
-
-
-def _graph_sha256(model: onnx.ModelProto) -> str:
-    """SHA-256 of the graph alone (weights and ops), so the metadata can carry it."""
-    return hashlib.sha256(model.graph.SerializeToString(deterministic=True)).hexdigest()
 
 
 @contextlib.contextmanager
@@ -92,7 +81,7 @@ def _quiet_exporter() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _finish(model_proto: onnx.ModelProto, metadata: dict[str, str]) -> onnx.ModelProto:
+def _finish(model_proto: onnx.ModelProto, info: ScoringGraphInfo) -> onnx.ModelProto:
     graph = model_proto.graph
     # `target` becomes optional: an initializer of the same name is its default value
     # (one element, -1 = the predicted class), which broadcasts over the batch.
@@ -106,32 +95,8 @@ def _finish(model_proto: onnx.ModelProto, metadata: dict[str, str]) -> onnx.Mode
     model_proto.producer_name = "xgal"
     model_proto.producer_version = xgal.__version__
     model_proto.doc_string = "xgal scoring graph: probs, entropy, Grad-CAM, Dice vs ROI (DESIGN.md §1)"
-    metadata = dict(metadata, **{"xgal.graph_sha256": _graph_sha256(model_proto)})
-    del model_proto.metadata_props[:]
-    for key, value in sorted(metadata.items()):
-        model_proto.metadata_props.add(key=key, value=value)
+    write_metadata(model_proto, info)
     return model_proto
-
-
-def _input_spec(
-    image_shape: Sequence[int],
-    pixel_dtype: str,
-    mean: Sequence[float] | None,
-    std: Sequence[float] | None,
-) -> tuple[tuple[int, int, int], Normalisation]:
-    """(C, H, W) and the in-graph normalisation, checked; mean 0 and std 1 when not given."""
-    if pixel_dtype not in PIXEL_SCALE:
-        raise ValueError(f"pixel_dtype must be one of {sorted(PIXEL_SCALE)}, got {pixel_dtype!r}")
-    if len(image_shape) != 3 or any(int(s) <= 0 for s in image_shape):
-        raise ValueError(f"image_shape must be (C, H, W) with positive sizes, got {tuple(image_shape)}")
-    c, h, w = (int(s) for s in image_shape)
-    mean_t = tuple(float(v) for v in (mean if mean is not None else [0.0] * c))
-    std_t = tuple(float(v) for v in (std if std is not None else [1.0] * c))
-    if len(mean_t) != c or len(std_t) != c:
-        raise ValueError(f"mean and std need one value per channel ({c}), got {len(mean_t)} and {len(std_t)}")
-    if any(s <= 0 for s in std_t):
-        raise ValueError(f"std must be positive, got {std_t}")
-    return (c, h, w), Normalisation(PIXEL_SCALE[pixel_dtype], mean_t, std_t)
 
 
 @dataclass
@@ -194,7 +159,7 @@ class ScoringGraphExporter:
         class_names: Sequence[str] | None = None,
     ) -> None:
         self.target_layer = target_layer
-        self.image_shape, self.norm = _input_spec(image_shape, pixel_dtype, mean, std)
+        self.image_shape, self.norm = Normalisation.for_input(image_shape, pixel_dtype, mean, std)
         self.pixel_dtype = pixel_dtype
         self.class_names = list(class_names) if class_names is not None else None
         self._template: _Template | None = None
@@ -232,23 +197,19 @@ class ScoringGraphExporter:
 
         # Their count was checked against the model's classes when the graph was traced.
         names = self.class_names or [f"class{i}" for i in range(template.num_classes)]
-        c, h, w = self.image_shape
-        metadata = {
-            "xgal.format": FORMAT,
-            "xgal.version": xgal.__version__,
-            "xgal.class_names": json.dumps(names),
-            "xgal.input_shape": json.dumps([c, h, w]),
-            "xgal.pixel_dtype": self.pixel_dtype,
-            "xgal.normalisation": json.dumps(
-                {"scale": self.norm.scale, "mean": self.norm.mean, "std": self.norm.std}
-            ),
-            "xgal.target_layer": self.target_layer,
-            "xgal.cam_shape": json.dumps(list(template.cam_shape)),
-            "xgal.head": str(getattr(model, "head_kind", "unknown")),
-            "xgal.arch": str(getattr(model, "arch", type(model).__name__)),
-            "xgal.round": str(int(round_index)),
-        }
-        proto = _finish(onnx_ir.to_proto(program.model), metadata)
+        info = ScoringGraphInfo(
+            class_names=tuple(names),
+            input_shape=self.image_shape,
+            pixel_dtype=self.pixel_dtype,
+            cam_shape=template.cam_shape,
+            target_layer=self.target_layer,
+            head=str(getattr(model, "head_kind", "unknown")),
+            arch=str(getattr(model, "arch", type(model).__name__)),
+            round_index=int(round_index),
+            version=xgal.__version__,
+            normalisation=self.norm,
+        )
+        proto = _finish(onnx_ir.to_proto(program.model), info)
         onnx.checker.check_model(proto, full_check=True)
         return _write_atomically(proto, Path(path))
 
@@ -260,7 +221,7 @@ class ScoringGraphExporter:
         with torch.no_grad():
             num_classes = int(model(probe).shape[1])
         if self.class_names is not None and len(self.class_names) != num_classes:
-            raise ValueError(
+            raise InvalidArgument(
                 f"class_names has {len(self.class_names)} names but the model scores {num_classes} classes"
             )
         gen = torch.Generator().manual_seed(0)
@@ -274,7 +235,7 @@ class ScoringGraphExporter:
             traced = trace_scoring_module(module, example)
         except RuntimeError as exc:
             if "not have been used in the graph" in str(exc):
-                raise ValueError(
+                raise InvalidArgument(
                     f"target layer {self.target_layer!r} does not influence the class scores, so it "
                     "has no gradient for Grad-CAM"
                 ) from None
@@ -356,13 +317,10 @@ class _ForwardOnly(nn.Module):
     def __init__(self, model: nn.Module, norm: Normalisation) -> None:
         super().__init__()
         self.model = model
-        self.scale = norm.scale
-        c = len(norm.mean)
-        self.register_buffer("mean", torch.tensor(norm.mean, dtype=torch.float32).view(1, c, 1, 1))
-        self.register_buffer("std", torch.tensor(norm.std, dtype=torch.float32).view(1, c, 1, 1))
+        self.pixels = PixelNormalise(norm)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.model((image.to(torch.float32) / self.scale - self.mean) / self.std).softmax(1)
+        return self.model(self.pixels(image)).softmax(1)
 
 
 def export_forward_graph(
@@ -376,7 +334,7 @@ def export_forward_graph(
 ) -> Path:
     """The same network without Grad-CAM (input `image`, output `probs`): the throughput
     ceiling a scoring graph is measured against."""
-    (c, h, w), norm = _input_spec(image_shape, pixel_dtype, mean, std)
+    (c, h, w), norm = Normalisation.for_input(image_shape, pixel_dtype, mean, std)
     module = _ForwardOnly(copy.deepcopy(model).cpu().eval(), norm).eval()
     example = (torch.zeros(2, c, h, w, dtype=_TORCH_DTYPE[pixel_dtype]),)
     with _quiet_exporter():

@@ -1,9 +1,12 @@
-"""Grad-CAM for training and evaluation, differentiable through the activations.
+"""The one torch implementation of Grad-CAM's map, its scaling and the soft Dice (DESIGN.md §1),
+shared by training (differentiable, the guidance loss), evaluation and the exported scoring
+graph (`gradpath`), and the one pixel normalisation they all apply.
 
-As in the authors' EGxFSL: the channel weights come from a separate backward pass and are held
+As in the authors' EGxFSL, the channel weights come from a separate backward pass and are held
 constant; the map ReLU(Σ_k w_k A_k), upsampled and min–max scaled, stays differentiable through
-A, so a loss on it moves the features. (The scorer's exported graph and its reference engine
-have their own, non-differentiable implementations.)
+A, so a loss on it moves the features. The eager reference engine
+(`xgal.scorer.engines.torch_ref`) keeps its own NumPy implementation on purpose: parity between
+it and an exported graph is evidence only if they share no code.
 """
 
 from __future__ import annotations
@@ -12,7 +15,44 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-EPS = 1e-7
+from xgal.core.contract import CAM_EPS, Normalisation
+
+
+class PixelNormalise(nn.Module):
+    """Stored pixels -> the network's input: (pixel / scale - mean) / std, per channel."""
+
+    def __init__(self, norm: Normalisation) -> None:
+        super().__init__()
+        c = len(norm.mean)
+        self.scale = norm.scale
+        self.register_buffer("mean", torch.tensor(norm.mean, dtype=torch.float32).view(1, c, 1, 1))
+        self.register_buffer("std", torch.tensor(norm.std, dtype=torch.float32).view(1, c, 1, 1))
+
+    def forward(self, image: Tensor) -> Tensor:
+        return (image.to(torch.float32) / self.scale - self.mean) / self.std
+
+
+def grad_cam(acts: Tensor, grads: Tensor) -> Tensor:
+    """ReLU(Σ_k w_k A_k) [N, h, w], w_k the spatial mean of d score / d A_k."""
+    return F.relu((grads.mean(dim=(2, 3), keepdim=True) * acts).sum(1))
+
+
+def scale_cam(cam: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
+    """Upsample [N, h, w] to `size` (bilinear, half-pixel centres) and min–max scale each map
+    to [0, 1]; a flat map scales to zeros."""
+    up = F.interpolate(cam.unsqueeze(1), size=size, mode="bilinear", align_corners=False).squeeze(1)
+    lo = up.amin(dim=(1, 2), keepdim=True)
+    hi = up.amax(dim=(1, 2), keepdim=True)
+    return (up - lo) / (hi - lo + CAM_EPS)
+
+
+def soft_dice(cam01: Tensor, roi: Tensor) -> Tensor:
+    """2·Σ(cam·roi) / (Σcam + Σroi) per sample; 0 where both are empty (misalignment 1, the
+    authors' fallback)."""
+    roi = roi.to(cam01.dtype)
+    inter = (cam01 * roi).sum(dim=(1, 2))
+    denom = cam01.sum(dim=(1, 2)) + roi.sum(dim=(1, 2))
+    return 2 * inter / torch.where(denom > 0, denom, torch.ones_like(denom))
 
 
 def scores_and_cam(
@@ -35,18 +75,5 @@ def scores_and_cam(
     chosen = scores.argmax(1) if classes is None else classes
     picked = scores.gather(1, chosen.view(-1, 1)).sum()
     (grads,) = torch.autograd.grad(picked, acts, retain_graph=differentiable)
-    weights = grads.detach().mean(dim=(2, 3), keepdim=True)
-    a = acts if differentiable else acts.detach()
-    cam = F.relu((weights * a).sum(1, keepdim=True))
-    up = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-    lo = up.amin(dim=(1, 2), keepdim=True)
-    hi = up.amax(dim=(1, 2), keepdim=True)
-    return (scores if differentiable else scores.detach()), (up - lo) / (hi - lo + EPS)
-
-
-def soft_dice(cam01: Tensor, roi: Tensor) -> Tensor:
-    """2·Σ(cam·roi) / (Σcam + Σroi) per sample; 0 where both are empty."""
-    roi = roi.to(cam01.dtype)
-    inter = (cam01 * roi).sum(dim=(1, 2))
-    denom = cam01.sum(dim=(1, 2)) + roi.sum(dim=(1, 2))
-    return 2 * inter / torch.where(denom > 0, denom, torch.ones_like(denom))
+    cam = grad_cam(acts if differentiable else acts.detach(), grads.detach())
+    return (scores if differentiable else scores.detach()), scale_cam(cam, x.shape[-2:])

@@ -15,28 +15,15 @@ normalisation, prototype distances, further convolutions).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from xgal.core.contract import Normalisation
+from xgal.trainer.gradcam import PixelNormalise, grad_cam, scale_cam, soft_dice
+
 aten = torch.ops.aten
-
-OUTPUT_NAMES = ("probs", "entropy", "cam", "dice", "roi_area")
-INPUT_NAMES = ("image", "roi", "target")
-# Added to the min-max range as pytorch-grad-cam does: a flat map scales to exactly zero.
-CAM_EPS = 1e-7
-
-
-@dataclass(frozen=True)
-class Normalisation:
-    """pixel -> (pixel / scale - mean) / std, per channel; all inside the graph."""
-
-    scale: float
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
 
 
 def _conv_input_grad(
@@ -77,13 +64,10 @@ class ScoringModule(nn.Module):
         super().__init__()
         self.model = model
         self.target = model.get_submodule(target_layer)
-        channels = len(norm.mean)
-        self.scale = norm.scale
-        self.register_buffer("mean", torch.tensor(norm.mean, dtype=torch.float32).view(1, channels, 1, 1))
-        self.register_buffer("std", torch.tensor(norm.std, dtype=torch.float32).view(1, channels, 1, 1))
+        self.pixels = PixelNormalise(norm)
 
     def forward(self, image: Tensor, roi: Tensor, target: Tensor) -> tuple[Tensor, ...]:
-        x = (image.to(torch.float32) / self.scale - self.mean) / self.std
+        x = self.pixels(image)
         captured: list[Tensor] = []
 
         def hook(_mod: nn.Module, _inp: object, out: Tensor) -> Tensor:
@@ -112,20 +96,9 @@ class ScoringModule(nn.Module):
         # sample's own gradient.
         (grads,) = torch.autograd.grad((scores * onehot).sum(), acts)
 
-        weights = grads.mean(dim=(2, 3), keepdim=True)
-        cam = F.relu((weights * acts.detach()).sum(1))
-        up = F.interpolate(cam.unsqueeze(1), size=image.shape[-2:], mode="bilinear", align_corners=False)
-        up = up.squeeze(1)
-        lo = up.amin(dim=(1, 2), keepdim=True)
-        hi = up.amax(dim=(1, 2), keepdim=True)
-        cam01 = (up - lo) / (hi - lo + CAM_EPS)
-
-        roi_f = roi.to(torch.float32)
-        roi_area = roi_f.sum(dim=(1, 2))
-        inter = (cam01 * roi_f).sum(dim=(1, 2))
-        denom = cam01.sum(dim=(1, 2)) + roi_area
-        # A flat map with no ROI has denom 0: Dice 0 (misalignment 1, the authors' fallback).
-        dice = 2.0 * inter / torch.where(denom > 0, denom, torch.ones_like(denom))
+        cam = grad_cam(acts.detach(), grads)
+        roi_area = roi.to(torch.float32).sum(dim=(1, 2))
+        dice = soft_dice(scale_cam(cam, image.shape[-2:]), roi)
         return probs, entropy, cam, dice, roi_area
 
 

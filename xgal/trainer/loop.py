@@ -19,9 +19,10 @@ import numpy as np
 import torch
 
 from xgal.client import ScorerClient
+from xgal.core.contract import PIXEL_SCALE
 from xgal.pool.format import Pool
 from xgal.trainer.annotator import Annotator
-from xgal.trainer.export import PIXEL_SCALE, ScoringGraphExporter
+from xgal.trainer.export import ScoringGraphExporter
 from xgal.trainer.nets import build_model, default_target_layer
 from xgal.trainer.nets.classifier import Classifier
 from xgal.trainer.train import TrainConfig, evaluate, to_input, train_classifier

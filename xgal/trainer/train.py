@@ -16,7 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from xgal.trainer.gradcam import scores_and_cam, soft_dice
+from xgal.core.contract import Normalisation
+from xgal.trainer.gradcam import PixelNormalise, scores_and_cam, soft_dice
 from xgal.trainer.nets.classifier import Classifier
 
 
@@ -59,13 +60,14 @@ def to_input(
     images: np.ndarray, scale: float, mean: Sequence[float] | None = None, std: Sequence[float] | None = None
 ) -> Tensor:
     """Stored pixels -> the network's input, the same normalisation the scoring graph applies."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).to(torch.float32) / scale
-    c = x.shape[1]
-    if mean is not None:
-        x = x - torch.tensor(mean, dtype=torch.float32).view(1, c, 1, 1)
-    if std is not None:
-        x = x / torch.tensor(std, dtype=torch.float32).view(1, c, 1, 1)
-    return x
+    c = images.shape[1]
+    norm = Normalisation(
+        scale,
+        tuple(mean) if mean is not None else (0.0,) * c,
+        tuple(std) if std is not None else (1.0,) * c,
+    )
+    with torch.no_grad():
+        return PixelNormalise(norm)(torch.from_numpy(np.ascontiguousarray(images)))
 
 
 @torch.no_grad()

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xgal.scorer.graph import ScoringGraphInfo
+from xgal.core.contract import ScoringGraphInfo
 
 
 @dataclass

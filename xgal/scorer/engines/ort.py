@@ -8,8 +8,9 @@ from collections.abc import Sequence
 import numpy as np
 import onnxruntime as ort
 
+from xgal.core.contract import SCORE_OUTPUTS, NotAScoringGraphError, ScoringGraphInfo, check_signature
+from xgal.core.errors import InvalidArgument
 from xgal.scorer.engines.base import BatchScores, Engine
-from xgal.scorer.graph import NotAScoringGraphError, check_signature, parse_metadata
 
 # Best first; only the installed ones are used.
 PROVIDER_PREFERENCE = (
@@ -24,12 +25,18 @@ def default_providers() -> list[str]:
     return [p for p in PROVIDER_PREFERENCE if p in available]
 
 
+class ProviderUnavailableError(InvalidArgument):
+    """An execution provider asked for is not installed, or cannot run on this machine."""
+
+
 def check_providers(providers: Sequence[str]) -> None:
-    """Raise ValueError, naming what is installed, if any of `providers` is not."""
+    """Raise ProviderUnavailableError, naming what is installed, if any of `providers` is not."""
     available = ort.get_available_providers()
     unknown = [p for p in providers if p not in available]
     if unknown:
-        raise ValueError(f"execution providers {unknown} are not installed; available: {available}")
+        raise ProviderUnavailableError(
+            f"execution providers {unknown} are not installed; available: {available}"
+        )
 
 
 def session_options(
@@ -97,11 +104,18 @@ class OnnxRuntimeEngine(Engine):
             )
         except Exception as exc:  # ORT raises its own types for bad protobufs and graphs
             raise NotAScoringGraphError(f"{where} is not a loadable ONNX model: {exc}") from None
-        self.info = parse_metadata(self.session.get_modelmeta().custom_metadata_map, where)
+        self.info = ScoringGraphInfo.from_metadata(self.session.get_modelmeta().custom_metadata_map, where)
         inputs = [(i.name, i.type, i.shape) for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
         check_signature(inputs, outputs, self.info, where)
         self.providers = self.session.get_providers()
+        if providers and self.providers[0] != providers[0]:
+            # ONNX Runtime falls back quietly, e.g. to the CPU when CUDA or cuDNN cannot start;
+            # a replica asked for a GPU must not serve on the CPU without a word.
+            raise ProviderUnavailableError(
+                f"asked for {providers[0]} but ONNX Runtime runs the graph on {self.providers[0]}; "
+                "is the device (and its libraries) usable here?"
+            )
         self._has_target = any(name == "target" for name, _, _ in inputs)
         on_gpu = self.providers[0] != "CPUExecutionProvider"
         self.io_binding = on_gpu if io_binding is None else io_binding
@@ -129,7 +143,7 @@ class OnnxRuntimeEngine(Engine):
         feed = {"image": np.ascontiguousarray(image), "roi": np.ascontiguousarray(roi)}
         if target is not None:
             feed["target"] = np.ascontiguousarray(target, dtype=np.int64)
-        names = ["probs", "entropy", "dice", "roi_area"] + (["cam"] if want_cam else [])
+        names = [*SCORE_OUTPUTS, "cam"] if want_cam else list(SCORE_OUTPUTS)
         if self.io_binding:
             binding = self.session.io_binding()
             for name, value in feed.items():

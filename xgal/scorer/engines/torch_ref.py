@@ -15,10 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from xgal.core.contract import CAM_EPS, PIXEL_SCALE, ScoringGraphInfo
 from xgal.scorer.engines.base import BatchScores, Engine
-from xgal.scorer.graph import ScoringGraphInfo
-
-_SCALE = {"uint8": 255.0, "uint16": 65535.0}
 
 
 class TorchReferenceEngine(Engine):
@@ -38,7 +36,7 @@ class TorchReferenceEngine(Engine):
         self.model = model.eval()
         self.layer = model.get_submodule(target_layer)
         c, h, w = (int(v) for v in image_shape)
-        self.scale = _SCALE[pixel_dtype]
+        self.scale = PIXEL_SCALE[pixel_dtype]
         self.mean = torch.tensor(mean if mean is not None else [0.0] * c).view(1, c, 1, 1)
         self.std = torch.tensor(std if std is not None else [1.0] * c).view(1, c, 1, 1)
         with torch.no_grad():
@@ -51,8 +49,6 @@ class TorchReferenceEngine(Engine):
             target_layer=target_layer,
             head=str(getattr(model, "head_kind", "unknown")),
             arch=str(getattr(model, "arch", "unknown")),
-            round_index=0,
-            graph_sha256="",
             version="reference",
         )
 
@@ -95,7 +91,7 @@ class TorchReferenceEngine(Engine):
         up64 = up[:, 0].double().numpy()
         lo = up64.min(axis=(1, 2), keepdims=True)
         hi = up64.max(axis=(1, 2), keepdims=True)
-        cam01 = (up64 - lo) / (hi - lo + 1e-7)
+        cam01 = (up64 - lo) / (hi - lo + CAM_EPS)
         r = roi.astype(np.float64)
         area = r.sum(axis=(1, 2))
         denom = cam01.sum(axis=(1, 2)) + area

@@ -1,16 +1,23 @@
-"""Ranking: a bounded top-k (memory independent of the pool size), class balancing, merging.
+"""Ranking: a scored batch, a bounded top-k (memory independent of the pool size), class
+balancing, exact merging and the one pool-level rescoring.
 
 Order everywhere: higher score first, ties broken by ID (ascending), so results are exactly
 reproducible and the top-k of a pool equals the top-k of its shards' top-k lists.
+
+The scorer's pipeline, its ScoreStream and the client all rank through `scored_batch`,
+`TopK`/`merge` and `rescore`, so every path applies the same exclusions and the same formula.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, fields
+from typing import Any
 
 import numpy as np
 
-from xgal.scorer.acquisition import Balance
+from xgal.core.acquisition import AcquisitionConfig, Balance, combine, criteria
+from xgal.core.errors import InvalidArgument
 
 
 @dataclass
@@ -76,7 +83,7 @@ class TopK:
 
     def __init__(self, k: int, num_classes: int, balance: Balance = Balance.NONE) -> None:
         if k < 1:
-            raise ValueError(f"top-k must be at least 1, got {k}")
+            raise InvalidArgument(f"top-k must be at least 1, got {k}")
         self.k = k
         self.num_classes = num_classes
         self.balance = Balance(balance)
@@ -119,3 +126,96 @@ def merge(parts: list[Ranked], k: int, num_classes: int, balance: Balance = Bala
     for p in parts:
         acc.update(p)
     return acc.result()
+
+
+def scored_batch(
+    ids: np.ndarray,
+    probs: np.ndarray,
+    entropy: np.ndarray,
+    dice: np.ndarray,
+    roi_area: np.ndarray,
+    config: AcquisitionConfig,
+    *,
+    labels: np.ndarray | None = None,
+    exclude_ids: np.ndarray | None = None,
+) -> Ranked:
+    """One engine batch as ranked rows: U, M and the score per sample, without the samples the
+    missing-ROI policy or `exclude_ids` (sorted, e.g. the labelled set) leave out. `labels`
+    replace the predicted class as the balancing group (`oracle`)."""
+    crit = criteria(probs, entropy, dice, roi_area, ids, config)
+    idx = kept(ids, crit.keep, exclude_ids)
+    pred = probs.argmax(1).astype(np.int64)
+    group = labels if labels is not None else pred
+    return Ranked(
+        ids[idx],
+        crit.u[idx],
+        crit.m[idx],
+        crit.score[idx],
+        pred[idx],
+        probs[idx],
+        group[idx],
+        crit.has_roi[idx],
+    )
+
+
+def kept(ids: np.ndarray, keep: np.ndarray, exclude_ids: np.ndarray | None = None) -> np.ndarray:
+    """Indices of the rows `scored_batch` keeps: `keep` (the missing-ROI policy's mask, see
+    `criteria`) and not in `exclude_ids`."""
+    if exclude_ids is not None and exclude_ids.size:
+        keep = keep & ~np.isin(ids, exclude_ids)
+    return np.flatnonzero(keep)
+
+
+def exclusion_set(ids: Iterable[str]) -> np.ndarray:
+    """IDs to leave out, as the sorted array `scored_batch` looks them up in."""
+    return np.array(sorted(set(ids)), dtype=str)
+
+
+def rescore(everything: Ranked, config: AcquisitionConfig) -> Ranked:
+    """Apply a pool-level normalisation: the score from every sample's U and M (in place)."""
+    if len(everything):
+        assert everything.has_roi is not None
+        everything.score = combine(everything.u, everything.m, everything.has_roi, everything.ids, config)
+    return everything
+
+
+def select(everything: Ranked, k: int, num_classes: int, config: AcquisitionConfig) -> Ranked:
+    """The top-k of a whole pool's rows, rescored first when the score is not pointwise."""
+    if not config.pointwise:
+        rescore(everything, config)
+    return merge([everything], k, num_classes, config.balance)
+
+
+@dataclass
+class ScoreResult:
+    top: Ranked  # the selection, in rank order
+    all: Ranked | None  # every scored sample (pool order) when asked for
+    scored: int  # samples run through the engine
+    excluded: int  # labelled IDs and samples dropped by the missing-ROI policy
+    seconds: float
+    class_names: tuple[str, ...]
+
+    @property
+    def images_per_s(self) -> float:
+        return self.scored / self.seconds if self.seconds > 0 else 0.0
+
+
+def rows(r: Ranked, class_names: tuple[str, ...], ranked: bool = True) -> list[dict[str, Any]]:
+    """Ranked rows as plain dicts (for JSON, CSV and tables)."""
+    out = []
+    for i in range(len(r)):
+        pred = int(r.pred[i])
+        row: dict[str, Any] = {
+            "id": str(r.ids[i]),
+            "score": float(r.score[i]),
+            "uncertainty": float(r.u[i]),
+            "misalignment": float(r.m[i]),
+            "has_roi": bool(r.has_roi[i]) if r.has_roi is not None else True,
+            "pred": pred,
+            "pred_name": class_names[pred] if pred < len(class_names) else str(pred),
+            "probs": [float(p) for p in r.probs[i]],
+        }
+        if ranked:
+            row = {"rank": i + 1, **row}
+        out.append(row)
+    return out

@@ -16,6 +16,8 @@ from enum import StrEnum
 
 import numpy as np
 
+from xgal.core.errors import InvalidArgument
+
 
 class Strategy(StrEnum):
     RANDOM = "random"
@@ -73,9 +75,18 @@ class AcquisitionConfig:
                 object.__setattr__(self, name, enum(value))
             except ValueError:
                 choices = ", ".join(e.value for e in enum)
-                raise ValueError(f"{name} must be one of {choices}; got {value!r}") from None
-        if not (0.0 <= float(self.lam) <= 1.0) or np.isnan(self.lam):
-            raise ValueError(f"lam (λ) must be in [0, 1], got {self.lam}")
+                raise InvalidArgument(f"{name} must be one of {choices}; got {value!r}") from None
+        try:
+            lam = float(self.lam)
+        except (TypeError, ValueError):
+            raise InvalidArgument(f"lam (λ) must be a number in [0, 1], got {self.lam!r}") from None
+        if not 0.0 <= lam <= 1.0:  # NaN fails this too
+            raise InvalidArgument(f"lam (λ) must be in [0, 1], got {self.lam}")
+        object.__setattr__(self, "lam", lam)
+        if not isinstance(self.seed, int | np.integer) or isinstance(self.seed, bool):
+            raise InvalidArgument(f"seed must be an integer, got {self.seed!r}")
+        object.__setattr__(self, "seed", int(self.seed))
+        object.__setattr__(self, "entropy_over_log_k", bool(self.entropy_over_log_k))
 
     @property
     def pointwise(self) -> bool:
@@ -149,23 +160,23 @@ def criteria(
     ids: np.ndarray,
     config: AcquisitionConfig,
 ) -> Criteria:
-    """U, M and the pointwise score; with a pool-level normalisation, call `rescore` after
-    every sample's criteria are known."""
+    """U, M and the pointwise score of a batch. With a pool-level normalisation the score is
+    provisional: `ranking.rescore` recomputes it once every sample's criteria are known."""
     u = uncertainty(probs, entropy, config.uncertainty, config.entropy_over_log_k)
     has_roi = roi_area > 0
     m = np.where(has_roi, misalignment(dice), 1.0)
     keep = has_roi | (config.missing_roi is not MissingRoi.EXCLUDE)
-    out = Criteria(u=u, m=m, score=np.zeros_like(u), has_roi=has_roi, keep=keep)
-    out.score = combine(out, ids, config)
-    return out
+    return Criteria(u=u, m=m, score=combine(u, m, has_roi, ids, config), has_roi=has_roi, keep=keep)
 
 
-def combine(c: Criteria, ids: np.ndarray, config: AcquisitionConfig) -> np.ndarray:
+def combine(
+    u: np.ndarray, m: np.ndarray, has_roi: np.ndarray, ids: np.ndarray, config: AcquisitionConfig
+) -> np.ndarray:
     """The strategy's score from U and M (normalised over the given samples if asked)."""
     if config.strategy is Strategy.RANDOM:
         return random_scores(ids, config.seed)
-    u = normalise(c.u, config.normalise)
-    m = normalise(c.m, config.normalise)
+    u = normalise(u, config.normalise)
+    m = normalise(m, config.normalise)
     if config.strategy is Strategy.UNCERTAINTY:
         return u
     if config.strategy is Strategy.MISALIGNMENT:
@@ -173,5 +184,5 @@ def combine(c: Criteria, ids: np.ndarray, config: AcquisitionConfig) -> np.ndarr
     else:
         score = config.lam * u + (1.0 - config.lam) * m
     if config.missing_roi is MissingRoi.IGNORE:
-        score = np.where(c.has_roi, score, u)
+        score = np.where(has_roi, score, u)
     return score

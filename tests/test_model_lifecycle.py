@@ -1,0 +1,84 @@
+"""A replica's models over their life: load, score, unload (nothing left running), and publish
+checked the way the replica serves (its own engine factory, so its own providers)."""
+
+import hashlib
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from xgal.client import ScorerClient
+from xgal.core.contract import NotAScoringGraphError
+from xgal.pool.synth import synth_pool
+from xgal.scorer.engines.ort import OnnxRuntimeEngine
+from xgal.scorer.repository import ModelRepository
+from xgal.scorer.server import RunningServer, ServerConfig
+from xgal.trainer.export import export_scoring_graph
+from xgal.trainer.nets import build_model
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("life")
+    synth_pool(root / "data" / "pool", 96, seed=0, image_size=32, shard_size=64)
+    torch.manual_seed(0)
+    model = build_model("small_cnn", "linear", 3, in_channels=1)
+    return root, export_scoring_graph(model, "features.stage4.0", root / "m.onnx", image_shape=(1, 32, 32))
+
+
+@pytest.fixture
+def server(world, tmp_path):
+    srv = RunningServer(ServerConfig(data_root=world[0] / "data", model_repo=tmp_path / "repo", port=0))
+    yield srv
+    srv.stop(grace=2)
+
+
+def _batcher_threads() -> int:
+    return sum(1 for t in threading.enumerate() if t.name == "xgal-batcher" and t.is_alive())
+
+
+def test_unload_stops_the_batcher_every_cycle(world, server):
+    before = _batcher_threads()
+    with ScorerClient(server.address) as client:
+        client.publish_model(world[1], "m", load=False)
+        for _ in range(3):
+            client.load_model("m")
+            assert client.score_pool("pool", model="m", top_k=5, progress=False).scored == 96
+            assert _batcher_threads() == before + 1
+            client.unload_model("m")
+            # The session and its batcher thread go with the unload, not at process exit.
+            assert _batcher_threads() == before
+            assert server.service._batchers == {}
+
+
+def test_unload_waits_for_the_request_using_the_model(world, server):
+    with ScorerClient(server.address) as client:
+        client.publish_model(world[1], "m")
+        _, engine = server.repo.load("m")
+        rng = np.random.default_rng(0)
+        images = rng.integers(0, 256, (4, 1, 32, 32), dtype=np.uint8)
+        rois = np.ones((4, 32, 32), dtype=np.uint8)
+        with server.service._batched(engine) as in_flight:  # a request holding the model
+            client.unload_model("m")
+            # Still usable by the request that holds it: unloading never breaks work in flight.
+            np.testing.assert_allclose(in_flight.run(images, rois).probs, engine.run(images, rois).probs)
+            assert _batcher_threads() >= 1
+        assert server.service._batchers == {}
+
+
+def test_publish_is_checked_with_the_replicas_own_engine(world, tmp_path):
+    opened = []
+
+    def replica_engine(model):
+        # As a replica pinned to a provider that cannot run this graph would answer.
+        opened.append(type(model).__name__)
+        raise NotAScoringGraphError("this replica's execution provider cannot run the graph")
+
+    repo = ModelRepository(tmp_path / "repo", engine_factory=replica_engine)
+    data = world[1].read_bytes()
+    with pytest.raises(NotAScoringGraphError, match="execution provider cannot run"):
+        repo.publish("m", data, hashlib.sha256(data).hexdigest())
+    assert opened == ["bytes"] and repo.names() == []
+    ok = ModelRepository(tmp_path / "repo2", engine_factory=lambda m: OnnxRuntimeEngine(m))
+    assert ok.publish("m", data, hashlib.sha256(data).hexdigest()).version == 1

@@ -1,0 +1,141 @@
+"""Scoring a pool's shards on several replicas, with retries and failover."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import grpc
+
+from xgal.client.transport import RETRYABLE, ScorerError, Target, error
+from xgal.v1 import scorer_pb2 as pb
+
+if TYPE_CHECKING:
+    from xgal.client.client import ScorerClient
+
+
+class ShardRun:
+    """One ScorePool over the client's replicas: a worker per replica takes shards from a
+    queue. A shard that meets a RETRYABLE code goes back to the queue and its replica sits out
+    a back-off (then it is used again); after the policy's attempts on one shard, or on any
+    other code, the run stops with that error."""
+
+    def __init__(
+        self,
+        client: ScorerClient,
+        spans: Sequence[tuple[int, int]],
+        request: Callable[[int, int], pb.ScorePoolRequest],
+        report: Callable[[int | None], None],
+    ) -> None:
+        self.client, self.request, self.report = client, request, report
+        self.todo: queue.Queue[tuple[int, int]] = queue.Queue()
+        for span in spans:
+            self.todo.put(span)
+        self.shards = len(spans)
+        self.tries: dict[int, int] = {}
+        self.results: dict[int, pb.ScoreResult] = {}
+        self.done: dict[int, int] = {}
+        self.error: ScorerError | None = None
+        self.lock = threading.Lock()
+        self.finished = threading.Event()
+        self.out: set[str] = set()  # replicas given up on in this run
+
+    def run(self) -> dict[int, pb.ScoreResult]:
+        threads = [
+            threading.Thread(target=self._worker, args=(t,), name=f"xgal-shards-{t.address}", daemon=True)
+            for t in self.client.targets
+        ]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        if self.error is not None:
+            raise self.error
+        return self.results
+
+    def _worker(self, t: Target) -> None:
+        probes = 0  # readiness checks of this replica in this run that found it down
+        while not self.finished.wait(t.wait_s()):  # a failed replica sits out its back-off
+            if t.failures and not self._ready(t, self.client.retry.delay(probes + 1)):
+                # Down before (in this run or an earlier one) and not back yet: take no shard,
+                # so a dead replica spends no shard's tries; give up on it after `attempts`.
+                probes += 1
+                t.failed(self.client.retry)
+                if probes >= self.client.retry.attempts:
+                    self._out(t)
+                    return
+                continue
+            try:
+                start, stop = self.todo.get(timeout=0.05)
+            except queue.Empty:
+                continue
+            try:
+                self._score(t, start, stop)
+            except grpc.RpcError as err:
+                self._failed(t, start, stop, err)
+            else:
+                t.succeeded()
+
+    def _ready(self, t: Target, timeout: float) -> bool:
+        """Whether the replica's channel connects within `timeout` (cut short when the run ends)."""
+        ready = grpc.channel_ready_future(t.channel)
+        deadline = time.monotonic() + timeout
+        try:
+            while not self.finished.is_set():
+                try:
+                    ready.result(timeout=max(0.0, min(0.05, deadline - time.monotonic())))
+                    return True
+                except grpc.FutureTimeoutError:
+                    if time.monotonic() >= deadline:
+                        return False
+            return False
+        finally:
+            ready.cancel()
+
+    def _out(self, t: Target) -> None:
+        with self.lock:
+            self.out.add(t.address)
+            if len(self.out) == len(self.client.targets) and self.error is None:
+                left = sorted(self.todo.queue)
+                self.error = ScorerError(
+                    f"no scorer could be reached ({', '.join(sorted(self.out))} each tried "
+                    f"{self.client.retry.attempts} times); shards left unscored: {left}",
+                    grpc.StatusCode.UNAVAILABLE,
+                )
+                self.finished.set()
+
+    def _score(self, t: Target, start: int, stop: int) -> None:
+        call = t.stub.ScorePool(
+            self.request(start, stop), metadata=self.client.metadata, timeout=self.client.timeout
+        )
+        for event in call:
+            if self.error is not None:  # another shard failed for good: stop this one too
+                call.cancel()
+                return
+            with self.lock:
+                if event.HasField("progress"):
+                    self.done[start] = event.progress.done
+                else:
+                    self.results[start] = event.result
+                    self.done[start] = stop - start
+                    if len(self.results) == self.shards:
+                        self.finished.set()
+                self.report(sum(self.done.values()))
+
+    def _failed(self, t: Target, start: int, stop: int, err: grpc.RpcError) -> None:
+        policy = self.client.retry
+        with self.lock:
+            if self.error is not None:
+                return
+            self.done.pop(start, None)
+            tries = self.tries[start] = self.tries.get(start, 0) + 1
+            if err.code() in RETRYABLE and tries < policy.attempts:
+                t.failed(policy)
+                self.todo.put((start, stop))
+                return
+            suffix = f" (shard [{start}, {stop}), try {tries} of {policy.attempts})"
+            self.error = error(t, err, suffix)
+            self.finished.set()

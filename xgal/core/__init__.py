@@ -1,0 +1,11 @@
+"""The torch-free core that the trainer, the scorer, the client and the bench all import.
+
+- `contract`: what a scoring graph promises (input/output names, metadata, pixel scales);
+- `acquisition`: uncertainty, misalignment and their combination;
+- `ranking`: a scored batch, bounded top-k, class balancing, exact merging, pool-level rescoring;
+- `wire`: the mapping between these types and the service's messages (xgal.v1), both ways;
+- `errors`: the base class of errors a user can fix.
+
+It imports numpy, the standard library and (in `wire` only) the generated messages: never
+torch, onnxruntime or another part of xgal, so a name or a formula lives here once.
+"""

@@ -1,0 +1,112 @@
+"""The mapping between the core's types and the service's messages (xgal.v1), both ways.
+
+The server and the client both convert here, so an enum or a field is named in one place.
+Enum values are named after the config's values ("least_confidence" <->
+UNCERTAINTY_LEAST_CONFIDENCE), so no table is kept by hand.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from xgal.core.acquisition import AcquisitionConfig
+from xgal.core.contract import ScoringGraphInfo
+from xgal.core.errors import InvalidArgument
+from xgal.core.ranking import Ranked
+from xgal.v1 import scorer_pb2 as pb
+
+# (config field, proto field, proto enum, value prefix); 0 (unset) means the config's default.
+_ENUMS = (
+    ("strategy", "strategy", pb.Strategy, "STRATEGY_"),
+    ("uncertainty", "uncertainty", pb.UncertaintyKind, "UNCERTAINTY_"),
+    ("missing_roi", "missing_roi", pb.MissingRoiPolicy, "MISSING_ROI_"),
+    ("normalise", "normalisation", pb.Normalisation, "NORMALISATION_"),
+    ("balance", "balance", pb.Balance, "BALANCE_"),
+)
+
+
+def acquisition_to_proto(config: AcquisitionConfig) -> pb.Acquisition:
+    msg = pb.Acquisition(lam=config.lam, entropy_over_log_k=config.entropy_over_log_k, seed=config.seed)
+    for field, proto_field, enum, prefix in _ENUMS:
+        setattr(msg, proto_field, enum.Value(prefix + getattr(config, field).value.upper()))
+    return msg
+
+
+def acquisition_from_proto(msg: pb.Acquisition) -> AcquisitionConfig:
+    defaults = AcquisitionConfig()
+    names: dict[str, object] = {}
+    for field, proto_field, enum, prefix in _ENUMS:
+        value = getattr(msg, proto_field)
+        if value == 0:
+            names[field] = getattr(defaults, field)
+            continue
+        try:
+            names[field] = enum.Name(value).removeprefix(prefix).lower()
+        except ValueError:
+            raise InvalidArgument(f"unknown {proto_field} value {value}") from None
+    return AcquisitionConfig(
+        **names,  # type: ignore[arg-type]
+        lam=msg.lam if msg.HasField("lam") else defaults.lam,
+        entropy_over_log_k=msg.entropy_over_log_k,
+        seed=msg.seed,
+    )
+
+
+def model_info_to_proto(
+    name: str,
+    version: int,
+    sha256: str,
+    info: ScoringGraphInfo,
+    *,
+    loaded: bool,
+    providers: Sequence[str] = (),
+) -> pb.ModelInfo:
+    return pb.ModelInfo(
+        name=name,
+        version=version,
+        sha256=sha256,
+        class_names=list(info.class_names),
+        input_shape=list(info.input_shape),
+        pixel_dtype=info.pixel_dtype,
+        target_layer=info.target_layer,
+        head=info.head,
+        round=info.round_index,
+        loaded=loaded,
+        providers=list(providers),
+    )
+
+
+def ranked_to_proto(r: Ranked) -> list[pb.ScoredSample]:
+    has_roi = r.has_roi if r.has_roi is not None else np.ones(len(r), dtype=bool)
+    group = r.group if r.group is not None else r.pred
+    return [
+        pb.ScoredSample(
+            id=str(r.ids[i]),
+            uncertainty=float(r.u[i]),
+            misalignment=float(r.m[i]),
+            score=float(r.score[i]),
+            predicted=int(r.pred[i]),
+            probs=r.probs[i].tolist(),
+            has_roi=bool(has_roi[i]),
+            group=int(group[i]),
+        )
+        for i in range(len(r))
+    ]
+
+
+def ranked_from_proto(samples: Sequence[pb.ScoredSample], num_classes: int) -> Ranked:
+    n = len(samples)
+    if n == 0:
+        return Ranked.empty(num_classes)
+    return Ranked(
+        ids=np.array([s.id for s in samples], dtype=str),
+        u=np.array([s.uncertainty for s in samples]),
+        m=np.array([s.misalignment for s in samples]),
+        score=np.array([s.score for s in samples]),
+        pred=np.array([s.predicted for s in samples], dtype=np.int64),
+        probs=np.array([list(s.probs) for s in samples], dtype=np.float32).reshape(n, num_classes),
+        group=np.array([s.group for s in samples], dtype=np.int64),
+        has_roi=np.array([s.has_roi for s in samples], dtype=bool),
+    )
