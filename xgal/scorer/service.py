@@ -1,17 +1,15 @@
 """The `xgal.v1.Scorer` servicer: each RPC maps onto the repository and the pool pipeline.
 
-Errors leave as typed gRPC codes with a message a person can act on; anything unexpected is
-logged here with its traceback and leaves as INTERNAL without one.
+Every RPC wears `status.rpc`, which maps exceptions to typed gRPC codes.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,28 +20,20 @@ import numpy as np
 from grpc_health.v1 import health, health_pb2
 
 from xgal.core.acquisition import AcquisitionConfig, criteria
-from xgal.core.contract import NotAScoringGraphError
 from xgal.core.ranking import kept, scored_batch
 from xgal.core.wire import acquisition_from_proto, model_info_to_proto, ranked_to_proto
-from xgal.pool.format import Pool, PoolFormatError
+from xgal.pool.format import Pool
 from xgal.scorer.batcher import BatchedEngine, DynamicBatcher, QueueFullError
 from xgal.scorer.engines.base import Engine
 from xgal.scorer.metrics import Metrics
 from xgal.scorer.pipeline import score_pool
 from xgal.scorer.repository import ModelNotFoundError, ModelRepository, StoredModel
+from xgal.scorer.status import Cancelled, PoolAccessError, rpc
 from xgal.v1 import scorer_pb2 as pb
 from xgal.v1 import scorer_pb2_grpc
 
 log = logging.getLogger("xgal.scorer")
 SERVICE = "xgal.v1.Scorer"
-
-
-class Cancelled(Exception):
-    pass
-
-
-class PoolAccessError(PermissionError):
-    pass
 
 
 @dataclass
@@ -58,68 +48,6 @@ def model_info(stored: StoredModel, loaded: bool, providers: list[str] | None = 
     return model_info_to_proto(
         stored.name, stored.version, stored.sha256, stored.info, loaded=loaded, providers=providers or ()
     )
-
-
-def _code_for(exc: BaseException) -> grpc.StatusCode | None:
-    if isinstance(exc, ModelNotFoundError | FileNotFoundError):
-        return grpc.StatusCode.NOT_FOUND
-    if isinstance(exc, PermissionError):
-        return grpc.StatusCode.PERMISSION_DENIED
-    if isinstance(exc, QueueFullError):
-        return grpc.StatusCode.RESOURCE_EXHAUSTED
-    if isinstance(exc, TimeoutError):  # e.g. another replica holding the repository's lock
-        return grpc.StatusCode.UNAVAILABLE
-    if isinstance(exc, PoolFormatError):
-        return grpc.StatusCode.FAILED_PRECONDITION
-    if isinstance(exc, NotAScoringGraphError | ValueError):
-        return grpc.StatusCode.INVALID_ARGUMENT
-    if isinstance(exc, Cancelled):
-        return grpc.StatusCode.CANCELLED
-    return None
-
-
-def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
-    code = _code_for(exc)
-    if code is None:
-        log.exception("%s failed", method, exc_info=exc)
-        code, message = grpc.StatusCode.INTERNAL, "internal error in the scorer (details are in its log)"
-    else:
-        message = str(exc)
-    context.abort(code, message)
-
-
-def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Count the RPC in the metrics and map exceptions to status codes (unary or streaming)."""
-    name = method.__name__
-
-    def finish(self: ScorerService, code: grpc.StatusCode) -> None:
-        self.metrics.requests.labels(name, code.name).inc()
-
-    if name in ("ScorePool", "ScoreStream"):
-
-        @functools.wraps(method)
-        def stream(self: ScorerService, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-            try:
-                yield from method(self, request, context)
-            except Exception as exc:
-                finish(self, _code_for(exc) or grpc.StatusCode.INTERNAL)
-                _abort(context, exc, name)
-            else:
-                finish(self, grpc.StatusCode.OK)
-
-        return stream
-
-    @functools.wraps(method)
-    def unary(self: ScorerService, request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            result = method(self, request, context)
-        except Exception as exc:
-            finish(self, _code_for(exc) or grpc.StatusCode.INTERNAL)
-            _abort(context, exc, name)
-        finish(self, grpc.StatusCode.OK)
-        return result
-
-    return unary
 
 
 class ScorerService(scorer_pb2_grpc.ScorerServicer):

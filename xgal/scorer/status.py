@@ -1,0 +1,91 @@
+"""Exceptions -> gRPC status codes, and the decorator every RPC of the service wears.
+
+Errors leave as typed codes with a message a person can act on; anything unexpected is logged
+with its traceback and leaves as INTERNAL without one (never a stack trace on the wire).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from xgal.core.contract import NotAScoringGraphError
+from xgal.pool.format import PoolFormatError
+from xgal.scorer.batcher import QueueFullError
+from xgal.scorer.repository import ModelNotFoundError
+
+log = logging.getLogger("xgal.scorer")
+
+
+class Cancelled(Exception):
+    pass
+
+
+class PoolAccessError(PermissionError):
+    pass
+
+
+def _code_for(exc: BaseException) -> grpc.StatusCode | None:
+    if isinstance(exc, ModelNotFoundError | FileNotFoundError):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(exc, PermissionError):
+        return grpc.StatusCode.PERMISSION_DENIED
+    if isinstance(exc, QueueFullError):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if isinstance(exc, TimeoutError):  # e.g. another replica holding the repository's lock
+        return grpc.StatusCode.UNAVAILABLE
+    if isinstance(exc, PoolFormatError):
+        return grpc.StatusCode.FAILED_PRECONDITION
+    if isinstance(exc, NotAScoringGraphError | ValueError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(exc, Cancelled):
+        return grpc.StatusCode.CANCELLED
+    return None
+
+
+def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
+    code = _code_for(exc)
+    if code is None:
+        log.exception("%s failed", method, exc_info=exc)
+        code, message = grpc.StatusCode.INTERNAL, "internal error in the scorer (details are in its log)"
+    else:
+        message = str(exc)
+    context.abort(code, message)
+
+
+def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Count the RPC in the metrics and map exceptions to status codes (unary or streaming)."""
+    name = method.__name__
+
+    def finish(self: Any, code: grpc.StatusCode) -> None:
+        self.metrics.requests.labels(name, code.name).inc()
+
+    if name in ("ScorePool", "ScoreStream"):
+
+        @functools.wraps(method)
+        def stream(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                yield from method(self, request, context)
+            except Exception as exc:
+                finish(self, _code_for(exc) or grpc.StatusCode.INTERNAL)
+                _abort(context, exc, name)
+            else:
+                finish(self, grpc.StatusCode.OK)
+
+        return stream
+
+    @functools.wraps(method)
+    def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            result = method(self, request, context)
+        except Exception as exc:
+            finish(self, _code_for(exc) or grpc.StatusCode.INTERNAL)
+            _abort(context, exc, name)
+        finish(self, grpc.StatusCode.OK)
+        return result
+
+    return unary
