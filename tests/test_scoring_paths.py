@@ -1,0 +1,107 @@
+"""Every path that ranks gives the same rows: the in-process pipeline, ScorePool on one replica,
+ScorePool sharded over two (the client rescoring a pool-level normalisation), and ScoreStream,
+including what the missing-ROI policy leaves out. They all go through xgal.core.ranking."""
+
+import numpy as np
+import pytest
+import torch
+
+from xgal.client import ScorerClient
+from xgal.core.acquisition import AcquisitionConfig
+from xgal.pool.format import Pool, PoolWriter
+from xgal.scorer.engines.ort import OnnxRuntimeEngine
+from xgal.scorer.pipeline import score_pool
+from xgal.scorer.server import RunningServer, ServerConfig
+from xgal.trainer.export import export_scoring_graph
+from xgal.trainer.nets import build_model
+
+N = 120
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("paths")
+    rng = np.random.default_rng(0)
+    rois = np.zeros((N, 32, 32), dtype=np.uint8)
+    for i in range(N):
+        if i % 4:  # every fourth sample has no ROI
+            y, x = rng.integers(0, 20, 2)
+            rois[i, y : y + 10, x : x + 12] = 1
+    images = rng.integers(0, 256, (N, 1, 32, 32), dtype=np.uint8)
+    with PoolWriter(root / "data" / "pool", image_shape=(1, 32, 32), shard_size=50) as w:
+        w.add([f"s{i:03d}" for i in range(N)], images, rois)
+    torch.manual_seed(0)
+    model = build_model("small_cnn", "linear", 3, in_channels=1)
+    onnx = export_scoring_graph(model, "features.stage4.0", root / "m.onnx", image_shape=(1, 32, 32))
+    servers = [
+        RunningServer(ServerConfig(data_root=root / "data", model_repo=root / f"r{i}", port=0))
+        for i in range(2)
+    ]
+    with ScorerClient([s.address for s in servers]) as client:
+        client.publish_model(onnx, "m")
+    yield Pool(root / "data" / "pool"), onnx, servers, images, rois
+    for s in servers:
+        s.stop(grace=0)
+
+
+def _rows(r):
+    order = np.argsort(r.ids)
+    return r.ids[order].tolist(), r.u[order], r.m[order], r.score[order]
+
+
+def _same(a, b):
+    ids_a, *cols_a = _rows(a)
+    ids_b, *cols_b = _rows(b)
+    assert ids_a == ids_b
+    for x, y in zip(cols_a, cols_b, strict=True):
+        np.testing.assert_allclose(x, y, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"missing_roi": "exclude"},
+        {"missing_roi": "ignore", "lam": 0.6},
+        {"normalise": "rank", "missing_roi": "exclude"},
+        {"normalise": "minmax", "balance": "predicted"},
+    ],
+)
+def test_every_path_ranks_alike(world, options):
+    pool, onnx, servers, images, rois = world
+    config = AcquisitionConfig(**options)
+    local = score_pool(OnnxRuntimeEngine(onnx), pool, config, 30, return_all=True, batch_size=16)
+    if config.missing_roi.value == "exclude":
+        assert local.all is not None and len(local.all) == N - N // 4 and local.excluded == N // 4
+    for targets in ([servers[0].address], [s.address for s in servers]):
+        with ScorerClient(targets) as client:
+            remote = client.score_pool(
+                "pool", model="m", top_k=30, return_all=True, progress=False, **options
+            )
+        assert remote.top.ids.tolist() == local.top.ids.tolist()
+        np.testing.assert_allclose(remote.top.score, local.top.score, rtol=0, atol=1e-6)
+        _same(remote.all, local.all)
+        assert remote.excluded == local.excluded
+    if config.pointwise:
+        with ScorerClient(servers[0].address) as client:
+            streamed, _ = client.score_arrays(
+                images, rois, [f"s{i:03d}" for i in range(N)], model="m", batch_size=16, **options
+            )
+        _same(streamed, local.all)
+
+
+def test_stream_cams_follow_the_samples_kept(world):
+    _, _, servers, images, rois = world
+    with ScorerClient(servers[0].address) as client:
+        kept, cams = client.score_arrays(
+            images[:8],
+            rois[:8],
+            [f"s{i:03d}" for i in range(8)],
+            model="m",
+            want_cam=True,
+            missing_roi="exclude",
+        )
+        every, all_cams = client.score_arrays(
+            images[:8], rois[:8], [f"s{i:03d}" for i in range(8)], model="m", want_cam=True
+        )
+    assert kept.ids.tolist() == [f"s{i:03d}" for i in range(8) if i % 4]
+    np.testing.assert_array_equal(cams, all_cams[[i for i in range(8) if i % 4]])
