@@ -82,3 +82,15 @@ def test_publish_is_checked_with_the_replicas_own_engine(world, tmp_path):
     assert opened == ["bytes"] and repo.names() == []
     ok = ModelRepository(tmp_path / "repo2", engine_factory=lambda m: OnnxRuntimeEngine(m))
     assert ok.publish("m", data, hashlib.sha256(data).hexdigest()).version == 1
+
+
+@pytest.mark.parametrize("name", ["..", ".", ".hidden", "a/b", "m\n", "x" * 65, "", "../../etc"])
+def test_model_names_that_are_not_one_folder_are_refused(world, tmp_path, name):
+    repo_dir = tmp_path / "sub" / "repo"
+    repo = ModelRepository(repo_dir)
+    data = world[1].read_bytes()
+    with pytest.raises(ValueError, match="model name"):
+        repo.publish(name, data, hashlib.sha256(data).hexdigest())
+    written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert written == ["sub/repo/.publish.lock"] or written == []  # nothing stored, inside or out
+    assert repo.versions(name) == []

@@ -27,10 +27,19 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from xgal.core.contract import ScoringGraphInfo
+from xgal.core.errors import InvalidArgument
 from xgal.scorer.engines.base import Engine
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
 
-NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# A name is one folder of the repository: letters, digits, '.', '_', '-', not starting with a
+# dot (so never '.', '..' or a hidden temp folder), matched whole (no trailing newline).
+NAME_RE = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,63}")
+
+
+def valid_name(name: str) -> bool:
+    return bool(name) and NAME_RE.fullmatch(name) is not None
+
+
 LOCK_FILE = ".publish.lock"
 LOCK_TIMEOUT_S = 120.0
 
@@ -70,7 +79,7 @@ class ModelRepository:
     # -- storage ---------------------------------------------------------------------------
     def versions(self, name: str) -> list[int]:
         d = self.root / name
-        if not d.is_dir():
+        if not valid_name(name) or not d.is_dir():
             return []
         return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit() and (p / "meta.json").is_file())
 
@@ -79,7 +88,7 @@ class ModelRepository:
 
     def get(self, name: str, version: int = 0) -> StoredModel:
         """Version 0 = the latest."""
-        versions = self.versions(name) if NAME_RE.match(name or "") else []
+        versions = self.versions(name)
         if not versions:
             raise ModelNotFoundError(f"no model named {name!r} in the repository")
         v = versions[-1] if version == 0 else version
@@ -94,8 +103,11 @@ class ModelRepository:
 
     def publish(self, name: str, data: bytes, sha256: str) -> StoredModel:
         """Validate and store a scoring graph; publishing the same bytes again is a no-op."""
-        if not NAME_RE.match(name or ""):
-            raise ValueError(f"model name {name!r} must match {NAME_RE.pattern}")
+        if not valid_name(name):
+            raise InvalidArgument(
+                f"model name {name[:80]!r} must be 1-64 letters, digits, '.', '_' or '-', "
+                "not starting with '.'"
+            )
         digest = hashlib.sha256(data).hexdigest()
         if digest != sha256.lower():
             raise ValueError(f"SHA-256 mismatch: received {digest}, header says {sha256}")
