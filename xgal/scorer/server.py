@@ -10,6 +10,7 @@ chunks of 1 MiB and may be up to 1 GiB.
 
 from __future__ import annotations
 
+import hmac
 import logging
 import signal
 import threading
@@ -22,6 +23,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from xgal.core.errors import InvalidArgument
 from xgal.scorer.engines.ort import OnnxRuntimeEngine, check_providers
 from xgal.scorer.metrics import Metrics
 from xgal.scorer.repository import ModelRepository
@@ -37,14 +39,20 @@ class BearerTokenInterceptor(grpc.ServerInterceptor):
     so orchestrators can probe the replica."""
 
     def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}"
+        self._expected = f"Bearer {token}".encode()
+
+    def _allowed(self, metadata: Any) -> bool:
+        sent = [v for k, v in (metadata or ()) if k == "authorization"]
+        if len(sent) != 1:  # none, or several that would leave the choice to header order
+            return False
+        value = sent[0].encode() if isinstance(sent[0], str) else bytes(sent[0])
+        return hmac.compare_digest(value, self._expected)  # constant time: no timing oracle
 
     def intercept_service(self, continuation: Any, handler_call_details: Any) -> Any:
         method = handler_call_details.method
         if method.startswith(UNAUTHENTICATED_METHODS):
             return continuation(handler_call_details)
-        md = dict(handler_call_details.invocation_metadata or ())
-        if md.get("authorization") == self._expected:
+        if self._allowed(handler_call_details.invocation_metadata):
             return continuation(handler_call_details)
         handler = continuation(handler_call_details)
         if handler is None:
@@ -93,6 +101,9 @@ class RunningServer:
     def __init__(self, config: ServerConfig) -> None:
         if not Path(config.data_root).is_dir():
             raise FileNotFoundError(f"data root {config.data_root} is not a folder")
+        if config.token is not None and not config.token.strip():
+            # An empty token file must not quietly turn authentication off.
+            raise InvalidArgument("the bearer token is empty; put a token in the file or drop --token-file")
         check_providers(config.providers)
         self.config = config
         self.metrics = Metrics()
