@@ -94,3 +94,15 @@ def test_model_names_that_are_not_one_folder_are_refused(world, tmp_path, name):
     written = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
     assert written == ["sub/repo/.publish.lock"] or written == []  # nothing stored, inside or out
     assert repo.versions(name) == []
+
+
+def test_a_second_replica_on_a_port_in_use_is_refused(world, tmp_path):
+    from xgal.scorer.server import AddressInUseError
+
+    first = RunningServer(ServerConfig(data_root=world[0] / "data", model_repo=tmp_path / "a", port=0))
+    try:
+        port = int(first.address.rsplit(":", 1)[1])
+        with pytest.raises(AddressInUseError, match="could not bind"):
+            RunningServer(ServerConfig(data_root=world[0] / "data", model_repo=tmp_path / "b", port=port))
+    finally:
+        first.stop(grace=0)

@@ -23,7 +23,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from xgal.core.errors import InvalidArgument
+from xgal.core.errors import InvalidArgument, UserError
 from xgal.scorer.engines.ort import OnnxRuntimeEngine, check_providers
 from xgal.scorer.metrics import Metrics
 from xgal.scorer.repository import ModelRepository
@@ -31,6 +31,12 @@ from xgal.scorer.service import SERVICE, ScorerService
 from xgal.v1 import scorer_pb2, scorer_pb2_grpc
 
 log = logging.getLogger("xgal.scorer")
+
+
+class AddressInUseError(UserError, OSError):
+    """The gRPC address cannot be bound (in use, or not an address of this host)."""
+
+
 UNAUTHENTICATED_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
@@ -134,7 +140,13 @@ class RunningServer:
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="xgal-rpc"),
             interceptors=interceptors,
-            options=[("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)],
+            options=[
+                ("grpc.max_receive_message_length", limit),
+                ("grpc.max_send_message_length", limit),
+                # gRPC lets a second server bind a port in use (SO_REUSEPORT): two replicas
+                # started on one port would split its traffic without a word.
+                ("grpc.so_reuseport", 0),
+            ],
         )
         scorer_pb2_grpc.add_ScorerServicer_to_server(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -145,17 +157,21 @@ class RunningServer:
         )
         reflection.enable_server_reflection(names, self.server)
         address = f"{config.host}:{config.port}"
-        if config.tls_cert and config.tls_key:
-            creds = grpc.ssl_server_credentials(
-                [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())]
-            )
-            self.port = self.server.add_secure_port(address, creds)
-        elif config.tls_cert or config.tls_key:
-            raise ValueError("TLS needs both --tls-cert and --tls-key")
-        else:
-            self.port = self.server.add_insecure_port(address)
+        if bool(config.tls_cert) != bool(config.tls_key):
+            raise InvalidArgument("TLS needs both --tls-cert and --tls-key")
+        try:
+            if config.tls_cert and config.tls_key:
+                creds = grpc.ssl_server_credentials(
+                    [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())]
+                )
+                self.port = self.server.add_secure_port(address, creds)
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError:  # grpcio's way of saying the bind failed
+            self.port = 0
         if self.port == 0:
-            raise OSError(f"could not bind {address}")
+            self.service.close()
+            raise AddressInUseError(f"could not bind {address}: is another process listening there?")
         self.metrics_port = (
             self.metrics.serve(config.metrics_port, config.host) if config.metrics_port is not None else None
         )
