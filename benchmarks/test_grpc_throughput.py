@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from xgal.client import ScorerClient
-from xgal.pool.format import PoolWriter
 from xgal.core.acquisition import AcquisitionConfig
+from xgal.pool.format import PoolWriter
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
 from xgal.scorer.pipeline import score_pool
 from xgal.scorer.server import RunningServer, ServerConfig

@@ -92,8 +92,8 @@ def test_scoring_graph_onnx(measure, scoring_fp32, forward_only):
 def test_scoring_graph_int8_onnx(measure, setup, scoring_fp32, tmp_path):
     """INT8 (operator format, calibrated on the built-in synthetic scans); its ranking
     agreement with fp32 is measured by `xgal bench`."""
-    from xgal.bench.quantize import quantize_scoring_graph
     from xgal.pool.synth import synth_pool
+    from xgal.scorer.precision.int8 import quantize_scoring_graph
 
     _, scoring, _, images, rois = setup
     scans = synth_pool(tmp_path / "scans", 128, image_size=SIZE, channels=3, split="test")

@@ -1,9 +1,12 @@
-"""The benchmarking tools: FLOP counting, INT8 quantization and ranking agreement, flat memory
-over a pool pass, and `xgal bench` end to end on a tiny configuration (bounded)."""
+"""The benchmarking tools: FLOP counting, flat memory over a pool pass, the bench's INT8 and
+FP16 figures (made with the product's converters, and equal to a recomputation), and
+`xgal bench` end to end on a tiny configuration (bounded). The converters themselves are
+tested in test_precision.py."""
 
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -12,10 +15,13 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from xgal.bench.flops import count_flops
+from xgal.bench.pool_rows import XGAL_CLI
 from xgal.bench.pools import random_pool
-from xgal.bench.quantize import quantize_scoring_graph, ranking_agreement
-from xgal.pool.format import Pool
 from xgal.core.acquisition import AcquisitionConfig
+from xgal.core.contract import graph_sha256, read_metadata
+from xgal.core.errors import InvalidArgument
+from xgal.core.ranking import ranking_agreement
+from xgal.pool.format import Pool
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
 from xgal.scorer.pipeline import score_pool
 from xgal.trainer.export import export_scoring_graph
@@ -45,43 +51,30 @@ def test_count_flops_conv_and_gemm():
     assert count_flops(model, batch=4) == 4 * (conv + matmul)
 
 
-def test_ranking_agreement():
-    ids = np.array(["a", "b", "c", "d"])
-    same = ranking_agreement(ids, np.array([4.0, 3, 2, 1]), ids[::-1], np.array([1.0, 2, 3, 4]), 2)
-    assert same == {"topk_overlap": 1.0, "spearman": pytest.approx(1.0)}
-    flipped = ranking_agreement(ids, np.array([4.0, 3, 2, 1]), ids, np.array([1.0, 2, 3, 4]), 2)
-    assert flipped["topk_overlap"] == 0.0 and flipped["spearman"] == pytest.approx(-1.0)
+def _agreement_of(ref, other, pool, *, batch, threads):
+    """What the bench's agreement figures claim, recomputed from the graphs it wrote."""
+    engines = [OnnxRuntimeEngine(m, intra_op_threads=threads, spinning=False) for m in (ref, other)]
+    k = min(50, pool.count)
+    a, b = (
+        score_pool(e, pool, AcquisitionConfig(), k, return_all=True, batch_size=batch).all for e in engines
+    )
+    return ranking_agreement(a.ids, a.score, b.ids, b.score, k)
 
 
-def test_int8_scoring_graph_agrees_with_fp32(tmp_path):
-    pool = random_pool(tmp_path / "pool", 96, (1, 32, 32))
-    torch.manual_seed(0)
-    model = build_model("small_cnn", "linear", 3, in_channels=1).eval()
-    fp32 = export_scoring_graph(model, "features.stage4.0", tmp_path / "m.onnx", image_shape=(1, 32, 32))
-    int8 = quantize_scoring_graph(fp32, pool, tmp_path / "m8.onnx", calibration=64)
-    meta = {p.key: p.value for p in onnx.load(int8).metadata_props}
-    assert meta["xgal.precision"] == "int8" and meta["xgal.target_layer"] == "features.stage4.0"
-    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(int8).graph.node)
-    a = score_pool(OnnxRuntimeEngine(fp32), pool, AcquisitionConfig(), 10, return_all=True).all
-    b = score_pool(OnnxRuntimeEngine(int8), pool, AcquisitionConfig(), 10, return_all=True).all
-    agree = ranking_agreement(a.ids, a.score, b.ids, b.score, 10)
-    assert agree["spearman"] > 0.8, agree
-
-
-def test_int8_formats(tmp_path):
-    pool = random_pool(tmp_path / "pool", 32, (1, 32, 32))
-    torch.manual_seed(0)
-    model = build_model("small_cnn", "linear", 3, in_channels=1).eval()
-    fp32 = export_scoring_graph(model, "features.stage4.0", tmp_path / "m.onnx", image_shape=(1, 32, 32))
-    ops = {}
-    for fmt in ("operator", "qdq"):
-        q = quantize_scoring_graph(fp32, pool, tmp_path / f"{fmt}.onnx", calibration=32, quant_format=fmt)
-        ops[fmt] = [n.op_type for n in onnx.load(q).graph.node]
-    # The operator format writes QLinearConv itself, and the first (pixel-reading) Conv stays float.
-    assert "QLinearConv" in ops["operator"] and ops["operator"].count("Conv") >= 1
-    assert "QLinearConv" not in ops["qdq"] and "DequantizeLinear" in ops["qdq"]
-    with pytest.raises(ValueError, match="quant_format must be one of"):
-        quantize_scoring_graph(fp32, pool, tmp_path / "x.onnx", quant_format="int4")
+def _check_precision_figures(doc, precision, model, converted, pool, *, batch, threads):
+    """The bench's `precision` section: its graph is the product converter's (metadata), its
+    speedup is the ratio of its two paired rows, its agreement is a recomputation's."""
+    info = read_metadata(onnx.load(converted))
+    assert info.precision == precision and info.graph_sha256 == graph_sha256(onnx.load(converted))
+    res = doc[precision]
+    rows = {r["name"]: r for r in doc["rows"]}
+    name = Path(res["model"]).name if "model" in res else "scoring graph"
+    fast, ref = rows[f"{precision}: {name} {precision.upper()}"], rows[f"{precision}: {name} fp32"]
+    assert res["speedup"] == pytest.approx(fast["images_per_s"] / ref["images_per_s"])
+    assert res["top_k"] == min(50, pool.count) and res["pool_size"] == pool.count
+    again = _agreement_of(model, converted, pool, batch=batch, threads=threads)
+    assert res["topk_overlap"] == again["topk_overlap"], (res, again)
+    assert res["spearman"] == pytest.approx(again["spearman"], abs=1e-9), (res, again)
 
 
 def test_bench_int8_and_fp16_on_synthetic_scans(tmp_path):
@@ -100,19 +93,44 @@ def test_bench_int8_and_fp16_on_synthetic_scans(tmp_path):
         workdir=tmp_path / "work",
     )
     doc = Bench(cfg, log=lambda _: None).run()
-    fp16 = doc["fp16"]
-    assert fp16["providers"] == ["CPUExecutionProvider"] and fp16["pool"] == "synthetic scans"
-    assert fp16["spearman"] > 0.99 and fp16["topk_overlap"] >= 0.9, fp16
-    int8 = doc["int8"]
-    assert int8["pool"] == "synthetic scans" and int8["pool_size"] == 64 and int8["top_k"] == 50
-    assert int8["speedup"] > 0 and -1 <= int8["spearman"] <= 1 and 0 <= int8["topk_overlap"] <= 1
-    names = [r["name"] for r in doc["rows"]]
-    assert "int8: scoring graph fp32" in names and "int8: scoring graph INT8" in names
-    assert "fp16: scoring graph fp32" in names and "fp16: scoring graph FP16" in names
-    with pytest.raises(ValueError, match="not installed"):
-        BenchConfig(providers=["NoSuchExecutionProvider"])
-    scans = Pool(tmp_path / "work" / "synthetic-scans")
+    assert [r["name"] for r in doc["rows"]] == [
+        "engine: scoring graph fp32",
+        "engine: forward-only graph fp32",
+        "int8: scoring graph fp32",
+        "int8: scoring graph INT8",
+        "fp16: scoring graph fp32",
+        "fp16: scoring graph FP16",
+        "pool: in process fp32",
+    ]
+    assert set(doc["ratios"]) == {"scoring_vs_forward"}  # no baselines, no replicas asked for
+    work = tmp_path / "work"
+    scans = Pool(work / "synthetic-scans")
     assert scans.image_shape == (3, 32, 32) and scans.count == 64
+    assert doc["int8"]["pool"] == doc["fp16"]["pool"] == "synthetic scans"
+    assert doc["fp16"]["providers"] == ["CPUExecutionProvider"]
+    for precision in ("int8", "fp16"):
+        _check_precision_figures(
+            doc,
+            precision,
+            work / "scoring.onnx",
+            work / f"scoring-{precision}.onnx",
+            scans,
+            batch=cfg.batch,
+            threads=cfg.n_threads,
+        )
+    # FP16 keeps the explanation math in float: it ranks the scans as fp32 does.
+    assert doc["fp16"]["spearman"] > 0.99 and doc["fp16"]["topk_overlap"] >= 0.9, doc["fp16"]
+
+
+def test_bench_config_refuses_what_it_cannot_measure():
+    from xgal.bench.run import BenchConfig
+
+    with pytest.raises(InvalidArgument, match="NoSuchExecutionProvider.* not installed"):
+        BenchConfig(providers=["NoSuchExecutionProvider"])
+    with pytest.raises(InvalidArgument, match="--int8-model and --int8-pool go together"):
+        BenchConfig(int8_model="m.onnx")
+    with pytest.raises(InvalidArgument, match="at least one execution provider"):
+        BenchConfig(providers=[])
 
 
 def _rss_kb():
@@ -131,21 +149,31 @@ def test_a_pass_over_a_pool_keeps_memory_flat(tmp_path):
     assert grown_mb < 20, f"RSS grew by {grown_mb:.0f} MB reading an 80 MB pool"
 
 
-def test_xgal_bench_tiny(tmp_path):
+def _pytorch_grad_cam_usable() -> bool:
+    try:
+        import pytorch_grad_cam  # type: ignore[import-not-found]  # noqa: F401
+    except Exception:  # ImportError, or its torchvision failing beside this torch
+        return False
+    return True
+
+
+@pytest.fixture(scope="module")
+def small_graph(tmp_path_factory):
+    """A 1x32x32 small-CNN scoring graph, exported once (the export is most of a test's time)."""
+    torch.manual_seed(1)
+    model = build_model("small_cnn", "linear", 3, in_channels=1).eval()
+    path = tmp_path_factory.mktemp("small") / "own.onnx"
+    return export_scoring_graph(model, "features.stage4.0", path, image_shape=(1, 32, 32))
+
+
+def test_xgal_bench_tiny(tmp_path, small_graph):
     out = tmp_path / "bench.json"
+    work = tmp_path / "work"
     # INT8 measured on a scoring graph and pool of the user's (--int8-model, --int8-pool).
     pool = random_pool(tmp_path / "own-pool", 64, (1, 32, 32))
-    torch.manual_seed(1)
-    own = export_scoring_graph(
-        build_model("small_cnn", "linear", 3, in_channels=1).eval(),
-        "features.stage4.0",
-        tmp_path / "own.onnx",
-        image_shape=(1, 32, 32),
-    )
+    own = small_graph
     cmd = [
-        sys.executable,
-        "-m",
-        "xgal.cli",
+        *XGAL_CLI,
         "bench",
         "--arch",
         "small_cnn",
@@ -155,6 +183,8 @@ def test_xgal_bench_tiny(tmp_path):
         "1",
         "--batch",
         "16",
+        "--threads",
+        "2",
         "--pool-size",
         "48",
         "--repeats",
@@ -162,7 +192,9 @@ def test_xgal_bench_tiny(tmp_path):
         "--replicas",
         "1",
         "--sweep-batch",
-        "8",
+        "8,16",
+        "--sweep-threads",
+        "1,2",
         "--pool-sweep",
         "300,600",
         "--pool-sweep-image-size",
@@ -173,50 +205,79 @@ def test_xgal_bench_tiny(tmp_path):
         str(own),
         "--int8-pool",
         str(pool.path),
+        "--workdir",
+        str(work),
         "--json",
         str(out),
     ]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     doc = json.loads(out.read_text())
-    names = [r["name"] for r in doc["rows"]]
-    for want in (
+    grad_cam = _pytorch_grad_cam_usable()
+    assert [r["name"] for r in doc["rows"]] == [
         "engine: scoring graph fp32",
         "engine: forward-only graph fp32",
+        "engine: eager PyTorch Grad-CAM (reference)",
+        *(["engine: pytorch-grad-cam"] if grad_cam else []),
+        "int8: own.onnx fp32",
         "int8: own.onnx INT8",
         "pool: in process fp32",
         "pool: gRPC ScorePool, 1 replica(s)",
+        "sweep: batch 8, 1 thread(s)",
+        "sweep: batch 16, 1 thread(s)",
         "sweep: batch 8, 2 thread(s)",
-    ):
-        assert any(n.startswith(want.split(", 2 thread")[0]) for n in names), want
-    assert {"scoring_vs_forward", "scoring_vs_eager", "grpc_1_vs_in_process"} <= set(doc["ratios"])
-    assert 0 < doc["rows"][0]["peak_fraction"] and doc["gflop_per_image"]["scoring"] > 0
-    # Ratios to baselines come from the pair timed in turn, not from rows timed minutes apart.
+        "sweep: batch 16, 2 thread(s)",
+    ]
     rows = {r["name"]: r for r in doc["rows"]}
+    assert set(doc["ratios"]) == {
+        "scoring_vs_forward",
+        "scoring_vs_eager",
+        "grpc_1_vs_in_process",
+        *(["scoring_vs_pytorch_grad_cam"] if grad_cam else []),
+    }
+    if grad_cam:
+        assert "pytorch_grad_cam" not in doc
+    else:
+        prefix, _, why = doc["pytorch_grad_cam"]["skipped"].partition(": ")
+        assert prefix == "pytorch-grad-cam not usable here" and "Error" in why, why
+    # GFLOP/s and the fraction of the peak are the per-image count times the row's throughput.
+    scoring = rows["engine: scoring graph fp32"]
+    assert doc["gflop_per_image"]["scoring"] == pytest.approx(count_flops(work / "scoring.onnx") / 1e9)
+    gflops = doc["gflop_per_image"]["scoring"] * scoring["images_per_s"]
+    assert scoring["gflops_per_s"] == pytest.approx(gflops)
+    assert scoring["peak_fraction"] == pytest.approx(gflops / 500)
+    for b, t in ((8, 1), (16, 1), (8, 2), (16, 2)):
+        sweep = rows[f"sweep: batch {b}, {t} thread(s)"]
+        assert (sweep["batch"], sweep["threads"], sweep["sweep"]) == (b, t, True)
+    # Ratios come from the pair timed in turn, not from rows timed minutes apart.
+    forward = rows["engine: forward-only graph fp32"]
+    assert doc["ratios"]["scoring_vs_forward"] == pytest.approx(
+        scoring["images_per_s"] / forward["images_per_s"]
+    )
     grpc = rows["pool: gRPC ScorePool, 1 replica(s)"]
+    assert (grpc["replicas"], grpc["threads_per_replica"]) == (1, 2)
     paired = grpc["images_per_s"] / grpc["in_process_images_per_s_in_turn"]
     assert doc["ratios"]["grpc_1_vs_in_process"] == pytest.approx(paired)
     eager = rows["engine: eager PyTorch Grad-CAM (reference)"]
     paired = eager["scoring_images_per_s_in_turn"] / eager["images_per_s"]
     assert doc["ratios"]["scoring_vs_eager"] == pytest.approx(paired)
-    assert {"speedup", "topk_overlap", "spearman"} <= set(doc["int8"])
-    assert doc["int8"]["model"] == str(own) and doc["int8"]["pool_size"] == 64
-    assert "GPU path" in doc["fp16"]["skipped"]  # CPU providers: FP16 is not measured by default
-    assert "int8: own.onnx fp32" in names
-    assert [p["pool_size"] for p in doc["pool_sweep"]] == [300, 600]
-    assert (
-        "skipped" in doc.get("pytorch_grad_cam", {"skipped": ""})
-        or "scoring_vs_pytorch_grad_cam" in doc["ratios"]
-    )
+    assert doc["int8"]["model"] == str(own) and doc["int8"]["pool"] == str(pool.path)
+    _check_precision_figures(doc, "int8", own, work / "scoring-int8.onnx", pool, batch=16, threads=2)
+    # CPU providers: FP16 is not measured unless asked, and the report says why.
+    assert doc["fp16"] == {
+        "skipped": "FP16 is the GPU path; the providers are ['CPUExecutionProvider'] "
+        "(--fp16 measures it anyway)"
+    }
+    sweep = doc["pool_sweep"]
+    assert [p["pool_size"] for p in sweep] == [300, 600] and all(p["top"] == 100 for p in sweep)
+    assert doc["pool_sweep_rss_growth_mb"] == sweep[1]["peak_rss_mb"] - sweep[0]["peak_rss_mb"]
 
 
-def test_pool_sweep_point_reports_its_own_memory(tmp_path):
+def test_pool_sweep_point_reports_its_own_memory(tmp_path, small_graph):
     """Linux keeps ru_maxrss across exec: a sweep point started by a large parent must still
     report the memory of its own pass, not the parent's."""
     pool = random_pool(tmp_path / "pool", 500, (1, 32, 32))
-    torch.manual_seed(0)
-    model = build_model("small_cnn", "linear", 3, in_channels=1).eval()
-    path = export_scoring_graph(model, "features.stage4.0", tmp_path / "m.onnx", image_shape=(1, 32, 32))
+    path = small_graph
     ballast = np.ones(800 * 2**20 // 8)  # 800 MB resident in this process when the child forks
     try:
         res = subprocess.run(

@@ -1,6 +1,7 @@
 """FP16 scoring graphs: the network in half precision, the explanation math in float32.
 Run here on ONNX Runtime's CPU kernels, which is enough to check the graph and its numbers;
-its speed belongs to a GPU (`xgal bench --provider CUDAExecutionProvider`)."""
+its speed belongs to a GPU (`xgal bench --provider CUDAExecutionProvider`). Refusing what is not
+an fp32 scoring graph, and serving the result, are tested in test_precision.py."""
 
 import numpy as np
 import onnx
@@ -8,12 +9,12 @@ import pytest
 import torch
 from onnx import TensorProto
 
-from xgal.bench.fp16 import half_scoring_graph
-from xgal.bench.quantize import ranking_agreement
-from xgal.pool.synth import synth_pool
 from xgal.core.acquisition import AcquisitionConfig
+from xgal.core.ranking import ranking_agreement
+from xgal.pool.synth import synth_pool
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
 from xgal.scorer.pipeline import score_pool
+from xgal.scorer.precision.fp16 import half_scoring_graph
 from xgal.trainer.export import export_scoring_graph
 from xgal.trainer.nets import build_model, default_target_layer
 
@@ -81,13 +82,3 @@ def test_half_graph_keeps_the_float_tail_float(tmp_path):
             continue
         assert types.get(name) != TensorProto.FLOAT16, (node.op_type, name)
         stack.extend(node.input)
-
-
-def test_half_graph_rejects_other_graphs(tmp_path):
-    from onnx import helper
-
-    node = helper.make_node("Relu", ["x"], ["y"])
-    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in "xy"]
-    onnx.save(helper.make_model(helper.make_graph([node], "g", io[:1], io[1:])), tmp_path / "g.onnx")
-    with pytest.raises(ValueError, match="not a scoring graph"):
-        half_scoring_graph(tmp_path / "g.onnx", tmp_path / "x.onnx")

@@ -7,12 +7,12 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from xgal.bench.fp16 import half_scoring_graph
-from xgal.bench.quantize import ranking_agreement
-from xgal.pool.synth import synth_pool
 from xgal.core.acquisition import AcquisitionConfig
+from xgal.core.ranking import ranking_agreement
+from xgal.pool.synth import synth_pool
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
 from xgal.scorer.pipeline import score_pool
+from xgal.scorer.precision.fp16 import half_scoring_graph
 from xgal.trainer.export import export_scoring_graph
 from xgal.trainer.nets import build_model
 

@@ -12,6 +12,7 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from xgal.core.errors import InvalidArgument
 from xgal.pool.format import PARTIAL, Pool
 from xgal.pool.importers.brats import import_brats
 from xgal.pool.importers.dicom import import_dicom
@@ -87,6 +88,18 @@ def test_png_validation(png_folder, tmp_path):
         import_images(png_folder, png_folder / "dupes.csv", tmp_path / "p2")
     with pytest.raises(ValueError, match="not among the classes"):
         import_images(png_folder, png_folder / "labels.csv", tmp_path / "p3", class_names=["benign"])
+    # A cell that is not a number is the user's to fix: it names the file and line (a user error).
+    _csv(
+        png_folder / "typo.csv",
+        ["image", "x_min", "y_min", "x_max", "y_max"],
+        [["img1.png", 1, 2, 3, 4], ["img1.png", 1, "2O", 3, 4]],
+    )
+    with pytest.raises(
+        InvalidArgument, match=r"typo.csv line 3: box \['1', '2O', '3', '4'\] is not four numbers"
+    ):
+        import_images(
+            png_folder, png_folder / "labels.csv", tmp_path / "p5", boxes_csv=png_folder / "typo.csv"
+        )
     (png_folder / "img2.png").write_bytes(b"broken")
     _, report = import_images(png_folder, png_folder / "labels.csv", tmp_path / "p4", size=32)
     assert any("img2.png: not a readable image" in s for s in report.skipped)

@@ -8,11 +8,13 @@ import pytest
 import torch
 
 from xgal.client import ScorerClient
+from xgal.core.acquisition import AcquisitionConfig, Balance, random_scores
+from xgal.core.errors import InvalidArgument
 from xgal.pool.format import Pool
 from xgal.pool.synth import synth_pool
 from xgal.scorer.server import RunningServer, ServerConfig
 from xgal.trainer.annotator import OracleAnnotator
-from xgal.trainer.loop import ActiveLearningLoop, LoopConfig
+from xgal.trainer.loop import ActiveLearningLoop, LoopConfig, initial_selection
 from xgal.trainer.nets import build_model
 from xgal.trainer.train import TrainConfig, evaluate, to_input, train_classifier
 
@@ -55,7 +57,7 @@ def test_two_rounds_end_to_end_and_no_label_leaks(world, tmp_path):
     oracle = OracleAnnotator(spy)
     seen = []
     loop = ActiveLearningLoop(
-        _config(strategy="xgal"),
+        _config(acquisition=AcquisitionConfig(strategy="xgal")),
         Pool(pool.path),
         test,
         client,
@@ -68,8 +70,13 @@ def test_two_rounds_end_to_end_and_no_label_leaks(world, tmp_path):
     records = loop.run()
     assert [r.labelled for r in records] == [24, 36, 48] and seen == [0, 1, 2]
     assert [r.model_version for r in records[:2]] == [1, 2]
-    for r in records:
-        assert 0 <= r.accuracy <= 1 and 0 <= r.cam_dice <= 1 and 0 <= r.macro_f1 <= 1
+    # A round's record holds the test metrics of the model that round ended with.
+    final = build_model("small_cnn", "linear", 3, in_channels=1)
+    final.load_state_dict(torch.load(tmp_path / "run" / "model.pt", weights_only=True))
+    t = test.read(0, test.count, ("images", "labels", "rois"))
+    x, y, roi = to_input(t["images"], 255.0), torch.from_numpy(t["labels"]), torch.from_numpy(t["rois"])
+    metrics = evaluate(final, loop.config.layer, x, y, roi)
+    assert metrics == pytest.approx({k: getattr(records[-1], k) for k in metrics})
     # Selections are new IDs each round, and the oracle saw exactly the labelled ones.
     selected = records[0].selected + records[1].selected
     assert len(set(selected)) == 24
@@ -109,8 +116,59 @@ def test_resume_continues_from_the_last_finished_round(world, tmp_path):
     assert len(oracle.requested) == 12  # only round 1's picks: nothing is asked twice
     assert records[0].selected == state["rounds"][0]["selected"]
 
-    with pytest.raises(ValueError, match="different configuration"):
-        ActiveLearningLoop(_config(rounds=3, lam=0.5), pool, test, client, oracle, out, pool_ref="pool").run()
+    with pytest.raises(InvalidArgument, match="different configuration"):
+        ActiveLearningLoop(
+            _config(acquisition=AcquisitionConfig(lam=0.5)), pool, test, client, oracle, out, pool_ref="pool"
+        ).run()
+
+
+def test_random_strategy_draws_anew_each_round(world, tmp_path):
+    """Round r asks the scorers for the draw of seed * 1000 + r: not the same samples' luck
+    every round, and the same again when the run is repeated."""
+    _, pool, test, client, _ = world
+    cfg = _config(
+        acquisition=AcquisitionConfig(strategy="random"), seed=3, train=TrainConfig(epochs=1, alpha=0)
+    )
+    loop = ActiveLearningLoop(
+        cfg, pool, test, client, OracleAnnotator(pool), tmp_path / "run", pool_ref="pool", model_name="rand"
+    )
+    records = loop.run()
+    ids = pool.ids()
+    labelled = set(initial_selection(pool, cfg.initial, cfg.seed))
+    for r in range(cfg.rounds):
+        draw = random_scores(ids, 3 * 1000 + r)
+        expected = [i for i in ids[np.argsort(-draw)].tolist() if i not in labelled][: cfg.per_round]
+        assert records[r].selected == expected, r
+        labelled |= set(expected)
+
+
+def test_config_has_one_seed_and_reads_the_old_flat_state():
+    cfg = _config(acquisition=AcquisitionConfig(strategy="random", seed=99), seed=4)
+    assert cfg.acquisition.seed == 4 and cfg.round_acquisition(2).seed == 4002
+    assert LoopConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    # What state.json held before the acquisition options were one field.
+    old = {
+        "arch": "small_cnn",
+        "head": "linear",
+        "target_layer": None,
+        "initial": 24,
+        "per_round": 12,
+        "rounds": 2,
+        "strategy": "misalignment",
+        "lam": 0.4,
+        "uncertainty": "margin",
+        "normalise": "rank",
+        "missing_roi": "exclude",
+        "balance": "predicted",
+        "mean": None,
+        "std": None,
+        "reset_each_round": False,
+        "seed": 5,
+        "train": {"epochs": 3, "alpha": 0.1},
+    }
+    want = AcquisitionConfig("misalignment", 0.4, "margin", False, "exclude", "rank", "predicted", seed=5)
+    assert LoopConfig.from_dict(old) == _config(acquisition=want, seed=5)
+    assert LoopConfig.from_dict(old).acquisition.balance is Balance.PREDICTED
 
 
 def test_guidance_loss_lowers_misalignment_on_a_toy_case(world):
@@ -169,7 +227,14 @@ def test_authors_preset_matches_the_method():
         "prototypical",
         "features.denseblock4.denselayer16.conv2",
     )
-    assert (cfg.lam, cfg.train.alpha, cfg.initial, cfg.per_round, cfg.rounds) == (0.3, 0.1, 150, 120, 6)
+    assert (cfg.acquisition.lam, cfg.train.alpha, cfg.initial, cfg.per_round, cfg.rounds) == (
+        0.3,
+        0.1,
+        150,
+        120,
+        6,
+    )
+    assert cfg.acquisition == AcquisitionConfig(lam=0.3, balance="oracle")
     assert (cfg.train.lr, cfg.train.weight_decay, cfg.train.loss, cfg.train.shots, cfg.train.queries) == (
         1e-4,
         1e-5,
@@ -187,6 +252,9 @@ def test_authors_preset_matches_the_method():
 def test_train_cli_runs_and_resumes(world, tmp_path):
     import subprocess
     import sys
+    from dataclasses import replace
+
+    from xgal.trainer.presets import preset
 
     root, pool, test, _, _ = world
     cmd = [
@@ -208,9 +276,23 @@ def test_train_cli_runs_and_resumes(world, tmp_path):
         "2",
         "--out",
         str(tmp_path / "run"),
+        "--strategy",
+        "uncertainty",
+        "--lambda",
+        "0.5",
     ]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
     assert "round 0: 12 labelled" in first.stdout and "round 1: 18 labelled" in first.stdout
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and "round 0" not in again.stdout and "done: 18 labelled" in again.stdout
+    # Options given replace the preset's; the others keep the preset's values.
+    saved = LoopConfig.from_dict(json.loads((tmp_path / "run" / "state.json").read_text())["config"])
+    demo = preset("demo")
+    assert saved.acquisition == replace(demo.acquisition, strategy="uncertainty", lam=0.5)
+    assert (saved.initial, saved.per_round, saved.train.epochs, saved.train.alpha) == (
+        12,
+        6,
+        2,
+        demo.train.alpha,
+    )

@@ -21,6 +21,8 @@ from rich.console import Console
 from rich.table import Table
 
 from xgal.client import ScorerClient
+from xgal.core.acquisition import AcquisitionConfig
+from xgal.core.errors import InvalidArgument
 from xgal.pool.format import Pool
 from xgal.pool.synth import synth_pool
 from xgal.scorer.server import RunningServer, ServerConfig
@@ -39,6 +41,10 @@ class Arm:
     normalise: str = "none"
     alpha: float = 0.1
     balance: str = "none"
+
+    @property
+    def acquisition(self) -> AcquisitionConfig:
+        return AcquisitionConfig(strategy=self.strategy, normalise=self.normalise, balance=self.balance)
 
 
 ALL_ARMS = (
@@ -61,9 +67,9 @@ def pick_arms(names: list[str]) -> tuple[Arm, ...]:
     by_name = {a.name: a for a in ALL_ARMS}
     unknown = [n for n in names if n not in by_name]
     if unknown:
-        raise ValueError(f"unknown arm(s) {unknown}; choose from {list(by_name)}")
+        raise InvalidArgument(f"unknown arm(s) {unknown}; choose from {list(by_name)}")
     if len(set(names)) != len(names):
-        raise ValueError(f"an arm is named twice in {names}")
+        raise InvalidArgument(f"an arm is named twice in {names}")
     return tuple(by_name[n] for n in names)
 
 
@@ -265,9 +271,7 @@ def run_demo(
                         initial=budget.initial,
                         per_round=budget.per_round,
                         rounds=budget.rounds,
-                        strategy=arm.strategy,
-                        normalise=arm.normalise,
-                        balance=arm.balance,
+                        acquisition=arm.acquisition,
                         seed=seed,
                         train=TrainConfig(epochs=budget.epochs, alpha=arm.alpha),
                     )

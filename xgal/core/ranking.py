@@ -219,3 +219,22 @@ def rows(r: Ranked, class_names: tuple[str, ...], ranked: bool = True) -> list[d
             row = {"rank": i + 1, **row}
         out.append(row)
     return out
+
+
+def ranking_agreement(
+    ref_ids: np.ndarray, ref_scores: np.ndarray, ids: np.ndarray, scores: np.ndarray, k: int
+) -> dict[str, float]:
+    """Top-k overlap (|A ∩ B| / k) of two rankings of the same samples and the Spearman
+    correlation of their scores (how far a reduced-precision graph moved a pool's ranking)."""
+    if k < 1:
+        raise InvalidArgument(f"k must be at least 1, got {k}")
+    if sorted(ref_ids.tolist()) != sorted(ids.tolist()):
+        raise InvalidArgument("the two rankings must rank the same samples")
+    order_ref = ref_ids[np.lexsort((ref_ids, -ref_scores))][:k]
+    order = ids[np.lexsort((ids, -scores))][:k]
+    pos = {s: i for i, s in enumerate(ids.tolist())}
+    aligned = scores[[pos[s] for s in ref_ids.tolist()]]
+    rank_a = np.argsort(np.argsort(ref_scores, kind="stable"), kind="stable")
+    rank_b = np.argsort(np.argsort(aligned, kind="stable"), kind="stable")
+    rho = float(np.corrcoef(rank_a, rank_b)[0, 1]) if len(ids) > 1 else 1.0
+    return {"topk_overlap": len(set(order_ref.tolist()) & set(order.tolist())) / k, "spearman": rho}

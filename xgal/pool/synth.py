@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xgal.core.errors import InvalidArgument
 from xgal.pool.format import Pool, PoolWriter
 
 CLASS_NAMES = ("round", "striated", "spiculated", "ring")
@@ -124,13 +125,13 @@ def synth_pool(
     `channels` > 1 repeats the grayscale scan, as X-rays are fed to three-channel networks.
     """
     if not 2 <= num_classes <= len(CLASS_NAMES):
-        raise ValueError(f"num_classes must be in [2, {len(CLASS_NAMES)}], got {num_classes}")
+        raise InvalidArgument(f"num_classes must be in [2, {len(CLASS_NAMES)}], got {num_classes}")
     if split not in ("train", "test"):
-        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+        raise InvalidArgument(f"split must be 'train' or 'test', got {split!r}")
     if size < 1 or image_size < 16 or channels < 1:
-        raise ValueError("size must be >= 1, image_size >= 16 and channels >= 1")
+        raise InvalidArgument("size must be >= 1, image_size >= 16 and channels >= 1")
     if not (0 <= marker_fraction <= 1 and 0 <= marker_agreement <= 1):
-        raise ValueError("marker_fraction and marker_agreement must be in [0, 1]")
+        raise InvalidArgument("marker_fraction and marker_agreement must be in [0, 1]")
     rng = np.random.default_rng([seed, 0 if split == "train" else 1])
     labels = rng.permutation(np.arange(size) % num_classes)
     prefix = "scan" if split == "train" else "test"

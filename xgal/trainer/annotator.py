@@ -13,6 +13,7 @@ from typing import Protocol
 
 import numpy as np
 
+from xgal.core.errors import InvalidArgument
 from xgal.pool.format import Pool
 
 
@@ -25,7 +26,7 @@ class Annotator(Protocol):
 class OracleAnnotator:
     def __init__(self, pool: Pool) -> None:
         if not pool.has_labels:
-            raise ValueError(f"the oracle needs a pool with labels; {pool.path} has none")
+            raise InvalidArgument(f"the oracle needs a pool with labels; {pool.path} has none")
         self.pool = pool
         self.index = {sample_id: i for i, sample_id in enumerate(pool.ids().tolist())}
         self.requested: list[str] = []  # every ID it was ever asked about (for audits and tests)

@@ -19,13 +19,17 @@ import numpy as np
 import torch
 
 from xgal.client import ScorerClient
+from xgal.core.acquisition import AcquisitionConfig
 from xgal.core.contract import PIXEL_SCALE
+from xgal.core.errors import InvalidArgument
 from xgal.pool.format import Pool
 from xgal.trainer.annotator import Annotator
 from xgal.trainer.export import ScoringGraphExporter
 from xgal.trainer.nets import build_model, default_target_layer
 from xgal.trainer.nets.classifier import Classifier
 from xgal.trainer.train import TrainConfig, evaluate, to_input, train_classifier
+
+_FLAT_ACQUISITION = ("strategy", "lam", "uncertainty", "normalise", "missing_roi", "balance")
 
 
 @dataclass(frozen=True)
@@ -36,31 +40,38 @@ class LoopConfig:
     initial: int = 60
     per_round: int = 60
     rounds: int = 5  # acquisition rounds; the model is evaluated rounds + 1 times
-    strategy: str = "xgal"
-    lam: float = 0.3
-    uncertainty: str = "entropy"
-    normalise: str = "none"
-    missing_roi: str = "max"
-    balance: str = "none"
+    acquisition: AcquisitionConfig = field(default_factory=AcquisitionConfig)
     mean: tuple[float, ...] | None = None
     std: tuple[float, ...] | None = None
     reset_each_round: bool = False
     seed: int = 0
     train: TrainConfig = field(default_factory=TrainConfig)
 
+    def __post_init__(self) -> None:
+        # A run has one seed: the acquisition's is the run's, so that two configurations that
+        # select alike compare equal (resuming checks that). Each round draws with
+        # `seed * 1000 + round`.
+        if self.acquisition.seed != self.seed:
+            object.__setattr__(self, "acquisition", replace(self.acquisition, seed=self.seed))
+
     @property
     def layer(self) -> str:
         return self.target_layer or default_target_layer(self.arch)
 
+    def round_acquisition(self, r: int) -> AcquisitionConfig:
+        """What round `r` asks the scorers for: a fresh random draw each round."""
+        return replace(self.acquisition, seed=self.seed * 1000 + r)
+
     def to_dict(self) -> dict:
-        d = asdict(self)
-        d["train"] = asdict(self.train)
-        return d
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, d: dict) -> LoopConfig:
         known = {f.name for f in fields(cls)}
+        # state.json written before `acquisition` was one field holds these keys flat.
+        flat = {k: d[k] for k in _FLAT_ACQUISITION if k in d}
         d = {k: v for k, v in d.items() if k in known}
+        d["acquisition"] = AcquisitionConfig(**{**flat, **d.get("acquisition", {})})
         d["train"] = TrainConfig(**d.get("train", {}))
         for key in ("mean", "std"):
             if d.get(key) is not None:
@@ -87,7 +98,7 @@ def initial_selection(pool: Pool, n: int, seed: int) -> list[str]:
     rng = np.random.default_rng(seed)
     ids = pool.ids()
     if n > len(ids):
-        raise ValueError(f"initial set of {n} is larger than the pool ({len(ids)})")
+        raise InvalidArgument(f"initial set of {n} is larger than the pool ({len(ids)})")
     if not pool.has_labels:
         return sorted(ids[rng.permutation(len(ids))[:n]].tolist())
     labels = pool.labels()
@@ -122,9 +133,12 @@ class ActiveLearningLoop:
         default: the pool folder's name. `exporter`: one to share between runs of the same
         network (it traces once); by default the run makes its own."""
         if not test_pool.has_labels:
-            raise ValueError(f"the test pool {test_pool.path} needs labels to measure accuracy")
+            raise InvalidArgument(f"the test pool {test_pool.path} needs labels to measure accuracy")
         if tuple(test_pool.image_shape) != tuple(pool.image_shape):
-            raise ValueError("pool and test pool hold images of different shapes")
+            raise InvalidArgument(
+                f"pool and test pool hold images of different shapes ({list(pool.image_shape)} and "
+                f"{list(test_pool.image_shape)})"
+            )
         self.config, self.pool, self.test_pool = config, pool, test_pool
         self.client, self.annotator = client, annotator
         self.out = Path(out_dir)
@@ -166,7 +180,7 @@ class ActiveLearningLoop:
         state = json.loads(self.state_path.read_text())
         saved = LoopConfig.from_dict(state["config"])
         if saved != self.config:
-            raise ValueError(
+            raise InvalidArgument(
                 f"{self.out} holds a run with a different configuration; choose another output folder "
                 "or delete it to start over"
             )
@@ -252,13 +266,7 @@ class ActiveLearningLoop:
             version=info.version,
             top_k=cfg.per_round,
             exclude_ids=labelled,
-            strategy=cfg.strategy,
-            lam=cfg.lam,
-            uncertainty=cfg.uncertainty,
-            normalise=cfg.normalise,
-            missing_roi=cfg.missing_roi,
-            balance=cfg.balance,
-            seed=cfg.seed * 1000 + r,
             progress=False,
+            **asdict(cfg.round_acquisition(r)),
         )
         return result.top.ids.tolist(), int(info.version)

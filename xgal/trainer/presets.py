@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from xgal.core.acquisition import AcquisitionConfig
+from xgal.core.errors import InvalidArgument
 from xgal.trainer.loop import LoopConfig
 from xgal.trainer.train import TrainConfig
 
@@ -23,12 +25,14 @@ _AUTHORS = LoopConfig(
     arch="densenet121",
     head="prototypical",
     target_layer="features.denseblock4.denselayer16.conv2",
-    strategy="xgal",
-    lam=0.3,
-    uncertainty="entropy",
-    normalise="none",
-    missing_roi="max",
-    balance="oracle",
+    acquisition=AcquisitionConfig(
+        strategy="xgal",
+        lam=0.3,
+        uncertainty="entropy",
+        normalise="none",
+        missing_roi="max",
+        balance="oracle",
+    ),
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
     initial=150,
@@ -70,4 +74,4 @@ def preset(name: str) -> LoopConfig:
     try:
         return PRESETS[name]
     except KeyError:
-        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+        raise InvalidArgument(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xgal.core.contract import Normalisation
+from xgal.core.errors import InvalidArgument
 from xgal.trainer.gradcam import PixelNormalise, scores_and_cam, soft_dice
 from xgal.trainer.nets.classifier import Classifier
 
@@ -43,11 +44,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.loss not in ("ce", "proto"):
-            raise ValueError(f"loss must be 'ce' or 'proto', got {self.loss!r}")
+            raise InvalidArgument(f"loss must be 'ce' or 'proto', got {self.loss!r}")
         if self.alpha < 0:
-            raise ValueError(f"alpha must be >= 0, got {self.alpha}")
+            raise InvalidArgument(f"alpha must be >= 0, got {self.alpha}")
         if self.epochs < 1 or self.batch_size < 2:
-            raise ValueError("epochs must be >= 1 and batch_size >= 2")
+            raise InvalidArgument("epochs must be >= 1 and batch_size >= 2")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -172,9 +173,9 @@ def train_classifier(
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"need as many labels as images and at least one; got {len(x)} and {len(y)}")
     if config.alpha > 0 and (roi is None or target_layer is None):
-        raise ValueError("the guidance loss (alpha > 0) needs ROIs and a target layer")
+        raise InvalidArgument("the guidance loss (alpha > 0) needs ROIs and a target layer")
     if config.loss == "proto" and getattr(model.head, "kind", "") != "prototypical":
-        raise ValueError("the episodic prototypical loss needs a prototypical head")
+        raise InvalidArgument("the episodic prototypical loss needs a prototypical head")
     device = resolve_device(config.device)
     # channels_last: oneDNN's convolutions (and cuDNN's) run 1.4-1.8x faster in that layout
     # (measured on the demo's small CNN, 2 cores); the model is handed back contiguous.

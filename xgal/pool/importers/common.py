@@ -4,17 +4,18 @@ loop with progress and resume."""
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from xgal.core.errors import InvalidArgument
 from xgal.pool.format import Pool, PoolWriter
 
 
-class ImportError_(ValueError):  # noqa: N801 - not the builtin ImportError
+class ImportError_(InvalidArgument):  # noqa: N801 - not the builtin ImportError
     """Source data that cannot become a pool; the message names the file and the problem."""
 
 
@@ -47,6 +48,19 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
         np.asarray(Image.fromarray((mask > 0).astype(np.uint8) * 255).resize((size, size), Image.NEAREST))
         > 127
     ).astype(np.uint8)
+
+
+BOX_COLUMNS = ("x_min", "y_min", "x_max", "y_max")
+
+
+def read_box(row: Mapping[str, str], where: str) -> tuple[float, float, float, float]:
+    """A CSV row's box (x_min, y_min, x_max, y_max) as numbers; `where` names the file and line."""
+    try:
+        x0, y0, x1, y1 = (float(row[k]) for k in BOX_COLUMNS)
+    except (TypeError, ValueError):
+        cells = [row.get(k) for k in BOX_COLUMNS]
+        raise InvalidArgument(f"{where}: box {cells} is not four numbers") from None
+    return x0, y0, x1, y1
 
 
 def boxes_to_mask(

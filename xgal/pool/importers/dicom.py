@@ -18,12 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
+from xgal.core.errors import InvalidArgument
 from xgal.pool.format import Pool
 from xgal.pool.importers.common import (
+    BOX_COLUMNS,
     ImportError_,
     ImportReport,
     Sample,
     boxes_to_mask,
+    read_box,
     resize_image,
     resize_mask,
     to_pixels,
@@ -87,24 +90,24 @@ def import_dicom(
     with open(boxes_csv, newline="") as f:
         rows = list(csv.DictReader(f))
     if not rows:
-        raise ValueError(f"{boxes_csv}: no rows")
+        raise InvalidArgument(f"{boxes_csv}: no rows")
     cls_col = "class_name" if "class_name" in rows[0] else "class"
-    need = ["image_id", cls_col, "x_min", "y_min", "x_max", "y_max"]
+    need = ["image_id", cls_col, *BOX_COLUMNS]
     missing = [c for c in need if c not in rows[0]]
     if missing:
-        raise ValueError(f"{boxes_csv}: missing columns {', '.join(missing)}")
+        raise InvalidArgument(f"{boxes_csv}: missing columns {', '.join(missing)}")
     per_image: dict[str, dict[str, list[tuple[float, float, float, float]]]] = {}
-    for r in rows:
+    for line, r in enumerate(rows, start=2):
         name = r[cls_col].strip()
         if name.lower() in NO_FINDING or any(r[k] in ("", "nan", "NaN") for k in need[2:]):
             continue
-        box = tuple(float(r[k]) for k in need[2:])
+        box = read_box(r, f"{boxes_csv} line {line}")
         if any(math.isnan(v) for v in box):
             continue
-        per_image.setdefault(r["image_id"], {}).setdefault(name, []).append(box)  # type: ignore[arg-type]
+        per_image.setdefault(r["image_id"], {}).setdefault(name, []).append(box)
     names = list(classes) if classes else sorted({c for b in per_image.values() for c in b})
     if not names:
-        raise ValueError(f"{boxes_csv}: no boxes of any class")
+        raise InvalidArgument(f"{boxes_csv}: no boxes of any class")
     sources = sorted(i for i, b in per_image.items() if set(b) & set(names))
 
     def convert(image_id: object) -> Iterator[Sample]:

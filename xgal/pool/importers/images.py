@@ -17,12 +17,15 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from xgal.core.errors import InvalidArgument
 from xgal.pool.format import Pool
 from xgal.pool.importers.common import (
+    BOX_COLUMNS,
     ImportError_,
     ImportReport,
     Sample,
     boxes_to_mask,
+    read_box,
     resize_image,
     resize_mask,
     to_pixels,
@@ -37,7 +40,7 @@ def _read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
         rows = list(csv.DictReader(f))
     missing = [c for c in required if rows and c not in rows[0]]
     if not rows or missing:
-        raise ValueError(f"{path}: {'no rows' if not rows else 'missing columns ' + ', '.join(missing)}")
+        raise InvalidArgument(f"{path}: {'no rows' if not rows else 'missing columns ' + ', '.join(missing)}")
     return rows
 
 
@@ -56,23 +59,21 @@ def import_images(
 ) -> tuple[Pool, ImportReport]:
     folder = Path(folder)
     if channels not in (1, 3):
-        raise ValueError(f"channels must be 1 or 3, got {channels}")
+        raise InvalidArgument(f"channels must be 1 or 3, got {channels}")
     rows = _read_csv(Path(labels_csv), ["image", "label"])
     names = list(class_names) if class_names else sorted({r["label"] for r in rows})
     unknown = sorted({r["label"] for r in rows} - set(names))
     if unknown:
-        raise ValueError(f"labels not among the classes {names}: {unknown}")
+        raise InvalidArgument(f"labels not among the classes {names}: {unknown}")
     ids = [r.get("id") or Path(r["image"]).stem for r in rows]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:
-        raise ValueError(f"{labels_csv}: duplicate IDs {dupes[:5]}")
+        raise InvalidArgument(f"{labels_csv}: duplicate IDs {dupes[:5]}")
     boxes: dict[str, list[tuple[float, float, float, float]]] = {}
     if boxes_csv is not None:
-        for b in _read_csv(Path(boxes_csv), ["x_min", "y_min", "x_max", "y_max"]):
+        for line, b in enumerate(_read_csv(Path(boxes_csv), BOX_COLUMNS), start=2):
             key = b.get("id") or Path(b.get("image", "")).stem
-            boxes.setdefault(key, []).append(
-                tuple(float(b[k]) for k in ("x_min", "y_min", "x_max", "y_max"))  # type: ignore[arg-type]
-            )
+            boxes.setdefault(key, []).append(read_box(b, f"{boxes_csv} line {line}"))
 
     def convert(item: object) -> Iterator[Sample]:
         row, sample_id = item  # type: ignore[misc]

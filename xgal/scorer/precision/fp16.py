@@ -23,6 +23,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from xgal.scorer.precision.graphs import load_fp32_graph, save_converted
+
 HALF_OPS = frozenset(
     {
         "Conv",
@@ -53,12 +55,10 @@ def _ancestors(graph: onnx.GraphProto, output: str) -> set[int]:
 
 
 def half_scoring_graph(model: str | os.PathLike[str], out: str | os.PathLike[str]) -> Path:
-    """Write the FP16 version of a scoring graph (same inputs and outputs, `xgal.precision`
-    "fp16" in its metadata)."""
-    m = onnx.load(os.fspath(model))
+    """Write the FP16 version of an fp32 scoring graph (same inputs and outputs); its metadata
+    records precision "fp16" and the SHA-256 of the FP16 graph."""
+    m, info = load_fp32_graph(model)
     g = m.graph
-    if "probs" not in {o.name for o in g.output}:
-        raise ValueError(f"{model} has no 'probs' output: not a scoring graph")
     inits = {t.name: t for t in g.initializer}
     typed = onnx.shape_inference.infer_shapes(m).graph
     types = {v.name: v.type.tensor_type.elem_type for v in (*typed.value_info, *typed.input, *typed.output)}
@@ -124,11 +124,5 @@ def half_scoring_graph(model: str | os.PathLike[str], out: str | os.PathLike[str
     # Shapes and types of the renamed tensors are inferred again.
     del g.value_info[:]
     m = onnx.shape_inference.infer_shapes(m)
-    meta = {p.key: p.value for p in m.metadata_props}
-    del m.metadata_props[:]
-    for key, value in sorted({**meta, "xgal.precision": "fp16"}.items()):
-        m.metadata_props.add(key=key, value=value)
     onnx.checker.check_model(m)
-    out = Path(out)
-    onnx.save(m, os.fspath(out))
-    return out
+    return save_converted(m, info, "fp16", out)

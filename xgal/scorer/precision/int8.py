@@ -13,8 +13,8 @@ runs the stem's MaxPool on a slow path (15% of the time against 2%). ResNet-18 a
 32, 2 AVX2 cores, the synthetic scans: QDQ 1.33-1.42x fp32 with top-50 overlap 0.88, the
 operator format 1.46-1.59x with 0.92.
 QDQ is kept for engines that want it (TensorRT reads QDQ). The result must be checked against
-fp32 on the pool: `ranking_agreement` gives top-k overlap and the Spearman correlation of the
-acquisition scores.
+fp32 on the pool: `xgal.core.ranking.ranking_agreement` gives top-k overlap and the Spearman
+correlation of the acquisition scores.
 """
 
 from __future__ import annotations
@@ -27,14 +27,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from xgal.pool.format import Pool
+from xgal.core.errors import InvalidArgument
+from xgal.pool.format import Pool, PoolFormatError
+from xgal.scorer.precision.graphs import load_fp32_graph, save_converted
 
 QUANTIZED_OPS = ["Conv", "Gemm", "MatMul"]
+QUANT_FORMATS = ("operator", "qdq")
 
 
 def quantize_scoring_graph(
     model: str | os.PathLike[str],
-    pool: Pool,
+    pool: Pool | str | os.PathLike[str],
     out: str | os.PathLike[str],
     *,
     calibration: int = 128,
@@ -42,9 +45,10 @@ def quantize_scoring_graph(
     fp32_first_conv: bool = True,
     quant_format: str = "operator",
 ) -> Path:
-    """Write an INT8 version of a scoring graph, calibrated on the first `calibration` samples;
-    `fp32_first_conv` keeps the convolution that reads the pixels in float; `quant_format` is
-    "operator" (QLinearConv, fastest on CPU) or "qdq"."""
+    """Write an INT8 version of an fp32 scoring graph, calibrated on the first `calibration`
+    samples of `pool` (a Pool or its folder); `fp32_first_conv` keeps the convolution that reads
+    the pixels in float; `quant_format` is "operator" (QLinearConv, fastest on CPU) or "qdq".
+    Its metadata records precision "int8" and the SHA-256 of the INT8 graph."""
     from onnxruntime.quantization import (
         CalibrationDataReader,
         CalibrationMethod,
@@ -53,12 +57,25 @@ def quantize_scoring_graph(
         quantize_static,
     )
 
+    if quant_format not in QUANT_FORMATS:
+        raise InvalidArgument(f"quant_format must be one of {list(QUANT_FORMATS)}, got {quant_format!r}")
     formats = {"operator": QuantFormat.QOperator, "qdq": QuantFormat.QDQ}
-    if quant_format not in formats:
-        raise ValueError(f"quant_format must be one of {sorted(formats)}, got {quant_format!r}")
+    if calibration < 1 or batch < 1:
+        raise InvalidArgument(f"calibration and batch must be at least 1, got {calibration} and {batch}")
+    src, info = load_fp32_graph(model)
+    if not isinstance(pool, Pool):
+        try:
+            pool = Pool(pool)
+        except PoolFormatError as exc:
+            raise InvalidArgument(f"calibration pool: {exc}") from None
     n = min(calibration, pool.count)
     if n == 0:
-        raise ValueError("calibration needs a non-empty pool")
+        raise InvalidArgument(f"calibration needs a non-empty pool; {pool.path} has no samples")
+    if tuple(pool.image_shape) != tuple(info.input_shape) or pool.pixel_dtype != info.pixel_dtype:
+        raise InvalidArgument(
+            f"the pool holds {pool.pixel_dtype} images of {tuple(pool.image_shape)}, the graph reads "
+            f"{info.pixel_dtype} images of {tuple(info.input_shape)}: calibrate on the pool it will rank"
+        )
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
@@ -71,27 +88,24 @@ def quantize_scoring_graph(
             d = pool.read(start, min(start + batch, n))
             return {"image": d["images"], "roi": d["rois"]}
 
-    src = onnx.load(model)
-    meta = {p.key: p.value for p in src.metadata_props}
     # The overridable `target` initializer-input confuses the calibrator; calibrate a copy in
     # which it is a plain constant (acquisition always uses the predicted class).
     inputs = [i for i in src.graph.input if i.name != "target"]
     del src.graph.input[:]
     src.graph.input.extend(inputs)
     # Nodes are stored in topological order: the first Conv is the one nearest the pixels.
-    first_conv = [n.name for n in src.graph.node if n.op_type == "Conv"][:1]
-    out = Path(out)
+    first_conv = [node.name for node in src.graph.node if node.op_type == "Conv"][:1]
     root = logging.getLogger()
     level = root.level
     # quantize_static logs a pre-processing hint on the root logger at every call.
     root.setLevel(logging.ERROR)
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            plain = Path(tmp) / "fp32.onnx"
+            plain, quantized = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
             onnx.save(src, plain)
             quantize_static(
                 str(plain),
-                str(out),
+                str(quantized),
                 Reader(),
                 quant_format=formats[quant_format],
                 per_channel=True,
@@ -101,26 +115,7 @@ def quantize_scoring_graph(
                 nodes_to_exclude=first_conv if fp32_first_conv else [],
                 calibrate_method=CalibrationMethod.MinMax,
             )
+            q = onnx.load(quantized)
     finally:
         root.setLevel(level)
-    q = onnx.load(out)
-    del q.metadata_props[:]
-    for key, value in sorted({**meta, "xgal.precision": "int8"}.items()):
-        q.metadata_props.add(key=key, value=value)
-    onnx.save(q, out)
-    return out
-
-
-def ranking_agreement(
-    ref_ids: np.ndarray, ref_scores: np.ndarray, ids: np.ndarray, scores: np.ndarray, k: int
-) -> dict[str, float]:
-    """Top-k overlap (|A ∩ B| / k) of two rankings of the same samples and the Spearman
-    correlation of their scores."""
-    order_ref = ref_ids[np.lexsort((ref_ids, -ref_scores))][:k]
-    order = ids[np.lexsort((ids, -scores))][:k]
-    pos = {s: i for i, s in enumerate(ids.tolist())}
-    aligned = scores[[pos[s] for s in ref_ids.tolist()]]
-    rank_a = np.argsort(np.argsort(ref_scores, kind="stable"), kind="stable")
-    rank_b = np.argsort(np.argsort(aligned, kind="stable"), kind="stable")
-    rho = float(np.corrcoef(rank_a, rank_b)[0, 1]) if len(ids) > 1 else 1.0
-    return {"topk_overlap": len(set(order_ref.tolist()) & set(order.tolist())) / k, "spearman": rho}
+    return save_converted(q, info, "int8", out)

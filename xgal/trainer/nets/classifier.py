@@ -3,6 +3,7 @@
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xgal.core.errors import InvalidArgument
 from xgal.trainer.nets.densenet import DenseNet121Features
 from xgal.trainer.nets.heads import LinearHead, MLPHead, PrototypicalHead
 from xgal.trainer.nets.resnet import ResNet18Features
@@ -50,11 +51,11 @@ def build_model(
 ) -> Classifier:
     """Build e.g. `build_model("densenet121", "prototypical", 3)`, the authors' network."""
     if arch not in ARCHS:
-        raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
+        raise InvalidArgument(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
     if head not in HEADS:
-        raise ValueError(f"unknown head {head!r}; choose one of {sorted(HEADS)}")
+        raise InvalidArgument(f"unknown head {head!r}; choose one of {sorted(HEADS)}")
     if num_classes < 2:
-        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        raise InvalidArgument(f"num_classes must be at least 2, got {num_classes}")
     features = ARCHS[arch](in_channels=in_channels)
     return Classifier(features, HEADS[head](features.out_channels, num_classes, **head_kwargs), arch)
 
@@ -64,4 +65,4 @@ def default_target_layer(arch: str) -> str:
     try:
         return _DEFAULT_TARGET[arch]
     except KeyError:
-        raise ValueError(f"no default target layer for arch {arch!r}") from None
+        raise InvalidArgument(f"no default target layer for arch {arch!r}") from None

@@ -1,4 +1,5 @@
-"""A ranking for people and files: the terminal table, JSON and CSV."""
+"""A ranking for people and files: the terminal table, JSON and CSV. The same for a ranking made
+in this process (`xgal score`) and one made by running scorers (`xgal client score`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from xgal.core.errors import InvalidArgument
 from xgal.core.ranking import ScoreResult, rows
 
 
@@ -29,28 +31,39 @@ def to_dict(result: ScoreResult, context: dict[str, Any]) -> dict[str, Any]:
     return doc
 
 
+def check_path(path: str | os.PathLike[str] | None) -> None:
+    """Refuse a file name `write` cannot handle (called before the scoring, not after it)."""
+    if path is not None and Path(path).suffix.lower() not in (".json", ".csv"):
+        raise InvalidArgument(f"--out must end in .json or .csv, got {Path(path).name}")
+
+
 def write(result: ScoreResult, path: str | os.PathLike[str], context: dict[str, Any]) -> Path:
     """JSON (everything) or CSV (the ranked rows, or every row with --all) by the suffix."""
+    check_path(path)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix.lower() == ".csv":
-        table = rows(result.all, result.class_names, False) if result.all is not None else None
-        table = table if table is not None else rows(result.top, result.class_names)
-        names = list(result.class_names)
-        with open(path, "w", newline="") as f:
-            fields = [k for k in table[0] if k != "probs"] if table else ["id"]
-            writer = csv.writer(f)
-            writer.writerow(fields + [f"p_{n}" for n in names])
-            for row in table:
-                writer.writerow([row[k] for k in fields] + [f"{p:.6g}" for p in row["probs"]])
-    elif path.suffix.lower() == ".json":
+    if path.suffix.lower() == ".json":
         path.write_text(json.dumps(to_dict(result, context), indent=1))
-    else:
-        raise ValueError(f"output must end in .json or .csv, got {path.name}")
+        return path
+    table = (
+        rows(result.all, result.class_names, ranked=False)
+        if result.all is not None
+        else rows(result.top, result.class_names)
+    )
+    with open(path, "w", newline="") as f:
+        fields = [k for k in table[0] if k != "probs"] if table else ["id"]
+        writer = csv.writer(f)
+        writer.writerow(fields + [f"p_{n}" for n in result.class_names])
+        for row in table:
+            writer.writerow([row[k] for k in fields] + [f"{p:.6g}" for p in row["probs"]])
     return path
 
 
-def print_table(result: ScoreResult, title: str, console: Console | None = None, limit: int = 30) -> None:
+def print_table(
+    result: ScoreResult, title: str, console: Console | None = None, limit: int = 30, source: str = ""
+) -> None:
+    """The first `limit` ranked rows and a summary line; `source` (e.g. " with m v2") names
+    what scored them."""
     console = console or Console()
     table = Table(title=title, title_justify="left")
     for col, just in (("rank", "right"), ("id", "left"), ("score", "right"), ("U", "right")):
@@ -72,6 +85,6 @@ def print_table(result: ScoreResult, title: str, console: Console | None = None,
     if len(result.top) > limit:
         console.print(f"... {len(result.top) - limit} more in the output file")
     console.print(
-        f"scored {result.scored} images in {result.seconds:.2f} s "
+        f"scored {result.scored} images{source} in {result.seconds:.2f} s "
         f"({result.images_per_s:.1f} images/s); {result.excluded} excluded"
     )

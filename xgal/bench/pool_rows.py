@@ -1,0 +1,112 @@
+"""Pool-level rows (the whole pipeline: reader, engine, acquisition, bounded top-k): in process,
+and ScorePool over gRPC on 1..N replica processes sharing this host."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from xgal.bench.record import Recorder
+from xgal.bench.timing import timed, timed_in_turn
+
+TOP_K = 20
+# The console script's entry point (pyproject: xgal = "xgal.cli:main"), run by this interpreter:
+# no `xgal` on PATH needed, and it does not depend on xgal.cli having a __main__.
+XGAL_CLI = [sys.executable, "-c", "from xgal.cli import main; main()"]
+
+
+def pool_rows(rec: Recorder, scoring: Path, pool: Any, engine: Any) -> dict[str, float]:
+    """`engine` is the fp32 engine of the engine rows; the replicas load `scoring` themselves.
+    Each replica count is timed in turn with the in-process pipeline, and its ratio comes
+    from that pair: timed one after the other, the machine's drift alone moved it by 20%."""
+    from xgal.client import ScorerClient
+    from xgal.core.acquisition import AcquisitionConfig
+    from xgal.scorer.pipeline import score_pool
+
+    cfg = rec.cfg
+
+    def in_process() -> object:
+        return score_pool(engine, pool, AcquisitionConfig(), TOP_K, batch_size=cfg.batch)
+
+    sec = timed(in_process, cfg.repeats)
+    rec.row("pool: in process fp32", sec, pool.count, batch=cfg.batch, threads=cfg.n_threads)
+    out: dict[str, float] = {}
+    for n in cfg.replicas:
+        # The replicas share this host: each gets its share of the bench's threads, as
+        # replicas sharing a host should (`xgal serve --threads`).
+        per_replica = max(1, cfg.n_threads // n)
+        procs: list[tuple[subprocess.Popen, str]] = []
+        try:
+            for i in range(n):
+                procs.append(
+                    start_replica(
+                        pool.path.parent, rec.work / f"repo{i}", cfg.batch, cfg.providers, per_replica
+                    )
+                )
+            with ScorerClient([addr for _, addr in procs]) as client:
+                client.publish_model(scoring, "bench")
+                sec_in, sec = timed_in_turn(
+                    [
+                        in_process,
+                        lambda c=client: c.score_pool(
+                            pool.path.name, model="bench", top_k=TOP_K, progress=False
+                        ),
+                    ],
+                    cfg.repeats,
+                )
+            rec.row(
+                f"pool: gRPC ScorePool, {n} replica(s)",
+                sec,
+                pool.count,
+                batch=cfg.batch,
+                threads=cfg.n_threads,
+                replicas=n,
+                threads_per_replica=per_replica,
+                in_process_images_per_s_in_turn=pool.count / sec_in,
+            )
+            out[f"grpc_{n}_vs_in_process"] = sec_in / sec
+        finally:
+            for proc, _ in procs:
+                proc.terminate()
+                proc.wait(timeout=30)
+    return out
+
+
+def start_replica(
+    data_root: Path, repo: Path, max_batch: int, providers: list[str], threads: int
+) -> tuple[subprocess.Popen, str]:
+    """`xgal serve` on a free port in a process of its own; returns it and its address once
+    it says it listens."""
+    proc = subprocess.Popen(
+        [
+            *XGAL_CLI,
+            "serve",
+            "--port",
+            "0",
+            "--data-root",
+            str(data_root),
+            "--model-repo",
+            str(repo),
+            "--max-batch",
+            str(max_batch),
+            "--threads",
+            str(threads),
+            *(arg for p in providers for arg in ("--provider", p)),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    assert proc.stdout is not None
+    deadline = time.monotonic() + 60
+    while True:
+        line = proc.stdout.readline()
+        if "listening on" in line:
+            return proc, line.split("listening on ")[1].split(",")[0].strip()
+        if not line and (proc.poll() is not None or time.monotonic() > deadline):
+            proc.kill()
+            proc.wait()
+            raise RuntimeError("a scorer replica did not start")

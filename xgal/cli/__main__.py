@@ -1,0 +1,5 @@
+"""`python -m xgal.cli ...`, as tests and benchmarks start replicas."""
+
+from xgal.cli import main
+
+main()

@@ -1,0 +1,117 @@
+"""`xgal client`: talk to running scorers. Imports the client only, never the scorer (a client
+machine need not have ONNX Runtime)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from xgal.cli.common import (
+    ALL_SCORES,
+    EXCLUDE,
+    OUTPUT,
+    TARGETS,
+    TLS_CA,
+    TOKEN_FILE,
+    TOP_K,
+    App,
+    acquisition_options,
+    out,
+    read_ids,
+    read_token,
+)
+from xgal.core.acquisition import AcquisitionConfig
+
+app = App(help="Talk to running scorers.")
+
+
+def connect(targets: list[str], token_file: Path | None, tls_ca: Path | None) -> Any:
+    """A `ScorerClient` for the targets (a context manager)."""
+    from xgal.client import ScorerClient
+
+    return ScorerClient(targets, token=read_token(token_file), tls=tls_ca)
+
+
+@app.command("publish")
+def client_publish(
+    model: Path = typer.Argument(..., help="Scoring graph (.onnx)."),
+    name: str = typer.Option(..., help="Model name in the repository."),
+    target: list[str] = TARGETS,
+    token_file: Path | None = TOKEN_FILE,
+    tls_ca: Path | None = TLS_CA,
+) -> None:
+    """Publish a scoring graph to every target."""
+    with connect(target, token_file, tls_ca) as client:
+        info = client.publish_model(model, name)
+    out.print(f"published {info.name} version {info.version} ({info.sha256[:12]}) on {len(target)} target(s)")
+
+
+@app.command("health")
+def client_health(
+    target: list[str] = TARGETS,
+    serving: bool = typer.Option(
+        False, help="Exit 1 unless every target is SERVING (a model loaded), not only reachable."
+    ),
+    timeout: float = typer.Option(5.0, help="Seconds to wait for each target."),
+    tls_ca: Path | None = TLS_CA,
+) -> None:
+    """Health of each replica (grpc.health.v1), for container health checks.
+
+    Exit 0 when every target answers (with --serving: has a model loaded), 1 otherwise."""
+    with connect(target, None, tls_ca) as client:
+        status = client.health(timeout=timeout)
+    for address, state in status.items():
+        out.print(f"{address}  {state}", highlight=False)
+    ok = all(s == "SERVING" if serving else not s.startswith("UNREACHABLE") for s in status.values())
+    if not ok:
+        raise typer.Exit(1)
+
+
+@app.command("score")
+@acquisition_options()
+def client_score(
+    pool: str = typer.Option(..., help="Pool path under the scorers' data root."),
+    model: str = typer.Option(..., help="Model name."),
+    version: int = typer.Option(0, min=0, help="Model version (0 = latest)."),
+    target: list[str] = TARGETS,
+    top_k: int = TOP_K,
+    exclude: Path | None = EXCLUDE,
+    output: Path | None = OUTPUT,
+    all_scores: bool = ALL_SCORES,
+    token_file: Path | None = TOKEN_FILE,
+    tls_ca: Path | None = TLS_CA,
+    *,
+    acquisition: AcquisitionConfig,
+) -> None:
+    """Rank a pool on running scorers (sharded over several targets)."""
+    from dataclasses import asdict
+
+    from xgal.cli import output as report
+
+    report.check_path(output)
+    excluded = read_ids(exclude)
+    with connect(target, token_file, tls_ca) as client:
+        # The client draws its own progress bar on a terminal.
+        res = client.score_pool(
+            pool,
+            model=model,
+            version=version,
+            top_k=top_k,
+            exclude_ids=excluded,
+            return_all=all_scores,
+            **asdict(acquisition),
+        )
+    source = f" with {res.model.name} v{res.model.version}"
+    report.print_table(res, f"top {top_k} of {pool} by {acquisition.strategy}", out, source=source)
+    if output is not None:
+        context = {
+            "model": res.model.name,
+            "version": res.model.version,
+            "pool": pool,
+            "targets": list(target),
+            "config": {k: str(v) for k, v in vars(acquisition).items()},
+        }
+        report.write(res, output, context)
+        out.print(f"wrote {output}")

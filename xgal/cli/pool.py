@@ -1,0 +1,177 @@
+"""`xgal pool`: make (synthetic or imported), inspect and verify pools."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from xgal.cli.common import App, Bar, console, out
+from xgal.core.errors import InvalidArgument
+
+app = App(help="Make, inspect and verify pools.")
+import_app = App(help="Build a pool from PNG/JPEG, DICOM or NIfTI (BraTS) data.")
+app.add_typer(import_app, name="import")
+
+
+@app.command("synth")
+def pool_synth(
+    out_dir: Path = typer.Argument(..., help="Folder to create the pool in."),
+    size: int = typer.Option(2000, "--size", "-n", help="Number of scans."),
+    seed: int = typer.Option(0, help="Random seed; the same seed gives the same pool."),
+    image_size: int = typer.Option(64, help="Side of the square images, in pixels."),
+    classes: int = typer.Option(3, help="Number of lesion classes (2-4)."),
+    marker_fraction: float = typer.Option(0.7, help="Fraction of scans with a burned-in tag."),
+    marker_agreement: float = typer.Option(
+        0.95, help="Probability that a tag names the true class (train split only)."
+    ),
+    split: str = typer.Option("train", help="'train' (tag correlated) or 'test' (tag random)."),
+    shard_size: int = typer.Option(8192, help="Samples per shard file."),
+    overwrite: bool = typer.Option(False, help="Replace an existing pool at OUT_DIR."),
+) -> None:
+    """Write a synthetic pool: lesions of K classes with ROI masks and a shortcut confounder."""
+    from xgal.pool.synth import synth_pool
+
+    with Bar(f"synthesising {split} pool", size) as bar:
+        pool = synth_pool(
+            out_dir,
+            size,
+            seed=seed,
+            image_size=image_size,
+            num_classes=classes,
+            marker_fraction=marker_fraction,
+            marker_agreement=marker_agreement,
+            split=split,
+            shard_size=shard_size,
+            overwrite=overwrite,
+            progress=bar.advance,
+        )
+    out.print(f"wrote {pool}")
+
+
+def _import_done(pool: Any, report: Any) -> None:
+    out.print(f"wrote {pool}: {report.written} new samples, {len(report.skipped)} sources skipped")
+    for line in report.skipped[:20]:
+        console.print(f"  skipped {line}", markup=False)
+    if len(report.skipped) > 20:
+        console.print(f"  ... and {len(report.skipped) - 20} more")
+
+
+def _names(text: str | None) -> list[str] | None:
+    return [v.strip() for v in text.split(",") if v.strip()] if text else None
+
+
+@import_app.command("images")
+def import_images_cmd(
+    folder: Path = typer.Argument(..., help="Folder of PNG/JPEG images."),
+    out_dir: Path = typer.Argument(..., help="Pool to create (an unfinished one is resumed)."),
+    labels: Path = typer.Option(..., help="CSV: image, label[, id][, mask]."),
+    boxes: Path | None = typer.Option(None, help="CSV of ROI boxes: image|id, x_min, y_min, x_max, y_max."),
+    size: int = typer.Option(224, help="Side of the pool's square images."),
+    channels: int = typer.Option(1, help="1 (grayscale) or 3 (RGB)."),
+    classes: str | None = typer.Option(None, help="Comma-separated class order (default: sorted)."),
+    overwrite: bool = typer.Option(False),
+) -> None:
+    """Import a folder of PNG/JPEG images with labels and ROI masks or boxes."""
+    from xgal.pool.importers.images import import_images
+
+    with Bar("importing images") as bar:
+        pool, report = import_images(
+            folder,
+            labels,
+            out_dir,
+            size=size,
+            channels=channels,
+            boxes_csv=boxes,
+            class_names=_names(classes),
+            overwrite=overwrite,
+            progress=bar.update,
+        )
+    _import_done(pool, report)
+
+
+def _window(text: str | None) -> tuple[float, float] | None:
+    if text is None:
+        return None
+    try:
+        centre, width = (float(v) for v in text.split(","))
+    except ValueError:
+        raise InvalidArgument(f"--window takes centre,width (two numbers), got {text!r}") from None
+    return centre, width
+
+
+@import_app.command("dicom")
+def import_dicom_cmd(
+    folder: Path = typer.Argument(..., help="Folder of <image_id>.dicom / .dcm files."),
+    out_dir: Path = typer.Argument(..., help="Pool to create (an unfinished one is resumed)."),
+    boxes: Path = typer.Option(..., help="CSV: image_id, class_name, x_min, y_min, x_max, y_max."),
+    size: int = typer.Option(224),
+    classes: str | None = typer.Option(None, help="Comma-separated classes to keep (default: all)."),
+    window: str | None = typer.Option(None, help="centre,width; default: the file's VOI window."),
+    uint16: bool = typer.Option(False, help="Store 16-bit pixels instead of 8-bit."),
+    overwrite: bool = typer.Option(False),
+) -> None:
+    """Import DICOM images with a VinDr-CXR / SIIM-style box CSV."""
+    from xgal.pool.importers.dicom import import_dicom
+
+    win = _window(window)
+    with Bar("importing DICOM") as bar:
+        pool, report = import_dicom(
+            folder,
+            boxes,
+            out_dir,
+            size=size,
+            window=win,
+            classes=_names(classes),
+            pixel_dtype="uint16" if uint16 else "uint8",
+            overwrite=overwrite,
+            progress=bar.update,
+        )
+    _import_done(pool, report)
+
+
+@import_app.command("brats")
+def import_brats_cmd(
+    folder: Path = typer.Argument(..., help="Folder of BraTS subject folders."),
+    out_dir: Path = typer.Argument(..., help="Pool to create (an unfinished one is resumed)."),
+    size: int = typer.Option(224),
+    modalities: str = typer.Option("t1ce,flair,t2", help="Channels, in order."),
+    min_area: int = typer.Option(100, help="Least tumour voxels for a slice to be kept."),
+    overwrite: bool = typer.Option(False),
+) -> None:
+    """Import NIfTI volumes in the BraTS layout as axial slices (class = dominant region)."""
+    from xgal.pool.importers.brats import import_brats
+
+    with Bar("importing subjects") as bar:
+        pool, report = import_brats(
+            folder,
+            out_dir,
+            size=size,
+            modalities=_names(modalities) or [],
+            min_area=min_area,
+            overwrite=overwrite,
+            progress=bar.update,
+        )
+    _import_done(pool, report)
+
+
+@app.command("info")
+def pool_info(path: Path = typer.Argument(..., help="Pool folder.")) -> None:
+    """Print a pool's manifest summary."""
+    from xgal.pool.format import Pool
+
+    pool = Pool(path)
+    pool.check()
+    out.print(f"{pool.path}: {pool.count} samples, {pool.pixel_dtype}{list(pool.image_shape)}")
+    out.print(f"classes: {pool.class_names or '(none)'}; labels: {'yes' if pool.has_labels else 'no'}")
+    out.print(f"shards: {len(pool.shards)}; {pool.description}")
+
+
+@app.command("verify")
+def pool_verify(path: Path = typer.Argument(..., help="Pool folder.")) -> None:
+    """Recompute every checksum of a pool."""
+    from xgal.pool.format import Pool
+
+    Pool(path).verify()
+    out.print(f"{path}: all checksums match")

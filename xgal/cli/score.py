@@ -1,0 +1,57 @@
+"""`xgal score`: rank a pool with a scoring graph in this process. Never loads torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from xgal.cli.common import ALL_SCORES, EXCLUDE, OUTPUT, TOP_K, Bar, acquisition_options, out, read_ids
+from xgal.core.acquisition import AcquisitionConfig
+
+
+@acquisition_options()
+def score(
+    model: Path = typer.Option(..., help="Scoring graph (.onnx) made by the exporter."),
+    pool: Path = typer.Option(..., help="Pool folder."),
+    top_k: int = TOP_K,
+    exclude: Path | None = EXCLUDE,
+    batch_size: int = typer.Option(64, min=1, help="Images per engine call."),
+    threads: int = typer.Option(0, min=0, help="ONNX Runtime intra-op threads (0 = all cores)."),
+    provider: list[str] = typer.Option([], help="Execution provider(s), best first."),
+    output: Path | None = OUTPUT,
+    all_scores: bool = ALL_SCORES,
+    *,
+    acquisition: AcquisitionConfig,
+) -> None:
+    """Rank a pool with a scoring graph, in this process (no server)."""
+    from xgal.cli import output as report
+    from xgal.pool.format import Pool
+    from xgal.scorer.engines import OnnxRuntimeEngine
+    from xgal.scorer.pipeline import score_pool
+
+    report.check_path(output)
+    excluded = read_ids(exclude)
+    data = Pool(pool)
+    engine = OnnxRuntimeEngine(model, providers=provider or None, intra_op_threads=threads)
+    with Bar("scoring", data.count) as bar:
+        result = score_pool(
+            engine,
+            data,
+            acquisition,
+            top_k,
+            exclude_ids=excluded,
+            return_all=all_scores,
+            batch_size=batch_size,
+            progress=bar.update,
+        )
+    report.print_table(result, f"top {top_k} of {data.path} by {acquisition.strategy}", out)
+    if output is not None:
+        context = {
+            "model": str(model),
+            "pool": str(pool),
+            "config": {k: str(v) for k, v in vars(acquisition).items()},
+            "providers": engine.providers,
+        }
+        report.write(result, output, context)
+        out.print(f"wrote {output}")

@@ -1,0 +1,98 @@
+"""`xgal train`: the active-learning loop, against given scorers or one started here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from xgal.cli.common import TLS_CA, TOKEN_FILE, acquisition_options, out
+
+
+@acquisition_options(
+    overrides=True,
+    seed_help="Seed of the run: initial selection, weights, training, and the random strategy's "
+    "draws (seed x 1000 + round).",
+)
+def train(
+    pool: Path = typer.Option(..., help="Pool to select from (labels are read only through the annotator)."),
+    test_pool: Path = typer.Option(..., help="Labelled test split for accuracy and CAM-ROI Dice."),
+    out_dir: Path = typer.Option(Path("xgal-run"), "--out", help="Run folder; re-run to resume."),
+    preset_name: str = typer.Option("demo", "--preset", help="demo | authors-brats | authors-vindr"),
+    arch: str | None = typer.Option(None, help="small_cnn | resnet18 | densenet121"),
+    head: str | None = typer.Option(None, help="linear | mlp | prototypical"),
+    target_layer: str | None = typer.Option(None, help="Grad-CAM layer (module name)."),
+    alpha: float | None = typer.Option(None, help="Grad-CAM guidance loss weight (0 = off)."),
+    initial: int | None = typer.Option(None, min=1, help="Initial labelled set size."),
+    per_round: int | None = typer.Option(None, min=1, help="Samples acquired per round."),
+    rounds: int | None = typer.Option(None, min=0, help="Acquisition rounds."),
+    epochs: int | None = typer.Option(None, help="Training epochs per round."),
+    target: list[str] = typer.Option([], help="Scorer host:port (repeat); none = start one here."),
+    pool_ref: str | None = typer.Option(None, help="The pool's path under the scorers' data root."),
+    token_file: Path | None = TOKEN_FILE,
+    tls_ca: Path | None = TLS_CA,
+    *,
+    acquisition: dict[str, Any],
+) -> None:
+    """Run the active-learning loop: train, export, publish, score, annotate (oracle), repeat.
+
+    Options not given keep the preset's values."""
+    from dataclasses import replace
+
+    from xgal.cli.client import connect
+    from xgal.pool.format import Pool
+    from xgal.trainer.annotator import OracleAnnotator
+    from xgal.trainer.loop import ActiveLearningLoop
+    from xgal.trainer.presets import preset
+
+    cfg = preset(preset_name)
+    # --seed is the run's seed; the loop hands the acquisition its per-round seed.
+    seed = acquisition.pop("seed", None)
+    given = dict(
+        arch=arch,
+        head=head,
+        target_layer=target_layer,
+        initial=initial,
+        per_round=per_round,
+        rounds=rounds,
+        seed=seed,
+    )
+    overrides = {k: v for k, v in given.items() if v is not None}
+    train_overrides = {k: v for k, v in dict(alpha=alpha, epochs=epochs).items() if v is not None}
+    cfg = replace(
+        cfg,
+        **overrides,
+        acquisition=replace(cfg.acquisition, **acquisition),
+        train=replace(cfg.train, **train_overrides),
+    )
+    data, test = Pool(pool), Pool(test_pool)
+    server = None
+    if not target:
+        from xgal.scorer.server import RunningServer, ServerConfig
+
+        server = RunningServer(
+            ServerConfig(data_root=data.path.parent, model_repo=out_dir / "models", port=0)
+        )
+        target = [server.address]
+        out.print(f"started a local scorer on {server.address}")
+    try:
+        with connect(target, token_file, tls_ca) as client:
+            loop = ActiveLearningLoop(
+                cfg,
+                data,
+                test,
+                client,
+                OracleAnnotator(data),
+                out_dir,
+                pool_ref=pool_ref or data.path.name,
+                log=lambda r, _m: out.print(
+                    f"round {r.round}: {r.labelled} labelled, accuracy {r.accuracy:.3f}, macro-F1 "
+                    f"{r.macro_f1:.3f}, CAM-ROI Dice {r.cam_dice:.3f} ({r.seconds:.1f} s)"
+                ),
+            )
+            records = loop.run()
+    finally:
+        if server is not None:
+            server.stop(grace=5)
+    out.print(f"done: {records[-1].labelled} labelled; state, annotations and model in {out_dir}")

@@ -1,0 +1,54 @@
+"""A pool on disk: a folder of sharded, memory-mappable .npy arrays and a manifest.
+
+    pool/
+      manifest.json            count, image shape and dtype, class names, shards, checksums
+      shard-00000/images.npy   [n, C, H, W] uint8 | uint16
+      shard-00000/rois.npy     [n, H, W] uint8, 1 inside the expert region (all 0 = no ROI)
+      shard-00000/ids.npy      [n] unicode sample IDs, unique across the pool
+      shard-00000/labels.npy   [n] int64 class index (simulation pools only)
+
+The manifest is written last, so a folder without one is an unfinished pool.
+
+This module holds the names and checks that the reader (`format.Pool`) and the writer
+(`writer.PoolWriter`) share.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from xgal.core.errors import InvalidArgument
+
+FORMAT = "xgal-pool/1"
+MANIFEST = "manifest.json"
+PARTIAL = "partial.json"  # written after every shard of an unfinished pool, for resuming
+ARRAYS = ("images", "rois", "ids", "labels")
+PIXEL_DTYPES = ("uint8", "uint16")
+
+
+class PoolFormatError(InvalidArgument):
+    """The folder is not a valid pool, or its arrays disagree with the manifest (a ValueError
+    too, as `InvalidArgument` is)."""
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Shard:
+    index: int
+    start: int
+    stop: int
+    path: Path
+    checksums: dict[str, str]
+
+    @property
+    def count(self) -> int:
+        return self.stop - self.start
