@@ -6,7 +6,6 @@ the converters live with the scorer and are imported inside their commands.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from enum import StrEnum
@@ -16,6 +15,7 @@ from typing import Any
 import typer
 
 from xgal.cli.common import App, out
+from xgal.core.checksum import sha256_file
 from xgal.core.errors import InvalidArgument, UserError
 
 app = App(help="Convert scoring graphs (INT8, FP16) and show their metadata.")
@@ -76,14 +76,6 @@ def _converted(path: Path, what: str) -> None:
     out.print(f"wrote {path}: {what}; graph SHA-256 {doc['graph_sha256'][:16]}…", highlight=False)
 
 
-def _file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def describe(path: Path) -> dict[str, Any]:
     """The graph's metadata (`ScoringGraphInfo.describe()`), its file's SHA-256 and size, and
     whether the graph SHA-256 in the metadata is that of the graph in the file."""
@@ -106,7 +98,7 @@ def describe(path: Path) -> dict[str, Any]:
     # Weights kept in separate files are not loaded, so the graph's hash cannot be checked.
     external = any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
     doc["graph_sha256_matches"] = None if external else graph_sha256(proto) == info.graph_sha256
-    doc["file_sha256"] = _file_sha256(path)
+    doc["file_sha256"] = sha256_file(path)
     doc["file_bytes"] = path.stat().st_size
     return doc
 

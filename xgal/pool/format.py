@@ -1,16 +1,5 @@
-"""A pool on disk: a folder of sharded, memory-mappable .npy arrays and a manifest.
-
-    pool/
-      manifest.json            count, image shape and dtype, class names, shards, checksums
-      shard-00000/images.npy   [n, C, H, W] uint8 | uint16
-      shard-00000/rois.npy     [n, H, W] uint8, 1 inside the expert region (all 0 = no ROI)
-      shard-00000/ids.npy      [n] unicode sample IDs, unique across the pool
-      shard-00000/labels.npy   [n] int64 class index (simulation pools only)
-
-The manifest is written last, so a folder without one is an unfinished pool.
-
-`Pool` reads one; `PoolWriter` (in `xgal.pool.writer`) writes one. Both are importable from
-here, as are the layout's names.
+"""Reading a pool: `Pool`. The folder layout is described in `xgal.pool.layout`; `PoolWriter`
+(in `xgal.pool.writer`) writes one. Both are importable from here, as are the layout's names.
 """
 
 from __future__ import annotations
@@ -23,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xgal.core.checksum import sha256_file
 from xgal.pool.layout import (
     ARRAYS,
     FORMAT,
@@ -31,7 +21,6 @@ from xgal.pool.layout import (
     PIXEL_DTYPES,
     PoolFormatError,
     Shard,
-    sha256_file,
 )
 from xgal.pool.writer import PoolWriter
 

@@ -15,7 +15,6 @@ This module holds the names and checks that the reader (`format.Pool`) and the w
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,14 +30,6 @@ PIXEL_DTYPES = ("uint8", "uint16")
 class PoolFormatError(InvalidArgument):
     """The folder is not a valid pool, or its arrays disagree with the manifest (a ValueError
     too, as `InvalidArgument` is)."""
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
+from xgal.core.checksum import sha256_file
 from xgal.core.errors import InvalidArgument
-from xgal.pool.layout import ARRAYS, FORMAT, MANIFEST, PARTIAL, PIXEL_DTYPES, PoolFormatError, sha256_file
+from xgal.pool.layout import ARRAYS, FORMAT, MANIFEST, PARTIAL, PIXEL_DTYPES, PoolFormatError
 
 
 class PoolWriter:
