@@ -19,8 +19,10 @@ from xgal.pool.layout import (
     MANIFEST,
     PARTIAL,
     PIXEL_DTYPES,
+    PoolAccessError,
     PoolFormatError,
     Shard,
+    inside,
 )
 from xgal.pool.writer import PoolWriter
 
@@ -31,6 +33,7 @@ __all__ = [
     "PARTIAL",
     "PIXEL_DTYPES",
     "Pool",
+    "PoolAccessError",
     "PoolFormatError",
     "PoolWriter",
     "Shard",
@@ -65,6 +68,12 @@ class Pool:
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         manifest_path = self.path / MANIFEST
+        # Every file a pool reads must lie in its own folder, symlinks resolved: a manifest or
+        # a link must not make a scorer read elsewhere (DESIGN: never outside the data root).
+        try:
+            self._root = self.path.resolve()
+        except (OSError, RuntimeError) as exc:  # a symlink loop, among others
+            raise PoolFormatError(f"{self.path}: cannot be resolved ({exc})") from None
         if not manifest_path.is_file():
             raise PoolFormatError(f"{self.path} is not a pool: no {MANIFEST} (unfinished or wrong folder)")
         try:
@@ -82,7 +91,11 @@ class Pool:
             self.description: str = m.get("description", "")
             self.shards = [
                 Shard(
-                    int(s["index"]), int(s["start"]), int(s["stop"]), self.path / s["path"], dict(s["sha256"])
+                    int(s["index"]),
+                    int(s["start"]),
+                    int(s["stop"]),
+                    self._shard_folder(str(s["path"])),
+                    dict(s["sha256"]),
                 )
                 for s in m["shards"]
             ]
@@ -114,11 +127,22 @@ class Pool:
         shape = f"{self.pixel_dtype}{list(self.image_shape)}"
         return f"Pool({str(self.path)!r}, count={self.count}, images={shape})"
 
+    def _shard_folder(self, rel: str) -> Path:
+        if os.path.isabs(rel) or ".." in Path(rel).parts:
+            raise PoolAccessError(
+                f"{self.path.name}: a shard path in the manifest is absolute or climbs with '..', "
+                "so it leads outside the pool's folder; refused"
+            )
+        folder = self.path / rel
+        inside(folder, self._root, f"{self.path.name}/{rel}")
+        return folder
+
     def _array(self, shard: Shard, key: str) -> np.ndarray:
         cached = self._maps.get((shard.index, key))
         if cached is not None:
             return cached
         file = shard.path / f"{key}.npy"
+        inside(file, self._root, f"{self.path.name}/{shard.path.name}/{key}.npy")
         if not file.is_file():
             raise PoolFormatError(f"{file} is missing")
         arr = np.load(file, mmap_mode="r", allow_pickle=False)

@@ -18,13 +18,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from xgal.core.errors import InvalidArgument
+from xgal.core.errors import InvalidArgument, UserError
 
 FORMAT = "xgal-pool/1"
 MANIFEST = "manifest.json"
 PARTIAL = "partial.json"  # written after every shard of an unfinished pool, for resuming
 ARRAYS = ("images", "rois", "ids", "labels")
 PIXEL_DTYPES = ("uint8", "uint16")
+
+
+class PoolAccessError(UserError, PermissionError):
+    """A pool would read a file outside its own folder (a shard path with '..', an absolute
+    path, or a symlink leading out): refused, whatever the file holds."""
 
 
 class PoolFormatError(InvalidArgument):
@@ -43,3 +48,14 @@ class Shard:
     @property
     def count(self) -> int:
         return self.stop - self.start
+
+
+def inside(path: Path, root: Path, what: str) -> Path:
+    """`path` with every symlink resolved, if that lies inside `root` (already resolved)."""
+    try:
+        real = path.resolve(strict=False)
+    except (OSError, RuntimeError) as exc:  # a symlink loop, among others
+        raise PoolFormatError(f"{what}: cannot be resolved ({exc})") from None
+    if real != root and root not in real.parents:
+        raise PoolAccessError(f"{what} leads outside the pool's folder; refused")
+    return real

@@ -22,13 +22,13 @@ from grpc_health.v1 import health, health_pb2
 from xgal.core.acquisition import AcquisitionConfig, criteria
 from xgal.core.ranking import kept, scored_batch
 from xgal.core.wire import acquisition_from_proto, model_info_to_proto, ranked_to_proto
-from xgal.pool.format import Pool
+from xgal.pool.format import Pool, PoolAccessError, PoolFormatError
 from xgal.scorer.batcher import BatchedEngine, DynamicBatcher, QueueFullError
 from xgal.scorer.engines.base import Engine
 from xgal.scorer.metrics import Metrics
 from xgal.scorer.pipeline import score_pool
 from xgal.scorer.repository import ModelNotFoundError, ModelRepository, StoredModel
-from xgal.scorer.status import Cancelled, PoolAccessError, rpc
+from xgal.scorer.status import Cancelled, rpc
 from xgal.v1 import scorer_pb2 as pb
 from xgal.v1 import scorer_pb2_grpc
 
@@ -133,7 +133,13 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
             raise PoolAccessError(f"pool {rel!r} is outside the scorer's data root")
         if not path.exists():
             raise FileNotFoundError(f"no pool {rel!r} under the scorer's data root")
-        return Pool(path)
+        try:
+            pool = Pool(path)
+            pool.check()  # every array's header, shape and place (cheap: no pixels are read)
+        except (PoolFormatError, PoolAccessError) as exc:
+            # Say where in the pool, not where on the server's disks.
+            raise type(exc)(str(exc).replace(str(path), rel).replace(str(self.data_root), "")) from None
+        return pool
 
     def _engine(self, ref: pb.ModelRef) -> tuple[pb.ModelInfo, Engine]:
         if not ref.name:

@@ -25,10 +25,6 @@ class Cancelled(Exception):
     pass
 
 
-class PoolAccessError(PermissionError):
-    pass
-
-
 def _code_for(exc: BaseException) -> grpc.StatusCode | None:
     if isinstance(exc, ModelNotFoundError | FileNotFoundError):
         return grpc.StatusCode.NOT_FOUND
