@@ -34,6 +34,8 @@ from xgal.v1 import scorer_pb2_grpc
 
 log = logging.getLogger("xgal.scorer")
 SERVICE = "xgal.v1.Scorer"
+# Images in one ScoreStream message; more is a client bug, not a batch to hold in memory.
+MAX_STREAM_BATCH = 4096
 
 
 @dataclass
@@ -238,6 +240,8 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
             raise ValueError(f"top_k must be at least 1, got {request.top_k}")
         config = acquisition_from_proto(request.acquisition)
         pool = self._pool(request.pool)
+        if request.top_k > pool.count:
+            raise ValueError(f"top_k {request.top_k} is larger than the pool ({pool.count} samples)")
         info, engine = self._engine(request.model)
         stop = request.stop or pool.count
         if not request.start <= stop <= pool.count:
@@ -328,8 +332,17 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
                 f"batch of {n} IDs needs {n * c * h * w * dtype.itemsize} image bytes and {n * h * w} "
                 f"ROI bytes; got {len(req.images)} and {len(req.rois)}"
             )
+        if n > MAX_STREAM_BATCH:
+            raise ValueError(f"a ScoreStream message holds at most {MAX_STREAM_BATCH} images, got {n}")
+        if any(not i or "\x00" in i for i in req.ids):
+            # NumPy's strings drop trailing NULs: such an ID would come back altered.
+            raise ValueError("sample IDs must be non-empty and hold no NUL character")
         images = np.frombuffer(req.images, dtype=dtype).astype(engine.info.pixel_dtype).reshape(n, c, h, w)
         rois = np.frombuffer(req.rois, dtype=np.uint8).reshape(n, h, w)
+        if n and int(rois.max()) > 1:
+            raise ValueError(
+                "ROI masks hold 0 (outside) or 1 (inside) only; got a value of " + str(rois.max())
+            )
         ids = np.array(list(req.ids), dtype=str)
         s = engine.run(images, rois, want_cam=req.want_cam)
         ranked = scored_batch(ids, s.probs, s.entropy, s.dice, s.roi_area, config)

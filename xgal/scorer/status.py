@@ -67,6 +67,11 @@ def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
             try:
                 yield from method(self, request, context)
             except Exception as exc:
+                if not context.is_active():
+                    # The client cancelled or its deadline passed: whatever the stream raised
+                    # then is the cancellation, not a fault of the scorer.
+                    finish(self, grpc.StatusCode.CANCELLED)
+                    return
                 finish(self, _code_for(exc) or grpc.StatusCode.INTERNAL)
                 _abort(context, exc, name)
             else:
