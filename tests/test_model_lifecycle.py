@@ -4,6 +4,7 @@ checked the way the replica serves (its own engine factory, so its own providers
 import hashlib
 import threading
 
+import grpc
 import numpy as np
 import pytest
 import torch
@@ -106,3 +107,81 @@ def test_a_second_replica_on_a_port_in_use_is_refused(world, tmp_path):
             RunningServer(ServerConfig(data_root=world[0] / "data", model_repo=tmp_path / "b", port=port))
     finally:
         first.stop(grace=0)
+
+
+def _graph_with(world, tmp_path, name, edit_model=None, edit_proto=None):
+    import onnx
+
+    torch.manual_seed(1)
+    model = build_model("small_cnn", "linear", 3, in_channels=1)
+    if edit_model is not None:
+        edit_model(model)
+    path = export_scoring_graph(
+        model, "features.stage4.0", tmp_path / f"{name}.onnx", image_shape=(1, 32, 32)
+    )
+    if edit_proto is not None:
+        proto = onnx.load(path)
+        edit_proto(proto)
+        onnx.save(proto, path)
+    return path.read_bytes()
+
+
+def _set_meta(key, value):
+    def edit(proto):
+        for p in proto.metadata_props:
+            if p.key == key:
+                p.value = value
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("nan-outputs", "not finite"),
+        ("five-classes-declared", "declares 5 classes"),
+    ],
+)
+def test_publish_refuses_graphs_that_do_not_keep_their_contract(world, tmp_path, case, message):
+    if case == "nan-outputs":
+        data = _graph_with(
+            world, tmp_path, case, edit_model=lambda m: m.head.fc.bias.data.fill_(float("nan"))
+        )
+    else:
+        names = '["a", "b", "c", "d", "e"]'
+        data = _graph_with(world, tmp_path, case, edit_proto=_set_meta("xgal.class_names", names))
+    repo = ModelRepository(tmp_path / "repo")
+    with pytest.raises(NotAScoringGraphError, match=message):
+        repo.publish("m", data, hashlib.sha256(data).hexdigest())
+    assert repo.names() == []
+
+
+def test_a_corrupt_stored_version_does_not_stop_the_replica(world, tmp_path):
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    repo_dir = tmp_path / "repo"
+    repo = ModelRepository(repo_dir)
+    good = world[1].read_bytes()
+    other = _graph_with(world, tmp_path, "other")
+    for name, data in (("m", good), ("m", other), ("solo", good)):
+        repo.publish(name, data, hashlib.sha256(data).hexdigest())
+    (repo_dir / "m" / "2" / "model.onnx").write_bytes(other[: len(other) // 2])  # cut short on disk
+    (repo_dir / "solo" / "1" / "model.onnx").write_bytes(b"not onnx")
+    srv = RunningServer(ServerConfig(data_root=world[0] / "data", model_repo=repo_dir, port=0))
+    try:
+        assert srv.repo.loaded_keys() == [("m", 1)]  # the older version of m; solo has none left
+        assert sorted(name for name, _ in srv.load_problems) == ["m", "solo"]
+        with grpc.insecure_channel(srv.address) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            status = {
+                s: stub.Check(health_pb2.HealthCheckRequest(service=s), timeout=10).status
+                for s in ("xgal.v1.Scorer/m", "xgal.v1.Scorer/solo")
+            }
+        assert status == {
+            "xgal.v1.Scorer/m": health_pb2.HealthCheckResponse.SERVING,
+            "xgal.v1.Scorer/solo": health_pb2.HealthCheckResponse.NOT_SERVING,
+        }
+        with ScorerClient(srv.address) as client:
+            assert client.score_pool("pool", model="m", version=1, top_k=3, progress=False).scored == 96
+    finally:
+        srv.stop(grace=0)

@@ -115,6 +115,7 @@ class ModelRepository:
         # anything that is not a scoring graph, or that cannot run here, with the reason.
         engine = self._factory(data)
         try:
+            engine.self_check(f"model {name!r}")
             with self._publish_thread_lock, self._locked_folder():
                 return self._store(name, data, digest, engine.info)
         finally:
@@ -192,9 +193,25 @@ class ModelRepository:
         with self._lock:
             return sorted(self._loaded)
 
-    def load_latest_all(self) -> list[StoredModel]:
-        """At start-up: serve the latest version of every stored model again."""
-        return [self.load(name)[0] for name in self.names()]
+    def load_latest_all(self) -> tuple[list[StoredModel], list[tuple[str, str]]]:
+        """At start-up: serve the latest version of every stored model again. A version that no
+        longer loads (a corrupt file, a provider that cannot run it) is skipped, the next older
+        one is served instead, and the problem is returned, so one bad model does not keep a
+        replica from serving the others. Returns (served, [(name, problem)])."""
+        served, problems = [], []
+        for name in self.names():
+            for version in reversed(self.versions(name)):
+                try:
+                    stored, engine = self.load(name, version)
+                    engine.self_check(f"{name} version {version}")
+                except Exception as exc:  # any failure of one stored model: skip it, say why
+                    with self._lock:
+                        self._loaded.pop((name, version), None)
+                    problems.append((name, f"{name} version {version} was not loaded: {exc}"))
+                    continue
+                served.append(stored)
+                break
+        return served, problems
 
 
 def _onnx_metadata(path: Path) -> dict[str, str]:

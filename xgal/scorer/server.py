@@ -124,8 +124,11 @@ class RunningServer:
                 spinning=config.spinning,
             ),
         )
-        for stored in self.repo.load_latest_all():
+        served, self.load_problems = self.repo.load_latest_all()
+        for stored in served:
             log.info("serving %s version %d from the repository", stored.name, stored.version)
+        for _, problem in self.load_problems:
+            log.error("%s", problem)
         self.service = ScorerService(
             self.repo,
             config.data_root,
@@ -135,6 +138,8 @@ class RunningServer:
             max_delay_ms=config.max_delay_ms,
             max_queue=config.max_queue,
         )
+        self.service.unloadable = {name for name, _ in self.load_problems} - {m.name for m in served}
+        self.service.refresh_health()
         limit = config.max_message_mb * 1024 * 1024
         interceptors = [BearerTokenInterceptor(config.token)] if config.token else []
         self.server = grpc.server(
@@ -181,7 +186,7 @@ class RunningServer:
 
     def stop(self, grace: float | None = 30.0) -> None:
         self.service.draining.set()
-        self.service._refresh_health()
+        self.service.refresh_health()
         self.server.stop(grace).wait()
         self.service.close()
         self.metrics.close()

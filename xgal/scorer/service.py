@@ -76,10 +76,11 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
         self._batchers: dict[int, _Batching] = {}
         self._lock = threading.Lock()
         self.draining = threading.Event()
-        self._refresh_health()
+        self.unloadable: set[str] = set()  # models whose stored versions failed to load at start
+        self.refresh_health()
 
     # -- helpers ------------------------------------------------------------------------------
-    def _refresh_health(self) -> None:
+    def refresh_health(self) -> None:
         keys = self.repo.loaded_keys()
         self.metrics.models_loaded.clear()
         for name, version in keys:
@@ -91,6 +92,16 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
         )
         self.health.set("", status)
         self.health.set(SERVICE, status)
+        # Per model ("xgal.v1.Scorer/<name>"): SERVING while a version of it is loaded, so a
+        # probe can tell one model that failed to load from a replica that is down.
+        loaded_names = {name for name, _ in keys}
+        for name in loaded_names | self.unloadable:
+            self.health.set(
+                f"{SERVICE}/{name}",
+                health_pb2.HealthCheckResponse.SERVING
+                if name in loaded_names and not self.draining.is_set()
+                else health_pb2.HealthCheckResponse.NOT_SERVING,
+            )
 
     @contextmanager
     def _batched(self, engine: Engine) -> Iterator[BatchedEngine]:
@@ -147,7 +158,7 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
         if not ref.name:
             raise ValueError("no model name given")
         stored, engine = self.repo.load(ref.name, ref.version)
-        self._refresh_health()
+        self.refresh_health()
         return model_info(stored, True, getattr(engine, "providers", None)), engine
 
     def close(self) -> None:
@@ -184,7 +195,7 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
         if header.load:
             _, engine = self.repo.load(stored.name, stored.version)
             loaded, providers = True, getattr(engine, "providers", None)
-            self._refresh_health()
+            self.refresh_health()
         log.info("published %s version %d (%s)", stored.name, stored.version, stored.sha256[:12])
         return pb.PublishModelResponse(model=model_info(stored, loaded, providers))
 
@@ -212,7 +223,7 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
     ) -> pb.UnloadModelResponse:  # noqa: N802
         self.repo.unload(request.model.name, request.model.version)
         self._release_unloaded()
-        self._refresh_health()
+        self.refresh_health()
         return pb.UnloadModelResponse()
 
     # -- pools ----------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xgal.core.contract import ScoringGraphInfo
+from xgal.core.contract import NotAScoringGraphError, ScoringGraphInfo
 
 
 @dataclass
@@ -64,3 +64,34 @@ class Engine(abc.ABC):
             raise ValueError(f"target has shape {target.shape}, expected {(image.shape[0],)}")
         if target is not None and target.size and int(target.max()) >= self.info.num_classes:
             raise ValueError(f"target class {int(target.max())} >= {self.info.num_classes} classes")
+
+    def self_check(self, where: str = "model") -> None:
+        """Run a small probe batch and check what the graph returns against its metadata: a graph
+        whose outputs are NaN, or that computes another number of classes than it declares, is
+        refused here (at publish and load) rather than ranking a pool with it."""
+        c, h, w = self.info.input_shape
+        rng = np.random.default_rng(0)
+        hi = np.iinfo(np.dtype(self.info.pixel_dtype)).max
+        image = rng.integers(0, hi, (2, c, h, w), dtype=np.int64).astype(self.info.pixel_dtype)
+        roi = np.zeros((2, h, w), dtype=np.uint8)
+        roi[0, h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 1  # the second sample has no ROI
+        try:
+            out = self.run(image, roi)
+        except Exception as exc:  # the graph is unusable however it fails: say why
+            raise NotAScoringGraphError(f"{where} fails on a probe batch: {exc}") from None
+        k = self.info.num_classes
+        problems = []
+        if out.probs.shape != (2, k):
+            problems.append(f"probs has shape {list(out.probs.shape)}, the metadata declares {k} classes")
+        for name in ("probs", "entropy", "dice", "roi_area"):
+            values = getattr(out, name)
+            if values.shape[0] != 2 or not np.all(np.isfinite(values)):
+                problems.append(f"{name} is not finite for every sample")
+        if not problems and not np.allclose(out.probs.sum(1), 1.0, atol=1e-3):
+            problems.append("probs do not sum to 1")
+        if not problems and (np.any(out.dice < -1e-6) or np.any(out.dice > 1 + 1e-5)):
+            problems.append("dice lies outside [0, 1]")
+        if not problems and not np.allclose(out.roi_area, roi.sum(axis=(1, 2))):
+            problems.append("roi_area is not the ROI's pixel count")
+        if problems:
+            raise NotAScoringGraphError(f"{where} is not a usable scoring graph: " + "; ".join(problems))
