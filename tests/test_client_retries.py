@@ -108,3 +108,28 @@ def test_an_answer_that_is_not_try_again_is_not_retried(world, tmp_path):
         assert _count(srv, "ScorePool", "NOT_FOUND") == 1  # asked once: the answer is final
     finally:
         srv.stop(grace=0)
+
+
+def test_replicas_serving_different_models_are_not_merged(world, tmp_path):
+    torch.manual_seed(7)
+    newer = export_scoring_graph(
+        build_model("small_cnn", "linear", 3, in_channels=1),
+        "features.stage4.0",
+        tmp_path / "newer.onnx",
+        image_shape=(1, 32, 32),
+    )
+    a, b = _server(world, tmp_path / "a"), _server(world, tmp_path / "b")
+    try:
+        with ScorerClient([a.address, b.address], retry=FAST) as c:
+            c.publish_model(world[1], "m")
+        with ScorerClient(b.address) as only_b:
+            only_b.publish_model(newer, "m")  # b's latest is now another graph than a's
+        with ScorerClient([a.address, b.address], retry=FAST) as c:
+            with pytest.raises(ScorerError, match="different models") as err:
+                c.score_pool("pool", model="m", top_k=5, progress=False)
+            assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION
+            pinned = c.score_pool("pool", model="m", version=1, top_k=5, progress=False)  # both have v1
+        assert pinned.scored == 256
+    finally:
+        a.stop(grace=0)
+        b.stop(grace=0)

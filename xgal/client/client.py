@@ -210,6 +210,15 @@ class ScorerClient:
             report(None)
         parts = [results[s] for s in sorted(results)]
         info = parts[0].model
+        served = {(p.model.sha256, p.model.version) for p in parts}
+        if len({sha for sha, _ in served}) > 1:
+            # Replicas whose repositories differ would merge rankings of different models.
+            raise ScorerError(
+                f"the replicas scored {model!r} with different models (version, SHA-256: "
+                f"{sorted((v, sha[:12]) for sha, v in served)}); publish it to every replica, or name "
+                "a version every replica has",
+                grpc.StatusCode.FAILED_PRECONDITION,
+            )
         k_classes = len(info.class_names)
         tops = [ranked_from_proto(p.top, k_classes) for p in parts]
         everything = Ranked.concat([ranked_from_proto(p.all, k_classes) for p in parts]) if need_all else None
