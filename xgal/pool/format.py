@@ -78,8 +78,10 @@ class Pool:
             raise PoolFormatError(f"{self.path} is not a pool: no {MANIFEST} (unfinished or wrong folder)")
         try:
             m = json.loads(manifest_path.read_text())
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise PoolFormatError(f"{manifest_path} is not valid JSON: {exc}") from None
+        if not isinstance(m, dict):
+            raise PoolFormatError(f"{manifest_path} holds a {type(m).__name__}, not a manifest object")
         if m.get("format") != FORMAT:
             raise PoolFormatError(f"{manifest_path}: format {m.get('format')!r}, expected {FORMAT!r}")
         try:
@@ -145,7 +147,10 @@ class Pool:
         inside(file, self._root, f"{self.path.name}/{shard.path.name}/{key}.npy")
         if not file.is_file():
             raise PoolFormatError(f"{file} is missing")
-        arr = np.load(file, mmap_mode="r", allow_pickle=False)
+        try:
+            arr = np.load(file, mmap_mode="r", allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:  # truncated, empty, pickled, not .npy
+            raise PoolFormatError(f"{file} cannot be read as an array: {exc}") from None
         c, h, w = self.image_shape
         want = {
             "images": ((shard.count, c, h, w), np.dtype(self.pixel_dtype)),
@@ -157,8 +162,8 @@ class Pool:
             raise PoolFormatError(
                 f"{file}: {arr.dtype}{list(arr.shape)} does not match the manifest's {dtype}{list(shape)}"
             )
-        if key == "ids" and arr.shape != (shard.count,):
-            raise PoolFormatError(f"{file}: {arr.shape[0]} IDs for {shard.count} samples")
+        if key == "ids" and (arr.shape != (shard.count,) or arr.dtype.kind != "U"):
+            raise PoolFormatError(f"{file}: {arr.dtype}{list(arr.shape)}, expected {shard.count} text IDs")
         self._maps[(shard.index, key)] = arr
         return arr
 
@@ -169,15 +174,63 @@ class Pool:
                 if key != "labels" or self.has_labels:
                     self._array(shard, key)
 
-    def verify(self) -> None:
-        """Recompute every file's SHA-256 (reads the whole pool)."""
+    def verify(self, start: int = 0, stop: int | None = None) -> None:
+        """Everything `check` does, and for the shards that hold samples [start, stop) (all by
+        default): every file's SHA-256 against the manifest, ROI values 0 or 1, labels within
+        the classes; and over the whole pool: IDs non-empty and unique. Reads those shards
+        whole; the first problem is raised, naming the file and the sample."""
         self.check()
+        self._check_ids()
+        stop = self.count if stop is None else stop
         for shard in self.shards:
-            for key, digest in shard.checksums.items():
-                if sha256_file(shard.path / f"{key}.npy") != digest:
+            if shard.stop > start and shard.start < stop or shard.count == 0:
+                self._verify_shard(shard)
+
+    def _keys(self) -> list[str]:
+        return [k for k in ARRAYS if k != "labels" or self.has_labels]
+
+    def _check_ids(self) -> None:
+        seen: dict[str, int] = {}
+        for shard in self.shards:
+            for i, sample_id in enumerate(self._array(shard, "ids").tolist()):
+                where = shard.start + i
+                if not sample_id.strip():
                     raise PoolFormatError(
-                        f"{shard.path / key}.npy: checksum mismatch (file changed or corrupt)"
+                        f"{self.path.name}/{shard.path.name}: sample {where} has an empty ID"
                     )
+                if sample_id in seen:
+                    raise PoolFormatError(
+                        f"{self.path.name}/{shard.path.name}: ID {sample_id[:80]!r} of sample {where} is "
+                        f"also sample {seen[sample_id]}'s; IDs must be unique"
+                    )
+                seen[sample_id] = where
+
+    def _verify_shard(self, shard: Shard) -> None:
+        where = f"{self.path.name}/{shard.path.name}"
+        for key in self._keys():
+            digest = shard.checksums.get(key)
+            if digest is None:
+                raise PoolFormatError(f"{where}: the manifest has no checksum for {key}.npy")
+            if sha256_file(shard.path / f"{key}.npy") != digest:
+                raise PoolFormatError(f"{where}/{key}.npy: checksum mismatch (file changed or corrupt)")
+        rois = self._array(shard, "rois")
+        for lo in range(0, shard.count, 1024):
+            hi = min(lo + 1024, shard.count)
+            bad = np.flatnonzero(rois[lo:hi].reshape(hi - lo, -1).max(axis=1) > 1)
+            _release(rois, lo, hi)
+            if bad.size:
+                raise PoolFormatError(
+                    f"{where}: the ROI of sample {shard.start + lo + int(bad[0])} holds values other than "
+                    "0 and 1"
+                )
+        if self.has_labels and self.class_names:
+            labels = np.asarray(self._array(shard, "labels"))
+            bad = np.flatnonzero((labels < 0) | (labels >= len(self.class_names)))
+            if bad.size:
+                raise PoolFormatError(
+                    f"{where}: sample {shard.start + int(bad[0])} has label {int(labels[bad[0]])}, outside "
+                    f"the {len(self.class_names)} classes"
+                )
 
     def read(
         self, start: int, stop: int, keys: Sequence[str] = ("ids", "images", "rois")

@@ -76,6 +76,7 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
         self._batchers: dict[int, _Batching] = {}
         self._lock = threading.Lock()
         self.draining = threading.Event()
+        self._verified: set[tuple] = set()  # pool states whose shards passed `verify`
         self.unloadable: set[str] = set()  # models whose stored versions failed to load at start
         self.refresh_health()
 
@@ -153,6 +154,22 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
             # Say where in the pool, not where on the server's disks.
             raise type(exc)(str(exc).replace(str(path), rel).replace(str(self.data_root), "")) from None
         return pool
+
+    def _verify_once(self, pool: Pool, start: int, stop: int) -> None:
+        """What `xgal pool verify` checks (checksums, ROI values, unique IDs) for the shards a
+        request reads, once per state of the pool's files: a pool changed on disk is checked
+        again, an unchanged one costs a few stat calls."""
+        files = sorted(pool.path.glob("*/*.npy")) + [pool.path / "manifest.json"]
+        stats = [(str(f.relative_to(pool.path)), f.stat()) for f in files]
+        state = (str(pool.path), start, stop, tuple((n, st.st_mtime_ns, st.st_size) for n, st in stats))
+        if state in self._verified:
+            return
+        try:
+            pool.verify(start, stop)
+        except PoolFormatError as exc:
+            raise PoolFormatError(str(exc).replace(str(self.data_root), "")) from None
+        with self._lock:
+            self._verified.add(state)
 
     def _engine(self, ref: pb.ModelRef) -> tuple[pb.ModelInfo, Engine]:
         if not ref.name:
@@ -251,6 +268,7 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
             raise ValueError(f"top_k must be at least 1, got {request.top_k}")
         config = acquisition_from_proto(request.acquisition)
         pool = self._pool(request.pool)
+        self._verify_once(pool, request.start, request.stop or pool.count)
         if request.top_k > pool.count:
             raise ValueError(f"top_k {request.top_k} is larger than the pool ({pool.count} samples)")
         info, engine = self._engine(request.model)
