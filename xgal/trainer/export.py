@@ -14,6 +14,7 @@ import contextlib
 import copy
 import logging
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Iterator, Sequence
@@ -241,17 +242,35 @@ class ScoringGraphExporter:
                 ) from None
             raise
         batch = torch.export.Dim("N", min=1)
-        with _quiet_exporter():
-            program = torch.onnx.export(
-                traced,
-                example,
-                input_names=list(INPUT_NAMES),
-                output_names=list(OUTPUT_NAMES),
-                dynamic_shapes=({0: batch}, {0: batch}, {0: batch}),
-                dynamo=True,
-                optimize=False,  # after the weights are in (export)
-                verbose=False,
-            )
+        try:
+            with _quiet_exporter():
+                program = torch.onnx.export(
+                    traced,
+                    example,
+                    input_names=list(INPUT_NAMES),
+                    output_names=list(OUTPUT_NAMES),
+                    dynamic_shapes=({0: batch}, {0: batch}, {0: batch}),
+                    dynamo=True,
+                    optimize=False,  # after the weights are in (export)
+                    verbose=False,
+                )
+        except torch.onnx.OnnxExporterError as exc:
+            # The exporter names an op it has no translation for only in its messages, somewhere
+            # along the chain of causes; any other failure is a defect and keeps its traceback.
+            found: list[str] = []
+            cause: BaseException | None = exc
+            while cause is not None:
+                found += re.findall(r"No ONNX function found for <OpOverload\(op='(aten\.\w+)'", str(cause))
+                cause = cause.__cause__
+            ops = sorted(set(found))
+            if not ops:
+                raise
+            raise InvalidArgument(
+                f"cannot export the scoring graph: the ONNX exporter has no translation for ATen "
+                f"operator{'s' if len(ops) > 1 else ''} {', '.join(ops)}, which the model (or its "
+                f"gradient back to target layer {self.target_layer!r}) uses; write that part of the "
+                "model with other torch operators, or choose a target layer after it"
+            ) from exc
         self.traces += 1
         weights = _weight_map(traced, module)
         template = _Template(

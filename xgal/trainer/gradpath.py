@@ -6,11 +6,13 @@ through whatever follows the target layer), the soft Dice against the ROI and th
 
 `torch.onnx.export` cannot export `torch.autograd.grad`, so `trace_scoring_module` first runs
 the module under `make_fx`, which records the forward *and* the backward as plain ATen ops.
-All of those have ONNX translations except `aten.convolution_backward`, which we decompose into
-a transposed convolution (the exact input-gradient of a convolution) while tracing. Autograd's
-own derivative formulas thus define the gradient path: it is exact for any head made of the
-usual layers (BatchNorm, ReLU, concatenation, pooling, dropout in eval, linear, L2
-normalisation, prototype distances, further convolutions).
+The few of those the ONNX exporter cannot translate (`aten.convolution_backward`, torch.cdist's
+ops, the pooling gradients, ...) are rewritten while tracing into ops it can, by the table in
+`xgal.trainer.decompositions`. Autograd's own derivative formulas thus define the gradient
+path: it is exact for heads made of torch's usual layers (normalisations, activations,
+concatenation, pooling, dropout in eval, linear, L2 normalisation, prototype distances,
+further and transposed convolutions). An op that is still untranslatable is refused at export,
+by name.
 """
 
 from __future__ import annotations
@@ -21,40 +23,8 @@ from torch import Tensor, nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from xgal.core.contract import Normalisation
+from xgal.trainer.decompositions import tracing_decompositions
 from xgal.trainer.gradcam import PixelNormalise, grad_cam, scale_cam, soft_dice
-
-aten = torch.ops.aten
-
-
-def _conv_input_grad(
-    grad_out: Tensor,
-    inp: Tensor,
-    weight: Tensor,
-    bias_sizes: list[int] | None,
-    stride: list[int],
-    padding: list[int],
-    dilation: list[int],
-    transposed: bool,
-    output_padding: list[int],
-    groups: int,
-    output_mask: list[bool],
-) -> tuple[Tensor | None, None, None]:
-    """aten.convolution_backward for the input only, as a transposed convolution."""
-    if transposed or output_mask[1] or output_mask[2]:
-        # Weights are frozen during the trace, so only the input gradient is ever requested;
-        # anything else means the model holds a transposed convolution after the target layer.
-        raise NotImplementedError(
-            "the scoring graph supports ordinary convolutions after the target layer, not transposed ones"
-        )
-    # A strided convolution maps several input sizes to one output size; output_padding
-    # restores the size the forward actually had.
-    extra = []
-    for i, (s, p, d) in enumerate(zip(stride, padding, dilation, strict=True)):
-        k = weight.shape[2 + i]
-        covered = (grad_out.shape[2 + i] - 1) * s - 2 * p + d * (k - 1) + 1
-        extra.append(int(inp.shape[2 + i] - covered))
-    grad_in = aten.convolution.default(grad_out, weight, None, stride, padding, dilation, True, extra, groups)
-    return (grad_in if output_mask[0] else None), None, None
 
 
 class ScoringModule(nn.Module):
@@ -114,7 +84,7 @@ def trace_scoring_module(
             module,
             tracing_mode="symbolic",
             _allow_non_fake_inputs=True,
-            decomposition_table={aten.convolution_backward.default: _conv_input_grad},
+            decomposition_table=tracing_decompositions(),
         )(*example)
     finally:
         for p in params:
