@@ -142,9 +142,9 @@ def test_random_strategy_is_per_id_and_seeded():
 
 
 def test_acquisition_survives_the_wire_for_every_option():
-    from xgal.core.wire import acquisition_to_proto as to_proto
     from xgal.core.acquisition import Balance, MissingRoi, Normalise, Strategy, Uncertainty
     from xgal.core.wire import acquisition_from_proto
+    from xgal.core.wire import acquisition_to_proto as to_proto
 
     for s in Strategy:
         for u in Uncertainty:

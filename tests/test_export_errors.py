@@ -8,8 +8,8 @@ import torch
 from onnx import TensorProto, helper
 from torch import nn
 
-from xgal.scorer.engines.ort import OnnxRuntimeEngine
 from xgal.core.contract import NotAScoringGraphError
+from xgal.scorer.engines.ort import OnnxRuntimeEngine
 from xgal.trainer.export import export_scoring_graph
 from xgal.trainer.nets import build_model
 

@@ -5,13 +5,13 @@ import numpy as np
 import pytest
 import torch
 
+from xgal.core.acquisition import AcquisitionConfig, criteria
+from xgal.core.ranking import merge
 from xgal.pool.format import PoolFormatError
 from xgal.pool.synth import synth_pool
-from xgal.core.acquisition import AcquisitionConfig, criteria
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
 from xgal.scorer.loader import PrefetchLoader
 from xgal.scorer.pipeline import score_pool
-from xgal.core.ranking import merge
 from xgal.trainer.export import export_scoring_graph
 from xgal.trainer.nets import build_model
 
