@@ -14,8 +14,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from xgal.client import ScorerClient, ScorerError
-from xgal.pool.synth import synth_pool
 from xgal.core.acquisition import AcquisitionConfig
+from xgal.pool.synth import synth_pool
 from xgal.scorer.batcher import DynamicBatcher, QueueFullError
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
 from xgal.scorer.pipeline import score_pool
