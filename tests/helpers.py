@@ -1,6 +1,12 @@
-"""Shared test helpers: small images, models with mixed predictions, CAM post-processing."""
+"""Shared test helpers: small images, models with mixed predictions, CAM post-processing, and
+bounded waits on real conditions (instead of sleeps)."""
 
 from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -8,6 +14,8 @@ import torch.nn.functional as F
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+T = TypeVar("T")
 
 
 def blob_images(n: int, c: int, size: int, seed: int, dtype: str = "uint8") -> np.ndarray:
@@ -65,3 +73,33 @@ def normalised_upsampled(cam: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     lo = up.min(axis=(1, 2), keepdims=True)
     hi = up.max(axis=(1, 2), keepdims=True)
     return (up - lo) / (hi - lo + 1e-7)
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 30.0, what: str = "condition") -> None:
+    """Poll `condition` (a real state: a counter, a file, a process) until it is true; fail the
+    test if it is not within `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not reached within {timeout:g} s"
+        time.sleep(0.005)
+
+
+def bounded(fn: Callable[[], T], timeout: float, what: str = "call") -> T:
+    """`fn()` in a daemon thread: its result or its exception, or a test failure (not a hang)
+    when it has not returned within `timeout` seconds."""
+    out: list = []
+
+    def target() -> None:
+        try:
+            out.append((True, fn()))
+        except BaseException as exc:
+            out.append((False, exc))
+
+    thread = threading.Thread(target=target, name=f"bounded-{what}", daemon=True)
+    thread.start()
+    thread.join(timeout)
+    assert out, f"{what} did not return within {timeout:g} s"
+    ok, value = out[0]
+    if not ok:
+        raise value
+    return value

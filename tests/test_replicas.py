@@ -2,24 +2,33 @@
 failover when a replica dies mid-pool, SIGTERM drain, and the scorer-side import rule."""
 
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
+import grpc
 import numpy as np
 import pytest
 import torch
+from helpers import bounded
 
 from xgal.client import ScorerClient
 from xgal.pool.synth import synth_pool
 from xgal.trainer.export import export_scoring_graph
 from xgal.trainer.nets import build_model
 
+POOL = 2000
+
 
 class Replica:
-    def __init__(self, data_root, repo, *extra):
+    """`xgal serve` in a process of its own. Starting does not wait: `address` waits (at most
+    60 s) for the "listening on" line, so several replicas start side by side."""
+
+    def __init__(self, data_root, repo, *extra, max_batch=16):
         self.proc = subprocess.Popen(
             [
                 sys.executable,
@@ -33,20 +42,35 @@ class Replica:
                 "--model-repo",
                 str(repo),
                 "--max-batch",
-                "16",
+                str(max_batch),
                 *extra,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             text=True,
         )
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self._address = None
+
+    def _read(self):
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    @property
+    def address(self):
         deadline = time.monotonic() + 60
-        line = ""
-        while "listening on" not in line:
-            line = self.proc.stdout.readline()
-            if not line and (self.proc.poll() is not None or time.monotonic() > deadline):
-                raise RuntimeError("replica did not start")
-        self.address = line.split("listening on ")[1].split(",")[0].strip()
+        while self._address is None:
+            try:
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise RuntimeError("replica did not start within 60 s") from None
+            if line is None:
+                raise RuntimeError(f"replica exited with {self.proc.wait(timeout=10)} before listening")
+            if "listening on" in line:
+                self._address = line.split("listening on ")[1].split(",")[0].strip()
+        return self._address
 
     def stop(self):
         if self.proc.poll() is None:
@@ -57,47 +81,148 @@ class Replica:
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("rep")
-    synth_pool(root / "data" / "pool", 2000, seed=0, image_size=32, shard_size=500)
+    synth_pool(root / "data" / "pool", POOL, seed=0, image_size=32, shard_size=500)
     torch.manual_seed(0)
     model = build_model("small_cnn", "linear", 3, in_channels=1)
     onnx = export_scoring_graph(model, "features.stage4.0", root / "m.onnx", image_shape=(1, 32, 32))
-    replicas = [Replica(root / "data", root / f"repo{i}") for i in range(3)]
-    yield root, onnx, replicas
-    for r in replicas:
-        r.stop()
+    return root, onnx
 
 
-def test_three_replicas_equal_one_and_survive_a_kill(world):
-    root, onnx, replicas = world
+@pytest.fixture(scope="module")
+def replicas(world):
+    """Three replicas the module's tests share; no test stops or kills them."""
+    root, _ = world
+    started = [Replica(root / "data", root / f"repo{i}") for i in range(3)]
+    try:
+        assert all(r.address for r in started)
+        yield started
+    finally:
+        for r in started:
+            r.stop()
+
+
+def test_three_replicas_equal_one(world, replicas):
+    _, onnx = world
     addresses = [r.address for r in replicas]
-    with ScorerClient(addresses) as client:
+    with ScorerClient(addresses, timeout=120) as client:
         client.publish_model(onnx, "demo")
-        single = {}
         for balance in ("none", "predicted"):
-            with ScorerClient(addresses[:1]) as one:
-                single[balance] = one.score_pool(
-                    "pool", model="demo", top_k=40, balance=balance, progress=False
-                )
+            with ScorerClient(addresses[:1], timeout=120) as one:
+                single = one.score_pool("pool", model="demo", top_k=40, balance=balance, progress=False)
             multi = client.score_pool("pool", model="demo", top_k=40, balance=balance, progress=False)
-            assert multi.top.ids.tolist() == single[balance].top.ids.tolist()
-            np.testing.assert_array_equal(multi.top.score, single[balance].top.score)
-            assert multi.scored == single[balance].scored == 2000
+            assert multi.top.ids.tolist() == single.top.ids.tolist()
+            np.testing.assert_array_equal(multi.top.score, single.top.score)
+            assert multi.scored == single.scored == POOL
 
-        killed = []
 
-        def kill_one(done, total):
-            if not killed and done > 0:
-                replicas[2].proc.kill()
-                killed.append(done)
+class ShardWatch:
+    """Stands in for one replica's stub inside a client: sees each ScorePool event that replica
+    sends before the client does, and how each of its shards ended."""
 
-        survived = client.score_pool("pool", model="demo", top_k=40, shards=9, progress=kill_one)
-    assert killed and replicas[2].proc.wait(timeout=10) != 0
-    assert survived.top.ids.tolist() == single["none"].top.ids.tolist()
-    assert survived.scored == 2000
+    def __init__(self, stub):
+        self._stub = stub
+        self._lock = threading.Lock()
+        self._running: dict[tuple[int, int], int] = {}  # shard -> images done, as last reported
+        self.ended: dict[tuple[int, int], str] = {}  # shard -> "result" or the status code
+
+    def __getattr__(self, name):
+        return getattr(self._stub, name)
+
+    def ScorePool(self, request, **kwargs):  # noqa: N802
+        return _WatchedCall(self._stub.ScorePool(request, **kwargs), (request.start, request.stop), self)
+
+    def running(self) -> dict[tuple[int, int], int]:
+        """Shards this replica has reported progress on and not finished."""
+        with self._lock:
+            return dict(self._running)
+
+    def _saw(self, shard, event=None, code=None):
+        with self._lock:
+            if code is not None or not event.HasField("progress"):
+                self._running.pop(shard, None)
+                self.ended[shard] = code or "result"
+            else:
+                self._running[shard] = event.progress.done
+
+
+class _WatchedCall:
+    def __init__(self, call, shard, watch):
+        self._call, self._shard, self._watch = call, shard, watch
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        try:
+            event = next(self._call)
+        except grpc.RpcError as err:
+            self._watch._saw(self._shard, code=err.code().name)
+            raise
+        self._watch._saw(self._shard, event)
+        return event
+
+    def __getattr__(self, name):  # cancel(), code(), ...
+        return getattr(self._call, name)
+
+
+@pytest.fixture
+def trio(world, tmp_path):
+    """Three replicas of the failover test's own (it kills one). The last one scores one image
+    per engine call, so each of its shards (hundreds of images) lasts far longer than killing
+    it does: the kill lands mid-shard."""
+    root, _ = world
+    started = [
+        Replica(root / "data", tmp_path / f"repo{i}", max_batch=mb) for i, mb in enumerate((16, 16, 1))
+    ]
+    try:
+        assert all(r.address for r in started)
+        yield started
+    finally:
+        for r in started:
+            r.stop()
+
+
+def test_a_replica_killed_mid_shard_fails_over_exactly(world, trio):
+    _, onnx = world
+    victim = trio[2]
+    with ScorerClient([r.address for r in trio], timeout=120) as client:
+        client.publish_model(onnx, "demo")
+        with ScorerClient(trio[0].address, timeout=120) as one:
+            clean = one.score_pool("pool", model="demo", top_k=40, progress=False)
+        watch = client.targets[2].stub = ShardWatch(client.targets[2].stub)
+        killed = {}
+
+        def kill_mid_shard(done, total):
+            # Called on every event; the first time the victim reports progress on a shard
+            # it has not finished, SIGKILL it and wait until it is gone.
+            running = watch.running()
+            if running and not killed:
+                victim.proc.kill()
+                victim.proc.wait(timeout=10)
+                killed.update(done=done, total=total, running=running)
+
+        survived = bounded(
+            lambda: client.score_pool("pool", model="demo", top_k=40, shards=6, progress=kill_mid_shard),
+            timeout=180,
+            what="score_pool with a replica killed",
+        )
+    assert killed, "the victim never reported progress on a shard"
+    # The kill landed before the pool was done, while the victim was inside a shard...
+    assert killed["done"] < killed["total"] == POOL
+    [((start, stop), reported)] = killed["running"].items()
+    assert 0 < reported < stop - start
+    assert victim.proc.returncode == -signal.SIGKILL
+    # ...which never finished there: it was cut (UNAVAILABLE) and scored elsewhere.
+    assert watch.ended[(start, stop)] == "UNAVAILABLE"
+    assert "result" not in watch.ended.values()
+    # And the merged ranking is exactly a clean single-replica run's.
+    assert survived.top.ids.tolist() == clean.top.ids.tolist()
+    np.testing.assert_array_equal(survived.top.score, clean.top.score)
+    assert (survived.scored, survived.excluded) == (clean.scored, clean.excluded) == (POOL, 0)
 
 
 def test_sigterm_drains_in_flight_request(world):
-    root, onnx, _ = world
+    root, onnx = world
     rep = Replica(root / "data", root / "repo-drain", "--max-delay-ms", "20")
     try:
         with ScorerClient(rep.address) as client:
@@ -110,14 +235,15 @@ def test_sigterm_drains_in_flight_request(world):
                 seen.append(done)
 
             res = client.score_pool("pool", model="demo", top_k=5, progress=term_once)
-        assert res.scored == 2000  # the request in flight finished
+        assert seen[0] < seen[-1] == POOL  # SIGTERM went while the request was in flight
+        assert res.scored == POOL  # and the request in flight finished
         assert rep.proc.wait(timeout=30) == 0  # then the replica exited cleanly
     finally:
         rep.stop()
 
 
 def test_scorer_and_client_import_no_torch(world, tmp_path):
-    root, onnx, _ = world
+    root, onnx = world
     code = f"""
 import sys
 from xgal.scorer.server import RunningServer, ServerConfig
@@ -134,10 +260,9 @@ assert not bad, bad
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120, env={**os.environ})
 
 
-def test_client_cli_publish_and_score(world, tmp_path):
-    root, onnx, replicas = world
-    live = [r.address for r in replicas if r.proc.poll() is None]
-    targets = [arg for a in live for arg in ("--target", a)]
+def test_client_cli_publish_and_score(world, replicas, tmp_path):
+    _, onnx = world
+    targets = [arg for r in replicas for arg in ("--target", r.address)]
     cli = [sys.executable, "-m", "xgal.cli", "client"]
     pub = subprocess.run(
         [*cli, "publish", str(onnx), "--name", "cli", *targets], capture_output=True, text=True, timeout=120
@@ -195,7 +320,7 @@ def test_client_cli_health(tmp_path):
 
 
 def test_replicas_sharing_one_model_repository(world, tmp_path):
-    root, onnx, _ = world
+    root, onnx = world
     shared = tmp_path / "models"
     pair = [Replica(root / "data", shared) for _ in range(2)]
     try:

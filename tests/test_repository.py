@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+from helpers import wait_for
 
 from xgal.scorer.repository import ModelRepository
 from xgal.trainer.export import export_scoring_graph
@@ -26,6 +27,38 @@ Path(go + f".ready-{os.getpid()}").touch()
 while not os.path.exists(go):
     time.sleep(0.001)
 stored = repo.publish("shared", data, hashlib.sha256(data).hexdigest())
+print(json.dumps([stored.version, stored.sha256]))
+"""
+
+
+# A publisher that logs each attempt to take the publish lock (filelock tries a non-blocking
+# flock on the lock file and polls): "refused" while another process holds it, "taken" once
+# it has it. The log says whether it waited and when it got in, with no timing involved.
+LOGGED_PUBLISHER = """
+import fcntl, hashlib, json, os, sys
+from pathlib import Path
+from xgal.scorer.repository import LOCK_FILE, ModelRepository
+root, model, log = sys.argv[1:]
+lock_file = os.path.realpath(os.path.join(root, LOCK_FILE))
+flock = fcntl.flock
+
+def logged_flock(fd, op):
+    ours = bool(op & fcntl.LOCK_EX) and os.path.realpath(f"/proc/self/fd/{fd}") == lock_file
+    try:
+        out = flock(fd, op)
+    except OSError:
+        if ours:
+            with open(log, "a") as f:
+                f.write("refused\\n")
+        raise
+    if ours:
+        with open(log, "a") as f:
+            f.write("taken\\n")
+    return out
+
+fcntl.flock = logged_flock
+data = Path(model).read_bytes()
+stored = ModelRepository(root).publish("shared", data, hashlib.sha256(data).hexdigest())
 print(json.dumps([stored.version, stored.sha256]))
 """
 
@@ -100,23 +133,38 @@ def test_a_publish_waits_for_another_process_holding_the_folder(models, tmp_path
 
     from xgal.scorer.repository import LOCK_FILE
 
-    model = models[0]
-    root, go = tmp_path / "repo", tmp_path / "go"
+    root, log = tmp_path / "repo", tmp_path / "flock.log"
     root.mkdir()
-    go.touch()
-    lock = FileLock(root / LOCK_FILE)
-    with lock:  # another replica in the middle of its publish
+
+    def attempts():
+        return log.read_text().split() if log.exists() else []
+
+    with FileLock(root / LOCK_FILE):  # another replica in the middle of its publish
         proc = subprocess.Popen(
-            [sys.executable, "-c", PUBLISHER, str(root), str(go), str(model)],
+            [sys.executable, "-c", LOGGED_PUBLISHER, str(root), str(models[0]), str(log)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
         )
-        _wait_ready(go, 1)
-        time.sleep(2)  # ample time to validate and store a small graph, were it not waiting
-        assert proc.poll() is None and not (root / "shared" / "1").exists()
+        try:
+            # Refused twice: it reached the lock and keeps waiting for it (rather than giving up
+            # or going on). A publish that does not take the lock ends here instead.
+            wait_for(
+                lambda: attempts().count("refused") >= 2 or proc.poll() is not None,
+                timeout=120,
+                what="the publisher trying the lock",
+            )
+            assert proc.poll() is None, "published while another process held the lock"
+            assert set(attempts()) == {"refused"} and not (root / "shared").exists()
+            held = len(attempts())
+        except BaseException:
+            proc.kill()
+            proc.communicate(timeout=30)
+            raise
     out, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-2000:]
+    # It got the lock once, and only after this process let it go.
+    assert attempts().count("taken") == 1 and "taken" not in attempts()[:held]
     assert json.loads(out)[0] == 1 and (root / "shared" / "1" / "model.onnx").is_file()
 
 

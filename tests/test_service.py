@@ -3,7 +3,7 @@ reflection, metrics, auth, model versions, dynamic batching."""
 
 import shutil
 import subprocess
-import time
+import threading
 import urllib.request
 
 import grpc
@@ -12,6 +12,7 @@ import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from helpers import wait_for
 
 from xgal.client import ScorerClient, ScorerError
 from xgal.core.acquisition import AcquisitionConfig
@@ -276,35 +277,125 @@ def test_dynamic_batching_shares_calls_and_bounds_the_queue(world):
     want = engine.run(d["images"], d["rois"])
     np.testing.assert_allclose(np.concatenate([r.dice for r in results]), want.dice, atol=1e-6)
 
-    class Slow:
+    class Held:
+        """The engine, but each call waits in it until the test lets it finish."""
+
         info = engine.info
-        name = "slow"
+        name = "held"
+
+        def __init__(self):
+            self.entered, self.release = threading.Event(), threading.Event()
 
         def run(self, image, roi, *a, **k):
-            time.sleep(0.3)
+            self.entered.set()
+            if not self.release.wait(timeout=30):
+                raise TimeoutError("the test never released the engine")
             return engine.run(image, roi)
 
-    slow = DynamicBatcher(Slow(), max_batch=8, max_delay_ms=0, max_queue=1)
-    first = slow.submit(d["images"][:8], d["rois"][:8])
-    time.sleep(0.05)  # the worker holds the first; the queue takes one more
-    second = slow.submit(d["images"][:8], d["rois"][:8])
-    with pytest.raises(QueueFullError, match="queue is full"):
-        slow.submit(d["images"][:8], d["rois"][:8])
-    first.result(timeout=5), second.result(timeout=5)
+    held = Held()
+    slow = DynamicBatcher(held, max_batch=8, max_delay_ms=0, max_queue=1)
+    try:
+        first = slow.submit(d["images"][:8], d["rois"][:8])
+        assert held.entered.wait(timeout=30)  # the worker holds the first in the engine...
+        second = slow.submit(d["images"][:8], d["rois"][:8])  # ...the queue takes one more...
+        with pytest.raises(QueueFullError, match="queue is full"):  # ...and no third
+            slow.submit(d["images"][:8], d["rois"][:8])
+    finally:
+        held.release.set()
+    assert len(first.result(timeout=30).dice) == len(second.result(timeout=30).dice) == 8
     slow.close()
 
 
-def test_deadline_is_honoured(world, server):
-    _, _, m1, _ = world
-    with ScorerClient(server.address) as client:
+class Gate:
+    """Stands in for an engine's `run`: call n goes through once the test has allowed n calls
+    (or opened the gate), so the test knows exactly which batch the server is in."""
+
+    def __init__(self, run):
+        self._run = run
+        self._cond = threading.Condition()
+        self.entered = self._allowed = 0
+        self._open = False
+
+    def __call__(self, *args, **kwargs):
+        with self._cond:
+            self.entered += 1
+            n = self.entered
+            self._cond.notify_all()
+            if not self._cond.wait_for(lambda: self._open or n <= self._allowed, timeout=60):
+                raise TimeoutError(f"the test never let engine call {n} through")
+        return self._run(*args, **kwargs)
+
+    def allow(self, n):
+        with self._cond:
+            self._allowed = n
+            self._cond.notify_all()
+
+    def open(self):
+        with self._cond:
+            self._open = True
+            self._cond.notify_all()
+
+    def wait_entered(self, n, timeout=30.0):
+        with self._cond:
+            assert self._cond.wait_for(lambda: self.entered >= n, timeout), f"engine call {n} never came"
+
+
+def _score_pool_ended(server):
+    """ScorePool calls the server has counted as ended, by status code."""
+    return {
+        s.labels["code"]: s.value
+        for metric in server.metrics.registry.collect()
+        for s in metric.samples
+        if s.name == "xgal_requests_total" and s.labels["method"] == "ScorePool"
+    }
+
+
+@pytest.mark.parametrize("how", ["cancel", "deadline"])
+def test_cancel_or_deadline_stops_the_work_within_a_batch(world, server, monkeypatch, how):
+    """The server stops scoring a pool once its client cancelled or its deadline passed: after
+    the batch it is in, its own counters show nothing more scored for that call."""
+    _, pool, m1, _ = world
+    batch = server.config.max_batch
+
+    def images():
+        return server.metrics.registry.get_sample_value("xgal_images_scored_total")
+
+    with ScorerClient(server.address, timeout=60) as client:
         client.publish_model(m1, "demo")
-        stub = client.targets[0].stub
+        _, engine = server.repo.loaded("demo")
+        gate = Gate(engine.run)
+        monkeypatch.setattr(engine, "run", gate)
+        gate.allow(2)
         req = pb.ScorePoolRequest(pool="pool", model=pb.ModelRef(name="demo"), top_k=3)
-        with pytest.raises(grpc.RpcError) as info:
-            list(stub.ScorePool(req, timeout=0.01))
-        assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        # The server notices within a batch and stops that work; the next request is served.
-        assert client.score_pool("pool", model="demo", top_k=3).scored == 300
+        call = client.targets[0].stub.ScorePool(req, timeout=2.0 if how == "deadline" else 60)
+        try:
+            gate.wait_entered(3)  # two batches scored; the third is held in the engine
+            at_stop = images()
+            assert at_stop == 2 * batch and pool.count > 6 * batch
+            if how == "cancel":
+                call.cancel()
+            with pytest.raises(grpc.RpcError) as info:
+                list(call)  # a deadline passes while the third batch is held
+            want = grpc.StatusCode.CANCELLED if how == "cancel" else grpc.StatusCode.DEADLINE_EXCEEDED
+            assert info.value.code() == want
+            # One round trip on the same connection: the server has read the cancellation (and
+            # its own deadline, set when the call arrived, has passed) before it answers.
+            client.list_models()
+        finally:
+            gate.open()
+        # Until the server ends the call, or (a server that ignores it) has scored the whole pool:
+        # then no work of that call is left running into the fixture's teardown.
+        wait_for(
+            lambda: _score_pool_ended(server) or images() >= pool.count,
+            what="the server ending the call",
+        )
+        stopped_at = images()
+        # The held batch finishes; at most one more races the cancellation; then nothing.
+        assert at_stop + batch <= stopped_at <= at_stop + 2 * batch
+        assert _score_pool_ended(server) == {"CANCELLED": 1.0}
+        # The next request is served in full.
+        assert client.score_pool("pool", model="demo", top_k=3, progress=False).scored == pool.count
+    assert images() == stopped_at + pool.count
 
 
 @pytest.mark.skipif(
