@@ -185,3 +185,16 @@ def test_a_corrupt_stored_version_does_not_stop_the_replica(world, tmp_path):
             assert client.score_pool("pool", model="m", version=1, top_k=3, progress=False).scored == 96
     finally:
         srv.stop(grace=0)
+
+
+def test_a_closed_batcher_refuses_work_instead_of_leaving_it_waiting(world):
+    from xgal.scorer.batcher import DynamicBatcher, QueueFullError
+
+    engine = OnnxRuntimeEngine(world[1])
+    batcher = DynamicBatcher(engine, max_batch=8)
+    image, roi = np.zeros((2, 1, 32, 32), np.uint8), np.ones((2, 32, 32), np.uint8)
+    assert batcher.submit(image, roi).result(timeout=30).probs.shape == (2, 3)
+    batcher.close()
+    # Before, the item was queued behind the end marker and its future never resolved.
+    with pytest.raises(QueueFullError, match="shutting down"):
+        batcher.submit(image, roi).result(timeout=5)

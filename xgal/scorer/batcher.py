@@ -43,20 +43,31 @@ class DynamicBatcher:
         self.max_delay = max_delay_ms / 1000.0
         self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=max_queue)
         self._observe = observe
+        self._closing = threading.Lock()
+        self._closed = False
         self._thread = threading.Thread(target=self._loop, name="xgal-batcher", daemon=True)
         self._thread.start()
 
     def submit(self, image: np.ndarray, roi: np.ndarray) -> Future[BatchScores]:
         item = _Item(image, roi, Future())
-        try:
-            self._queue.put_nowait(item)
-        except queue.Full:
-            raise QueueFullError(
-                f"the scoring queue is full ({self._queue.maxsize} batches waiting); retry later"
-            ) from None
+        with self._closing:
+            if self._closed:
+                # Queued behind the end marker it would never run, and its caller wait forever.
+                raise QueueFullError(
+                    "the scorer is shutting down this model's batcher; retry on another replica"
+                )
+            try:
+                self._queue.put_nowait(item)
+            except queue.Full:
+                raise QueueFullError(
+                    f"the scoring queue is full ({self._queue.maxsize} batches waiting); retry later"
+                ) from None
         return item.future
 
     def close(self) -> None:
+        """Run what was submitted before, then stop; later submits raise QueueFullError."""
+        with self._closing:
+            self._closed = True
         self._queue.put(None)
         self._thread.join(timeout=10)
 
