@@ -14,7 +14,7 @@ import torch
 from xgal.client import ScorerClient
 from xgal.pool.synth import synth_pool
 from xgal.scorer.server import RunningServer, ServerConfig
-from xgal.scorer.service import MAX_STREAM_BATCH
+from xgal.scorer.stream import MAX_STREAM_BATCH
 from xgal.trainer.export import export_scoring_graph
 from xgal.trainer.nets import build_model
 from xgal.v1 import scorer_pb2 as pb
