@@ -77,7 +77,9 @@ def train(
         target = [server.address]
         out.print(f"started a local scorer on {server.address}")
     try:
-        with connect(target, token_file, tls_ca) as client:
+        # The stage under way on a terminal (nothing in a log file); a killed run is resumed by
+        # running the same command again.
+        with connect(target, token_file, tls_ca) as client, out.status("starting") as status:
             loop = ActiveLearningLoop(
                 cfg,
                 data,
@@ -90,6 +92,7 @@ def train(
                     f"round {r.round}: {r.labelled} labelled, accuracy {r.accuracy:.3f}, macro-F1 "
                     f"{r.macro_f1:.3f}, CAM-ROI Dice {r.cam_dice:.3f} ({r.seconds:.1f} s)"
                 ),
+                on_stage=lambda r, stage: status.update(f"round {r}: {stage}"),
             )
             records = loop.run()
     finally:

@@ -19,7 +19,11 @@ from xgal.pool.format import Pool
 
 class Annotator(Protocol):
     def annotate(self, ids: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Labels [n] int64 and ROI masks [n, H, W] uint8 for `ids`, in that order."""
+        """Labels [n] int64 and ROI masks [n, H, W] uint8 for `ids`, in that order.
+
+        The loop stores the answer before it does anything else and never asks for it again.
+        Only a run that died while waiting for an answer asks again, then for the same IDs in
+        the same order: a tool can take that request as the one already open."""
         ...
 
 

@@ -1,14 +1,15 @@
 """The active-learning loop: train -> export -> publish -> ScorePool -> annotate -> repeat.
 
 Every round is written to `out_dir` as it finishes (state.json, the annotations received so
-far, the model), so a stopped run continues from its last finished round and an annotator is
-never asked twice for the same samples.
+far, the model), and within a round each stage's result as it is made (the trained model, the
+selection, the annotator's answers; see `run_state`). A run killed at any point continues from
+where it stopped: a finished round is never done again, a trained model is not trained again,
+a selection already made is the one sent (again, if it was never answered), and an answer
+received is never asked for again.
 """
 
 from __future__ import annotations
 
-import io
-import json
 import os
 import time
 from collections.abc import Callable
@@ -27,9 +28,15 @@ from xgal.trainer.annotator import Annotator
 from xgal.trainer.export import ScoringGraphExporter
 from xgal.trainer.nets import build_model, default_target_layer
 from xgal.trainer.nets.classifier import Classifier
+from xgal.trainer.run_state import RunFolder
 from xgal.trainer.train import TrainConfig, evaluate, to_input, train_classifier
 
 _FLAT_ACQUISITION = ("strategy", "lam", "uncertainty", "normalise", "missing_roi", "balance")
+
+# What `on_stage(round, stage)` reports, in order. "initial": the initial set goes to the
+# annotator (round 0, once per run); "recording": the round's answers are on disk and the round
+# is being written. The last round (no acquisition) is "training" then "recording".
+STAGES = ("initial", "training", "export", "publish", "scoring", "annotation", "recording")
 
 
 @dataclass(frozen=True)
@@ -108,12 +115,6 @@ def initial_selection(pool: Pool, n: int, seed: int) -> list[str]:
     return sorted(ids[np.concatenate(picks)].tolist())
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 class ActiveLearningLoop:
     def __init__(
         self,
@@ -128,10 +129,13 @@ class ActiveLearningLoop:
         model_name: str = "xgal",
         log: Callable[[RoundRecord, Classifier], None] | None = None,
         exporter: ScoringGraphExporter | None = None,
+        on_stage: Callable[[int, str], None] | None = None,
     ) -> None:
         """`pool_ref` is the pool's path as the scorers see it (under their data root);
         default: the pool folder's name. `exporter`: one to share between runs of the same
-        network (it traces once); by default the run makes its own."""
+        network (it traces once); by default the run makes its own. `log` gets each round once
+        it is recorded; `on_stage(round, stage)` as each of `STAGES` begins, once what came
+        before it is on disk (a resumed round reports only the stages it still has to do)."""
         if not test_pool.has_labels:
             raise InvalidArgument(f"the test pool {test_pool.path} needs labels to measure accuracy")
         if tuple(test_pool.image_shape) != tuple(pool.image_shape):
@@ -142,10 +146,10 @@ class ActiveLearningLoop:
         self.config, self.pool, self.test_pool = config, pool, test_pool
         self.client, self.annotator = client, annotator
         self.out = Path(out_dir)
-        self.out.mkdir(parents=True, exist_ok=True)
+        self.folder = RunFolder(self.out)
         self.pool_ref = pool_ref or pool.path.name
         self.model_name = model_name
-        self.log = log
+        self.log, self.on_stage = log, on_stage
         self.scale = PIXEL_SCALE[pool.pixel_dtype]
         self.class_names = pool.class_names or test_pool.class_names
         self.num_classes = len(self.class_names)
@@ -172,45 +176,36 @@ class ActiveLearningLoop:
     # -- persistence ----------------------------------------------------------------------------
     @property
     def state_path(self) -> Path:
-        return self.out / "state.json"
+        return self.folder.state_path
 
-    def _load_state(self) -> tuple[list[RoundRecord], list[str], np.ndarray, np.ndarray, Classifier | None]:
-        if not self.state_path.is_file():
-            return [], [], np.zeros(0, np.int64), np.zeros((0, *self.pool.image_shape[1:]), np.uint8), None
-        state = json.loads(self.state_path.read_text())
+    def _state(self, records: list[RoundRecord]) -> dict:
+        return {
+            "config": self.config.to_dict(),
+            "rounds": [asdict(r) for r in records],
+            "class_names": list(self.class_names),
+        }
+
+    def _load_state(self) -> tuple[list[RoundRecord], list[str], np.ndarray, np.ndarray, Classifier]:
+        state = self.folder.read_state()
+        if state is None:
+            # Written before anything is asked: from here on the folder belongs to this
+            # configuration, and answers kept for it are not handed to another.
+            self.folder.write_state(self._state([]))
+            state = self._state([])
         saved = LoopConfig.from_dict(state["config"])
         if saved != self.config:
             raise InvalidArgument(
                 f"{self.out} holds a run with a different configuration; choose another output folder "
                 "or delete it to start over"
             )
-        ann = np.load(self.out / "annotations.npz", allow_pickle=False)
-        model = self._new_model()
-        model.load_state_dict(torch.load(self.out / "model.pt", weights_only=True, map_location="cpu"))
         records = [RoundRecord(**r) for r in state["rounds"]]
-        return records, ann["ids"].tolist(), ann["labels"], ann["rois"], model
-
-    def _save(
-        self,
-        records: list[RoundRecord],
-        ids: list[str],
-        labels: np.ndarray,
-        rois: np.ndarray,
-        model: Classifier,
-    ) -> None:
-        buf = io.BytesIO()
-        np.savez(buf, ids=np.array(ids, dtype=str), labels=labels, rois=rois)
-        _atomic_write(self.out / "annotations.npz", buf.getvalue())
-        buf = io.BytesIO()
-        torch.save(model.state_dict(), buf)
-        _atomic_write(self.out / "model.pt", buf.getvalue())
-        state = {
-            "config": self.config.to_dict(),
-            "rounds": [asdict(r) for r in records],
-            "class_names": list(self.class_names),
-        }
-        # Written last: a round counts as finished only once its state says so.
-        _atomic_write(self.state_path, json.dumps(state, indent=1).encode())
+        self.folder.recover(len(records))
+        model = self._new_model()
+        if not records:
+            return [], [], np.zeros(0, np.int64), np.zeros((0, *self.pool.image_shape[1:]), np.uint8), model
+        ids, labels, rois = self.folder.read_labelled(records[-1].labelled + len(records[-1].selected))
+        model.load_state_dict(self.folder.read_model())
+        return records, ids, labels, rois, model
 
     def _new_model(self) -> Classifier:
         torch.manual_seed(self.config.seed)
@@ -218,48 +213,88 @@ class ActiveLearningLoop:
             self.config.arch, self.config.head, self.num_classes, in_channels=self.pool.image_shape[0]
         )
 
+    def _stage(self, r: int, stage: str) -> None:
+        if self.on_stage is not None:
+            self.on_stage(r, stage)
+
+    def _answers(self, key: str, r: int, stage: str, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The annotator's answer for `ids`: the stored one if it was ever given, else asked
+        for and stored before anything else happens."""
+        stored = self.folder.read_answers(key, ids)
+        if stored is not None:
+            return stored
+        self._stage(r, stage)
+        labels, rois = self.annotator.annotate(ids)
+        self.folder.write_answers(key, ids, labels, rois)
+        return labels, rois
+
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> list[RoundRecord]:
         cfg = self.config
         records, ids, labels, rois, model = self._load_state()
-        if model is None:
+        if not records:
             ids = initial_selection(self.pool, cfg.initial, cfg.seed)
-            labels, rois = self.annotator.annotate(ids)
-            model = self._new_model()
+            labels, rois = self._answers("initial", 0, "initial", ids)
         for r in range(len(records), cfg.rounds + 1):
+            record, model = self._train_round(r, ids, labels, rois, model)
             t0 = time.perf_counter()
-            if cfg.reset_each_round:
-                model = self._new_model()
-            images = self.pool.take([self.index[i] for i in ids], ("images",))["images"]
-            x = to_input(images, self.scale, cfg.mean, cfg.std)
-            history = train_classifier(
-                model,
-                x,
-                torch.from_numpy(labels),
-                replace(cfg.train, seed=cfg.seed * 1000 + r),
-                roi=torch.from_numpy(rois),
-                target_layer=cfg.layer,
-            )
-            metrics = evaluate(model, cfg.layer, self.test_x, self.test_y, self.test_roi)
-            record = RoundRecord(round=r, labelled=len(ids), train_loss=history[-1]["loss"], **metrics)
             if r < cfg.rounds:
-                selected, version = self._acquire(model, r, ids)
-                record.selected, record.model_version = selected, version
-                new_labels, new_rois = self.annotator.annotate(selected)
-                ids = ids + selected
+                if not record.model_version:  # no version yet: the round was not scored
+                    record.selected, record.model_version = self._acquire(model, r, ids)
+                    # Kept before it is sent: a resumed round sends this selection, not a new one.
+                    self.folder.save_progress(r, {"record": asdict(record)})
+                new_labels, new_rois = self._answers(f"round-{r:04d}", r, "annotation", record.selected)
+                ids = ids + record.selected
                 labels = np.concatenate([labels, new_labels])
                 rois = np.concatenate([rois, new_rois])
-            record.seconds = time.perf_counter() - t0
+            self._stage(r, "recording")
+            record.seconds += time.perf_counter() - t0
             records.append(record)
-            self._save(records, ids, labels, rois, model)
+            self.folder.commit(r, self._state(records), ids, labels, rois)
             if self.log is not None:
                 self.log(record, model)
         return records
 
+    def _train_round(
+        self, r: int, ids: list[str], labels: np.ndarray, rois: np.ndarray, model: Classifier
+    ) -> tuple[RoundRecord, Classifier]:
+        """Round `r`'s trained model and metrics: those kept when the run stopped after training
+        it, else trained now (and kept)."""
+        cfg = self.config
+        kept = self.folder.load_progress(r)
+        if kept is not None:
+            progress, weights = kept
+            model.load_state_dict(weights)
+            return RoundRecord(**progress["record"]), model
+        t0 = time.perf_counter()
+        self._stage(r, "training")
+        if cfg.reset_each_round:
+            model = self._new_model()
+        images = self.pool.take([self.index[i] for i in ids], ("images",))["images"]
+        x = to_input(images, self.scale, cfg.mean, cfg.std)
+        history = train_classifier(
+            model,
+            x,
+            torch.from_numpy(labels),
+            replace(cfg.train, seed=cfg.seed * 1000 + r),
+            roi=torch.from_numpy(rois),
+            target_layer=cfg.layer,
+        )
+        metrics = evaluate(model, cfg.layer, self.test_x, self.test_y, self.test_roi)
+        record = RoundRecord(round=r, labelled=len(ids), train_loss=history[-1]["loss"], **metrics)
+        record.seconds = time.perf_counter() - t0
+        self.folder.save_progress(r, {"record": asdict(record)}, model.state_dict())
+        return record, model
+
     def _acquire(self, model: Classifier, r: int, labelled: list[str]) -> tuple[list[str], int]:
         cfg = self.config
+        self._stage(r, "export")
         path = self.exporter.export(model, self.out / "model.onnx", round_index=r)
+        # A resumed round exports the same weights to the same bytes, which the scorers answer
+        # with the version they hold (the latest): a killed publish or scoring makes no new one.
+        self._stage(r, "publish")
         info = self.client.publish_model(path, self.model_name)
+        self._stage(r, "scoring")
         result = self.client.score_pool(
             self.pool_ref,
             model=self.model_name,
