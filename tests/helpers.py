@@ -1,13 +1,20 @@
-"""Shared test helpers: small images, models with mixed predictions, CAM post-processing, and
-bounded waits on real conditions (instead of sleeps)."""
+"""Shared test helpers: small images, models with mixed predictions, CAM post-processing,
+bounded waits on real conditions (instead of sleeps), scorer replicas as processes of their own
+and a watch on the shards a replica scores."""
 
 from __future__ import annotations
 
+import os
+import queue
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
+import grpc
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -103,3 +110,156 @@ def bounded(fn: Callable[[], T], timeout: float, what: str = "call") -> T:
     if not ok:
         raise value
     return value
+
+
+class Replica:
+    """`xgal serve` in a process of its own. Starting does not wait: `address` waits (at most
+    60 s) for the "listening on" line, so several replicas start side by side.
+
+    `launcher`: Python source run with `python -c` instead of `-m xgal.cli` (it must end by
+    calling `xgal.cli.main()`), e.g. to plant a fault in the replica before it serves. `env`:
+    extra environment variables. `log`: a file for the replica's stderr (its log)."""
+
+    def __init__(
+        self,
+        data_root: str | os.PathLike[str],
+        repo: str | os.PathLike[str],
+        *extra: str,
+        max_batch: int = 16,
+        launcher: str | None = None,
+        env: dict[str, str] | None = None,
+        log: str | os.PathLike[str] | None = None,
+    ) -> None:
+        entry = ["-c", launcher] if launcher is not None else ["-m", "xgal.cli"]
+        self._log = open(log, "ab") if log is not None else None  # closed in stop()
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                *entry,
+                "serve",
+                "--port",
+                "0",
+                "--data-root",
+                str(data_root),
+                "--model-repo",
+                str(repo),
+                "--max-batch",
+                str(max_batch),
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=self._log if self._log is not None else subprocess.DEVNULL,
+            text=True,
+            env={**os.environ, **(env or {})},
+        )
+        self._lines: queue.Queue[str | None] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        self._address: str | None = None
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line)
+        self._lines.put(None)
+
+    @property
+    def address(self) -> str:
+        deadline = time.monotonic() + 60
+        while self._address is None:
+            try:
+                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise RuntimeError("replica did not start within 60 s") from None
+            if line is None:
+                raise RuntimeError(f"replica exited with {self.proc.wait(timeout=10)} before listening")
+            if "listening on" in line:
+                self._address = line.split("listening on ")[1].split(",")[0].strip()
+        return self._address
+
+    def kill(self) -> None:
+        """SIGKILL, and wait until the process is gone (its port closed, its locks released)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        self.kill()
+        if self._log is not None:
+            self._log.close()
+
+
+class ShardWatch:
+    """Stands in for one replica's stub inside a client: sees each ScorePool event that replica
+    sends before the client does, and how each of its shards ended."""
+
+    def __init__(self, stub: object) -> None:
+        self._stub = stub
+        self._lock = threading.Lock()
+        self._running: dict[tuple[int, int], int] = {}  # shard -> images done, as last reported
+        self.ended: dict[tuple[int, int], str] = {}  # shard -> "result" or the status code
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._stub, name)
+
+    def ScorePool(self, request: object, **kwargs: object) -> _WatchedCall:  # noqa: N802
+        call = self._stub.ScorePool(request, **kwargs)  # type: ignore[attr-defined]
+        return _WatchedCall(call, (request.start, request.stop), self)  # type: ignore[attr-defined]
+
+    def running(self) -> dict[tuple[int, int], int]:
+        """Shards this replica has reported progress on and not finished."""
+        with self._lock:
+            return dict(self._running)
+
+    def _saw(self, shard: tuple[int, int], event: object = None, code: str | None = None) -> None:
+        with self._lock:
+            if code is not None or not event.HasField("progress"):  # type: ignore[attr-defined]
+                self._running.pop(shard, None)
+                self.ended[shard] = code or "result"
+            else:
+                self._running[shard] = event.progress.done  # type: ignore[attr-defined]
+
+
+class _WatchedCall:
+    def __init__(self, call: object, shard: tuple[int, int], watch: ShardWatch) -> None:
+        self._call, self._shard, self._watch = call, shard, watch
+
+    def __iter__(self) -> _WatchedCall:
+        return self
+
+    def __next__(self) -> object:
+        try:
+            event = next(self._call)  # type: ignore[call-overload]
+        except grpc.RpcError as err:
+            self._watch._saw(self._shard, code=err.code().name)
+            raise
+        self._watch._saw(self._shard, event)
+        return event
+
+    def __getattr__(self, name: str) -> object:  # cancel(), code(), ...
+        return getattr(self._call, name)
+
+
+def small_scoring_graphs(folder: Path) -> tuple[Path, Path]:
+    """Two scoring graphs (small_cnn, 1x32x32 uint8, 3 classes) whose bytes and SHA-256 differ:
+    the second is the first with another round number in its metadata. Made once per folder
+    (exporting costs seconds; editing the metadata does not), so test modules that share a
+    session folder share them."""
+    import onnx
+    from filelock import FileLock
+
+    folder.mkdir(parents=True, exist_ok=True)
+    first, second = folder / "round0.onnx", folder / "round1.onnx"
+    with FileLock(folder / ".lock"):  # pytest-xdist workers may ask at once
+        if not second.is_file():
+            from xgal.trainer.export import export_scoring_graph
+            from xgal.trainer.nets import build_model
+
+            torch.manual_seed(0)
+            model = build_model("small_cnn", "linear", 3, in_channels=1)
+            export_scoring_graph(model, "features.stage4.0", first, image_shape=(1, 32, 32))
+            graph = onnx.load(first)
+            for prop in graph.metadata_props:
+                if prop.key == "xgal.round":
+                    prop.value = "1"
+            onnx.save(graph, second)
+    return first, second

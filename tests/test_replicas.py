@@ -2,19 +2,15 @@
 failover when a replica dies mid-pool, SIGTERM drain, and the scorer-side import rule."""
 
 import os
-import queue
 import signal
 import socket
 import subprocess
 import sys
-import threading
-import time
 
-import grpc
 import numpy as np
 import pytest
 import torch
-from helpers import bounded
+from helpers import Replica, ShardWatch, bounded
 
 from xgal.client import ScorerClient
 from xgal.pool.synth import synth_pool
@@ -22,60 +18,6 @@ from xgal.trainer.export import export_scoring_graph
 from xgal.trainer.nets import build_model
 
 POOL = 2000
-
-
-class Replica:
-    """`xgal serve` in a process of its own. Starting does not wait: `address` waits (at most
-    60 s) for the "listening on" line, so several replicas start side by side."""
-
-    def __init__(self, data_root, repo, *extra, max_batch=16):
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "xgal.cli",
-                "serve",
-                "--port",
-                "0",
-                "--data-root",
-                str(data_root),
-                "--model-repo",
-                str(repo),
-                "--max-batch",
-                str(max_batch),
-                *extra,
-            ],
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        self._lines: queue.Queue[str | None] = queue.Queue()
-        threading.Thread(target=self._read, daemon=True).start()
-        self._address = None
-
-    def _read(self):
-        for line in self.proc.stdout:
-            self._lines.put(line)
-        self._lines.put(None)
-
-    @property
-    def address(self):
-        deadline = time.monotonic() + 60
-        while self._address is None:
-            try:
-                line = self._lines.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                raise RuntimeError("replica did not start within 60 s") from None
-            if line is None:
-                raise RuntimeError(f"replica exited with {self.proc.wait(timeout=10)} before listening")
-            if "listening on" in line:
-                self._address = line.split("listening on ")[1].split(",")[0].strip()
-        return self._address
-
-    def stop(self):
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
 
 
 @pytest.fixture(scope="module")
@@ -113,56 +55,6 @@ def test_three_replicas_equal_one(world, replicas):
             assert multi.top.ids.tolist() == single.top.ids.tolist()
             np.testing.assert_array_equal(multi.top.score, single.top.score)
             assert multi.scored == single.scored == POOL
-
-
-class ShardWatch:
-    """Stands in for one replica's stub inside a client: sees each ScorePool event that replica
-    sends before the client does, and how each of its shards ended."""
-
-    def __init__(self, stub):
-        self._stub = stub
-        self._lock = threading.Lock()
-        self._running: dict[tuple[int, int], int] = {}  # shard -> images done, as last reported
-        self.ended: dict[tuple[int, int], str] = {}  # shard -> "result" or the status code
-
-    def __getattr__(self, name):
-        return getattr(self._stub, name)
-
-    def ScorePool(self, request, **kwargs):  # noqa: N802
-        return _WatchedCall(self._stub.ScorePool(request, **kwargs), (request.start, request.stop), self)
-
-    def running(self) -> dict[tuple[int, int], int]:
-        """Shards this replica has reported progress on and not finished."""
-        with self._lock:
-            return dict(self._running)
-
-    def _saw(self, shard, event=None, code=None):
-        with self._lock:
-            if code is not None or not event.HasField("progress"):
-                self._running.pop(shard, None)
-                self.ended[shard] = code or "result"
-            else:
-                self._running[shard] = event.progress.done
-
-
-class _WatchedCall:
-    def __init__(self, call, shard, watch):
-        self._call, self._shard, self._watch = call, shard, watch
-
-    def __iter__(self):
-        return self
-
-    def __next__(self):
-        try:
-            event = next(self._call)
-        except grpc.RpcError as err:
-            self._watch._saw(self._shard, code=err.code().name)
-            raise
-        self._watch._saw(self._shard, event)
-        return event
-
-    def __getattr__(self, name):  # cancel(), code(), ...
-        return getattr(self._call, name)
 
 
 @pytest.fixture

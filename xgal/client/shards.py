@@ -20,8 +20,9 @@ if TYPE_CHECKING:
 class ShardRun:
     """One ScorePool over the client's replicas: a worker per replica takes shards from a
     queue. A shard that meets a RETRYABLE code goes back to the queue and its replica sits out
-    a back-off (then it is used again); after the policy's attempts on one shard, or on any
-    other code, the run stops with that error."""
+    a back-off (then it is used again); after the policy's attempts on one shard, on any
+    other code, or once every replica is given up on, the run stops with an error that names
+    every shard not scored, as [start, stop)."""
 
     def __init__(
         self,
@@ -31,6 +32,7 @@ class ShardRun:
         report: Callable[[int | None], None],
     ) -> None:
         self.client, self.request, self.report = client, request, report
+        self.spans = list(spans)
         self.todo: queue.Queue[tuple[int, int]] = queue.Queue()
         for span in spans:
             self.todo.put(span)
@@ -99,13 +101,19 @@ class ShardRun:
         with self.lock:
             self.out.add(t.address)
             if len(self.out) == len(self.client.targets) and self.error is None:
-                left = sorted(self.todo.queue)
                 self.error = ScorerError(
                     f"no scorer could be reached ({', '.join(sorted(self.out))} each tried "
-                    f"{self.client.retry.attempts} times); shards left unscored: {left}",
+                    f"{self.client.retry.attempts} times); {self._unscored()}",
                     grpc.StatusCode.UNAVAILABLE,
                 )
                 self.finished.set()
+
+    def _unscored(self) -> str:
+        """Which shards have no result, as `[start, stop)` (called holding the lock). Taken from
+        the results, not the queue: a shard in flight elsewhere when the run stops is not
+        scored either, and the caller needs all of them to score the rest again."""
+        left = [f"[{a}, {b})" for a, b in self.spans if a not in self.results]
+        return f"{len(left)} of {self.shards} shards not scored: {', '.join(left)}"
 
     def _score(self, t: Target, start: int, stop: int) -> None:
         call = t.stub.ScorePool(
@@ -136,6 +144,6 @@ class ShardRun:
                 t.failed(policy)
                 self.todo.put((start, stop))
                 return
-            suffix = f" (shard [{start}, {stop}), try {tries} of {policy.attempts})"
+            suffix = f" (shard [{start}, {stop}), try {tries} of {policy.attempts}); {self._unscored()}"
             self.error = error(t, err, suffix)
             self.finished.set()

@@ -8,12 +8,18 @@ Several replicas may share one repository folder (DESIGN.md §6): a publish hold
 the folder, so the same bytes published to every replica at once become one version, and
 different models get different version numbers. Readers need no lock: a version appears by one
 atomic rename, complete.
+
+A publish killed part way leaves at most a hidden temp folder (`<name>/.<version>.*.tmp`), never
+a version; opening the repository removes such folders when no other process is publishing.
+Publishing again after a publish whose answer was lost (the replica died after the rename) is
+safe: the same bytes as the latest version return that version, no new one is made.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -30,6 +36,8 @@ from xgal.core.contract import ScoringGraphInfo
 from xgal.core.errors import InvalidArgument
 from xgal.scorer.engines.base import Engine
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
+
+log = logging.getLogger("xgal.scorer")
 
 # A name is one folder of the repository: letters, digits, '.', '_', '-', not starting with a
 # dot (so never '.', '..' or a hidden temp folder), matched whole (no trailing newline).
@@ -75,8 +83,28 @@ class ModelRepository:
         self._publish_thread_lock = threading.Lock()
         self._publish_lock = FileLock(self.root / LOCK_FILE, timeout=lock_timeout_s)
         self._loaded: dict[tuple[str, int], Engine] = {}
+        self.remove_stale_temp()
 
     # -- storage ---------------------------------------------------------------------------
+    def remove_stale_temp(self) -> list[Path]:
+        """Remove the temp folders of publishes that died before their rename (a replica killed
+        mid-write), so that nothing half-written stays in the repository. Only when the publish
+        lock is free at once: temp folders are made under that lock, so while this process holds
+        it every one is a dead publisher's; while another process holds it, one may be that
+        publisher's work in progress, and its next publish clears the stale ones anyway."""
+        try:
+            self._publish_lock.acquire(timeout=0)
+        except (Timeout, OSError):  # held by another process, or a read-only repository
+            return []
+        try:
+            stale = [p for p in self.root.glob("*/.*.tmp") if p.is_dir()]
+            for p in stale:
+                shutil.rmtree(p, ignore_errors=True)
+                log.warning("removed %s, left by a publish that did not finish", p.relative_to(self.root))
+            return stale
+        finally:
+            self._publish_lock.release()
+
     def versions(self, name: str) -> list[int]:
         d = self.root / name
         if not valid_name(name) or not d.is_dir():
@@ -127,6 +155,14 @@ class ModelRepository:
         if versions:
             latest = self.get(name, versions[-1])
             if latest.sha256 == digest:
+                # A retry (a client that never got the answer of a publish that was stored), or
+                # the same round sent to replicas that share this folder: the version it made.
+                log.info(
+                    "%s version %d already holds these bytes (%s): no new version",
+                    name,
+                    latest.version,
+                    digest[:12],
+                )
                 return latest
         version = (versions[-1] if versions else 0) + 1
         folder = self.root / name
