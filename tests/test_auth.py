@@ -37,6 +37,7 @@ def _calls(stub, onnx):
     header = pb.PublishHeader(name="m", sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
     stream = pb.ScoreStreamRequest(
         model=pb.ModelRef(name="m"),
+        pixel_dtype="uint8",
         ids=["a"],
         images=np.zeros((1, 1, 32, 32), np.uint8).tobytes(),
         rois=np.ones((1, 32, 32), np.uint8).tobytes(),

@@ -49,10 +49,10 @@ def test_a_single_target_that_refuses_for_a_while_is_tried_again(world, tmp_path
     try:
         with ScorerClient(srv.address, retry=RetryPolicy(attempts=6, backoff_s=0.2, max_backoff_s=1.0)) as c:
             c.publish_model(world[1], "m")
-            srv.service.draining.set()  # ScorePool answers RESOURCE_EXHAUSTED meanwhile
+            srv.service.draining.set()  # scoring calls answer UNAVAILABLE meanwhile
 
             def reopen():
-                _wait_for(lambda: _count(srv, "ScorePool", "RESOURCE_EXHAUSTED") >= 1)
+                _wait_for(lambda: _count(srv, "ScorePool", "UNAVAILABLE") >= 1)
                 srv.service.draining.clear()
 
             opener = threading.Thread(target=reopen)
@@ -60,7 +60,7 @@ def test_a_single_target_that_refuses_for_a_while_is_tried_again(world, tmp_path
             result = c.score_pool("pool", model="m", top_k=10, progress=False)
             opener.join(timeout=30)
         assert result.scored == 256
-        assert _count(srv, "ScorePool", "RESOURCE_EXHAUSTED") >= 1 and _count(srv, "ScorePool", "OK") == 1
+        assert _count(srv, "ScorePool", "UNAVAILABLE") >= 1 and _count(srv, "ScorePool", "OK") == 1
     finally:
         srv.stop(grace=1)
 

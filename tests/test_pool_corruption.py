@@ -1,8 +1,13 @@
-"""Corrupt pools are found and named, never ranked: `Pool.verify`, `xgal pool verify` (one line,
-exit 2) and the scorer (FAILED_PRECONDITION naming the shard, no server paths) agree on each
-corruption, including ones whose manifest checksum was edited to match."""
+"""Corrupt pools are found and named, never ranked: `Pool.verify`, `xgal pool verify` (exit 2),
+scoring in process (as `xgal score` does: checksums first) and the scorer (FAILED_PRECONDITION
+naming the shard or the sample, no server paths) agree on each corruption, including ones whose
+manifest checksum was edited to match: damaged, truncated or missing shards, checksum
+mismatches, ROIs of the wrong shape or with values other than 0 and 1, float (NaN) pixels where
+the manifest says integers, an empty pool."""
 
 import json
+import re
+import shutil
 import subprocess
 import sys
 
@@ -11,9 +16,12 @@ import numpy as np
 import pytest
 import torch
 
-from xgal.client import ScorerClient
+from xgal.client import ScorerClient, ScorerError
+from xgal.core.acquisition import AcquisitionConfig
 from xgal.core.checksum import sha256_file
 from xgal.pool.format import Pool, PoolFormatError, PoolWriter
+from xgal.scorer.engines import OnnxRuntimeEngine
+from xgal.scorer.pipeline import score_pool
 from xgal.scorer.server import RunningServer, ServerConfig
 from xgal.trainer.export import export_scoring_graph
 from xgal.trainer.nets import build_model
@@ -69,6 +77,25 @@ def _overwrite_pixels(p):
     f.write_bytes(bytes(data))
 
 
+def _nan_pixels(a):
+    out = a.astype(np.float32)
+    out[3, 0, 5, 5] = np.nan
+    out[4, 0, 1, 1] = np.inf
+    return out
+
+
+def _one_roi(a):
+    a[7, 0, 0] = 2
+    return a
+
+
+def _emptied(p):
+    """What a pool with no samples looks like (an import that matched nothing writes one)."""
+    for shard in p.glob("shard-*"):
+        shutil.rmtree(shard)
+    _manifest(p, lambda m: {**m, "count": 0, "shards": []})
+
+
 CORRUPTIONS = {
     "pixels overwritten": (_overwrite_pixels, "checksum mismatch"),
     "ROI set to 255": (lambda p: _rewrite(p, 0, "rois", lambda a: a * 255, False), "checksum mismatch"),
@@ -113,6 +140,30 @@ CORRUPTIONS = {
         "cannot be read",
     ),
     "shard missing": (lambda p: [f.unlink() for f in (p / "shard-00001").iterdir()], "missing"),
+    "shard folder removed": (lambda p: shutil.rmtree(p / "shard-00001"), "shard-00001/images.npy is missing"),
+    "images short by one row": (
+        lambda p: (p / "shard-00001" / "images.npy").write_bytes(
+            (p / "shard-00001" / "images.npy").read_bytes()[: -16 * 16]
+        ),
+        "shard-00001/images.npy cannot be read",
+    ),
+    "ROIs of the wrong shape, re-signed": (
+        lambda p: _rewrite(p, 0, "rois", lambda a: np.ascontiguousarray(a[:, :8]), True),
+        "uint8[20, 8, 16] does not match the manifest's uint8[20, 16, 16]",
+    ),
+    "float32 pixels with NaN and Inf, re-signed": (
+        lambda p: _rewrite(p, 1, "images", _nan_pixels, True),
+        "float32[20, 1, 16, 16] does not match the manifest's uint8",
+    ),
+    "one ROI value 2, re-signed": (
+        lambda p: _rewrite(p, 1, "rois", _one_roi, True),
+        "shard-00001: sample 27 (ID 's27'): its ROI holds values other than 0 and 1 (max 2)",
+    ),
+    "no samples": (_emptied, "the pool holds no samples"),
+    "manifest says float32 pixels": (
+        lambda p: _manifest(p, lambda m: {**m, "pixel_dtype": "float32"}),
+        "are not one of ('uint8', 'uint16')",
+    ),
     "manifest without shards": (
         lambda p: _manifest(p, lambda m: {k: v for k, v in m.items() if k != "shards"}),
         "malformed",
@@ -132,7 +183,7 @@ def test_verify_names_each_corruption(tmp_path, case):
     pool = _pool(tmp_path / "pool")
     Pool(pool).verify()  # clean before
     corrupt(pool)
-    with pytest.raises(PoolFormatError, match=message):
+    with pytest.raises(PoolFormatError, match=re.escape(message)):
         Pool(pool).verify()
     out = subprocess.run(
         [sys.executable, "-m", "xgal.cli", "pool", "verify", str(pool)],
@@ -145,12 +196,29 @@ def test_verify_names_each_corruption(tmp_path, case):
 
 
 @pytest.fixture(scope="module")
-def scorer(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corrupt")
-    (root / "data").mkdir()
+def onnx(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model("small_cnn", "linear", 3, in_channels=1)
-    onnx = export_scoring_graph(model, "features.stage4.0", root / "m.onnx", image_shape=(1, 16, 16))
+    path = tmp_path_factory.mktemp("model") / "m.onnx"
+    return export_scoring_graph(model, "features.stage4.0", path, image_shape=(1, 16, 16))
+
+
+@pytest.mark.parametrize("case", list(CORRUPTIONS))
+def test_scoring_in_process_names_each_corruption(tmp_path, onnx, case):
+    """What `xgal score` runs: the shards' checksums first, then each batch's samples."""
+    corrupt, message = CORRUPTIONS[case]
+    pool = _pool(tmp_path / "pool")
+    engine = OnnxRuntimeEngine(onnx)
+    assert len(score_pool(engine, Pool(pool), AcquisitionConfig(), 5, verify=True).top) == 5
+    corrupt(pool)
+    with pytest.raises(PoolFormatError, match=re.escape(message)):
+        score_pool(engine, Pool(pool), AcquisitionConfig(), 5, verify=True)
+
+
+@pytest.fixture(scope="module")
+def scorer(tmp_path_factory, onnx):
+    root = tmp_path_factory.mktemp("corrupt")
+    (root / "data").mkdir()
     srv = RunningServer(ServerConfig(data_root=root / "data", model_repo=root / "repo", port=0))
     with ScorerClient(srv.address) as client:
         client.publish_model(onnx, "m")
@@ -173,3 +241,19 @@ def test_the_scorer_refuses_to_rank_a_corrupt_pool(scorer, case):
             list(stub.ScorePool(request, timeout=30))
     assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION, err.value.details()
     assert message in err.value.details() and str(data) not in err.value.details()
+
+
+def test_an_empty_pool_is_refused_everywhere(scorer, onnx, tmp_path):
+    """A writer given no samples still writes a pool; verify, scoring in process, ScorePool and
+    the client each refuse it by name rather than rank nothing."""
+    data, srv = scorer
+    PoolWriter(data / "empty", image_shape=(1, 16, 16), class_names=["a", "b", "c"]).close()
+    message = "empty: the pool holds no samples"
+    with pytest.raises(PoolFormatError, match=message):
+        Pool(data / "empty").verify()
+    with pytest.raises(PoolFormatError, match=message):
+        score_pool(OnnxRuntimeEngine(onnx), Pool(data / "empty"), AcquisitionConfig(), 5)
+    with ScorerClient(srv.address) as client:
+        with pytest.raises(ScorerError, match=message) as err:
+            client.score_pool("empty", model="m", top_k=5)
+    assert err.value.code == grpc.StatusCode.FAILED_PRECONDITION

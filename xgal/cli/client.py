@@ -22,7 +22,9 @@ from xgal.cli.common import (
     read_ids,
     read_token,
 )
+from xgal.cli.score import ON_BAD_SAMPLE
 from xgal.core.acquisition import AcquisitionConfig
+from xgal.core.samples import OnBadSample
 
 app = App(help="Talk to running scorers.")
 
@@ -80,6 +82,7 @@ def client_score(
     exclude: Path | None = EXCLUDE,
     output: Path | None = OUTPUT,
     all_scores: bool = ALL_SCORES,
+    on_bad_sample: OnBadSample = ON_BAD_SAMPLE,
     token_file: Path | None = TOKEN_FILE,
     tls_ca: Path | None = TLS_CA,
     *,
@@ -101,6 +104,7 @@ def client_score(
             top_k=top_k,
             exclude_ids=excluded,
             return_all=all_scores,
+            on_bad_sample=on_bad_sample,
             **asdict(acquisition),
         )
     source = f" with {res.model.name} v{res.model.version}"

@@ -25,6 +25,9 @@ def to_dict(result: ScoreResult, context: dict[str, Any]) -> dict[str, Any]:
         "images_per_s": round(result.images_per_s, 2),
         "class_names": list(result.class_names),
         "top": rows(result.top, result.class_names),
+        # Bad samples left out under --on-bad-sample skip: never scored, so in no row above.
+        "skipped_count": len(result.skipped),
+        "skipped": [{"id": s.id, "reason": s.reason} for s in result.skipped],
     }
     if result.all is not None:
         doc["all"] = rows(result.all, result.class_names, ranked=False)
@@ -87,4 +90,9 @@ def print_table(
     console.print(
         f"scored {result.scored} images{source} in {result.seconds:.2f} s "
         f"({result.images_per_s:.1f} images/s); {result.excluded} excluded"
+        + (f"; {len(result.skipped)} skipped (bad samples, not scored)" if result.skipped else "")
     )
+    for s in result.skipped[:limit]:
+        console.print(f"  skipped {s.id}: {s.reason}", markup=False, highlight=False)
+    if len(result.skipped) > limit:
+        console.print(f"  ... and {len(result.skipped) - limit} more skipped (all in the .json output)")

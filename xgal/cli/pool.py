@@ -170,8 +170,18 @@ def pool_info(path: Path = typer.Argument(..., help="Pool folder.")) -> None:
 
 @app.command("verify")
 def pool_verify(path: Path = typer.Argument(..., help="Pool folder.")) -> None:
-    """Recompute every checksum of a pool."""
-    from xgal.pool.format import Pool
+    """Recompute every checksum of a pool and list every bad sample (ROI values other than 0/1,
+    NaN/Inf pixels). Exit 2 on the first damaged shard, or after listing the bad samples."""
+    from xgal.pool.format import Pool, PoolFormatError
 
-    Pool(path).verify()
-    out.print(f"{path}: all checksums match")
+    pool = Pool(path)
+    pool.verify(samples=False)
+    bad = pool.bad_samples()
+    for sample in bad:
+        console.print(f"bad sample: {sample}", markup=False, highlight=False)
+    if bad:
+        raise PoolFormatError(
+            f"{path}: {len(bad)} bad samples (listed above); score with --on-bad-sample skip to leave "
+            "them out, or fix them"
+        )
+    out.print(f"{path}: all checksums match, {pool.count} samples, none bad")

@@ -8,6 +8,16 @@ import typer
 
 from xgal.cli.common import ALL_SCORES, EXCLUDE, OUTPUT, TOP_K, Bar, acquisition_options, out, read_ids
 from xgal.core.acquisition import AcquisitionConfig
+from xgal.core.samples import OnBadSample
+
+# Shared with `xgal client score`.
+ON_BAD_SAMPLE = typer.Option(
+    OnBadSample.FAIL,
+    "--on-bad-sample",
+    case_sensitive=False,
+    help="A sample with ROI values other than 0/1 or NaN/Inf pixels: fail (naming it) or skip it "
+    "(it is not scored and is listed in the output). Damaged shards always fail.",
+)
 
 
 @acquisition_options()
@@ -21,6 +31,10 @@ def score(
     provider: list[str] = typer.Option([], help="Execution provider(s), best first."),
     output: Path | None = OUTPUT,
     all_scores: bool = ALL_SCORES,
+    on_bad_sample: OnBadSample = ON_BAD_SAMPLE,
+    verify: bool = typer.Option(
+        True, help="Check the pool's checksums, IDs and labels first (reads the pool once more)."
+    ),
     *,
     acquisition: AcquisitionConfig,
 ) -> None:
@@ -44,6 +58,8 @@ def score(
             return_all=all_scores,
             batch_size=batch_size,
             progress=bar.update,
+            on_bad_sample=on_bad_sample,
+            verify=verify,
         )
     report.print_table(result, f"top {top_k} of {data.path} by {acquisition.strategy}", out)
     if output is not None:

@@ -21,7 +21,21 @@ def serve(
     token_file: Path | None = typer.Option(None, help="File holding the bearer token clients must send."),
     max_batch: int = typer.Option(64, min=1, help="Dynamic batching: images per engine call."),
     max_delay_ms: float = typer.Option(5.0, min=0, help="Dynamic batching: longest wait to fill a batch."),
-    workers: int = typer.Option(8, min=1, help="Concurrent RPCs."),
+    workers: int = typer.Option(
+        8, min=2, help="Worker threads: scoring and uploads get all but --reserved-workers."
+    ),
+    reserved_workers: int = typer.Option(
+        2,
+        min=0,
+        help="Workers kept for health and control calls; scoring beyond the rest is refused "
+        "with RESOURCE_EXHAUSTED instead of queued.",
+    ),
+    grace: float = typer.Option(
+        30.0, min=0, help="On SIGTERM, how long calls in flight may run before they are cancelled."
+    ),
+    stream_idle_s: float = typer.Option(
+        60.0, min=0.1, help="Close a ScoreStream or upload that sends nothing for this long."
+    ),
     max_message_mb: int = typer.Option(64, min=1, help="Largest gRPC message, both directions."),
     provider: list[str] = typer.Option(
         [], help="ONNX Runtime execution provider(s), best first (default: every installed one)."
@@ -59,9 +73,12 @@ def serve(
             max_batch=max_batch,
             max_delay_ms=max_delay_ms,
             workers=workers,
+            reserved_workers=reserved_workers,
+            stream_idle_s=stream_idle_s,
             max_message_mb=max_message_mb,
             providers=tuple(provider),
             spinning=spin,
             intra_op_threads=threads,
-        )
+        ),
+        grace=grace,
     )

@@ -24,7 +24,8 @@ from xgal.client.shards import ShardRun
 from xgal.client.transport import RETRYABLE, RetryPolicy, ScorerError, Target, error
 from xgal.core.acquisition import AcquisitionConfig
 from xgal.core.ranking import Ranked, ScoreResult, merge, select
-from xgal.core.wire import acquisition_to_proto, ranked_from_proto
+from xgal.core.samples import OnBadSample
+from xgal.core.wire import acquisition_to_proto, on_bad_sample_to_proto, ranked_from_proto, skipped_from_proto
 from xgal.v1 import scorer_pb2 as pb
 
 CHUNK = 1 << 20
@@ -171,10 +172,13 @@ class ScorerClient:
         return_all: bool = False,
         shards: int | None = None,
         progress: bool | Callable[[int, int], None] | None = None,
+        on_bad_sample: OnBadSample | str = OnBadSample.FAIL,
         **acquisition: object,
     ) -> PoolScores:
         """Rank a pool the scorers can read. Acquisition options are AcquisitionConfig's
         (strategy, lam, uncertainty, missing_roi, normalise, balance, seed, ...).
+        `on_bad_sample`: "fail" (a sample with a bad ROI or NaN pixels fails the run, naming
+        it) or "skip" (it is left out and listed in the result's `skipped`, in pool order).
 
         With several targets the pool is split into `shards` (default 2 per target), scored
         in parallel; a shard that meets an unavailable or overloaded replica is tried again on
@@ -190,6 +194,7 @@ class ScorerClient:
         spans = sorted({(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:], strict=True) if b > a})
         need_all = return_all or not config.pointwise
         proto_config = acquisition_to_proto(config)
+        policy = on_bad_sample_to_proto(on_bad_sample)
 
         def request(start: int, stop: int) -> pb.ScorePoolRequest:
             return pb.ScorePoolRequest(
@@ -201,6 +206,7 @@ class ScorerClient:
                 start=start,
                 stop=stop,
                 return_all=need_all,
+                on_bad_sample=policy,
             )
 
         report = self._progress(progress, desc.count)
@@ -234,6 +240,8 @@ class ScorerClient:
             excluded=sum(p.excluded for p in parts),
             seconds=max(p.seconds for p in parts),
             class_names=tuple(info.class_names),
+            # Shards in pool order, each in pool order: the pool's bad samples in pool order.
+            skipped=[s for p in parts for s in skipped_from_proto(p.skipped)],
             model=info,
         )
 
@@ -262,6 +270,9 @@ class ScorerClient:
         proto_acq = acquisition_to_proto(config)
         ref = pb.ModelRef(name=model, version=version)
         starts = range(0, len(images), batch_size)
+        # Said in every message: the server refuses bytes whose type is not the model's (float
+        # NaNs of the right length would otherwise be read as pixels).
+        wire = images.dtype.newbyteorder("<")
 
         def requests(first: int) -> Iterator[pb.ScoreStreamRequest]:
             for lo in starts[first:]:
@@ -270,9 +281,8 @@ class ScorerClient:
                     model=ref,
                     acquisition=proto_acq,
                     ids=ids[lo:hi],
-                    images=np.ascontiguousarray(images[lo:hi])
-                    .astype(images.dtype.newbyteorder("<"))
-                    .tobytes(),
+                    images=np.ascontiguousarray(images[lo:hi]).astype(wire).tobytes(),
+                    pixel_dtype=wire.name,
                     rois=np.ascontiguousarray(rois[lo:hi], dtype=np.uint8).tobytes(),
                     want_cam=want_cam,
                 )

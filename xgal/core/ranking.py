@@ -11,13 +11,14 @@ The scorer's pipeline, its ScoreStream and the client all rank through `scored_b
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 import numpy as np
 
 from xgal.core.acquisition import AcquisitionConfig, Balance, combine, criteria
 from xgal.core.errors import InvalidArgument
+from xgal.core.samples import SkippedSample
 
 
 @dataclass
@@ -190,10 +191,13 @@ def select(everything: Ranked, k: int, num_classes: int, config: AcquisitionConf
 class ScoreResult:
     top: Ranked  # the selection, in rank order
     all: Ranked | None  # every scored sample (pool order) when asked for
-    scored: int  # samples run through the engine
+    scored: int  # samples run through the engine (not the skipped ones)
     excluded: int  # labelled IDs and samples dropped by the missing-ROI policy
     seconds: float
     class_names: tuple[str, ...]
+    # Bad samples left unscored under `OnBadSample.SKIP`, in pool order: listed, never dropped
+    # silently (they are in neither `scored` nor `excluded`).
+    skipped: list[SkippedSample] = field(default_factory=list)
 
     @property
     def images_per_s(self) -> float:

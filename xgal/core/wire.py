@@ -14,7 +14,8 @@ import numpy as np
 from xgal.core.acquisition import AcquisitionConfig
 from xgal.core.contract import ScoringGraphInfo
 from xgal.core.errors import InvalidArgument
-from xgal.core.ranking import Ranked
+from xgal.core.ranking import Ranked, ScoreResult
+from xgal.core.samples import OnBadSample, SkippedSample
 from xgal.v1 import scorer_pb2 as pb
 
 # (config field, proto field, proto enum, value prefix); 0 (unset) means the config's default.
@@ -51,6 +52,44 @@ def acquisition_from_proto(msg: pb.Acquisition) -> AcquisitionConfig:
         lam=msg.lam if msg.HasField("lam") else defaults.lam,
         entropy_over_log_k=msg.entropy_over_log_k,
         seed=msg.seed,
+    )
+
+
+_ON_BAD_SAMPLE = "ON_BAD_SAMPLE_"
+
+
+def on_bad_sample_to_proto(policy: OnBadSample | str) -> int:
+    return pb.OnBadSample.Value(_ON_BAD_SAMPLE + OnBadSample.parse(policy).value.upper())
+
+
+def on_bad_sample_from_proto(value: int) -> OnBadSample:
+    """0 (unset) is FAIL, the default: a request that does not ask to skip never loses a sample."""
+    if value == 0:
+        return OnBadSample.FAIL
+    try:
+        return OnBadSample(pb.OnBadSample.Name(value).removeprefix(_ON_BAD_SAMPLE).lower())
+    except ValueError:
+        raise InvalidArgument(f"unknown on_bad_sample value {value}") from None
+
+
+def skipped_to_proto(skipped: Sequence[SkippedSample]) -> list[pb.SkippedSample]:
+    return [pb.SkippedSample(id=s.id, reason=s.reason) for s in skipped]
+
+
+def skipped_from_proto(skipped: Sequence[pb.SkippedSample]) -> list[SkippedSample]:
+    return [SkippedSample(s.id, s.reason) for s in skipped]
+
+
+def score_result_to_proto(result: ScoreResult, model: pb.ModelInfo) -> pb.ScoreResult:
+    """ScorePool's final message (the client reads it back field by field, merging shards)."""
+    return pb.ScoreResult(
+        model=model,
+        top=ranked_to_proto(result.top),
+        all=ranked_to_proto(result.all) if result.all is not None else [],
+        scored=result.scored,
+        excluded=result.excluded,
+        seconds=result.seconds,
+        skipped=skipped_to_proto(result.skipped),
     )
 
 

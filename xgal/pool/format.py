@@ -8,11 +8,13 @@ import json
 import mmap
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from xgal.core.checksum import sha256_file
+from xgal.core.samples import sample_problems
 from xgal.pool.layout import (
     ARRAYS,
     FORMAT,
@@ -29,6 +31,7 @@ from xgal.pool.writer import PoolWriter
 __all__ = [
     "ARRAYS",
     "FORMAT",
+    "BadSample",
     "MANIFEST",
     "PARTIAL",
     "PIXEL_DTYPES",
@@ -60,6 +63,19 @@ def _release(arr: np.ndarray, lo: int, hi: int) -> None:
     end_page = end - end % _PAGE
     if end_page > begin_page:
         mm.madvise(mmap.MADV_DONTNEED, begin_page, end_page - begin_page)
+
+
+@dataclass(frozen=True)
+class BadSample:
+    """A sample that must not be scored: where it is (pool/shard), its pool index and ID, why."""
+
+    where: str
+    index: int
+    id: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.where}: sample {self.index} (ID {self.id[:80]!r}): {self.reason}"
 
 
 class Pool:
@@ -174,17 +190,41 @@ class Pool:
                 if key != "labels" or self.has_labels:
                     self._array(shard, key)
 
-    def verify(self, start: int = 0, stop: int | None = None) -> None:
+    def verify(self, start: int = 0, stop: int | None = None, *, samples: bool = True) -> None:
         """Everything `check` does, and for the shards that hold samples [start, stop) (all by
-        default): every file's SHA-256 against the manifest, ROI values 0 or 1, labels within
-        the classes; and over the whole pool: IDs non-empty and unique. Reads those shards
-        whole; the first problem is raised, naming the file and the sample."""
+        default): every file's SHA-256 against the manifest, labels within the classes; over
+        the whole pool: at least one sample, IDs non-empty and unique. These fail on the first
+        problem, naming the file. With `samples`, then also every bad sample of those shards
+        (`bad_samples`): the first is named and the rest counted. Reads those shards whole."""
         self.check()
+        self.check_not_empty()
         self._check_ids()
         stop = self.count if stop is None else stop
-        for shard in self.shards:
-            if shard.stop > start and shard.start < stop or shard.count == 0:
-                self._verify_shard(shard)
+        shards = [s for s in self.shards if s.stop > start and s.start < stop or s.count == 0]
+        for shard in shards:
+            self._verify_shard(shard)
+        if samples:
+            bad = [b for shard in shards for b in self._bad_in(shard)]
+            if bad:
+                more = f"; and {len(bad) - 1} more bad samples" if len(bad) > 1 else ""
+                raise PoolFormatError(f"{bad[0]}{more} (`xgal pool verify` lists them all)")
+
+    def check_not_empty(self) -> None:
+        if self.count == 0:
+            # A folder with a manifest and no samples is what an import that matched nothing
+            # leaves; ranking it would return an empty selection as if that were an answer.
+            raise PoolFormatError(f"{self.path.name}: the pool holds no samples (nothing to score)")
+
+    def bad_samples(self, start: int = 0, stop: int | None = None) -> list[BadSample]:
+        """Every sample of the shards holding [start, stop) that must not be scored (see
+        `xgal.core.samples.sample_problems`), in pool order. Reads their ROIs (and float pixels)."""
+        stop = self.count if stop is None else stop
+        return [b for s in self.shards if s.stop > start and s.start < stop for b in self._bad_in(s)]
+
+    def bad_sample(self, index: int, sample_id: str, reason: str) -> BadSample:
+        """Pool sample `index` as a bad sample: where it is and why it must not be scored."""
+        shard = next(s for s in self.shards if s.start <= index < s.stop)
+        return BadSample(f"{self.path.name}/{shard.path.name}", index, sample_id, reason)
 
     def _keys(self) -> list[str]:
         return [k for k in ARRAYS if k != "labels" or self.has_labels]
@@ -213,16 +253,6 @@ class Pool:
                 raise PoolFormatError(f"{where}: the manifest has no checksum for {key}.npy")
             if sha256_file(shard.path / f"{key}.npy") != digest:
                 raise PoolFormatError(f"{where}/{key}.npy: checksum mismatch (file changed or corrupt)")
-        rois = self._array(shard, "rois")
-        for lo in range(0, shard.count, 1024):
-            hi = min(lo + 1024, shard.count)
-            bad = np.flatnonzero(rois[lo:hi].reshape(hi - lo, -1).max(axis=1) > 1)
-            _release(rois, lo, hi)
-            if bad.size:
-                raise PoolFormatError(
-                    f"{where}: the ROI of sample {shard.start + lo + int(bad[0])} holds values other than "
-                    "0 and 1"
-                )
         if self.has_labels and self.class_names:
             labels = np.asarray(self._array(shard, "labels"))
             bad = np.flatnonzero((labels < 0) | (labels >= len(self.class_names)))
@@ -231,6 +261,21 @@ class Pool:
                     f"{where}: sample {shard.start + int(bad[0])} has label {int(labels[bad[0]])}, outside "
                     f"the {len(self.class_names)} classes"
                 )
+
+    def _bad_in(self, shard: Shard) -> list[BadSample]:
+        rois, ids = self._array(shard, "rois"), self._array(shard, "ids")
+        # Integer pixels are all valid; only float ones can hold NaN or Inf.
+        images = self._array(shard, "images") if np.dtype(self.pixel_dtype).kind in "fc" else None
+        out = []
+        for lo in range(0, shard.count, 1024):
+            hi = min(lo + 1024, shard.count)
+            found = sample_problems(rois[lo:hi], None if images is None else np.asarray(images[lo:hi]))
+            _release(rois, lo, hi)
+            if images is not None:
+                _release(images, lo, hi)
+            for row, reason in found:
+                out.append(self.bad_sample(shard.start + lo + row, str(ids[lo + row]), reason))
+        return out
 
     def read(
         self, start: int, stop: int, keys: Sequence[str] = ("ids", "images", "rois")

@@ -1,15 +1,16 @@
 """A prefetching batch reader: a background thread copies the next batches out of the pool's
-memory maps while the engine computes the current one."""
+memory maps, and finds their bad samples, while the engine computes the current one."""
 
 from __future__ import annotations
 
 import queue
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from xgal.core.samples import sample_problems
 from xgal.pool.format import Pool
 
 
@@ -20,9 +21,18 @@ class Batch:
     images: np.ndarray
     rois: np.ndarray
     labels: np.ndarray | None = None
+    # (row, reason) of each sample that must not be scored (`sample_problems`), in row order.
+    problems: list[tuple[int, str]] = field(default_factory=list)
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
+
+    def without_problems(self) -> Batch:
+        """The batch less its bad samples (`start` stays the first row's pool index)."""
+        keep = np.ones(len(self), dtype=bool)
+        keep[[row for row, _ in self.problems]] = False
+        labels = self.labels[keep] if self.labels is not None else None
+        return Batch(self.start, self.ids[keep], self.images[keep], self.rois[keep], labels)
 
 
 _DONE = object()
@@ -55,7 +65,8 @@ class PrefetchLoader:
 
     def _read(self, lo: int) -> Batch:
         data = self.pool.read(lo, min(lo + self.batch_size, self.stop), self.keys)
-        return Batch(lo, data["ids"], data["images"], data["rois"], data.get("labels"))
+        problems = sample_problems(data["rois"], data["images"])
+        return Batch(lo, data["ids"], data["images"], data["rois"], data.get("labels"), problems)
 
     def __iter__(self) -> Iterator[Batch]:
         q: queue.Queue[object] = queue.Queue(maxsize=self.prefetch)

@@ -31,6 +31,9 @@ class Metrics:
         self.compute_seconds = Histogram(
             "xgal_compute_seconds", "Engine time per call", buckets=_TIME_BUCKETS, registry=r
         )
+        self.in_flight = Gauge(
+            "xgal_long_calls_in_flight", "Scoring and upload calls holding a worker now", registry=r
+        )
         self.models_loaded = Gauge(
             "xgal_model_loaded", "1 for each loaded model version", ["name", "version"], registry=r
         )
@@ -40,6 +43,10 @@ class Metrics:
         self.batch_size.observe(size)
         self.queue_seconds.observe(queued)
         self.compute_seconds.observe(compute)
+
+    def count_refused(self, method: str, code: object) -> None:
+        """A call turned away before it started (busy, or draining)."""
+        self.requests.labels(method, getattr(code, "name", str(code))).inc()
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Expose /metrics over HTTP; returns the bound port (0 picks a free one)."""

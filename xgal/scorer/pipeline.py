@@ -1,7 +1,9 @@
 """Score a pool in process: pool -> loader -> engine -> acquisition -> ranking.
 
 `score_pool` is what the CLI and the gRPC service call; it keeps only a bounded top-k unless
-every score is wanted or a pool-level normalisation needs them.
+every score is wanted or a pool-level normalisation needs them. Bad samples (ROI values other
+than 0 and 1, NaN/Inf pixels) never reach the engine: they fail the run, naming the sample, or
+with `OnBadSample.SKIP` are left out and listed in the result.
 """
 
 from __future__ import annotations
@@ -11,9 +13,10 @@ from collections.abc import Callable, Iterable
 
 from xgal.core.acquisition import AcquisitionConfig, Balance
 from xgal.core.ranking import Ranked, ScoreResult, TopK, exclusion_set, rescore, scored_batch
+from xgal.core.samples import OnBadSample, SkippedSample
 from xgal.pool.format import Pool, PoolFormatError
 from xgal.scorer.engines.base import Engine
-from xgal.scorer.loader import PrefetchLoader
+from xgal.scorer.loader import Batch, PrefetchLoader
 
 __all__ = ["ScoreResult", "check_compatible", "score_pool"]
 
@@ -40,10 +43,18 @@ def score_pool(
     stop: int | None = None,
     prefetch: int = 2,
     progress: Callable[[int, int], None] | None = None,
+    on_bad_sample: OnBadSample | str = OnBadSample.FAIL,
+    verify: bool = False,
 ) -> ScoreResult:
     """Rank samples [start, stop) of `pool`. `progress(done, total)` is called after each
-    batch; it may raise to cancel the run."""
+    batch; it may raise to cancel the run. `on_bad_sample`: what to do with a sample that
+    must not be scored (fail naming it, or skip and list it). `verify`: check the shards'
+    checksums, IDs and labels first (`Pool.verify`), for callers that have not."""
+    policy = OnBadSample.parse(on_bad_sample)
     check_compatible(engine, pool)
+    pool.check_not_empty()
+    if verify:
+        pool.verify(start, pool.count if stop is None else stop, samples=False)
     if config.balance is Balance.ORACLE and not pool.has_labels:
         raise PoolFormatError(f"balance 'oracle' needs a pool with labels; {pool.path} has none")
     k = engine.info.num_classes
@@ -60,26 +71,30 @@ def score_pool(
     excluded_ids = exclusion_set(exclude_ids)
     kept: list[Ranked] = []
     need_all = return_all or not config.pointwise
-    done = kept_count = 0
+    done = scored = kept_count = 0
+    skipped: list[SkippedSample] = []
     t0 = time.perf_counter()
-    for batch in loader:
-        s = engine.run(batch.images, batch.rois)
-        ranked = scored_batch(
-            batch.ids,
-            s.probs,
-            s.entropy,
-            s.dice,
-            s.roi_area,
-            config,
-            labels=batch.labels,
-            exclude_ids=excluded_ids,
-        )
-        if config.pointwise:
-            best.update(ranked)
-        if need_all:
-            kept.append(ranked)
-        done += len(batch)
-        kept_count += len(ranked)
+    for read in loader:
+        done += len(read)
+        batch = _apply_policy(pool, read, policy, skipped) if read.problems else read
+        if len(batch):
+            s = engine.run(batch.images, batch.rois)
+            ranked = scored_batch(
+                batch.ids,
+                s.probs,
+                s.entropy,
+                s.dice,
+                s.roi_area,
+                config,
+                labels=batch.labels,
+                exclude_ids=excluded_ids,
+            )
+            if config.pointwise:
+                best.update(ranked)
+            if need_all:
+                kept.append(ranked)
+            scored += len(batch)
+            kept_count += len(ranked)
         if progress is not None:
             progress(done, total)
     everything = None
@@ -90,8 +105,23 @@ def score_pool(
     return ScoreResult(
         top=best.result(),
         all=everything if return_all else None,
-        scored=done,
-        excluded=done - kept_count,
+        scored=scored,
+        excluded=scored - kept_count,
         seconds=time.perf_counter() - t0,
         class_names=engine.info.class_names,
+        skipped=skipped,
     )
+
+
+def _apply_policy(pool: Pool, batch: Batch, policy: OnBadSample, skipped: list[SkippedSample]) -> Batch:
+    """Apply the policy to a batch that holds bad samples: raise naming the first, or list
+    them all in `skipped` and return the rest of the batch."""
+    if policy is OnBadSample.FAIL:
+        row, reason = batch.problems[0]
+        bad = pool.bad_sample(batch.start + row, str(batch.ids[row]), reason)
+        raise PoolFormatError(
+            f"{bad}; score with on_bad_sample 'skip' to leave such samples out (they are listed "
+            "in the result)"
+        )
+    skipped.extend(SkippedSample(str(batch.ids[row]), reason) for row, reason in batch.problems)
+    return batch.without_problems()

@@ -14,6 +14,7 @@ import hmac
 import logging
 import signal
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from xgal.core.errors import InvalidArgument, UserError
+from xgal.scorer.admission import Admission, AdmissionInterceptor
 from xgal.scorer.engines.ort import OnnxRuntimeEngine, check_providers
 from xgal.scorer.metrics import Metrics
 from xgal.scorer.repository import ModelRepository
@@ -91,6 +93,10 @@ class ServerConfig:
     max_delay_ms: float = 5.0
     max_queue: int = 64
     workers: int = 8
+    # Worker threads kept for health and control calls: scoring and uploads get the others.
+    reserved_workers: int = 2
+    # A ScoreStream or upload that sends nothing for this long is closed (it holds a worker).
+    stream_idle_s: float = 60.0
     max_message_mb: int = 64
     providers: tuple[str, ...] = ()  # ONNX Runtime execution providers, best first; () = all installed
     # ONNX Runtime's threads spin-wait between runs: no gain for one model here, and 25% fewer
@@ -137,11 +143,23 @@ class RunningServer:
             max_batch=config.max_batch,
             max_delay_ms=config.max_delay_ms,
             max_queue=config.max_queue,
+            stream_idle_s=config.stream_idle_s,
         )
         self.service.unloadable = {name for name, _ in self.load_problems} - {m.name for m in served}
         self.service.refresh_health()
         limit = config.max_message_mb * 1024 * 1024
-        interceptors = [BearerTokenInterceptor(config.token)] if config.token else []
+        if not 0 <= config.reserved_workers < config.workers:
+            raise InvalidArgument(
+                f"--reserved-workers must leave at least one of the {config.workers} workers for "
+                f"scoring; got {config.reserved_workers}"
+            )
+        self.admission = Admission(config.workers - config.reserved_workers, self.service.draining)
+        # The token first: a caller without it learns nothing, not even that the replica is busy.
+        interceptors: list[grpc.ServerInterceptor] = (
+            [BearerTokenInterceptor(config.token)] if config.token else []
+        )
+        interceptors.append(AdmissionInterceptor(self.admission, self.metrics.count_refused))
+        self.metrics.in_flight.set_function(lambda: self.admission.in_flight)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="xgal-rpc"),
             interceptors=interceptors,
@@ -185,9 +203,17 @@ class RunningServer:
         log.info("xgal scorer on %s (metrics: %s)", self.address, self.metrics_port)
 
     def stop(self, grace: float | None = 30.0) -> None:
+        """Drain, then stop. While calls in flight finish (up to `grace` seconds), the port stays
+        open: health answers NOT_SERVING and new scoring calls UNAVAILABLE, so that balancers
+        and clients move on with a reason instead of meeting a refused connection."""
         self.service.draining.set()
         self.service.refresh_health()
-        self.server.stop(grace).wait()
+        t0 = time.monotonic()
+        if not self.admission.wait_idle(grace):
+            busy = self.admission.in_flight
+            log.warning("drain: %d call(s) still running after %s s; cancelling them", busy, grace)
+        left = None if grace is None else max(0.0, grace - (time.monotonic() - t0))
+        self.server.stop(left).wait()
         self.service.close()
         self.metrics.close()
 

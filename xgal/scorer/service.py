@@ -18,9 +18,15 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2
 
-from xgal.core.wire import acquisition_from_proto, model_info_to_proto, ranked_to_proto
+from xgal.core.wire import (
+    acquisition_from_proto,
+    model_info_to_proto,
+    on_bad_sample_from_proto,
+    score_result_to_proto,
+)
 from xgal.pool.format import Pool, PoolAccessError, PoolFormatError
-from xgal.scorer.batcher import BatchedEngine, DynamicBatcher, QueueFullError
+from xgal.scorer.admission import idle_bounded
+from xgal.scorer.batcher import BatchedEngine, DynamicBatcher
 from xgal.scorer.engines.base import Engine
 from xgal.scorer.metrics import Metrics
 from xgal.scorer.pipeline import score_pool
@@ -61,6 +67,7 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
         max_queue: int = 64,
         max_model_bytes: int = 1 << 30,
         progress_interval_s: float = 0.25,
+        stream_idle_s: float = 60.0,
     ) -> None:
         self.repo = repository
         self.data_root = Path(data_root).resolve()
@@ -69,6 +76,7 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
         self.max_batch, self.max_delay_ms, self.max_queue = max_batch, max_delay_ms, max_queue
         self.max_model_bytes = max_model_bytes
         self.progress_interval_s = progress_interval_s
+        self.stream_idle_s = stream_idle_s
         self._batchers: dict[int, _Batching] = {}
         self._lock = threading.Lock()
         self.draining = threading.Event()
@@ -138,11 +146,16 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
     def _pool(self, rel: str) -> Pool:
         if not rel:
             raise ValueError("no pool given")
-        path = (self.data_root / rel).resolve()
+        shown = rel if len(rel) <= 80 else rel[:77] + "..."
+        try:
+            path = (self.data_root / rel).resolve()
+            found = path.exists()
+        except OSError as exc:  # a name too long for the file system, a NUL byte, a loop
+            raise ValueError(f"pool {shown!r} cannot be opened: {exc.strerror or exc}") from None
         if path != self.data_root and self.data_root not in path.parents:
-            raise PoolAccessError(f"pool {rel!r} is outside the scorer's data root")
-        if not path.exists():
-            raise FileNotFoundError(f"no pool {rel!r} under the scorer's data root")
+            raise PoolAccessError(f"pool {shown!r} is outside the scorer's data root")
+        if not found:
+            raise FileNotFoundError(f"no pool {shown!r} under the scorer's data root")
         try:
             pool = Pool(path)
             pool.check()  # every array's header, shape and place (cheap: no pixels are read)
@@ -152,16 +165,17 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
         return pool
 
     def _verify_once(self, pool: Pool, start: int, stop: int) -> None:
-        """What `xgal pool verify` checks (checksums, ROI values, unique IDs) for the shards a
-        request reads, once per state of the pool's files: a pool changed on disk is checked
-        again, an unchanged one costs a few stat calls."""
+        """What `xgal pool verify` checks of the shards a request reads (checksums, unique IDs,
+        labels, not empty), once per state of the pool's files: a pool changed on disk is checked
+        again, an unchanged one costs a few stat calls. Bad samples (ROI values, NaN pixels) are
+        left to the pipeline, which fails or skips them as the request's on_bad_sample says."""
         files = sorted(pool.path.glob("*/*.npy")) + [pool.path / "manifest.json"]
         stats = [(str(f.relative_to(pool.path)), f.stat()) for f in files]
         state = (str(pool.path), start, stop, tuple((n, st.st_mtime_ns, st.st_size) for n, st in stats))
         if state in self._verified:
             return
         try:
-            pool.verify(start, stop)
+            pool.verify(start, stop, samples=False)
         except PoolFormatError as exc:
             raise PoolFormatError(str(exc).replace(str(self.data_root), "")) from None
         with self._lock:
@@ -185,6 +199,7 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
     def PublishModel(
         self, request_iterator: Iterator[pb.PublishModelRequest], context: grpc.ServicerContext
     ) -> pb.PublishModelResponse:  # noqa: N802
+        request_iterator = idle_bounded(request_iterator, self.stream_idle_s, context)
         first = next(request_iterator, None)
         if first is None or not first.HasField("header"):
             raise ValueError("the first PublishModel message must carry the header")
@@ -258,8 +273,6 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
     def ScorePool(
         self, request: pb.ScorePoolRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.ScorePoolResponse]:  # noqa: N802
-        if self.draining.is_set():
-            raise QueueFullError("the scorer is shutting down; use another replica")
         if request.top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {request.top_k}")
         config = acquisition_from_proto(request.acquisition)
@@ -300,36 +313,38 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
                         start=request.start,
                         stop=stop,
                         progress=progress,
+                        on_bad_sample=on_bad_sample_from_proto(request.on_bad_sample),
                     )
                 events.put(result)
+            except PoolFormatError as exc:  # say where in the pool, not where on the server's disks
+                events.put(PoolFormatError(str(exc).replace(str(pool.path), request.pool)))
             except BaseException as exc:
                 events.put(exc)
 
         worker = threading.Thread(target=work, name="xgal-score-pool", daemon=True)
         worker.start()
         while True:
-            item = events.get()
+            try:
+                # Bounded, so that a call whose client went away is let go even while the work
+                # thread is held up (in the batcher's queue, or in a long engine call).
+                item = events.get(timeout=0.5)
+            except queue.Empty:
+                if not context.is_active():
+                    raise Cancelled("the client cancelled or its deadline passed") from None
+                continue
             if isinstance(item, BaseException):
                 raise item
             if isinstance(item, pb.ScorePoolResponse):
                 yield item
                 continue
-            result = pb.ScoreResult(
-                model=info,
-                top=ranked_to_proto(item.top),
-                all=ranked_to_proto(item.all) if item.all is not None else [],
-                scored=item.scored,
-                excluded=item.excluded,
-                seconds=item.seconds,
-            )
-            yield pb.ScorePoolResponse(result=result)
+            yield pb.ScorePoolResponse(result=score_result_to_proto(item, info))
             return
 
     @rpc
     def ScoreStream(
         self, request_iterator: Iterator[pb.ScoreStreamRequest], context: grpc.ServicerContext
     ) -> Iterator[pb.ScoreStreamResponse]:  # noqa: N802
-        requests = iter(request_iterator)
+        requests = idle_bounded(request_iterator, self.stream_idle_s, context)
         first = next(requests, None)
         if first is None:
             return

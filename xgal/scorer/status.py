@@ -15,14 +15,11 @@ import grpc
 
 from xgal.core.contract import NotAScoringGraphError
 from xgal.pool.format import PoolFormatError
+from xgal.scorer.admission import Cancelled, StreamIdleError
 from xgal.scorer.batcher import QueueFullError
 from xgal.scorer.repository import ModelNotFoundError
 
 log = logging.getLogger("xgal.scorer")
-
-
-class Cancelled(Exception):
-    pass
 
 
 def _code_for(exc: BaseException) -> grpc.StatusCode | None:
@@ -40,7 +37,17 @@ def _code_for(exc: BaseException) -> grpc.StatusCode | None:
         return grpc.StatusCode.INVALID_ARGUMENT
     if isinstance(exc, Cancelled):
         return grpc.StatusCode.CANCELLED
+    if isinstance(exc, StreamIdleError):
+        return grpc.StatusCode.DEADLINE_EXCEEDED
     return None
+
+
+def _ended_by_client(context: grpc.ServicerContext) -> grpc.StatusCode:
+    """Why a call that is no longer active ended: its deadline, or the client cancelling."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
 
 
 def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
@@ -66,11 +73,16 @@ def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
         def stream(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
             try:
                 yield from method(self, request, context)
+            except GeneratorExit:
+                # gRPC drops a stream whose call ended between two responses without resuming
+                # it: the client went away (or the server is stopping and cancelled it).
+                finish(self, _ended_by_client(context))
+                raise
             except Exception as exc:
                 if not context.is_active():
                     # The client cancelled or its deadline passed: whatever the stream raised
                     # then is the cancellation, not a fault of the scorer.
-                    finish(self, grpc.StatusCode.CANCELLED)
+                    finish(self, _ended_by_client(context))
                     return
                 finish(self, _code_for(exc) or grpc.StatusCode.INTERNAL)
                 _abort(context, exc, name)
@@ -84,6 +96,9 @@ def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
         try:
             result = method(self, request, context)
         except Exception as exc:
+            if not context.is_active():  # e.g. an upload whose client went away mid-stream
+                finish(self, _ended_by_client(context))
+                raise
             finish(self, _code_for(exc) or grpc.StatusCode.INTERNAL)
             _abort(context, exc, name)
         finish(self, grpc.StatusCode.OK)

@@ -42,6 +42,12 @@ class Balance(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BALANCE_NONE: _ClassVar[Balance]
     BALANCE_PREDICTED: _ClassVar[Balance]
     BALANCE_ORACLE: _ClassVar[Balance]
+
+class OnBadSample(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ON_BAD_SAMPLE_UNSPECIFIED: _ClassVar[OnBadSample]
+    ON_BAD_SAMPLE_FAIL: _ClassVar[OnBadSample]
+    ON_BAD_SAMPLE_SKIP: _ClassVar[OnBadSample]
 STRATEGY_UNSPECIFIED: Strategy
 STRATEGY_RANDOM: Strategy
 STRATEGY_UNCERTAINTY: Strategy
@@ -63,6 +69,9 @@ BALANCE_UNSPECIFIED: Balance
 BALANCE_NONE: Balance
 BALANCE_PREDICTED: Balance
 BALANCE_ORACLE: Balance
+ON_BAD_SAMPLE_UNSPECIFIED: OnBadSample
+ON_BAD_SAMPLE_FAIL: OnBadSample
+ON_BAD_SAMPLE_SKIP: OnBadSample
 
 class PublishModelRequest(_message.Message):
     __slots__ = ("header", "chunk")
@@ -195,7 +204,7 @@ class Acquisition(_message.Message):
     def __init__(self, strategy: _Optional[_Union[Strategy, str]] = ..., lam: _Optional[float] = ..., uncertainty: _Optional[_Union[UncertaintyKind, str]] = ..., entropy_over_log_k: _Optional[bool] = ..., missing_roi: _Optional[_Union[MissingRoiPolicy, str]] = ..., normalisation: _Optional[_Union[Normalisation, str]] = ..., balance: _Optional[_Union[Balance, str]] = ..., seed: _Optional[int] = ...) -> None: ...
 
 class ScorePoolRequest(_message.Message):
-    __slots__ = ("pool", "model", "acquisition", "top_k", "exclude_ids", "start", "stop", "return_all")
+    __slots__ = ("pool", "model", "acquisition", "top_k", "exclude_ids", "start", "stop", "return_all", "on_bad_sample")
     POOL_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ACQUISITION_FIELD_NUMBER: _ClassVar[int]
@@ -204,6 +213,7 @@ class ScorePoolRequest(_message.Message):
     START_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
     RETURN_ALL_FIELD_NUMBER: _ClassVar[int]
+    ON_BAD_SAMPLE_FIELD_NUMBER: _ClassVar[int]
     pool: str
     model: ModelRef
     acquisition: Acquisition
@@ -212,7 +222,8 @@ class ScorePoolRequest(_message.Message):
     start: int
     stop: int
     return_all: bool
-    def __init__(self, pool: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., acquisition: _Optional[_Union[Acquisition, _Mapping]] = ..., top_k: _Optional[int] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., start: _Optional[int] = ..., stop: _Optional[int] = ..., return_all: _Optional[bool] = ...) -> None: ...
+    on_bad_sample: OnBadSample
+    def __init__(self, pool: _Optional[str] = ..., model: _Optional[_Union[ModelRef, _Mapping]] = ..., acquisition: _Optional[_Union[Acquisition, _Mapping]] = ..., top_k: _Optional[int] = ..., exclude_ids: _Optional[_Iterable[str]] = ..., start: _Optional[int] = ..., stop: _Optional[int] = ..., return_all: _Optional[bool] = ..., on_bad_sample: _Optional[_Union[OnBadSample, str]] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("done", "total", "images_per_s")
@@ -244,21 +255,31 @@ class ScoredSample(_message.Message):
     group: int
     def __init__(self, id: _Optional[str] = ..., uncertainty: _Optional[float] = ..., misalignment: _Optional[float] = ..., score: _Optional[float] = ..., predicted: _Optional[int] = ..., probs: _Optional[_Iterable[float]] = ..., has_roi: _Optional[bool] = ..., group: _Optional[int] = ...) -> None: ...
 
+class SkippedSample(_message.Message):
+    __slots__ = ("id", "reason")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    reason: str
+    def __init__(self, id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+
 class ScoreResult(_message.Message):
-    __slots__ = ("model", "top", "all", "scored", "excluded", "seconds")
+    __slots__ = ("model", "top", "all", "scored", "excluded", "seconds", "skipped")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TOP_FIELD_NUMBER: _ClassVar[int]
     ALL_FIELD_NUMBER: _ClassVar[int]
     SCORED_FIELD_NUMBER: _ClassVar[int]
     EXCLUDED_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
     model: ModelInfo
     top: _containers.RepeatedCompositeFieldContainer[ScoredSample]
     all: _containers.RepeatedCompositeFieldContainer[ScoredSample]
     scored: int
     excluded: int
     seconds: float
-    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., top: _Optional[_Iterable[_Union[ScoredSample, _Mapping]]] = ..., all: _Optional[_Iterable[_Union[ScoredSample, _Mapping]]] = ..., scored: _Optional[int] = ..., excluded: _Optional[int] = ..., seconds: _Optional[float] = ...) -> None: ...
+    skipped: _containers.RepeatedCompositeFieldContainer[SkippedSample]
+    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., top: _Optional[_Iterable[_Union[ScoredSample, _Mapping]]] = ..., all: _Optional[_Iterable[_Union[ScoredSample, _Mapping]]] = ..., scored: _Optional[int] = ..., excluded: _Optional[int] = ..., seconds: _Optional[float] = ..., skipped: _Optional[_Iterable[_Union[SkippedSample, _Mapping]]] = ...) -> None: ...
 
 class ScorePoolResponse(_message.Message):
     __slots__ = ("progress", "result")
@@ -269,20 +290,22 @@ class ScorePoolResponse(_message.Message):
     def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[ScoreResult, _Mapping]] = ...) -> None: ...
 
 class ScoreStreamRequest(_message.Message):
-    __slots__ = ("model", "acquisition", "ids", "images", "rois", "want_cam")
+    __slots__ = ("model", "acquisition", "ids", "images", "rois", "want_cam", "pixel_dtype")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     ACQUISITION_FIELD_NUMBER: _ClassVar[int]
     IDS_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     ROIS_FIELD_NUMBER: _ClassVar[int]
     WANT_CAM_FIELD_NUMBER: _ClassVar[int]
+    PIXEL_DTYPE_FIELD_NUMBER: _ClassVar[int]
     model: ModelRef
     acquisition: Acquisition
     ids: _containers.RepeatedScalarFieldContainer[str]
     images: bytes
     rois: bytes
     want_cam: bool
-    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., acquisition: _Optional[_Union[Acquisition, _Mapping]] = ..., ids: _Optional[_Iterable[str]] = ..., images: _Optional[bytes] = ..., rois: _Optional[bytes] = ..., want_cam: _Optional[bool] = ...) -> None: ...
+    pixel_dtype: str
+    def __init__(self, model: _Optional[_Union[ModelRef, _Mapping]] = ..., acquisition: _Optional[_Union[Acquisition, _Mapping]] = ..., ids: _Optional[_Iterable[str]] = ..., images: _Optional[bytes] = ..., rois: _Optional[bytes] = ..., want_cam: _Optional[bool] = ..., pixel_dtype: _Optional[str] = ...) -> None: ...
 
 class ScoreStreamResponse(_message.Message):
     __slots__ = ("samples", "cams", "cam_shape")
