@@ -4,6 +4,7 @@ pixel dtype that is missing or not the model's, float NaN bytes of the right len
 NaN/Inf pixels for a float model, naming the sample); a stream the client cancels is counted as
 CANCELLED, never as an internal error."""
 
+import hashlib
 import math
 import re
 import threading
@@ -224,3 +225,36 @@ def test_a_cancelled_stream_is_counted_as_cancelled(server):
         assert time.monotonic() < deadline, "the server never counted the cancellation"
         time.sleep(0.01)
     assert value("INTERNAL") == before["INTERNAL"] and value("OK") == before["OK"]
+
+
+def _upload(header, *chunks):
+    yield pb.PublishModelRequest(header=header)
+    for chunk in chunks:
+        yield pb.PublishModelRequest(chunk=chunk)
+
+
+@pytest.mark.parametrize(
+    ("size", "chunks", "message"),
+    [
+        (1000, [b"x" * 400], "received 400 bytes, the header announced 1000"),  # truncated
+        (10, [b"x" * 8, b"x" * 8], "more than the announced 10 bytes"),
+        (1 << 40, [b"x"], "exceeds the limit"),  # declared size over the limit: refused up front
+        (0, [], "not a loadable ONNX model"),
+    ],
+)
+def test_uploads_that_do_not_add_up_are_refused_and_the_served_version_stays(server, size, chunks, message):
+    srv, stub = server
+
+    def served():
+        models = stub.ListModels(pb.ListModelsRequest(), timeout=10).models
+        return [(m.name, m.version, m.sha256) for m in models]
+
+    before = served()
+    sha = hashlib.sha256(b"".join(chunks)).hexdigest()  # right for what is sent: size decides
+    header = pb.PublishHeader(name="m", sha256=sha, size_bytes=size, load=True)
+    with pytest.raises(grpc.RpcError) as err:
+        stub.PublishModel(_upload(header, *chunks), timeout=30)
+    assert err.value.code() == INVALID, err.value.details()
+    assert message in err.value.details()
+    assert served() == before
+    assert len(list(stub.ScoreStream(iter([_batch()]), timeout=30))[0].samples) == 2  # still serving

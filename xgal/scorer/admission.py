@@ -142,32 +142,48 @@ def idle_bounded(requests: Iterator[T], idle_s: float, context: grpc.ServicerCon
     gRPC's request iterator blocks without a timeout, so a daemon thread reads it; when the call
     ends (the handler returned or aborted), gRPC ends that iterator and the thread with it."""
     inbox: queue.Queue[Any] = queue.Queue(maxsize=1)  # read ahead by one message, no more
+    stopped = threading.Event()  # the handler stopped reading: the reader must not wait on
+
+    def put(item: Any) -> bool:
+        while not stopped.is_set():
+            try:
+                inbox.put(item, timeout=0.2)
+                return True
+            except queue.Full:
+                continue
+        return False
 
     def read() -> None:
         try:
             for item in requests:
-                inbox.put(item)
-            inbox.put(_END)
+                if not put(item):
+                    return
+            put(_END)
         except BaseException as exc:  # the call ended under the reader: hand it over
-            inbox.put(exc)
+            put(exc)
 
     threading.Thread(target=read, name="xgal-stream-reader", daemon=True).start()
-    while True:
-        deadline = time.monotonic() + idle_s
+    try:
         while True:
-            try:
-                item = inbox.get(timeout=min(0.5, max(0.0, deadline - time.monotonic())))
-                break
-            except queue.Empty:
-                if not context.is_active():
-                    raise Cancelled("the client cancelled or its deadline passed") from None
-                if time.monotonic() >= deadline:
-                    raise StreamIdleError(
-                        f"no message for {idle_s:g} s: the stream was closed to free its worker; "
-                        "open a new one when there is data to send"
-                    ) from None
-        if item is _END:
-            return
-        if isinstance(item, BaseException):
-            raise item
-        yield item
+            deadline = time.monotonic() + idle_s
+            while True:
+                try:
+                    item = inbox.get(timeout=min(0.5, max(0.0, deadline - time.monotonic())))
+                    break
+                except queue.Empty:
+                    if not context.is_active():
+                        raise Cancelled("the client cancelled or its deadline passed") from None
+                    if time.monotonic() >= deadline:
+                        raise StreamIdleError(
+                            f"no message for {idle_s:g} s: the stream was closed to free its worker; "
+                            "open a new one when there is data to send"
+                        ) from None
+            if item is _END:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        # A handler that refused the stream early stops here: its reader ends too, rather than
+        # wait for ever to hand over one more message (and hold it in memory).
+        stopped.set()

@@ -28,6 +28,7 @@ from xgal.core.errors import InvalidArgument, UserError
 from xgal.scorer.admission import Admission, AdmissionInterceptor
 from xgal.scorer.engines.ort import OnnxRuntimeEngine, check_providers
 from xgal.scorer.metrics import Metrics
+from xgal.scorer.parsing import ParseRequestsInterceptor
 from xgal.scorer.repository import ModelRepository
 from xgal.scorer.service import SERVICE, ScorerService
 from xgal.v1 import scorer_pb2, scorer_pb2_grpc
@@ -159,6 +160,7 @@ class RunningServer:
             [BearerTokenInterceptor(config.token)] if config.token else []
         )
         interceptors.append(AdmissionInterceptor(self.admission, self.metrics.count_refused))
+        interceptors.append(ParseRequestsInterceptor(self.metrics.count_refused))  # innermost
         self.metrics.in_flight.set_function(lambda: self.admission.in_flight)
         self.server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="xgal-rpc"),

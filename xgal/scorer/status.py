@@ -97,8 +97,9 @@ def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
             result = method(self, request, context)
         except Exception as exc:
             if not context.is_active():  # e.g. an upload whose client went away mid-stream
-                finish(self, _ended_by_client(context))
-                raise
+                code = _ended_by_client(context)
+                finish(self, code)
+                context.abort(code, "the call ended before the scorer answered")  # no traceback
             finish(self, _code_for(exc) or grpc.StatusCode.INTERNAL)
             _abort(context, exc, name)
         finish(self, grpc.StatusCode.OK)
