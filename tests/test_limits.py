@@ -258,3 +258,21 @@ def test_uploads_that_do_not_add_up_are_refused_and_the_served_version_stays(ser
     assert message in err.value.details()
     assert served() == before
     assert len(list(stub.ScoreStream(iter([_batch()]), timeout=30))[0].samples) == 2  # still serving
+
+
+def test_an_onnx_graph_without_the_scoring_signature_is_refused_over_the_wire(server):
+    import onnx
+    from onnx import TensorProto, helper
+
+    srv, stub = server
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])
+    graph = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]))
+    data = graph.SerializeToString()
+    assert onnx.load_from_string(data).graph.node  # a valid ONNX model, only not a scoring graph
+    header = pb.PublishHeader(name="m", sha256=hashlib.sha256(data).hexdigest(), size_bytes=len(data))
+    before = [m.sha256 for m in stub.ListModels(pb.ListModelsRequest(), timeout=10).models]
+    with pytest.raises(grpc.RpcError) as err:
+        stub.PublishModel(_upload(header, data), timeout=30)
+    assert err.value.code() == INVALID and "not an xgal scoring graph" in err.value.details()
+    assert [m.sha256 for m in stub.ListModels(pb.ListModelsRequest(), timeout=10).models] == before
