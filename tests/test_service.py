@@ -389,6 +389,11 @@ def test_cancel_or_deadline_stops_the_work_within_a_batch(world, server, monkeyp
             lambda: _score_pool_ended(server) or images() >= pool.count,
             what="the server ending the call",
         )
+        # The call is counted when it ends; its work thread stops at its next batch boundary.
+        wait_for(
+            lambda: not any(t.name == "xgal-score-pool" for t in threading.enumerate()),
+            what="the server's work for the call to stop",
+        )
         stopped_at = images()
         # The held batch finishes; at most one more races the cancellation; then nothing.
         assert at_stop + batch <= stopped_at <= at_stop + 2 * batch

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -60,49 +61,69 @@ def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> No
     context.abort(code, message)
 
 
+class _Outcome:
+    """How one call ended, counted once: by the handler, or, if the call ended while the handler
+    was not running (gRPC does not resume a stream whose client went away between two
+    responses), by gRPC's termination callback."""
+
+    def __init__(self, metrics: Any, method: str) -> None:
+        self._metrics, self._method = metrics, method
+        self._lock = threading.Lock()
+        self._counted = False
+
+    def count(self, code: grpc.StatusCode) -> None:
+        with self._lock:
+            if self._counted:
+                return
+            self._counted = True
+        self._metrics.requests.labels(self._method, code.name).inc()
+
+    def watch(self, context: grpc.ServicerContext) -> None:
+        context.add_callback(lambda: self.count(_ended_by_client(context)))
+
+
 def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
     """Count the RPC in the metrics and map exceptions to status codes (unary or streaming)."""
     name = method.__name__
-
-    def finish(self: Any, code: grpc.StatusCode) -> None:
-        self.metrics.requests.labels(name, code.name).inc()
 
     if name in ("ScorePool", "ScoreStream"):
 
         @functools.wraps(method)
         def stream(self: Any, request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            outcome = _Outcome(self.metrics, name)
+            outcome.watch(context)
             try:
                 yield from method(self, request, context)
             except GeneratorExit:
-                # gRPC drops a stream whose call ended between two responses without resuming
-                # it: the client went away (or the server is stopping and cancelled it).
-                finish(self, _ended_by_client(context))
+                outcome.count(_ended_by_client(context))
                 raise
             except Exception as exc:
                 if not context.is_active():
                     # The client cancelled or its deadline passed: whatever the stream raised
                     # then is the cancellation, not a fault of the scorer.
-                    finish(self, _ended_by_client(context))
+                    outcome.count(_ended_by_client(context))
                     return
-                finish(self, _code_for(exc) or grpc.StatusCode.INTERNAL)
+                outcome.count(_code_for(exc) or grpc.StatusCode.INTERNAL)
                 _abort(context, exc, name)
             else:
-                finish(self, grpc.StatusCode.OK)
+                outcome.count(grpc.StatusCode.OK)
 
         return stream
 
     @functools.wraps(method)
     def unary(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+        outcome = _Outcome(self.metrics, name)
+        outcome.watch(context)
         try:
             result = method(self, request, context)
         except Exception as exc:
             if not context.is_active():  # e.g. an upload whose client went away mid-stream
                 code = _ended_by_client(context)
-                finish(self, code)
+                outcome.count(code)
                 context.abort(code, "the call ended before the scorer answered")  # no traceback
-            finish(self, _code_for(exc) or grpc.StatusCode.INTERNAL)
+            outcome.count(_code_for(exc) or grpc.StatusCode.INTERNAL)
             _abort(context, exc, name)
-        finish(self, grpc.StatusCode.OK)
+        outcome.count(grpc.StatusCode.OK)
         return result
 
     return unary
