@@ -43,10 +43,15 @@ def _code_for(exc: BaseException) -> grpc.StatusCode | None:
     return None
 
 
+DEADLINE_SLACK_S = 0.5
+
+
 def _ended_by_client(context: grpc.ServicerContext) -> grpc.StatusCode:
     """Why a call that is no longer active ended: its deadline, or the client cancelling."""
     remaining = context.time_remaining()
-    if remaining is not None and remaining <= 0:
+    # The server's deadline is the client's plus the time the request took to arrive, so when
+    # the client's deadline ends the call, a few milliseconds may still remain here.
+    if remaining is not None and remaining <= DEADLINE_SLACK_S:
         return grpc.StatusCode.DEADLINE_EXCEEDED
     return grpc.StatusCode.CANCELLED
 
