@@ -12,13 +12,10 @@ import grpc
 import numpy as np
 import psutil
 import pytest
-import torch
-from helpers import Replica
+from helpers import Replica, small_scoring_graphs
 
 from xgal.client import ScorerClient
 from xgal.pool.synth import synth_pool
-from xgal.trainer.export import export_scoring_graph
-from xgal.trainer.nets import build_model
 from xgal.v1 import scorer_pb2 as pb
 from xgal.v1 import scorer_pb2_grpc
 
@@ -33,9 +30,7 @@ MiB = 1 << 20
 def replica(tmp_path_factory):
     root = tmp_path_factory.mktemp("load")
     synth_pool(root / "data" / "pool", POOL, seed=0, image_size=32, shard_size=128)
-    torch.manual_seed(0)
-    model = build_model("small_cnn", "linear", 3, in_channels=1)
-    onnx = export_scoring_graph(model, "features.stage4.0", root / "m.onnx", image_shape=(1, 32, 32))
+    onnx = small_scoring_graphs(tmp_path_factory.getbasetemp() / "scoring-graphs")[0]
     with socket.socket() as s:  # a free port for /metrics (the replica binds it a moment later)
         s.bind(("127.0.0.1", 0))
         metrics_port = s.getsockname()[1]

@@ -7,15 +7,12 @@ import threading
 import grpc
 import numpy as np
 import pytest
-import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from helpers import bounded, wait_for
+from helpers import bounded, small_scoring_graphs, wait_for
 
 from xgal.client import ScorerClient
 from xgal.pool.synth import synth_pool
 from xgal.scorer.server import RunningServer, ServerConfig
-from xgal.trainer.export import export_scoring_graph
-from xgal.trainer.nets import build_model
 from xgal.v1 import scorer_pb2 as pb
 from xgal.v1 import scorer_pb2_grpc
 
@@ -27,9 +24,7 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("overload")
     synth_pool(root / "data" / "pool", 64, seed=0, image_size=32)
-    torch.manual_seed(0)
-    model = build_model("small_cnn", "linear", 3, in_channels=1)
-    return root, export_scoring_graph(model, "features.stage4.0", root / "m.onnx", image_shape=(1, 32, 32))
+    return root, small_scoring_graphs(tmp_path_factory.getbasetemp() / "scoring-graphs")[0]
 
 
 def _server(world, tmp_path, **config):
