@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
+from grpc import _server as _grpc_server
 
 from xgal.core.contract import NotAScoringGraphError
 from xgal.pool.format import PoolFormatError
@@ -56,6 +57,19 @@ def _ended_by_client(context: grpc.ServicerContext) -> grpc.StatusCode:
     return grpc.StatusCode.CANCELLED
 
 
+def _closed_by_client(context: grpc.ServicerContext) -> bool:
+    """Whether the client cancelled the call (or its deadline passed), as gRPC settled it.
+
+    A client that cancels a stream also ends its requests, and gRPC's server may hand the
+    handler that end before it marks the call cancelled: a ScoreStream handler then returns as
+    if the client had half-closed. Only the call's final state tells the two apart, and gRPC's
+    Python server has no public accessor for it; `grpcio` is pinned, and
+    tests/test_limits.py checks this reading on a real server so that an upgrade cannot
+    silently change it."""
+    state = getattr(context, "_state", None)
+    return getattr(state, "client", None) == _grpc_server._CANCELLED
+
+
 def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> None:
     code = _code_for(exc)
     if code is None:
@@ -67,14 +81,15 @@ def _abort(context: grpc.ServicerContext, exc: BaseException, method: str) -> No
 
 
 class _Outcome:
-    """How one call ended, counted once: by the handler, or, if the call ended while the handler
-    was not running (gRPC does not resume a stream whose client went away between two
-    responses), by gRPC's termination callback."""
+    """How one call ended, counted once: by the handler, or by gRPC's termination callback when
+    only the end of the call can tell (gRPC does not resume a stream whose client went away
+    between two responses; a stream whose requests ended may have been cancelled)."""
 
     def __init__(self, metrics: Any, method: str) -> None:
         self._metrics, self._method = metrics, method
         self._lock = threading.Lock()
         self._counted = False
+        self._handler_returned = False
 
     def count(self, code: grpc.StatusCode) -> None:
         with self._lock:
@@ -83,8 +98,19 @@ class _Outcome:
             self._counted = True
         self._metrics.requests.labels(self._method, code.name).inc()
 
+    def returned_when_requests_ended(self) -> None:
+        """The handler returned because the client's requests ended: OK, unless the call turns
+        out to have been cancelled (counted when gRPC closes it)."""
+        self._handler_returned = True
+
     def watch(self, context: grpc.ServicerContext) -> None:
-        context.add_callback(lambda: self.count(_ended_by_client(context)))
+        def closed() -> None:
+            if self._handler_returned and not _closed_by_client(context):
+                self.count(grpc.StatusCode.OK)
+            else:
+                self.count(_ended_by_client(context))
+
+        context.add_callback(closed)
 
 
 def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -111,7 +137,10 @@ def rpc(method: Callable[..., Any]) -> Callable[..., Any]:
                 outcome.count(_code_for(exc) or grpc.StatusCode.INTERNAL)
                 _abort(context, exc, name)
             else:
-                outcome.count(grpc.StatusCode.OK)
+                if name == "ScoreStream":
+                    outcome.returned_when_requests_ended()
+                else:
+                    outcome.count(grpc.StatusCode.OK)
 
         return stream
 
