@@ -1,6 +1,7 @@
 """Every path that ranks gives the same rows: the in-process pipeline, ScorePool on one replica,
 ScorePool sharded over two (the client rescoring a pool-level normalisation), and ScoreStream,
-including what the missing-ROI policy leaves out. They all go through xgal.core.ranking."""
+including what the missing-ROI policy leaves out and a seeded stochastic selection. They all go
+through xgal.core.ranking."""
 
 import numpy as np
 import pytest
@@ -64,6 +65,9 @@ def _same(a, b):
         {"missing_roi": "ignore", "lam": 0.6},
         {"normalise": "rank", "missing_roi": "exclude"},
         {"normalise": "minmax", "balance": "predicted"},
+        # Gumbel-top-k: each path draws the same batch for the same seed, sharded or not.
+        {"selection": "softmax", "beta": 5.0, "seed": 3},
+        {"selection": "power", "normalise": "rank", "balance": "predicted", "seed": 4},
     ],
 )
 def test_every_path_ranks_alike(world, options):

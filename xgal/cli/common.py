@@ -18,7 +18,15 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 
-from xgal.core.acquisition import AcquisitionConfig, Balance, MissingRoi, Normalise, Strategy, Uncertainty
+from xgal.core.acquisition import (
+    AcquisitionConfig,
+    Balance,
+    MissingRoi,
+    Normalise,
+    Selection,
+    Strategy,
+    Uncertainty,
+)
 from xgal.core.errors import InvalidArgument, UserError
 
 console = Console(stderr=True, soft_wrap=True)
@@ -132,7 +140,9 @@ _ACQUISITION_HELP = {
     "missing_roi": "Samples without an ROI: max scores M = 1, ignore scores U alone, exclude skips them.",
     "normalise": "Rescale U and M over the whole pool before combining them.",
     "balance": "Split the top-k evenly over predicted classes, or true labels (oracle: simulations).",
-    "seed": "Seed of the random strategy.",
+    "selection": "top: the k best; softmax or power: k drawn ∝ exp(β·score) or score^β (seeded).",
+    "beta": "β of softmax or power selection (higher = closer to top-k).",
+    "seed": "Seed of the random strategy and of stochastic selection.",
 }
 _ACQUISITION_TYPES: dict[str, type] = {
     "strategy": Strategy,
@@ -142,6 +152,8 @@ _ACQUISITION_TYPES: dict[str, type] = {
     "missing_roi": MissingRoi,
     "normalise": Normalise,
     "balance": Balance,
+    "selection": Selection,
+    "beta": float,
     "seed": int,
 }
 _ACQUISITION_FLAGS = {"lam": "--lambda", "entropy_over_log_k": "--entropy-over-log-k/--no-entropy-over-log-k"}

@@ -14,12 +14,20 @@ def demo(
         Path("xgal-demo"), "--out", help="Folder for pools, runs, results and plots."
     ),
     quick: bool = typer.Option(False, help="A smaller run: 3 arms, 30 + 3 x 30 labels (under 2 minutes)."),
-    seeds: int = typer.Option(1, min=1, help="Repeat with this many seeds and report mean ± std."),
+    seeds: int = typer.Option(
+        1, min=1, help="Repeat with this many seeds; from 2 on, report mean ± std of paired differences."
+    ),
     seed: int = typer.Option(0, help="The first seed."),
+    shortcut: bool = typer.Option(
+        True,
+        "--shortcut/--no-shortcut",
+        help="--no-shortcut: the control, where the burned-in tag is independent of the class in the "
+        "pool too, so nothing rewards looking outside the lesion.",
+    ),
     arms: str = typer.Option(
         "",
         help="Comma-separated arms to run instead of the default ones; all: random, uncertainty, "
-        "xgal, xgal-rank, xgal-balanced, xgal-alpha0.",
+        "xgal, xgal-raw, xgal-rank, xgal-balanced, xgal-power, xgal-alpha0.",
     ),
 ) -> None:
     """Active learning on synthetic scans: strategies side by side at equal budget.
@@ -29,4 +37,4 @@ def demo(
     from xgal.demo import pick_arms, run_demo
 
     chosen = pick_arms([a.strip() for a in arms.split(",") if a.strip()]) if arms else None
-    run_demo(out_dir, quick=quick, seeds=seeds, first_seed=seed, arms=chosen, console=out)
+    run_demo(out_dir, quick=quick, seeds=seeds, first_seed=seed, arms=chosen, shortcut=shortcut, console=out)

@@ -6,6 +6,12 @@ shards of a pool can be scored apart and their rankings merged exactly.
     score = λ·U + (1 − λ)·M,    U = entropy (nats) by default,   M = 1 − Dice(CAM, ROI)
 
 λ = 0.3 and raw criteria are the authors' choices (Uddin et al., 2026).
+
+Selection is the top-k of the score, or a draw of k without replacement with probabilities
+∝ exp(β·score) (`softmax`) or ∝ score^β (`power`): top-k pointwise scores alone pick
+near-duplicates. The draw is Gumbel-top-k (the top-k of log-weight + Gumbel noise, Kool et al.,
+2019), with noise that depends on (seed, ID) alone, so a pool's draw equals the merge of its
+shards' draws and a seed reproduces it; the score reported is then that sampling key.
 """
 
 from __future__ import annotations
@@ -44,6 +50,12 @@ class Normalise(StrEnum):
     RANK = "rank"
 
 
+class Selection(StrEnum):
+    TOP = "top"  # the k highest scores
+    SOFTMAX = "softmax"  # k drawn with probability ∝ exp(β·score), without replacement
+    POWER = "power"  # k drawn with probability ∝ score^β, without replacement
+
+
 class Balance(StrEnum):
     NONE = "none"
     PREDICTED = "predicted"  # k/K per predicted class
@@ -59,7 +71,9 @@ class AcquisitionConfig:
     missing_roi: MissingRoi = MissingRoi.MAX
     normalise: Normalise = Normalise.NONE
     balance: Balance = Balance.NONE
-    seed: int = 0  # for the random strategy
+    selection: Selection = Selection.TOP
+    beta: float = 1.0  # the softmax's inverse temperature, or the power's exponent
+    seed: int = 0  # for the random strategy and stochastic selection
 
     def __post_init__(self) -> None:
         # Accept plain strings from CLIs and wire messages; reject unknown names clearly.
@@ -69,6 +83,7 @@ class AcquisitionConfig:
             ("missing_roi", MissingRoi),
             ("normalise", Normalise),
             ("balance", Balance),
+            ("selection", Selection),
         ):
             value = getattr(self, name)
             try:
@@ -83,6 +98,13 @@ class AcquisitionConfig:
         if not 0.0 <= lam <= 1.0:  # NaN fails this too
             raise InvalidArgument(f"lam (λ) must be in [0, 1], got {self.lam}")
         object.__setattr__(self, "lam", lam)
+        try:
+            beta = float(self.beta)
+        except (TypeError, ValueError):
+            raise InvalidArgument(f"beta must be a positive number, got {self.beta!r}") from None
+        if not 0.0 < beta < float("inf"):  # NaN fails this too
+            raise InvalidArgument(f"beta must be positive and finite, got {self.beta}")
+        object.__setattr__(self, "beta", beta)
         if not isinstance(self.seed, int | np.integer) or isinstance(self.seed, bool):
             raise InvalidArgument(f"seed must be an integer, got {self.seed!r}")
         object.__setattr__(self, "seed", int(self.seed))
@@ -92,6 +114,21 @@ class AcquisitionConfig:
     def pointwise(self) -> bool:
         """True when a sample's score does not depend on the rest of the pool."""
         return self.normalise is Normalise.NONE or self.strategy is Strategy.RANDOM
+
+
+def authors_acquisition() -> AcquisitionConfig:
+    """The authors' score as their code ran it: 0.3·entropy + 0.7·(1 − Dice), raw criteria, a
+    sample without ROI at M = 1, the top k (Uddin et al., 2026; `xgal-raw` in the demo)."""
+    return AcquisitionConfig(
+        strategy=Strategy.XGAL,
+        lam=0.3,
+        uncertainty=Uncertainty.ENTROPY,
+        entropy_over_log_k=False,
+        missing_roi=MissingRoi.MAX,
+        normalise=Normalise.NONE,
+        balance=Balance.NONE,
+        selection=Selection.TOP,
+    )
 
 
 def uncertainty(
@@ -112,13 +149,32 @@ def misalignment(dice: np.ndarray) -> np.ndarray:
     return 1.0 - dice.astype(np.float64)
 
 
-def random_scores(ids: np.ndarray, seed: int) -> np.ndarray:
-    """A uniform [0, 1) draw per ID that depends on (seed, ID) alone, so it is shard-invariant."""
+def random_scores(ids: np.ndarray, seed: int, salt: str = "") -> np.ndarray:
+    """A uniform [0, 1) draw per ID that depends on (seed, ID) alone, so it is shard-invariant;
+    another `salt` gives an independent draw."""
     out = np.empty(len(ids), dtype=np.float64)
     for i, sample_id in enumerate(ids):
-        digest = hashlib.blake2b(f"{seed}:{sample_id}".encode(), digest_size=8).digest()
+        digest = hashlib.blake2b(f"{salt}{seed}:{sample_id}".encode(), digest_size=8).digest()
         out[i] = int.from_bytes(digest, "little") / 2.0**64
     return out
+
+
+def gumbel_noise(ids: np.ndarray, seed: int) -> np.ndarray:
+    """Standard Gumbel noise per ID, from (seed, ID) alone (independent of `random_scores`)."""
+    u = random_scores(ids, seed, salt="gumbel:") + 2.0**-65  # in (0, 1): finite logs
+    return -np.log(-np.log(u))
+
+
+def sampling_key(score: np.ndarray, ids: np.ndarray, config: AcquisitionConfig) -> np.ndarray:
+    """What the selection ranks by: the score for top-k, else log-weight + Gumbel noise, whose
+    top-k is a draw of k without replacement with probabilities ∝ the weights."""
+    if config.selection is Selection.TOP:
+        return score
+    if config.selection is Selection.SOFTMAX:
+        log_weight = config.beta * score
+    else:  # a weight of 0 (score 0) is never drawn while any other is left
+        log_weight = config.beta * np.log(np.maximum(score, 1e-300))
+    return log_weight + gumbel_noise(ids, config.seed)
 
 
 def normalise(values: np.ndarray, method: Normalise) -> np.ndarray:
@@ -178,11 +234,11 @@ def combine(
     u = normalise(u, config.normalise)
     m = normalise(m, config.normalise)
     if config.strategy is Strategy.UNCERTAINTY:
-        return u
-    if config.strategy is Strategy.MISALIGNMENT:
+        score = u
+    elif config.strategy is Strategy.MISALIGNMENT:
         score = m
     else:
         score = config.lam * u + (1.0 - config.lam) * m
     if config.missing_roi is MissingRoi.IGNORE:
         score = np.where(has_roi, score, u)
-    return score
+    return sampling_key(score, ids, config)

@@ -25,11 +25,14 @@ _ENUMS = (
     ("missing_roi", "missing_roi", pb.MissingRoiPolicy, "MISSING_ROI_"),
     ("normalise", "normalisation", pb.Normalisation, "NORMALISATION_"),
     ("balance", "balance", pb.Balance, "BALANCE_"),
+    ("selection", "selection", pb.Selection, "SELECTION_"),
 )
 
 
 def acquisition_to_proto(config: AcquisitionConfig) -> pb.Acquisition:
-    msg = pb.Acquisition(lam=config.lam, entropy_over_log_k=config.entropy_over_log_k, seed=config.seed)
+    msg = pb.Acquisition(
+        lam=config.lam, entropy_over_log_k=config.entropy_over_log_k, seed=config.seed, beta=config.beta
+    )
     for field, proto_field, enum, prefix in _ENUMS:
         setattr(msg, proto_field, enum.Value(prefix + getattr(config, field).value.upper()))
     return msg
@@ -50,6 +53,7 @@ def acquisition_from_proto(msg: pb.Acquisition) -> AcquisitionConfig:
     return AcquisitionConfig(
         **names,  # type: ignore[arg-type]
         lam=msg.lam if msg.HasField("lam") else defaults.lam,
+        beta=msg.beta if msg.HasField("beta") else defaults.beta,
         entropy_over_log_k=msg.entropy_over_log_k,
         seed=msg.seed,
     )

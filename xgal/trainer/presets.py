@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from xgal.core.acquisition import AcquisitionConfig
+from xgal.core.acquisition import Balance, authors_acquisition
 from xgal.core.errors import InvalidArgument
 from xgal.trainer.loop import LoopConfig
 from xgal.trainer.train import TrainConfig
@@ -25,14 +25,7 @@ _AUTHORS = LoopConfig(
     arch="densenet121",
     head="prototypical",
     target_layer="features.denseblock4.denselayer16.conv2",
-    acquisition=AcquisitionConfig(
-        strategy="xgal",
-        lam=0.3,
-        uncertainty="entropy",
-        normalise="none",
-        missing_roi="max",
-        balance="oracle",
-    ),
+    acquisition=replace(authors_acquisition(), balance=Balance.ORACLE),
     mean=IMAGENET_MEAN,
     std=IMAGENET_STD,
     initial=150,

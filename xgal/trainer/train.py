@@ -1,13 +1,15 @@
 """Training a `Classifier` on the labelled set: cross-entropy or episodic prototypical loss,
 plus the optional Grad-CAM guidance loss α·mean(1 − softDice(CAM of the true class, ROI)).
 
-Adam with weight decay, ReduceLROnPlateau on a held-out part of the labelled set (or the
-training loss when it is too small to split), gradient-norm clipping, fixed seeds. The model is
-trained in place and not reset between rounds (the authors' choice).
+Adam with weight decay, gradient-norm clipping, fixed seeds, and one of two schedules: the
+authors' ReduceLROnPlateau on a held-out part of the labelled set (or the training loss when it
+is too small to split), or a cosine decay over a fixed budget of steps. The model is trained in
+place; whether it is reset between rounds is the loop's choice (`LoopConfig.reset_each_round`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -39,12 +41,21 @@ class TrainConfig:
     val_fraction: float = 0.0
     plateau_factor: float = 0.5
     plateau_patience: int = 3
+    # A fixed number of optimiser steps per round, whatever the labelled set's size (0 = `epochs`
+    # passes over it). With a fixed budget the first rounds, a few dozen labels, are trained as
+    # long as the last: with `epochs` they get a handful of steps and every arm's model is noisy.
+    steps: int = 0
+    schedule: str = "plateau"  # "plateau" (the authors') or "cosine" (to zero over the run)
     seed: int = 0
     device: str = "auto"  # "auto" = CUDA when present, else CPU
 
     def __post_init__(self) -> None:
         if self.loss not in ("ce", "proto"):
             raise InvalidArgument(f"loss must be 'ce' or 'proto', got {self.loss!r}")
+        if self.schedule not in ("plateau", "cosine"):
+            raise InvalidArgument(f"schedule must be 'plateau' or 'cosine', got {self.schedule!r}")
+        if self.steps < 0:
+            raise InvalidArgument(f"steps must be >= 0 (0 = train for `epochs`), got {self.steps}")
         if self.alpha < 0:
             raise InvalidArgument(f"alpha must be >= 0, got {self.alpha}")
         if self.epochs < 1 or self.batch_size < 2:
@@ -190,11 +201,17 @@ def train_classifier(
     n_val = int(len(x) * config.val_fraction) if len(x) >= 50 else 0
     val, tr = order[:n_val], order[n_val:]
     opt = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+    per_pass = config.episodes if config.loss == "proto" else math.ceil(len(tr) / config.batch_size)
+    total = config.steps or config.epochs * max(per_pass, 1)
+    plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
         opt, factor=config.plateau_factor, patience=config.plateau_patience
     )
+    cosine = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda t: 0.5 * (1 + math.cos(math.pi * min(t, total) / total))
+    )
     history: list[dict] = []
-    for epoch in range(config.epochs):
+    step, epoch = 0, 0
+    while step < total if config.steps else epoch < config.epochs:
         refresh_prototypes(model, x[tr.to(device)], y[tr.to(device)])
         model.train()
         totals = np.zeros(3)
@@ -207,6 +224,8 @@ def train_classifier(
                 (perm[i : i + config.batch_size], None) for i in range(0, len(perm), config.batch_size)
             ]
         for idx, query in batches:
+            if config.steps and step >= total:
+                break
             idx = idx.to(device)
             query = query.to(device) if query is not None else None
             if config.loss == "proto":
@@ -221,13 +240,18 @@ def train_classifier(
             loss.backward()
             nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
             opt.step()
+            if config.schedule == "cosine":
+                cosine.step()
             totals += (float(loss.detach()), ce, guide)
             steps += 1
+            step += 1
         mean = totals / max(steps, 1)
         val_loss = _val_loss(model, x, y, val) if n_val else float(mean[0])
-        sched.step(val_loss)
+        if config.schedule == "plateau":
+            plateau.step(val_loss)
         record = {
             "epoch": epoch,
+            "steps": step,
             "loss": mean[0],
             "ce": mean[1],
             "guidance": mean[2],
@@ -235,8 +259,11 @@ def train_classifier(
             "lr": opt.param_groups[0]["lr"],
         }
         history.append(record)
+        epoch += 1
         if progress is not None:
             progress(record)
+        if config.steps and not steps:
+            break  # nothing trainable (a single label): a step budget would never be spent
     recalibrate_batchnorm(model, x, config.batch_size)
     refresh_prototypes(model, x, y)
     model.to(memory_format=torch.contiguous_format)

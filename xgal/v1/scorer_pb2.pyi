@@ -43,6 +43,13 @@ class Balance(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     BALANCE_PREDICTED: _ClassVar[Balance]
     BALANCE_ORACLE: _ClassVar[Balance]
 
+class Selection(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SELECTION_UNSPECIFIED: _ClassVar[Selection]
+    SELECTION_TOP: _ClassVar[Selection]
+    SELECTION_SOFTMAX: _ClassVar[Selection]
+    SELECTION_POWER: _ClassVar[Selection]
+
 class OnBadSample(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ON_BAD_SAMPLE_UNSPECIFIED: _ClassVar[OnBadSample]
@@ -69,6 +76,10 @@ BALANCE_UNSPECIFIED: Balance
 BALANCE_NONE: Balance
 BALANCE_PREDICTED: Balance
 BALANCE_ORACLE: Balance
+SELECTION_UNSPECIFIED: Selection
+SELECTION_TOP: Selection
+SELECTION_SOFTMAX: Selection
+SELECTION_POWER: Selection
 ON_BAD_SAMPLE_UNSPECIFIED: OnBadSample
 ON_BAD_SAMPLE_FAIL: OnBadSample
 ON_BAD_SAMPLE_SKIP: OnBadSample
@@ -184,7 +195,7 @@ class PoolDescription(_message.Message):
     def __init__(self, pool: _Optional[str] = ..., count: _Optional[int] = ..., image_shape: _Optional[_Iterable[int]] = ..., pixel_dtype: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., has_labels: _Optional[bool] = ...) -> None: ...
 
 class Acquisition(_message.Message):
-    __slots__ = ("strategy", "lam", "uncertainty", "entropy_over_log_k", "missing_roi", "normalisation", "balance", "seed")
+    __slots__ = ("strategy", "lam", "uncertainty", "entropy_over_log_k", "missing_roi", "normalisation", "balance", "seed", "selection", "beta")
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     LAM_FIELD_NUMBER: _ClassVar[int]
     UNCERTAINTY_FIELD_NUMBER: _ClassVar[int]
@@ -193,6 +204,8 @@ class Acquisition(_message.Message):
     NORMALISATION_FIELD_NUMBER: _ClassVar[int]
     BALANCE_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
+    SELECTION_FIELD_NUMBER: _ClassVar[int]
+    BETA_FIELD_NUMBER: _ClassVar[int]
     strategy: Strategy
     lam: float
     uncertainty: UncertaintyKind
@@ -201,7 +214,9 @@ class Acquisition(_message.Message):
     normalisation: Normalisation
     balance: Balance
     seed: int
-    def __init__(self, strategy: _Optional[_Union[Strategy, str]] = ..., lam: _Optional[float] = ..., uncertainty: _Optional[_Union[UncertaintyKind, str]] = ..., entropy_over_log_k: _Optional[bool] = ..., missing_roi: _Optional[_Union[MissingRoiPolicy, str]] = ..., normalisation: _Optional[_Union[Normalisation, str]] = ..., balance: _Optional[_Union[Balance, str]] = ..., seed: _Optional[int] = ...) -> None: ...
+    selection: Selection
+    beta: float
+    def __init__(self, strategy: _Optional[_Union[Strategy, str]] = ..., lam: _Optional[float] = ..., uncertainty: _Optional[_Union[UncertaintyKind, str]] = ..., entropy_over_log_k: _Optional[bool] = ..., missing_roi: _Optional[_Union[MissingRoiPolicy, str]] = ..., normalisation: _Optional[_Union[Normalisation, str]] = ..., balance: _Optional[_Union[Balance, str]] = ..., seed: _Optional[int] = ..., selection: _Optional[_Union[Selection, str]] = ..., beta: _Optional[float] = ...) -> None: ...
 
 class ScorePoolRequest(_message.Message):
     __slots__ = ("pool", "model", "acquisition", "top_k", "exclude_ids", "start", "stop", "return_all", "on_bad_sample")

@@ -1,0 +1,70 @@
+"""The demo's conclusions from hand-made learning curves: AUC, spreads only where there are
+several seeds, paired per-seed differences and their verdicts."""
+
+import math
+
+import pytest
+
+from xgal.demo.report import Stat, curve_auc, stat, summarise
+from xgal.trainer.loop import RoundRecord
+
+
+def _curve(accs, dices, start=60, step=60):
+    return [
+        RoundRecord(round=i, labelled=start + i * step, accuracy=a, macro_f1=a, cam_dice=d, train_loss=0.0)
+        for i, (a, d) in enumerate(zip(accs, dices, strict=True))
+    ]
+
+
+def test_curve_auc_is_the_trapezoid_mean_over_labelled_count():
+    # 60 -> 120 -> 240 labels: segments of 60 and 120 labels, mean heights 0.55 and 0.75.
+    recs = _curve([0.5, 0.6, 0.9], [0, 0, 0])
+    recs[2].labelled = 240
+    assert curve_auc(recs, "accuracy") == pytest.approx((0.55 * 60 + 0.75 * 120) / 180)
+    assert curve_auc(recs[:1], "accuracy") == 0.5
+
+
+def test_one_seed_has_no_spread_and_says_so():
+    s = Stat.of([0.04])
+    assert s.std is None and s.text(signed=True) == "+0.040"
+    assert "one seed" in s.verdict()
+
+
+@pytest.mark.parametrize(
+    ("values", "verdict"),
+    [
+        ([0.05, 0.06, 0.04], "better"),
+        ([-0.05, -0.06, -0.04], "worse"),
+        ([0.05, -0.04, 0.01], "within noise"),
+    ],
+)
+def test_a_paired_difference_is_judged_against_its_own_spread(values, verdict):
+    s = Stat.of(values)
+    assert s.std == pytest.approx(math.sqrt(sum((v - sum(values) / 3) ** 2 for v in values) / 2))
+    assert s.verdict().startswith(verdict)
+
+
+def test_summary_pairs_arms_seed_by_seed():
+    results = {
+        0: {"random": _curve([0.5, 0.6], [0.2, 0.2]), "xgal": _curve([0.5, 0.7], [0.2, 0.4])},
+        1: {"random": _curve([0.6, 0.8], [0.3, 0.3]), "xgal": _curve([0.6, 0.85], [0.3, 0.5])},
+    }
+    out = summarise(results)
+    assert out["seeds"] == [0, 1] and set(out["arms"]) == {"random", "xgal"}
+    d = stat(out["differences"]["xgal - random"]["final_accuracy"])
+    # Per seed +0.10 and +0.05: paired, not the difference of two means with their own spreads.
+    assert d.per_seed == pytest.approx((0.10, 0.05)) and d.std == pytest.approx(0.0353553, abs=1e-6)
+    auc = stat(out["differences"]["xgal - random"]["auc_cam_dice"])
+    assert auc.per_seed == pytest.approx((0.1, 0.1))
+    assert stat(out["arms"]["random"]["final_accuracy"]).mean == pytest.approx(0.7)
+    assert "xgal - uncertainty" not in out["differences"]  # only pairs whose arms both ran
+
+
+def test_the_no_shortcut_control_draws_the_tag_independently_of_the_class(tmp_path):
+    from xgal.demo.run import _pool
+
+    control = _pool(tmp_path / "p", 12, 0, "train", shortcut=False)
+    assert "marker_agreement=0.3333333333333333" in control.description  # 1/K: independent
+    # The same folder asked for with the shortcut is made again, not reused.
+    again = _pool(tmp_path / "p", 12, 0, "train", shortcut=True)
+    assert "marker_agreement=0.95" in again.description

@@ -1,0 +1,196 @@
+"""`xgal demo`: active learning on built-in synthetic data, strategies side by side.
+
+For each seed: a synthetic pool whose scans carry a shortcut tag (correlated with the class in
+the pool, random in the test split; with `shortcut=False` random in the pool too, the control),
+a local scorer on 127.0.0.1, and one active-learning run per arm at the same budget, trained as
+the `demo` preset says. Every round goes through the service: export -> publish -> ScorePool.
+Writes results.json, learning_curves.png and cam_overlays.png.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from rich.console import Console
+
+from xgal.client import ScorerClient
+from xgal.demo.arms import ARMS, FULL, QUICK, QUICK_ARMS, Arm
+from xgal.demo.plots import plot_curves, plot_overlays
+from xgal.demo.report import summarise
+from xgal.demo.tables import arms_table, differences_table, round_table
+from xgal.pool.format import Pool
+from xgal.pool.synth import synth_pool
+from xgal.scorer.server import RunningServer, ServerConfig
+from xgal.trainer.annotator import OracleAnnotator
+from xgal.trainer.export import ScoringGraphExporter
+from xgal.trainer.gradcam import scores_and_cam
+from xgal.trainer.loop import ActiveLearningLoop, RoundRecord
+from xgal.trainer.nets.classifier import Classifier
+from xgal.trainer.presets import preset
+from xgal.trainer.train import to_input
+
+OVERLAY_IMAGES = 6
+NUM_CLASSES = 3
+
+
+def _pool(path: Path, size: int, seed: int, split: str, shortcut: bool = True) -> Pool:
+    """The synthetic pool, reused when it is already there. Without the shortcut the tag's
+    glyph names the true class with probability 1/K: independent of the class, as in the test
+    split (the generator itself is unchanged)."""
+    agreement = 0.95 if shortcut else 1.0 / NUM_CLASSES
+    if (path / "manifest.json").is_file():
+        pool = Pool(path)
+        if pool.count == size and f"seed={seed}," in pool.description:
+            if split == "test" or f"marker_agreement={agreement}" in pool.description:
+                return pool
+    return synth_pool(
+        path,
+        size,
+        seed=seed,
+        split=split,
+        num_classes=NUM_CLASSES,
+        marker_agreement=agreement,
+        overwrite=True,
+    )
+
+
+def _round_logger(
+    console: Console,
+    arm: Arm,
+    layer_name: str,
+    last_round: int,
+    overlay_data: dict[str, np.ndarray] | None,
+    overlay_cams: dict[str, np.ndarray],
+) -> Callable[[RoundRecord, Classifier], None]:
+    """Prints each finished round; keeps the first and last rounds' CAMs of the overlay images."""
+
+    def on_round(rec: RoundRecord, model: Classifier) -> None:
+        console.print(
+            f"  {arm.name:<12} round {rec.round}: {rec.labelled:4d} labelled, accuracy {rec.accuracy:.3f}, "
+            f"macro-F1 {rec.macro_f1:.3f}, CAM-ROI Dice {rec.cam_dice:.3f} ({rec.seconds:.1f} s)"
+        )
+        if overlay_data is not None and rec.round in (0, last_round):
+            x = to_input(overlay_data["images"], 255.0)
+            y = torch.from_numpy(overlay_data["labels"])
+            _, cam = scores_and_cam(model, model.get_submodule(layer_name), x, y, differentiable=False)
+            overlay_cams[f"{arm.name}, round {rec.round} ({rec.labelled} labels)"] = cam.numpy()
+
+    return on_round
+
+
+def run_demo(
+    out_dir: Path,
+    *,
+    quick: bool = False,
+    seeds: int = 1,
+    first_seed: int = 0,
+    arms: tuple[Arm, ...] | None = None,
+    shortcut: bool = True,
+    console: Console | None = None,
+) -> dict:
+    """Run every arm for every seed; print and write what they show (see the module doc)."""
+    console = console or Console()
+    seed_list = list(range(first_seed, first_seed + seeds))
+    budget = QUICK if quick else FULL
+    arms = arms or (QUICK_ARMS if quick else ARMS)
+    base = preset("demo")
+    data_name = "pool with a shortcut tag" if shortcut else "no shortcut (tag independent of the class)"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    console.rule("xgal demo")
+    console.print(
+        f"{data_name}; budget: {budget.initial} initial + {budget.rounds} x {budget.per_round} acquired "
+        f"from a pool of {budget.pool}; test split {budget.test}; {budget.epochs} epochs per round; "
+        f"arms: {', '.join(a.name for a in arms)}; seeds: {', '.join(map(str, seed_list))}"
+    )
+    all_results: dict[int, dict[str, list[RoundRecord]]] = {}
+    overlay_cams: dict[str, np.ndarray] = {}
+    overlay_data: dict[str, np.ndarray] = {}
+    for seed in seed_list:
+        data = out_dir / (f"seed{seed}" if shortcut else f"seed{seed}-no-shortcut")
+        pool = _pool(data / "pool-train", budget.pool, seed, "train", shortcut)
+        test = _pool(data / "pool-test", budget.test, seed, "test")
+        if seed == first_seed:
+            overlay_data = test.read(0, OVERLAY_IMAGES, ("images", "rois", "labels"))
+        server = RunningServer(ServerConfig(data_root=data, model_repo=data / "models", port=0))
+        console.print(f"seed {seed}: scorer on {server.address}; pools in {data}")
+        results: dict[str, list[RoundRecord]] = {}
+        # Every arm trains the same network: one trace serves all their exports.
+        exporter = ScoringGraphExporter(
+            base.layer,
+            image_shape=pool.image_shape,
+            pixel_dtype=pool.pixel_dtype,
+            class_names=pool.class_names,
+        )
+        try:
+            with ScorerClient(server.address) as client:
+                for arm in arms:
+                    config = replace(
+                        base,
+                        initial=budget.initial,
+                        per_round=budget.per_round,
+                        rounds=budget.rounds,
+                        acquisition=arm.acquisition,
+                        seed=seed,
+                        train=replace(base.train, epochs=budget.epochs, alpha=arm.alpha),
+                    )
+                    capture = seed == first_seed and arm.name in ("random", "uncertainty", "xgal")
+                    on_round = _round_logger(
+                        console,
+                        arm,
+                        config.layer,
+                        budget.rounds,
+                        overlay_data if capture else None,
+                        overlay_cams,
+                    )
+                    loop = ActiveLearningLoop(
+                        config,
+                        pool,
+                        test,
+                        client,
+                        OracleAnnotator(pool),
+                        data / "runs" / arm.name,
+                        model_name=arm.name,
+                        log=on_round,
+                        exporter=exporter,
+                    )
+                    results[arm.name] = loop.run()
+        finally:
+            server.stop(grace=5)
+        all_results[seed] = results
+        console.print(round_table(seed, results))
+
+    summary = summarise(all_results)
+    console.print(arms_table(summary))
+    if summary["differences"]:
+        console.print(differences_table(summary))
+    doc = {
+        "data": data_name,
+        "shortcut": shortcut,
+        "budget": asdict(budget),
+        "train": asdict(replace(base.train, epochs=budget.epochs)),
+        "arms": [{**asdict(a), "acquisition": asdict(a.acquisition)} for a in arms],
+        "seeds": list(all_results),
+        "rounds": {
+            str(seed): {a: [asdict(r) for r in recs] for a, recs in res.items()}
+            for seed, res in all_results.items()
+        },
+        "summary": summary,
+        "seconds": time.perf_counter() - t0,
+    }
+    (out_dir / "results.json").write_text(json.dumps(doc, indent=1))
+    plot_curves(all_results, out_dir / "learning_curves.png", data_name)
+    if overlay_cams:
+        ordered = dict(sorted(overlay_cams.items()))
+        plot_overlays(overlay_data["images"], overlay_data["rois"], ordered, out_dir / "cam_overlays.png")
+    console.print(
+        f"wrote {out_dir / 'results.json'}, {out_dir / 'learning_curves.png'}, "
+        f"{out_dir / 'cam_overlays.png'} in {time.perf_counter() - t0:.0f} s"
+    )
+    return doc
