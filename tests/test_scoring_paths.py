@@ -1,6 +1,6 @@
 """Every path that ranks gives the same rows: the in-process pipeline, ScorePool on one replica,
 ScorePool sharded over two (the client rescoring a pool-level normalisation), and ScoreStream,
-including what the missing-ROI policy leaves out and a seeded stochastic selection. They all go
+including what the missing-ROI and flat-CAM policies do and a seeded stochastic selection. They all go
 through xgal.core.ranking."""
 
 import numpy as np
@@ -34,13 +34,23 @@ def world(tmp_path_factory):
     torch.manual_seed(0)
     model = build_model("small_cnn", "linear", 3, in_channels=1)
     onnx = export_scoring_graph(model, "features.stage4.0", root / "m.onnx", image_shape=(1, 32, 32))
+    # "f": class 0 has no positive weight, so a scan predicted as class 0 has a flat map; its
+    # bias makes it the prediction for about half the scans.
+    model.eval()
+    with torch.no_grad():
+        model.head.fc.weight[0] = -model.head.fc.weight[0].abs()
+        model.head.fc.bias.zero_()
+        logits = model(torch.from_numpy(images.astype(np.float32) / 255))
+        model.head.fc.bias[0] = (logits[:, 1:].amax(1) - logits[:, 0]).median()
+    flat = export_scoring_graph(model, "features.stage4.0", root / "f.onnx", image_shape=(1, 32, 32))
     servers = [
         RunningServer(ServerConfig(data_root=root / "data", model_repo=root / f"r{i}", port=0))
         for i in range(2)
     ]
     with ScorerClient([s.address for s in servers]) as client:
         client.publish_model(onnx, "m")
-    yield Pool(root / "data" / "pool"), onnx, servers, images, rois
+        client.publish_model(flat, "f")
+    yield Pool(root / "data" / "pool"), {"m": onnx, "f": flat}, servers, images, rois
     for s in servers:
         s.stop(grace=0)
 
@@ -68,18 +78,22 @@ def _same(a, b):
         # Gumbel-top-k: each path draws the same batch for the same seed, sharded or not.
         {"selection": "softmax", "beta": 5.0, "seed": 3},
         {"selection": "power", "normalise": "rank", "balance": "predicted", "seed": 4},
+        {"flat_cam": "ignore", "normalise": "rank"},
     ],
 )
 def test_every_path_ranks_alike(world, options):
-    pool, onnx, servers, images, rois = world
+    pool, graphs, servers, images, rois = world
     config = AcquisitionConfig(**options)
-    local = score_pool(OnnxRuntimeEngine(onnx), pool, config, 30, return_all=True, batch_size=16)
+    model = "f" if config.flat_cam.value == "ignore" else "m"
+    local = score_pool(OnnxRuntimeEngine(graphs[model]), pool, config, 30, return_all=True, batch_size=16)
     if config.missing_roi.value == "exclude":
         assert local.all is not None and len(local.all) == N - N // 4 and local.excluded == N // 4
+    if model == "f":  # some maps are flat, some are not
+        assert local.all is not None and 0 < local.all.flat.sum() < N
     for targets in ([servers[0].address], [s.address for s in servers]):
         with ScorerClient(targets) as client:
             remote = client.score_pool(
-                "pool", model="m", top_k=30, return_all=True, progress=False, **options
+                "pool", model=model, top_k=30, return_all=True, progress=False, **options
             )
         assert remote.top.ids.tolist() == local.top.ids.tolist()
         np.testing.assert_allclose(remote.top.score, local.top.score, rtol=0, atol=1e-6)
@@ -88,7 +102,7 @@ def test_every_path_ranks_alike(world, options):
     if config.pointwise:
         with ScorerClient(servers[0].address) as client:
             streamed, _ = client.score_arrays(
-                images, rois, [f"s{i:03d}" for i in range(N)], model="m", batch_size=16, **options
+                images, rois, [f"s{i:03d}" for i in range(N)], model=model, batch_size=16, **options
             )
         _same(streamed, local.all)
 

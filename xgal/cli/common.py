@@ -21,6 +21,7 @@ from rich.markup import escape
 from xgal.core.acquisition import (
     AcquisitionConfig,
     Balance,
+    FlatCam,
     MissingRoi,
     Normalise,
     Selection,
@@ -138,6 +139,7 @@ _ACQUISITION_HELP = {
     "uncertainty": "How U is measured (higher = less certain).",
     "entropy_over_log_k": "Divide the entropy by ln K, so U lies in [0, 1].",
     "missing_roi": "Samples without an ROI: max scores M = 1, ignore scores U alone, exclude skips them.",
+    "flat_cam": "Samples whose Grad-CAM is flat (no evidence): max scores M = 1, ignore scores U alone.",
     "normalise": "Rescale U and M over the whole pool before combining them.",
     "balance": "Split the top-k evenly over predicted classes, or true labels (oracle: simulations).",
     "selection": "top: the k best; softmax or power: k drawn ∝ exp(β·score) or score^β (seeded).",
@@ -150,6 +152,7 @@ _ACQUISITION_TYPES: dict[str, type] = {
     "uncertainty": Uncertainty,
     "entropy_over_log_k": bool,
     "missing_roi": MissingRoi,
+    "flat_cam": FlatCam,
     "normalise": Normalise,
     "balance": Balance,
     "selection": Selection,

@@ -23,11 +23,15 @@ def train(
     arch: str | None = typer.Option(None, help="small_cnn | resnet18 | densenet121"),
     head: str | None = typer.Option(None, help="linear | mlp | prototypical"),
     target_layer: str | None = typer.Option(None, help="Grad-CAM layer (module name)."),
+    cam_method: str | None = typer.Option(
+        None, help="The map the scoring graph ranks by: gradcam | gradcam++ | hirescam | layercam."
+    ),
     alpha: float | None = typer.Option(None, help="Grad-CAM guidance loss weight (0 = off)."),
     initial: int | None = typer.Option(None, min=1, help="Initial labelled set size."),
     per_round: int | None = typer.Option(None, min=1, help="Samples acquired per round."),
     rounds: int | None = typer.Option(None, min=0, help="Acquisition rounds."),
     epochs: int | None = typer.Option(None, help="Training epochs per round."),
+    steps: int | None = typer.Option(None, min=0, help="Training steps per round (0 = use --epochs)."),
     target: list[str] = typer.Option([], help="Scorer host:port (repeat); none = start one here."),
     pool_ref: str | None = typer.Option(None, help="The pool's path under the scorers' data root."),
     token_file: Path | None = TOKEN_FILE,
@@ -53,13 +57,16 @@ def train(
         arch=arch,
         head=head,
         target_layer=target_layer,
+        cam_method=cam_method,
         initial=initial,
         per_round=per_round,
         rounds=rounds,
         seed=seed,
     )
     overrides = {k: v for k, v in given.items() if v is not None}
-    train_overrides = {k: v for k, v in dict(alpha=alpha, epochs=epochs).items() if v is not None}
+    train_overrides = {
+        k: v for k, v in dict(alpha=alpha, epochs=epochs, steps=steps).items() if v is not None
+    }
     cfg = replace(
         cfg,
         **overrides,

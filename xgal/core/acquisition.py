@@ -22,6 +22,7 @@ from enum import StrEnum
 
 import numpy as np
 
+from xgal.core.contract import CAM_EPS
 from xgal.core.errors import InvalidArgument
 
 
@@ -42,6 +43,15 @@ class MissingRoi(StrEnum):
     MAX = "max"  # M = 1: the authors' choice
     IGNORE = "ignore"  # the sample is scored on U alone
     EXCLUDE = "exclude"  # the sample is never selected
+
+
+class FlatCam(StrEnum):
+    """A sample whose Grad-CAM carries no evidence (a flat map: no location raises the class
+    score) has no place the model looked, so Dice measures nothing: min–max scaling makes the
+    map zeros and M = 1 whatever the ROI."""
+
+    MAX = "max"  # M = 1, as the authors' code computes it
+    IGNORE = "ignore"  # the sample is scored on U alone, as a sample without ROI under `ignore`
 
 
 class Normalise(StrEnum):
@@ -69,6 +79,7 @@ class AcquisitionConfig:
     uncertainty: Uncertainty = Uncertainty.ENTROPY
     entropy_over_log_k: bool = False
     missing_roi: MissingRoi = MissingRoi.MAX
+    flat_cam: FlatCam = FlatCam.MAX
     normalise: Normalise = Normalise.NONE
     balance: Balance = Balance.NONE
     selection: Selection = Selection.TOP
@@ -81,6 +92,7 @@ class AcquisitionConfig:
             ("strategy", Strategy),
             ("uncertainty", Uncertainty),
             ("missing_roi", MissingRoi),
+            ("flat_cam", FlatCam),
             ("normalise", Normalise),
             ("balance", Balance),
             ("selection", Selection),
@@ -125,6 +137,7 @@ def authors_acquisition() -> AcquisitionConfig:
         uncertainty=Uncertainty.ENTROPY,
         entropy_over_log_k=False,
         missing_roi=MissingRoi.MAX,
+        flat_cam=FlatCam.MAX,
         normalise=Normalise.NONE,
         balance=Balance.NONE,
         selection=Selection.TOP,
@@ -199,13 +212,14 @@ def normalise(values: np.ndarray, method: Normalise) -> np.ndarray:
 @dataclass
 class Criteria:
     """Per-sample criteria and the final acquisition score. `keep` is False for samples the
-    missing-ROI policy excludes."""
+    missing-ROI policy excludes; `flat` is True where the CAM carries no evidence."""
 
     u: np.ndarray
     m: np.ndarray
     score: np.ndarray
     has_roi: np.ndarray
     keep: np.ndarray
+    flat: np.ndarray
 
 
 def criteria(
@@ -215,18 +229,35 @@ def criteria(
     roi_area: np.ndarray,
     ids: np.ndarray,
     config: AcquisitionConfig,
+    cam_range: np.ndarray | None = None,
 ) -> Criteria:
-    """U, M and the pointwise score of a batch. With a pool-level normalisation the score is
+    """U, M and the pointwise score of a batch. `cam_range` is each CAM's max − min (None: not
+    measured, no map is taken as flat). With a pool-level normalisation the score is
     provisional: `ranking.rescore` recomputes it once every sample's criteria are known."""
     u = uncertainty(probs, entropy, config.uncertainty, config.entropy_over_log_k)
     has_roi = roi_area > 0
     m = np.where(has_roi, misalignment(dice), 1.0)
     keep = has_roi | (config.missing_roi is not MissingRoi.EXCLUDE)
-    return Criteria(u=u, m=m, score=combine(u, m, has_roi, ids, config), has_roi=has_roi, keep=keep)
+    flat = flat_maps(cam_range, len(u))
+    score = combine(u, m, has_roi, ids, config, flat)
+    return Criteria(u=u, m=m, score=score, has_roi=has_roi, keep=keep, flat=flat)
+
+
+def flat_maps(cam_range: np.ndarray | None, n: int) -> np.ndarray:
+    """Where a CAM carries no evidence: its range is within the scaling's epsilon, so min–max
+    scaling cannot make a map of it."""
+    if cam_range is None:
+        return np.zeros(n, dtype=bool)
+    return np.asarray(cam_range, dtype=np.float64) <= CAM_EPS
 
 
 def combine(
-    u: np.ndarray, m: np.ndarray, has_roi: np.ndarray, ids: np.ndarray, config: AcquisitionConfig
+    u: np.ndarray,
+    m: np.ndarray,
+    has_roi: np.ndarray,
+    ids: np.ndarray,
+    config: AcquisitionConfig,
+    flat: np.ndarray | None = None,
 ) -> np.ndarray:
     """The strategy's score from U and M (normalised over the given samples if asked)."""
     if config.strategy is Strategy.RANDOM:
@@ -241,4 +272,6 @@ def combine(
         score = config.lam * u + (1.0 - config.lam) * m
     if config.missing_roi is MissingRoi.IGNORE:
         score = np.where(has_roi, score, u)
+    if config.flat_cam is FlatCam.IGNORE and flat is not None:
+        score = np.where(flat, u, score)
     return sampling_key(score, ids, config)

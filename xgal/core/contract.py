@@ -18,19 +18,22 @@ FORMAT = "xgal-scoring-graph/1"
 INPUT_NAMES = ("image", "roi", "target")
 REQUIRED_INPUTS = frozenset({"image", "roi"})
 OUTPUT_NAMES = ("probs", "entropy", "cam", "dice", "roi_area")
-# What an engine fetches per batch; `cam` only on request (it is per pixel of the target layer).
-SCORE_OUTPUTS = ("probs", "entropy", "dice", "roi_area")
+# What an engine fetches per batch. `cam` is h·w floats of the target layer per image (a few
+# hundred bytes): its range tells a map with evidence from a flat one (the flat-CAM policy).
+SCORE_OUTPUTS = ("probs", "entropy", "dice", "roi_area", "cam")
 # Stored pixel value that maps to 1.0 before the model's mean/std.
 PIXEL_SCALE = {"uint8": 255.0, "uint16": 65535.0}
 ONNX_PIXEL_TYPES = {"uint8": "tensor(uint8)", "uint16": "tensor(uint16)"}
 # Added to the CAM's min-max range as pytorch-grad-cam does: a flat map scales to exactly zero.
 CAM_EPS = 1e-7
 PRECISIONS = ("fp32", "fp16", "int8")
+# How the map is made from the target layer's activations A and gradient g (trainer/gradcam.py).
+CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam")
 _KEYS = frozenset(
     "xgal." + k
     for k in (
         "format version class_names input_shape pixel_dtype cam_shape target_layer head arch round "
-        "graph_sha256 precision normalisation"
+        "graph_sha256 precision normalisation cam_method"
     ).split()
 )
 
@@ -90,6 +93,7 @@ class ScoringGraphInfo:
     version: str = "unknown"
     normalisation: Normalisation | None = None
     precision: str = "fp32"
+    cam_method: str = "gradcam"
     extra: Mapping[str, str] = field(default_factory=dict)  # other keys, kept as they are
 
     @property
@@ -111,6 +115,7 @@ class ScoringGraphInfo:
             "xgal.round": str(int(self.round_index)),
             "xgal.graph_sha256": self.graph_sha256,
             "xgal.precision": self.precision,
+            "xgal.cam_method": self.cam_method,
         }
         if self.normalisation is not None:
             meta["xgal.normalisation"] = json.dumps(asdict(self.normalisation))
@@ -142,6 +147,7 @@ class ScoringGraphInfo:
                     Normalisation(float(n["scale"]), tuple(n["mean"]), tuple(n["std"])) if n else None
                 ),
                 precision=meta.get("xgal.precision", "fp32"),
+                cam_method=meta.get("xgal.cam_method", "gradcam"),  # graphs from before the choice
                 extra={k: v for k, v in meta.items() if k not in _KEYS},
             )
         except (KeyError, ValueError, TypeError) as exc:
@@ -152,6 +158,10 @@ class ScoringGraphInfo:
             )
         if info.num_classes < 2:
             raise NotAScoringGraphError(f"{where}: a scoring graph needs at least 2 classes")
+        if info.cam_method not in CAM_METHODS:
+            raise NotAScoringGraphError(
+                f"{where}: CAM method {info.cam_method!r} is not one of {CAM_METHODS}"
+            )
         if info.precision not in PRECISIONS:
             raise NotAScoringGraphError(f"{where}: precision {info.precision!r} is not one of {PRECISIONS}")
         return info

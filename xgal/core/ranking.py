@@ -26,7 +26,8 @@ class Ranked:
     """Scored samples, column-wise. Rows are in rank order once `sorted()` is called.
 
     `group` is what balancing groups by (predicted class, or true label for `oracle`);
-    `has_roi` lets a pool-level normalisation re-apply the missing-ROI policy.
+    `has_roi` and `flat` (the CAM carries no evidence) let a pool-level normalisation re-apply
+    the missing-ROI and flat-CAM policies.
     """
 
     ids: np.ndarray
@@ -37,12 +38,15 @@ class Ranked:
     probs: np.ndarray
     group: np.ndarray | None = None
     has_roi: np.ndarray | None = None
+    flat: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.group is None:
             self.group = self.pred.copy()
         if self.has_roi is None:
             self.has_roi = np.ones(self.ids.shape, dtype=bool)
+        if self.flat is None:
+            self.flat = np.zeros(self.ids.shape, dtype=bool)
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -139,11 +143,13 @@ def scored_batch(
     *,
     labels: np.ndarray | None = None,
     exclude_ids: np.ndarray | None = None,
+    cam_range: np.ndarray | None = None,
 ) -> Ranked:
     """One engine batch as ranked rows: U, M and the score per sample, without the samples the
     missing-ROI policy or `exclude_ids` (sorted, e.g. the labelled set) leave out. `labels`
-    replace the predicted class as the balancing group (`oracle`)."""
-    crit = criteria(probs, entropy, dice, roi_area, ids, config)
+    replace the predicted class as the balancing group (`oracle`); `cam_range` (each CAM's
+    max − min) marks the flat maps."""
+    crit = criteria(probs, entropy, dice, roi_area, ids, config, cam_range)
     idx = kept(ids, crit.keep, exclude_ids)
     pred = probs.argmax(1).astype(np.int64)
     group = labels if labels is not None else pred
@@ -156,6 +162,7 @@ def scored_batch(
         probs[idx],
         group[idx],
         crit.has_roi[idx],
+        crit.flat[idx],
     )
 
 
@@ -175,8 +182,10 @@ def exclusion_set(ids: Iterable[str]) -> np.ndarray:
 def rescore(everything: Ranked, config: AcquisitionConfig) -> Ranked:
     """Apply a pool-level normalisation: the score from every sample's U and M (in place)."""
     if len(everything):
-        assert everything.has_roi is not None
-        everything.score = combine(everything.u, everything.m, everything.has_roi, everything.ids, config)
+        assert everything.has_roi is not None and everything.flat is not None
+        everything.score = combine(
+            everything.u, everything.m, everything.has_roi, everything.ids, config, everything.flat
+        )
     return everything
 
 
@@ -215,6 +224,7 @@ def rows(r: Ranked, class_names: tuple[str, ...], ranked: bool = True) -> list[d
             "uncertainty": float(r.u[i]),
             "misalignment": float(r.m[i]),
             "has_roi": bool(r.has_roi[i]) if r.has_roi is not None else True,
+            "flat_cam": bool(r.flat[i]) if r.flat is not None else False,
             "pred": pred,
             "pred_name": class_names[pred] if pred < len(class_names) else str(pred),
             "probs": [float(p) for p in r.probs[i]],

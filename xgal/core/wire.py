@@ -23,6 +23,7 @@ _ENUMS = (
     ("strategy", "strategy", pb.Strategy, "STRATEGY_"),
     ("uncertainty", "uncertainty", pb.UncertaintyKind, "UNCERTAINTY_"),
     ("missing_roi", "missing_roi", pb.MissingRoiPolicy, "MISSING_ROI_"),
+    ("flat_cam", "flat_cam", pb.FlatCamPolicy, "FLAT_CAM_"),
     ("normalise", "normalisation", pb.Normalisation, "NORMALISATION_"),
     ("balance", "balance", pb.Balance, "BALANCE_"),
     ("selection", "selection", pb.Selection, "SELECTION_"),
@@ -124,6 +125,7 @@ def model_info_to_proto(
 def ranked_to_proto(r: Ranked) -> list[pb.ScoredSample]:
     has_roi = r.has_roi if r.has_roi is not None else np.ones(len(r), dtype=bool)
     group = r.group if r.group is not None else r.pred
+    flat = r.flat if r.flat is not None else np.zeros(len(r), dtype=bool)
     return [
         pb.ScoredSample(
             id=str(r.ids[i]),
@@ -134,6 +136,7 @@ def ranked_to_proto(r: Ranked) -> list[pb.ScoredSample]:
             probs=r.probs[i].tolist(),
             has_roi=bool(has_roi[i]),
             group=int(group[i]),
+            flat_cam=bool(flat[i]),
         )
         for i in range(len(r))
     ]
@@ -152,4 +155,5 @@ def ranked_from_proto(samples: Sequence[pb.ScoredSample], num_classes: int) -> R
         probs=np.array([list(s.probs) for s in samples], dtype=np.float32).reshape(n, num_classes),
         group=np.array([s.group for s in samples], dtype=np.int64),
         has_roi=np.array([s.has_roi for s in samples], dtype=bool),
+        flat=np.array([s.flat_cam for s in samples], dtype=bool),
     )

@@ -115,9 +115,7 @@ class DynamicBatcher:
             lo = 0
             for it in live:
                 hi = lo + len(it.image)
-                it.future.set_result(
-                    BatchScores(out.probs[lo:hi], out.entropy[lo:hi], out.dice[lo:hi], out.roi_area[lo:hi])
-                )
+                it.future.set_result(out.rows(lo, hi))
                 lo = hi
             if self._observe is not None:
                 waited = max(start - it.queued_at for it in live)

@@ -88,6 +88,7 @@ def score_pool(
                 config,
                 labels=batch.labels,
                 exclude_ids=excluded_ids,
+                cam_range=s.cam_range,
             )
             if config.pointwise:
                 best.update(ranked)

@@ -50,7 +50,7 @@ def score_message(
         raise ValueError(f"sample {req.ids[row][:80]!r}: {reason}{more}")
     ids = np.array(list(req.ids), dtype=str)
     s = engine.run(images, rois, want_cam=req.want_cam)
-    ranked = scored_batch(ids, s.probs, s.entropy, s.dice, s.roi_area, config)
+    ranked = scored_batch(ids, s.probs, s.entropy, s.dice, s.roi_area, config, cam_range=s.cam_range)
     resp = pb.ScoreStreamResponse(samples=ranked_to_proto(ranked))
     if req.want_cam and s.cam is not None:
         rows = kept(ids, criteria(s.probs, s.entropy, s.dice, s.roi_area, ids, config).keep)

@@ -28,7 +28,14 @@ import torch
 from torch import nn
 
 import xgal
-from xgal.core.contract import INPUT_NAMES, OUTPUT_NAMES, Normalisation, ScoringGraphInfo, write_metadata
+from xgal.core.contract import (
+    CAM_METHODS,
+    INPUT_NAMES,
+    OUTPUT_NAMES,
+    Normalisation,
+    ScoringGraphInfo,
+    write_metadata,
+)
 from xgal.core.errors import InvalidArgument
 from xgal.trainer.gradcam import PixelNormalise
 from xgal.trainer.gradpath import ScoringModule, trace_scoring_module
@@ -158,7 +165,11 @@ class ScoringGraphExporter:
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         class_names: Sequence[str] | None = None,
+        cam_method: str = "gradcam",
     ) -> None:
+        if cam_method not in CAM_METHODS:
+            raise InvalidArgument(f"cam_method must be one of {', '.join(CAM_METHODS)}; got {cam_method!r}")
+        self.cam_method = cam_method
         self.target_layer = target_layer
         self.image_shape, self.norm = Normalisation.for_input(image_shape, pixel_dtype, mean, std)
         self.pixel_dtype = pixel_dtype
@@ -176,6 +187,7 @@ class ScoringGraphExporter:
             "pixel_dtype": self.pixel_dtype,
             "normalisation": self.norm,
             "class_names": self.class_names,
+            "cam_method": self.cam_method,
         }
 
     def export(self, model: nn.Module, path: str | os.PathLike[str], *, round_index: int = 0) -> Path:
@@ -185,7 +197,7 @@ class ScoringGraphExporter:
         template = self._template
         if template is None or template.signature != _signature(model):
             template = self._trace(model)
-        module = ScoringModule(model, self.target_layer, self.norm).eval()
+        module = ScoringModule(model, self.target_layer, self.norm, self.cam_method).eval()
         proto = onnx.ModelProto.FromString(template.proto)
         state = module.state_dict()
         for init in proto.graph.initializer:
@@ -209,6 +221,7 @@ class ScoringGraphExporter:
             round_index=int(round_index),
             version=xgal.__version__,
             normalisation=self.norm,
+            cam_method=self.cam_method,
         )
         proto = _finish(onnx_ir.to_proto(program.model), info)
         onnx.checker.check_model(proto, full_check=True)
@@ -218,7 +231,7 @@ class ScoringGraphExporter:
         c, h, w = self.image_shape
         probe = torch.zeros(2, c, h, w)
         cam_shape = _check_target_layer(model, self.target_layer, probe)
-        module = ScoringModule(model, self.target_layer, self.norm).eval()
+        module = ScoringModule(model, self.target_layer, self.norm, self.cam_method).eval()
         with torch.no_grad():
             num_classes = int(model(probe).shape[1])
         if self.class_names is not None and len(self.class_names) != num_classes:
@@ -311,8 +324,10 @@ def export_scoring_graph(
     std: Sequence[float] | None = None,
     class_names: Sequence[str] | None = None,
     round_index: int = 0,
+    cam_method: str = "gradcam",
 ) -> Path:
-    """Write the scoring graph of `model` (Grad-CAM at `target_layer`) to `path`.
+    """Write the scoring graph of `model` (Grad-CAM, or another `cam_method` of CAM_METHODS,
+    at `target_layer`) to `path`.
 
     `image_shape` is (C, H, W) of the pool's pixels, which enter the graph as stored
     (`pixel_dtype` uint8 or uint16) and are scaled to [0, 1], then standardised with the
@@ -326,6 +341,7 @@ def export_scoring_graph(
         mean=mean,
         std=std,
         class_names=class_names,
+        cam_method=cam_method,
     )
     return exporter.export(model, path, round_index=round_index)
 

@@ -37,6 +37,32 @@ def grad_cam(acts: Tensor, grads: Tensor) -> Tensor:
     return F.relu((grads.mean(dim=(2, 3), keepdim=True) * acts).sum(1))
 
 
+def grad_cam_pp(acts: Tensor, grads: Tensor) -> Tensor:
+    """Grad-CAM++ (Chattopadhay et al., 2018, as pytorch-grad-cam computes it): channel weights
+    Σ_ij α_ij·ReLU(g_ij), α = g² / (2g² + Σ_ij A·g³), 0 where g = 0."""
+    g2, g3 = grads.pow(2), grads.pow(3)
+    sum_acts = acts.sum(dim=(2, 3), keepdim=True)
+    denom = 2 * g2 + sum_acts * g3
+    alpha = torch.where(grads != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), 0.0)
+    weights = (alpha * F.relu(grads)).sum(dim=(2, 3), keepdim=True)
+    return F.relu((weights * acts).sum(1))
+
+
+def hires_cam(acts: Tensor, grads: Tensor) -> Tensor:
+    """HiResCAM (Draelos & Carin, 2020): ReLU(Σ_k g_k ⊙ A_k), the gradient kept per location."""
+    return F.relu((grads * acts).sum(1))
+
+
+def layer_cam(acts: Tensor, grads: Tensor) -> Tensor:
+    """LayerCAM (Jiang et al., 2021): ReLU(Σ_k ReLU(g_k) ⊙ A_k)."""
+    return F.relu((F.relu(grads) * acts).sum(1))
+
+
+# The map from the target layer's activations and their gradient; the rest (upsampling, scaling,
+# Dice) is shared. Names as `ScoringGraphInfo.cam_method` records them.
+CAM_FUNCTIONS = {"gradcam": grad_cam, "gradcam++": grad_cam_pp, "hirescam": hires_cam, "layercam": layer_cam}
+
+
 def scale_cam(cam: Tensor, size: tuple[int, int] | torch.Size) -> Tensor:
     """Upsample [N, h, w] to `size` (bilinear, half-pixel centres) and min–max scale each map
     to [0, 1]; a flat map scales to zeros."""

@@ -24,14 +24,17 @@ from torch.fx.experimental.proxy_tensor import make_fx
 
 from xgal.core.contract import Normalisation
 from xgal.trainer.decompositions import tracing_decompositions
-from xgal.trainer.gradcam import PixelNormalise, grad_cam, scale_cam, soft_dice
+from xgal.trainer.gradcam import CAM_FUNCTIONS, PixelNormalise, scale_cam, soft_dice
 
 
 class ScoringModule(nn.Module):
     """Everything the ranking needs, for one batch, in one forward call."""
 
-    def __init__(self, model: nn.Module, target_layer: str, norm: Normalisation) -> None:
+    def __init__(
+        self, model: nn.Module, target_layer: str, norm: Normalisation, cam_method: str = "gradcam"
+    ) -> None:
         super().__init__()
+        self.cam = CAM_FUNCTIONS[cam_method]
         self.model = model
         self.target = model.get_submodule(target_layer)
         self.pixels = PixelNormalise(norm)
@@ -66,7 +69,7 @@ class ScoringModule(nn.Module):
         # sample's own gradient.
         (grads,) = torch.autograd.grad((scores * onehot).sum(), acts)
 
-        cam = grad_cam(acts.detach(), grads)
+        cam = self.cam(acts.detach(), grads)
         roi_area = roi.to(torch.float32).sum(dim=(1, 2))
         dice = soft_dice(scale_cam(cam, image.shape[-2:]), roi)
         return probs, entropy, cam, dice, roi_area

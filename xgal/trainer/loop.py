@@ -44,6 +44,7 @@ class LoopConfig:
     arch: str = "small_cnn"
     head: str = "linear"
     target_layer: str | None = None  # None = the network's default
+    cam_method: str = "gradcam"  # the map the scoring graph ranks by (CAM_METHODS)
     initial: int = 60
     per_round: int = 60
     rounds: int = 5  # acquisition rounds; the model is evaluated rounds + 1 times
@@ -166,6 +167,7 @@ class ActiveLearningLoop:
             mean=config.mean,
             std=config.std,
             class_names=self.class_names,
+            cam_method=config.cam_method,
         )
         if exporter is not None and exporter.settings != own.settings:
             raise ValueError(

@@ -29,6 +29,12 @@ class MissingRoiPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     MISSING_ROI_IGNORE: _ClassVar[MissingRoiPolicy]
     MISSING_ROI_EXCLUDE: _ClassVar[MissingRoiPolicy]
 
+class FlatCamPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FLAT_CAM_UNSPECIFIED: _ClassVar[FlatCamPolicy]
+    FLAT_CAM_MAX: _ClassVar[FlatCamPolicy]
+    FLAT_CAM_IGNORE: _ClassVar[FlatCamPolicy]
+
 class Normalisation(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     NORMALISATION_UNSPECIFIED: _ClassVar[Normalisation]
@@ -68,6 +74,9 @@ MISSING_ROI_UNSPECIFIED: MissingRoiPolicy
 MISSING_ROI_MAX: MissingRoiPolicy
 MISSING_ROI_IGNORE: MissingRoiPolicy
 MISSING_ROI_EXCLUDE: MissingRoiPolicy
+FLAT_CAM_UNSPECIFIED: FlatCamPolicy
+FLAT_CAM_MAX: FlatCamPolicy
+FLAT_CAM_IGNORE: FlatCamPolicy
 NORMALISATION_UNSPECIFIED: Normalisation
 NORMALISATION_NONE: Normalisation
 NORMALISATION_MINMAX: Normalisation
@@ -195,7 +204,7 @@ class PoolDescription(_message.Message):
     def __init__(self, pool: _Optional[str] = ..., count: _Optional[int] = ..., image_shape: _Optional[_Iterable[int]] = ..., pixel_dtype: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., has_labels: _Optional[bool] = ...) -> None: ...
 
 class Acquisition(_message.Message):
-    __slots__ = ("strategy", "lam", "uncertainty", "entropy_over_log_k", "missing_roi", "normalisation", "balance", "seed", "selection", "beta")
+    __slots__ = ("strategy", "lam", "uncertainty", "entropy_over_log_k", "missing_roi", "normalisation", "balance", "seed", "selection", "beta", "flat_cam")
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     LAM_FIELD_NUMBER: _ClassVar[int]
     UNCERTAINTY_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +215,7 @@ class Acquisition(_message.Message):
     SEED_FIELD_NUMBER: _ClassVar[int]
     SELECTION_FIELD_NUMBER: _ClassVar[int]
     BETA_FIELD_NUMBER: _ClassVar[int]
+    FLAT_CAM_FIELD_NUMBER: _ClassVar[int]
     strategy: Strategy
     lam: float
     uncertainty: UncertaintyKind
@@ -216,7 +226,8 @@ class Acquisition(_message.Message):
     seed: int
     selection: Selection
     beta: float
-    def __init__(self, strategy: _Optional[_Union[Strategy, str]] = ..., lam: _Optional[float] = ..., uncertainty: _Optional[_Union[UncertaintyKind, str]] = ..., entropy_over_log_k: _Optional[bool] = ..., missing_roi: _Optional[_Union[MissingRoiPolicy, str]] = ..., normalisation: _Optional[_Union[Normalisation, str]] = ..., balance: _Optional[_Union[Balance, str]] = ..., seed: _Optional[int] = ..., selection: _Optional[_Union[Selection, str]] = ..., beta: _Optional[float] = ...) -> None: ...
+    flat_cam: FlatCamPolicy
+    def __init__(self, strategy: _Optional[_Union[Strategy, str]] = ..., lam: _Optional[float] = ..., uncertainty: _Optional[_Union[UncertaintyKind, str]] = ..., entropy_over_log_k: _Optional[bool] = ..., missing_roi: _Optional[_Union[MissingRoiPolicy, str]] = ..., normalisation: _Optional[_Union[Normalisation, str]] = ..., balance: _Optional[_Union[Balance, str]] = ..., seed: _Optional[int] = ..., selection: _Optional[_Union[Selection, str]] = ..., beta: _Optional[float] = ..., flat_cam: _Optional[_Union[FlatCamPolicy, str]] = ...) -> None: ...
 
 class ScorePoolRequest(_message.Message):
     __slots__ = ("pool", "model", "acquisition", "top_k", "exclude_ids", "start", "stop", "return_all", "on_bad_sample")
@@ -251,7 +262,7 @@ class Progress(_message.Message):
     def __init__(self, done: _Optional[int] = ..., total: _Optional[int] = ..., images_per_s: _Optional[float] = ...) -> None: ...
 
 class ScoredSample(_message.Message):
-    __slots__ = ("id", "uncertainty", "misalignment", "score", "predicted", "probs", "has_roi", "group")
+    __slots__ = ("id", "uncertainty", "misalignment", "score", "predicted", "probs", "has_roi", "group", "flat_cam")
     ID_FIELD_NUMBER: _ClassVar[int]
     UNCERTAINTY_FIELD_NUMBER: _ClassVar[int]
     MISALIGNMENT_FIELD_NUMBER: _ClassVar[int]
@@ -260,6 +271,7 @@ class ScoredSample(_message.Message):
     PROBS_FIELD_NUMBER: _ClassVar[int]
     HAS_ROI_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
+    FLAT_CAM_FIELD_NUMBER: _ClassVar[int]
     id: str
     uncertainty: float
     misalignment: float
@@ -268,7 +280,8 @@ class ScoredSample(_message.Message):
     probs: _containers.RepeatedScalarFieldContainer[float]
     has_roi: bool
     group: int
-    def __init__(self, id: _Optional[str] = ..., uncertainty: _Optional[float] = ..., misalignment: _Optional[float] = ..., score: _Optional[float] = ..., predicted: _Optional[int] = ..., probs: _Optional[_Iterable[float]] = ..., has_roi: _Optional[bool] = ..., group: _Optional[int] = ...) -> None: ...
+    flat_cam: bool
+    def __init__(self, id: _Optional[str] = ..., uncertainty: _Optional[float] = ..., misalignment: _Optional[float] = ..., score: _Optional[float] = ..., predicted: _Optional[int] = ..., probs: _Optional[_Iterable[float]] = ..., has_roi: _Optional[bool] = ..., group: _Optional[int] = ..., flat_cam: _Optional[bool] = ...) -> None: ...
 
 class SkippedSample(_message.Message):
     __slots__ = ("id", "reason")

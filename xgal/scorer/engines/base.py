@@ -17,9 +17,25 @@ class BatchScores:
     dice: np.ndarray  # [N] soft Dice of the [0, 1]-scaled, upsampled CAM vs the ROI
     roi_area: np.ndarray  # [N] pixels inside the ROI; 0 = no ROI
     cam: np.ndarray | None = None  # [N, h, w] ReLU'd, unscaled Grad-CAM, only when asked for
+    # [N] max − min of that map: at most CAM_EPS, the map carries no evidence (a flat map, which
+    # min–max scaling turns into zeros: Dice 0 whatever the ROI). None: not measured.
+    cam_range: np.ndarray | None = None
 
     def __len__(self) -> int:
         return int(self.entropy.shape[0])
+
+    def rows(self, lo: int, hi: int) -> BatchScores:
+        """Samples [lo, hi) of the batch, without the per-pixel map."""
+        cut = None if self.cam_range is None else self.cam_range[lo:hi]
+        return BatchScores(
+            self.probs[lo:hi], self.entropy[lo:hi], self.dice[lo:hi], self.roi_area[lo:hi], None, cut
+        )
+
+
+def cam_range(cam: np.ndarray) -> np.ndarray:
+    """Per sample, max − min of a [N, h, w] map (float64)."""
+    flat = cam.reshape(cam.shape[0], -1).astype(np.float64)
+    return flat.max(axis=1) - flat.min(axis=1) if flat.shape[1] else np.zeros(cam.shape[0])
 
 
 class Engine(abc.ABC):

@@ -10,7 +10,7 @@ import onnxruntime as ort
 
 from xgal.core.contract import SCORE_OUTPUTS, NotAScoringGraphError, ScoringGraphInfo, check_signature
 from xgal.core.errors import InvalidArgument
-from xgal.scorer.engines.base import BatchScores, Engine
+from xgal.scorer.engines.base import BatchScores, Engine, cam_range
 
 # Best first; only the installed ones are used.
 PROVIDER_PREFERENCE = (
@@ -143,7 +143,7 @@ class OnnxRuntimeEngine(Engine):
         feed = {"image": np.ascontiguousarray(image), "roi": np.ascontiguousarray(roi)}
         if target is not None:
             feed["target"] = np.ascontiguousarray(target, dtype=np.int64)
-        names = [*SCORE_OUTPUTS, "cam"] if want_cam else list(SCORE_OUTPUTS)
+        names = list(SCORE_OUTPUTS)
         if self.io_binding:
             binding = self.session.io_binding()
             for name, value in feed.items():
@@ -160,4 +160,5 @@ class OnnxRuntimeEngine(Engine):
             dice=out[2],
             roi_area=out[3],
             cam=out[4] if want_cam else None,
+            cam_range=cam_range(out[4]),
         )

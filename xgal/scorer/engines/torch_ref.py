@@ -15,8 +15,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from xgal.core.contract import CAM_EPS, PIXEL_SCALE, ScoringGraphInfo
-from xgal.scorer.engines.base import BatchScores, Engine
+from xgal.core.contract import CAM_EPS, CAM_METHODS, PIXEL_SCALE, ScoringGraphInfo
+from xgal.scorer.engines.base import BatchScores, Engine, cam_range
 
 
 class TorchReferenceEngine(Engine):
@@ -32,7 +32,11 @@ class TorchReferenceEngine(Engine):
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
         class_names: Sequence[str] | None = None,
+        cam_method: str = "gradcam",
     ) -> None:
+        if cam_method not in CAM_METHODS:
+            raise ValueError(f"cam_method must be one of {CAM_METHODS}, got {cam_method!r}")
+        self.cam_method = cam_method
         self.model = model.eval()
         self.layer = model.get_submodule(target_layer)
         c, h, w = (int(v) for v in image_shape)
@@ -50,6 +54,7 @@ class TorchReferenceEngine(Engine):
             head=str(getattr(model, "head_kind", "unknown")),
             arch=str(getattr(model, "arch", "unknown")),
             version="reference",
+            cam_method=cam_method,
         )
 
     def run(
@@ -85,8 +90,7 @@ class TorchReferenceEngine(Engine):
         probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
         entropy = -(probs * np.log(np.clip(probs, 1e-300, None))).sum(1)
 
-        weights = grads.detach().mean(dim=(2, 3))
-        cam = torch.relu(torch.einsum("nc,nchw->nhw", weights, acts.detach()))
+        cam = torch.from_numpy(_cam(self.cam_method, acts.detach().double().numpy(), grads.double().numpy()))
         up = F.interpolate(cam[:, None], size=image.shape[-2:], mode="bilinear", align_corners=False)
         up64 = up[:, 0].double().numpy()
         lo = up64.min(axis=(1, 2), keepdims=True)
@@ -102,4 +106,22 @@ class TorchReferenceEngine(Engine):
             dice=dice.astype(np.float32),
             roi_area=area.astype(np.float32),
             cam=cam.numpy().astype(np.float32) if want_cam else None,
+            cam_range=cam_range(cam.numpy()),
         )
+
+
+def _cam(method: str, a: np.ndarray, g: np.ndarray) -> np.ndarray:
+    """The map [N, h, w] in float64 from activations and gradients [N, C, h, w], written out
+    here again (not imported from the trainer) so that parity with a graph means something."""
+    if method == "gradcam":
+        weighted = g.mean(axis=(2, 3))[:, :, None, None] * a
+    elif method == "gradcam++":
+        g2, g3 = g**2, g**3
+        denom = 2 * g2 + a.sum(axis=(2, 3))[:, :, None, None] * g3
+        alpha = np.where(g != 0, g2 / np.where(denom != 0, denom, 1.0), 0.0)
+        weighted = (alpha * np.maximum(g, 0)).sum(axis=(2, 3))[:, :, None, None] * a
+    elif method == "hirescam":
+        weighted = g * a
+    else:  # layercam
+        weighted = np.maximum(g, 0) * a
+    return np.maximum(weighted.sum(axis=1), 0.0)
