@@ -57,7 +57,7 @@ def world(tmp_path_factory):
 
 def _rows(r):
     order = np.argsort(r.ids)
-    return r.ids[order].tolist(), r.u[order], r.m[order], r.score[order]
+    return r.ids[order].tolist(), r.u[order], r.m[order], r.score[order], r.flat[order], r.body_roi[order]
 
 
 def _same(a, b):
@@ -79,6 +79,8 @@ def _same(a, b):
         {"selection": "softmax", "beta": 5.0, "seed": 3},
         {"selection": "power", "normalise": "rank", "balance": "predicted", "seed": 4},
         {"flat_cam": "ignore", "normalise": "rank"},
+        # The body stands in where the expert drew no ROI (every fourth sample).
+        {"roi": "expert-else-body", "missing_roi": "exclude"},
     ],
 )
 def test_every_path_ranks_alike(world, options):
@@ -86,10 +88,13 @@ def test_every_path_ranks_alike(world, options):
     config = AcquisitionConfig(**options)
     model = "f" if config.flat_cam.value == "ignore" else "m"
     local = score_pool(OnnxRuntimeEngine(graphs[model]), pool, config, 30, return_all=True, batch_size=16)
-    if config.missing_roi.value == "exclude":
+    if config.missing_roi.value == "exclude" and config.roi.value == "expert":
         assert local.all is not None and len(local.all) == N - N // 4 and local.excluded == N // 4
     if model == "f":  # some maps are flat, some are not
         assert local.all is not None and 0 < local.all.flat.sum() < N
+    if config.roi.value == "expert-else-body":  # nothing left out for want of an ROI
+        assert local.all is not None and len(local.all) == N and local.excluded == 0
+        assert sorted(local.all.ids[local.all.body_roi].tolist()) == [f"s{i:03d}" for i in range(0, N, 4)]
     for targets in ([servers[0].address], [s.address for s in servers]):
         with ScorerClient(targets) as client:
             remote = client.score_pool(
@@ -123,3 +128,21 @@ def test_stream_cams_follow_the_samples_kept(world):
         )
     assert kept.ids.tolist() == [f"s{i:03d}" for i in range(8) if i % 4]
     np.testing.assert_array_equal(cams, all_cams[[i for i in range(8) if i % 4]])
+
+
+def test_misalignment_is_measured_against_the_body_mask(world):
+    from xgal.core.body import body_masks
+
+    pool, graphs, _, images, rois = world
+    local = score_pool(
+        OnnxRuntimeEngine(graphs["m"]),
+        pool,
+        AcquisitionConfig(roi="body"),
+        10,
+        return_all=True,
+        batch_size=16,
+    )
+    direct = OnnxRuntimeEngine(graphs["m"]).run(images, body_masks(images))
+    order = np.argsort(local.all.ids)
+    assert local.all.body_roi.all()
+    np.testing.assert_allclose(local.all.m[order], 1 - direct.dice, rtol=0, atol=1e-6)

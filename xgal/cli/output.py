@@ -74,19 +74,37 @@ def print_table(
     table.add_column("M = 1 - Dice", justify="right")
     table.add_column("predicted", justify="left")
     table.add_column("p(pred)", justify="right")
-    for row in rows(result.top, result.class_names)[:limit]:
+    ranked = rows(result.top, result.class_names)
+    for row in ranked[:limit]:
+        notes = [
+            n
+            for n, on in (
+                ("no ROI", row["roi"] == "none"),
+                ("body", row["roi"] == "body"),
+                ("flat CAM", row["flat_cam"]),
+            )
+            if on
+        ]
         table.add_row(
             str(row["rank"]),
             row["id"],
             f"{row['score']:.4f}",
             f"{row['uncertainty']:.4f}",
-            f"{row['misalignment']:.4f}" + ("" if row["has_roi"] else " (no ROI)"),
+            f"{row['misalignment']:.4f}" + (f" ({', '.join(notes)})" if notes else ""),
             row["pred_name"],
             f"{row['probs'][row['pred']]:.3f}",
         )
     console.print(table)
     if len(result.top) > limit:
         console.print(f"... {len(result.top) - limit} more in the output file")
+    if ranked:
+        # What M means for this selection: said, not left to the JSON.
+        count = {k: sum(r["roi"] == k for r in ranked) for k in ("expert", "body", "none")}
+        flat = sum(r["flat_cam"] for r in ranked)
+        console.print(
+            f"M of the {len(ranked)} selected measured against: {count['expert']} expert ROIs, "
+            f"{count['body']} body masks, {count['none']} without ROI; {flat} with a flat CAM"
+        )
     console.print(
         f"scored {result.scored} images{source} in {result.seconds:.2f} s "
         f"({result.images_per_s:.1f} images/s); {result.excluded} excluded"

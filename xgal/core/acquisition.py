@@ -54,6 +54,22 @@ class FlatCam(StrEnum):
     IGNORE = "ignore"  # the sample is scored on U alone, as a sample without ROI under `ignore`
 
 
+class RoiSource(StrEnum):
+    """What the misalignment is measured against: the expert's ROI, or a weak one computed from
+    the image (the body: `xgal.core.body`), everywhere or only where the expert drew nothing."""
+
+    EXPERT = "expert"
+    BODY = "body"
+    EXPERT_ELSE_BODY = "expert-else-body"
+
+    @classmethod
+    def _missing_(cls, value: object) -> RoiSource | None:
+        # The wire spells enum values with underscores.
+        if isinstance(value, str) and "_" in value:
+            return cls.__members__.get(value.upper())
+        return None
+
+
 class Normalise(StrEnum):
     NONE = "none"
     MINMAX = "minmax"
@@ -80,6 +96,7 @@ class AcquisitionConfig:
     entropy_over_log_k: bool = False
     missing_roi: MissingRoi = MissingRoi.MAX
     flat_cam: FlatCam = FlatCam.MAX
+    roi: RoiSource = RoiSource.EXPERT
     normalise: Normalise = Normalise.NONE
     balance: Balance = Balance.NONE
     selection: Selection = Selection.TOP
@@ -93,6 +110,7 @@ class AcquisitionConfig:
             ("uncertainty", Uncertainty),
             ("missing_roi", MissingRoi),
             ("flat_cam", FlatCam),
+            ("roi", RoiSource),
             ("normalise", Normalise),
             ("balance", Balance),
             ("selection", Selection),
@@ -138,6 +156,7 @@ def authors_acquisition() -> AcquisitionConfig:
         entropy_over_log_k=False,
         missing_roi=MissingRoi.MAX,
         flat_cam=FlatCam.MAX,
+        roi=RoiSource.EXPERT,
         normalise=Normalise.NONE,
         balance=Balance.NONE,
         selection=Selection.TOP,

@@ -39,6 +39,7 @@ class Ranked:
     group: np.ndarray | None = None
     has_roi: np.ndarray | None = None
     flat: np.ndarray | None = None
+    body_roi: np.ndarray | None = None  # M was measured against the body (RoiSource)
 
     def __post_init__(self) -> None:
         if self.group is None:
@@ -47,6 +48,8 @@ class Ranked:
             self.has_roi = np.ones(self.ids.shape, dtype=bool)
         if self.flat is None:
             self.flat = np.zeros(self.ids.shape, dtype=bool)
+        if self.body_roi is None:
+            self.body_roi = np.zeros(self.ids.shape, dtype=bool)
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -144,11 +147,12 @@ def scored_batch(
     labels: np.ndarray | None = None,
     exclude_ids: np.ndarray | None = None,
     cam_range: np.ndarray | None = None,
+    body_roi: np.ndarray | None = None,
 ) -> Ranked:
     """One engine batch as ranked rows: U, M and the score per sample, without the samples the
     missing-ROI policy or `exclude_ids` (sorted, e.g. the labelled set) leave out. `labels`
     replace the predicted class as the balancing group (`oracle`); `cam_range` (each CAM's
-    max − min) marks the flat maps."""
+    max − min) marks the flat maps; `body_roi` where the ROI given was the body's."""
     crit = criteria(probs, entropy, dice, roi_area, ids, config, cam_range)
     idx = kept(ids, crit.keep, exclude_ids)
     pred = probs.argmax(1).astype(np.int64)
@@ -163,6 +167,7 @@ def scored_batch(
         group[idx],
         crit.has_roi[idx],
         crit.flat[idx],
+        None if body_roi is None else body_roi[idx],
     )
 
 
@@ -225,6 +230,9 @@ def rows(r: Ranked, class_names: tuple[str, ...], ranked: bool = True) -> list[d
             "misalignment": float(r.m[i]),
             "has_roi": bool(r.has_roi[i]) if r.has_roi is not None else True,
             "flat_cam": bool(r.flat[i]) if r.flat is not None else False,
+            "roi": ("body" if r.body_roi is not None and r.body_roi[i] else "expert")
+            if (r.has_roi is None or r.has_roi[i])
+            else "none",
             "pred": pred,
             "pred_name": class_names[pred] if pred < len(class_names) else str(pred),
             "probs": [float(p) for p in r.probs[i]],

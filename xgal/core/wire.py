@@ -24,6 +24,7 @@ _ENUMS = (
     ("uncertainty", "uncertainty", pb.UncertaintyKind, "UNCERTAINTY_"),
     ("missing_roi", "missing_roi", pb.MissingRoiPolicy, "MISSING_ROI_"),
     ("flat_cam", "flat_cam", pb.FlatCamPolicy, "FLAT_CAM_"),
+    ("roi", "roi", pb.RoiSource, "ROI_"),
     ("normalise", "normalisation", pb.Normalisation, "NORMALISATION_"),
     ("balance", "balance", pb.Balance, "BALANCE_"),
     ("selection", "selection", pb.Selection, "SELECTION_"),
@@ -35,7 +36,7 @@ def acquisition_to_proto(config: AcquisitionConfig) -> pb.Acquisition:
         lam=config.lam, entropy_over_log_k=config.entropy_over_log_k, seed=config.seed, beta=config.beta
     )
     for field, proto_field, enum, prefix in _ENUMS:
-        setattr(msg, proto_field, enum.Value(prefix + getattr(config, field).value.upper()))
+        setattr(msg, proto_field, enum.Value(prefix + getattr(config, field).value.upper().replace("-", "_")))
     return msg
 
 
@@ -126,6 +127,7 @@ def ranked_to_proto(r: Ranked) -> list[pb.ScoredSample]:
     has_roi = r.has_roi if r.has_roi is not None else np.ones(len(r), dtype=bool)
     group = r.group if r.group is not None else r.pred
     flat = r.flat if r.flat is not None else np.zeros(len(r), dtype=bool)
+    body = r.body_roi if r.body_roi is not None else np.zeros(len(r), dtype=bool)
     return [
         pb.ScoredSample(
             id=str(r.ids[i]),
@@ -137,6 +139,7 @@ def ranked_to_proto(r: Ranked) -> list[pb.ScoredSample]:
             has_roi=bool(has_roi[i]),
             group=int(group[i]),
             flat_cam=bool(flat[i]),
+            body_roi=bool(body[i]),
         )
         for i in range(len(r))
     ]
@@ -156,4 +159,5 @@ def ranked_from_proto(samples: Sequence[pb.ScoredSample], num_classes: int) -> R
         group=np.array([s.group for s in samples], dtype=np.int64),
         has_roi=np.array([s.has_roi for s in samples], dtype=bool),
         flat=np.array([s.flat_cam for s in samples], dtype=bool),
+        body_roi=np.array([s.body_roi for s in samples], dtype=bool),
     )

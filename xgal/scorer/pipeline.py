@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterable
 
 from xgal.core.acquisition import AcquisitionConfig, Balance
+from xgal.core.body import rois_for
 from xgal.core.ranking import Ranked, ScoreResult, TopK, exclusion_set, rescore, scored_batch
 from xgal.core.samples import OnBadSample, SkippedSample
 from xgal.pool.format import Pool, PoolFormatError
@@ -78,7 +79,8 @@ def score_pool(
         done += len(read)
         batch = _apply_policy(pool, read, policy, skipped) if read.problems else read
         if len(batch):
-            s = engine.run(batch.images, batch.rois)
+            rois, body = rois_for(batch.images, batch.rois, config.roi)
+            s = engine.run(batch.images, rois)
             ranked = scored_batch(
                 batch.ids,
                 s.probs,
@@ -89,6 +91,7 @@ def score_pool(
                 labels=batch.labels,
                 exclude_ids=excluded_ids,
                 cam_range=s.cam_range,
+                body_roi=body,
             )
             if config.pointwise:
                 best.update(ranked)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from xgal.core.acquisition import AcquisitionConfig, criteria
+from xgal.core.body import rois_for
 from xgal.core.ranking import kept, scored_batch
 from xgal.core.samples import sample_problems
 from xgal.core.wire import ranked_to_proto
@@ -49,8 +50,11 @@ def score_message(
         more = f" ({len(problems) - 1} more samples of this batch are bad too)" if len(problems) > 1 else ""
         raise ValueError(f"sample {req.ids[row][:80]!r}: {reason}{more}")
     ids = np.array(list(req.ids), dtype=str)
+    rois, body = rois_for(images, rois, config.roi)
     s = engine.run(images, rois, want_cam=req.want_cam)
-    ranked = scored_batch(ids, s.probs, s.entropy, s.dice, s.roi_area, config, cam_range=s.cam_range)
+    ranked = scored_batch(
+        ids, s.probs, s.entropy, s.dice, s.roi_area, config, cam_range=s.cam_range, body_roi=body
+    )
     resp = pb.ScoreStreamResponse(samples=ranked_to_proto(ranked))
     if req.want_cam and s.cam is not None:
         rows = kept(ids, criteria(s.probs, s.entropy, s.dice, s.roi_area, ids, config).keep)

@@ -56,6 +56,13 @@ class Selection(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     SELECTION_SOFTMAX: _ClassVar[Selection]
     SELECTION_POWER: _ClassVar[Selection]
 
+class RoiSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROI_UNSPECIFIED: _ClassVar[RoiSource]
+    ROI_EXPERT: _ClassVar[RoiSource]
+    ROI_BODY: _ClassVar[RoiSource]
+    ROI_EXPERT_ELSE_BODY: _ClassVar[RoiSource]
+
 class OnBadSample(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ON_BAD_SAMPLE_UNSPECIFIED: _ClassVar[OnBadSample]
@@ -89,6 +96,10 @@ SELECTION_UNSPECIFIED: Selection
 SELECTION_TOP: Selection
 SELECTION_SOFTMAX: Selection
 SELECTION_POWER: Selection
+ROI_UNSPECIFIED: RoiSource
+ROI_EXPERT: RoiSource
+ROI_BODY: RoiSource
+ROI_EXPERT_ELSE_BODY: RoiSource
 ON_BAD_SAMPLE_UNSPECIFIED: OnBadSample
 ON_BAD_SAMPLE_FAIL: OnBadSample
 ON_BAD_SAMPLE_SKIP: OnBadSample
@@ -204,7 +215,7 @@ class PoolDescription(_message.Message):
     def __init__(self, pool: _Optional[str] = ..., count: _Optional[int] = ..., image_shape: _Optional[_Iterable[int]] = ..., pixel_dtype: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., has_labels: _Optional[bool] = ...) -> None: ...
 
 class Acquisition(_message.Message):
-    __slots__ = ("strategy", "lam", "uncertainty", "entropy_over_log_k", "missing_roi", "normalisation", "balance", "seed", "selection", "beta", "flat_cam")
+    __slots__ = ("strategy", "lam", "uncertainty", "entropy_over_log_k", "missing_roi", "normalisation", "balance", "seed", "selection", "beta", "flat_cam", "roi")
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     LAM_FIELD_NUMBER: _ClassVar[int]
     UNCERTAINTY_FIELD_NUMBER: _ClassVar[int]
@@ -216,6 +227,7 @@ class Acquisition(_message.Message):
     SELECTION_FIELD_NUMBER: _ClassVar[int]
     BETA_FIELD_NUMBER: _ClassVar[int]
     FLAT_CAM_FIELD_NUMBER: _ClassVar[int]
+    ROI_FIELD_NUMBER: _ClassVar[int]
     strategy: Strategy
     lam: float
     uncertainty: UncertaintyKind
@@ -227,7 +239,8 @@ class Acquisition(_message.Message):
     selection: Selection
     beta: float
     flat_cam: FlatCamPolicy
-    def __init__(self, strategy: _Optional[_Union[Strategy, str]] = ..., lam: _Optional[float] = ..., uncertainty: _Optional[_Union[UncertaintyKind, str]] = ..., entropy_over_log_k: _Optional[bool] = ..., missing_roi: _Optional[_Union[MissingRoiPolicy, str]] = ..., normalisation: _Optional[_Union[Normalisation, str]] = ..., balance: _Optional[_Union[Balance, str]] = ..., seed: _Optional[int] = ..., selection: _Optional[_Union[Selection, str]] = ..., beta: _Optional[float] = ..., flat_cam: _Optional[_Union[FlatCamPolicy, str]] = ...) -> None: ...
+    roi: RoiSource
+    def __init__(self, strategy: _Optional[_Union[Strategy, str]] = ..., lam: _Optional[float] = ..., uncertainty: _Optional[_Union[UncertaintyKind, str]] = ..., entropy_over_log_k: _Optional[bool] = ..., missing_roi: _Optional[_Union[MissingRoiPolicy, str]] = ..., normalisation: _Optional[_Union[Normalisation, str]] = ..., balance: _Optional[_Union[Balance, str]] = ..., seed: _Optional[int] = ..., selection: _Optional[_Union[Selection, str]] = ..., beta: _Optional[float] = ..., flat_cam: _Optional[_Union[FlatCamPolicy, str]] = ..., roi: _Optional[_Union[RoiSource, str]] = ...) -> None: ...
 
 class ScorePoolRequest(_message.Message):
     __slots__ = ("pool", "model", "acquisition", "top_k", "exclude_ids", "start", "stop", "return_all", "on_bad_sample")
@@ -262,7 +275,7 @@ class Progress(_message.Message):
     def __init__(self, done: _Optional[int] = ..., total: _Optional[int] = ..., images_per_s: _Optional[float] = ...) -> None: ...
 
 class ScoredSample(_message.Message):
-    __slots__ = ("id", "uncertainty", "misalignment", "score", "predicted", "probs", "has_roi", "group", "flat_cam")
+    __slots__ = ("id", "uncertainty", "misalignment", "score", "predicted", "probs", "has_roi", "group", "flat_cam", "body_roi")
     ID_FIELD_NUMBER: _ClassVar[int]
     UNCERTAINTY_FIELD_NUMBER: _ClassVar[int]
     MISALIGNMENT_FIELD_NUMBER: _ClassVar[int]
@@ -272,6 +285,7 @@ class ScoredSample(_message.Message):
     HAS_ROI_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
     FLAT_CAM_FIELD_NUMBER: _ClassVar[int]
+    BODY_ROI_FIELD_NUMBER: _ClassVar[int]
     id: str
     uncertainty: float
     misalignment: float
@@ -281,7 +295,8 @@ class ScoredSample(_message.Message):
     has_roi: bool
     group: int
     flat_cam: bool
-    def __init__(self, id: _Optional[str] = ..., uncertainty: _Optional[float] = ..., misalignment: _Optional[float] = ..., score: _Optional[float] = ..., predicted: _Optional[int] = ..., probs: _Optional[_Iterable[float]] = ..., has_roi: _Optional[bool] = ..., group: _Optional[int] = ..., flat_cam: _Optional[bool] = ...) -> None: ...
+    body_roi: bool
+    def __init__(self, id: _Optional[str] = ..., uncertainty: _Optional[float] = ..., misalignment: _Optional[float] = ..., score: _Optional[float] = ..., predicted: _Optional[int] = ..., probs: _Optional[_Iterable[float]] = ..., has_roi: _Optional[bool] = ..., group: _Optional[int] = ..., flat_cam: _Optional[bool] = ..., body_roi: _Optional[bool] = ...) -> None: ...
 
 class SkippedSample(_message.Message):
     __slots__ = ("id", "reason")
