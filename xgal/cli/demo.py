@@ -27,7 +27,7 @@ def demo(
     arms: str = typer.Option(
         "",
         help="Comma-separated arms to run instead of the default ones; all: random, uncertainty, "
-        "xgal, xgal-raw, xgal-rank, xgal-balanced, xgal-power, xgal-alpha0.",
+        "xgal, xgal-raw, xgal-rank, xgal-balanced, xgal-power, xgal-body, xgal-alpha0.",
     ),
 ) -> None:
     """Active learning on synthetic scans: strategies side by side at equal budget.

@@ -28,6 +28,11 @@ ALL_ARMS = (
         AcquisitionConfig(selection="power", beta=1.0),
         about="k drawn ∝ the xgal score (Gumbel-top-k), not its top k",
     ),
+    Arm(
+        "xgal-body",
+        AcquisitionConfig(roi="body"),
+        about="M against the body found in each scan, the pool's expert ROIs withheld",
+    ),
     Arm("xgal-alpha0", AcquisitionConfig(), alpha=0.0, about="xgal without the guidance loss"),
 )
 # The default answers the demo's questions (does xgal beat random, and uncertainty alone) in

@@ -25,6 +25,7 @@ PAIRS = (
     ("xgal-raw", "random"),
     ("xgal-raw", "uncertainty"),
     ("xgal", "xgal-alpha0"),
+    ("xgal-body", "uncertainty"),
     ("xgal-balanced", "xgal"),
 )
 SIGNIFICANT_STD = 2.0  # a paired difference counts when its mean is at least this many std away from 0
