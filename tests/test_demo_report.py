@@ -68,3 +68,30 @@ def test_the_no_shortcut_control_draws_the_tag_independently_of_the_class(tmp_pa
     # The same folder asked for with the shortcut is made again, not reused.
     again = _pool(tmp_path / "p", 12, 0, "train", shortcut=True)
     assert "marker_agreement=0.95" in again.description
+
+
+def test_the_report_fits_an_80_column_log_and_says_its_verdicts():
+    import io
+
+    from rich.console import Console
+
+    from xgal.demo.tables import arms_table, differences_table, round_tables
+
+    results = {
+        s: {
+            a: _curve([0.5, 0.6 + 0.01 * s + (0.05 if a == "xgal" else 0)], [0.2, 0.3])
+            for a in ("random", "uncertainty", "xgal", "xgal-rank", "xgal-power")
+        }
+        for s in (0, 1, 2)
+    }
+    buf = io.StringIO()
+    console = Console(file=buf, width=80)
+    for table in [
+        *round_tables(0, results[0]),
+        arms_table(summarise(results)),
+        differences_table(summarise(results)),
+    ]:
+        console.print(table)
+    text = buf.getvalue()
+    assert "xgal - random" in text and "xgal - uncertainty" in text  # pair names not wrapped
+    assert "better" in text and "± " in text

@@ -23,7 +23,7 @@ from xgal.client import ScorerClient
 from xgal.demo.arms import ARMS, FULL, QUICK, QUICK_ARMS, Arm
 from xgal.demo.plots import plot_curves, plot_overlays
 from xgal.demo.report import summarise
-from xgal.demo.tables import arms_table, differences_table, round_table
+from xgal.demo.tables import arms_table, differences_table, round_tables
 from xgal.pool.format import Pool
 from xgal.pool.synth import synth_pool
 from xgal.scorer.server import RunningServer, ServerConfig
@@ -164,7 +164,8 @@ def run_demo(
         finally:
             server.stop(grace=5)
         all_results[seed] = results
-        console.print(round_table(seed, results))
+        for table in round_tables(seed, results):
+            console.print(table)
 
     summary = summarise(all_results)
     console.print(arms_table(summary))

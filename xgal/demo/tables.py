@@ -9,19 +9,23 @@ from rich.table import Table
 from xgal.demo.report import stat
 from xgal.trainer.loop import RoundRecord
 
+FIGURES = ("final_accuracy", "auc_accuracy", "final_cam_dice", "auc_cam_dice")
 
-def round_table(seed: int, results: Mapping[str, Sequence[RoundRecord]]) -> Table:
-    table = Table(title=f"seed {seed}: test accuracy / CAM-ROI Dice per round", title_justify="left")
-    table.add_column("labelled", justify="right")
-    for name in results:
-        table.add_column(name, justify="right")
-    n_rounds = max(len(v) for v in results.values())
-    for r in range(n_rounds):
-        row = [str(next(iter(results.values()))[r].labelled)]
-        for recs in results.values():
-            row.append(f"{recs[r].accuracy:.3f} / {recs[r].cam_dice:.3f}" if r < len(recs) else "")
-        table.add_row(*row)
-    return table
+
+def round_tables(seed: int, results: Mapping[str, Sequence[RoundRecord]]) -> list[Table]:
+    """Test accuracy, then CAM-ROI Dice, per round and arm (one table each: they stay narrow)."""
+    tables = []
+    labelled = [r.labelled for r in max(results.values(), key=len)]
+    for metric, name in (("accuracy", "test accuracy"), ("cam_dice", "CAM-ROI Dice")):
+        table = Table(title=f"seed {seed}: {name} per round", title_justify="left")
+        table.add_column("labelled", justify="right")
+        for arm in results:
+            table.add_column(arm, justify="right")
+        for r, n in enumerate(labelled):
+            cells = [f"{getattr(recs[r], metric):.3f}" if r < len(recs) else "" for recs in results.values()]
+            table.add_row(str(n), *cells)
+        tables.append(table)
+    return tables
 
 
 def _seeds_text(seeds: Sequence[int]) -> str:
@@ -30,42 +34,40 @@ def _seeds_text(seeds: Sequence[int]) -> str:
 
 
 def arms_table(summary: Mapping) -> Table:
+    labelled = {s["labelled"] for s in summary["arms"].values()}
     table = Table(
-        title=f"each arm: final round and mean over the curve (AUC); {_seeds_text(summary['seeds'])}",
+        title=f"each arm at {'/'.join(map(str, sorted(labelled)))} labels: final round and mean over "
+        f"the learning curve (AUC); {_seeds_text(summary['seeds'])}",
         title_justify="left",
     )
-    for col in ("arm", "labelled", "accuracy", "accuracy AUC", "CAM-ROI Dice", "Dice AUC"):
-        table.add_column(col, justify="left" if col == "arm" else "right")
+    for col in ("arm", "accuracy", "acc. AUC", "CAM-ROI Dice", "Dice AUC"):
+        table.add_column(col, justify="left" if col == "arm" else "right", no_wrap=True)
     for arm, s in summary["arms"].items():
-        table.add_row(
-            arm,
-            str(s["labelled"]),
-            *(
-                stat(s[k]).text()
-                for k in ("final_accuracy", "auc_accuracy", "final_cam_dice", "auc_cam_dice")
-            ),
-        )
+        table.add_row(arm, *(stat(s[k]).text() for k in FIGURES))
     return table
 
 
+_NAMES = {
+    "final_accuracy": "accuracy",
+    "auc_accuracy": "acc. AUC",
+    "final_cam_dice": "Dice",
+    "auc_cam_dice": "Dice AUC",
+}
+
+
 def differences_table(summary: Mapping) -> Table:
-    """Paired per-seed differences, with whether each stands out from the seed-to-seed noise."""
+    """Paired per-seed differences, each with whether it stands out from the seed-to-seed noise
+    (the per-seed values are in results.json)."""
     table = Table(
-        title=f"paired differences (a - b, per seed, then over seeds); {_seeds_text(summary['seeds'])}",
+        title=f"paired differences a - b (per seed, then over seeds); {_seeds_text(summary['seeds'])}",
         title_justify="left",
     )
-    for col in ("a - b", "accuracy", "verdict", "accuracy AUC", "CAM-ROI Dice", "verdict", "Dice AUC"):
-        table.add_column(col, justify="left" if col in ("a - b", "verdict") else "right")
+    for col in ("a - b", "figure", "difference", "verdict"):
+        table.add_column(col, justify="right" if col == "difference" else "left", no_wrap=True)
     for pair, d in summary["differences"].items():
-        acc, acc_auc = stat(d["final_accuracy"]), stat(d["auc_accuracy"])
-        dice, dice_auc = stat(d["final_cam_dice"]), stat(d["auc_cam_dice"])
-        table.add_row(
-            pair,
-            acc.text(signed=True),
-            acc.verdict(),
-            acc_auc.text(signed=True),
-            dice.text(signed=True),
-            dice.verdict(),
-            dice_auc.text(signed=True),
-        )
+        for i, key in enumerate(FIGURES):
+            s = stat(d[key])
+            table.add_row(
+                pair if i == 0 else "", _NAMES[key], s.text(signed=True), s.verdict(), end_section=i == 3
+            )
     return table
