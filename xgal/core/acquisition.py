@@ -95,13 +95,14 @@ class AcquisitionConfig:
     uncertainty: Uncertainty = Uncertainty.ENTROPY
     entropy_over_log_k: bool = False
     missing_roi: MissingRoi = MissingRoi.MAX
-    flat_cam: FlatCam = FlatCam.MAX
-    roi: RoiSource = RoiSource.EXPERT
     normalise: Normalise = Normalise.NONE
     balance: Balance = Balance.NONE
+    seed: int = 0  # for the random strategy and stochastic selection
+    # Added later: after `seed`, so that positional construction keeps its meaning.
     selection: Selection = Selection.TOP
     beta: float = 1.0  # the softmax's inverse temperature, or the power's exponent
-    seed: int = 0  # for the random strategy and stochastic selection
+    flat_cam: FlatCam = FlatCam.MAX
+    roi: RoiSource = RoiSource.EXPERT
 
     def __post_init__(self) -> None:
         # Accept plain strings from CLIs and wire messages; reject unknown names clearly.
