@@ -90,7 +90,7 @@ class TorchReferenceEngine(Engine):
         probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
         entropy = -(probs * np.log(np.clip(probs, 1e-300, None))).sum(1)
 
-        cam = torch.from_numpy(_cam(self.cam_method, acts.detach().double().numpy(), grads.double().numpy()))
+        cam = _cam(self.cam_method, acts.detach(), grads.detach())
         up = F.interpolate(cam[:, None], size=image.shape[-2:], mode="bilinear", align_corners=False)
         up64 = up[:, 0].double().numpy()
         lo = up64.min(axis=(1, 2), keepdims=True)
@@ -110,18 +110,19 @@ class TorchReferenceEngine(Engine):
         )
 
 
-def _cam(method: str, a: np.ndarray, g: np.ndarray) -> np.ndarray:
-    """The map [N, h, w] in float64 from activations and gradients [N, C, h, w], written out
-    here again (not imported from the trainer) so that parity with a graph means something."""
+def _cam(method: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """The map [N, h, w] from activations and gradients [N, C, h, w], written out here again (not
+    imported from the trainer) so that parity with a graph means something. In float32, as the
+    graph computes it: a float64 reference differs from any float32 graph by the cancellation in
+    Σ_k w_k A_k, not by a fault of the export."""
     if method == "gradcam":
-        weighted = g.mean(axis=(2, 3))[:, :, None, None] * a
-    elif method == "gradcam++":
+        return torch.relu(torch.einsum("nc,nchw->nhw", g.mean(dim=(2, 3)), a))
+    if method == "gradcam++":
         g2, g3 = g**2, g**3
-        denom = 2 * g2 + a.sum(axis=(2, 3))[:, :, None, None] * g3
-        alpha = np.where(g != 0, g2 / np.where(denom != 0, denom, 1.0), 0.0)
-        weighted = (alpha * np.maximum(g, 0)).sum(axis=(2, 3))[:, :, None, None] * a
-    elif method == "hirescam":
-        weighted = g * a
-    else:  # layercam
-        weighted = np.maximum(g, 0) * a
-    return np.maximum(weighted.sum(axis=1), 0.0)
+        denom = 2 * g2 + a.sum(dim=(2, 3), keepdim=True) * g3
+        alpha = torch.where(g != 0, g2 / torch.where(denom != 0, denom, torch.ones_like(denom)), 0.0)
+        weights = (alpha * torch.relu(g)).sum(dim=(2, 3))
+        return torch.relu(torch.einsum("nc,nchw->nhw", weights, a))
+    if method == "hirescam":
+        return torch.relu((g * a).sum(1))
+    return torch.relu((torch.relu(g) * a).sum(1))  # layercam
