@@ -148,19 +148,19 @@ _ACQUISITION_HELP = {
     "beta": "β of softmax or power selection (higher = closer to top-k).",
     "seed": "Seed of the random strategy and of stochastic selection.",
 }
-_ACQUISITION_TYPES: dict[str, type] = {
+_ACQUISITION_TYPES: dict[str, type] = {  # in AcquisitionConfig's field order
     "strategy": Strategy,
     "lam": float,
     "uncertainty": Uncertainty,
     "entropy_over_log_k": bool,
     "missing_roi": MissingRoi,
-    "flat_cam": FlatCam,
-    "roi": RoiSource,
     "normalise": Normalise,
     "balance": Balance,
+    "seed": int,
     "selection": Selection,
     "beta": float,
-    "seed": int,
+    "flat_cam": FlatCam,
+    "roi": RoiSource,
 }
 _ACQUISITION_FLAGS = {"lam": "--lambda", "entropy_over_log_k": "--entropy-over-log-k/--no-entropy-over-log-k"}
 ACQUISITION_FIELDS = tuple(_ACQUISITION_TYPES)
