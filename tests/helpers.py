@@ -1,6 +1,7 @@
 """Shared test helpers: small images, models with mixed predictions, CAM post-processing,
-bounded waits on real conditions (instead of sleeps), scorer replicas as processes of their own
-and a watch on the shards a replica scores."""
+bounded waits on real conditions (instead of sleeps), scorer replicas as processes of their own,
+a watch on the shards a replica scores, and the worlds (pools, scoring graphs, a server in this
+process) that the service's and the fault modules share."""
 
 from __future__ import annotations
 
@@ -10,14 +11,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 import grpc
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+if TYPE_CHECKING:
+    import pytest
+
+    from xgal.pool.format import Pool
+    from xgal.scorer.server import RunningServer
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -263,3 +270,84 @@ def small_scoring_graphs(folder: Path) -> tuple[Path, Path]:
                     prop.value = "1"
             onnx.save(graph, second)
     return first, second
+
+
+def service_graphs(folder: Path) -> tuple[Path, Path]:
+    """Two scoring graphs (small_cnn, 1x32x32 uint8, 3 classes) of two networks (seeds 0 and 1),
+    for the service's tests. Made once per folder (exporting costs seconds), as
+    small_scoring_graphs, so the service's test modules share them."""
+    from filelock import FileLock
+
+    folder.mkdir(parents=True, exist_ok=True)
+    first, second = folder / "m1.onnx", folder / "m2.onnx"
+    with FileLock(folder / ".lock"):  # pytest-xdist workers may ask at once
+        if not second.is_file():
+            from xgal.trainer.export import export_scoring_graph
+            from xgal.trainer.nets import build_model
+
+            for seed, path in enumerate((first, second)):
+                torch.manual_seed(seed)
+                model = build_model("small_cnn", "linear", 3, in_channels=1)
+                export_scoring_graph(model, "features.stage4.0", path, image_shape=(1, 32, 32))
+    return first, second
+
+
+def service_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Pool, Path, Path]:
+    """The world of the service's test modules (one per module): a folder whose data/ holds a
+    pool of 300 (shards of 128), and the two scoring graphs of service_graphs."""
+    from xgal.pool.synth import synth_pool
+
+    root = tmp_path_factory.mktemp("svc")
+    (root / "data").mkdir()
+    pool = synth_pool(root / "data" / "pool", 300, seed=0, image_size=32, shard_size=128)
+    m1, m2 = service_graphs(tmp_path_factory.getbasetemp() / "service-graphs")
+    return root, pool, m1, m2
+
+
+def service_server(world: tuple[Path, Pool, Path, Path], tmp_path: Path) -> Iterator[RunningServer]:
+    """The body of the service modules' `server` fixture: a server in this process on the
+    world's data, a repository of its own, metrics on, batches of at most 16 within 2 ms;
+    stopped after the test."""
+    from xgal.scorer.server import RunningServer, ServerConfig
+
+    root = world[0]
+    srv = RunningServer(
+        ServerConfig(
+            data_root=root / "data",
+            model_repo=tmp_path / "repo",
+            port=0,
+            metrics_port=0,
+            max_batch=16,
+            max_delay_ms=2,
+        )
+    )
+    yield srv
+    srv.stop(grace=2)
+
+
+def health_status(address: str, service: str = "xgal.v1.Scorer") -> int:
+    """What the gRPC health service at `address` says of `service`."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    with grpc.insecure_channel(address) as ch:
+        return (
+            health_pb2_grpc.HealthStub(ch)
+            .Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            .status
+        )
+
+
+FAULTS_POOL = 2000  # images in the fault modules' pool: long enough for kills to land mid-shard
+
+
+def faults_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tuple[Path, Path]]:
+    """The world of the fault modules (one per module): a pool of FAULTS_POOL (long enough for
+    kills to land mid-shard), one of 64 (to see which model a replica serves), and two scoring
+    graphs that differ in their bytes. Returns the data root and the graphs."""
+    from xgal.pool.synth import synth_pool
+
+    root = tmp_path_factory.mktemp("faults")
+    synth_pool(root / "data" / "pool", FAULTS_POOL, seed=0, image_size=32, shard_size=500)
+    synth_pool(root / "data" / "small", 64, seed=1, image_size=32)
+    graphs = small_scoring_graphs(tmp_path_factory.getbasetemp() / "scoring-graphs")
+    return root / "data", graphs

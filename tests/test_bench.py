@@ -100,9 +100,21 @@ def test_bench_int8_and_fp16_on_synthetic_scans(tmp_path):
         "int8: scoring graph INT8",
         "fp16: scoring graph fp32",
         "fp16: scoring graph FP16",
+        "fp16: scoring graph FP16 (in turn with forward-only)",
+        "fp16: forward-only graph FP16",
         "pool: in process fp32",
     ]
-    assert set(doc["ratios"]) == {"scoring_vs_forward"}  # no baselines, no replicas asked for
+    # No baselines, no replicas asked for; FP16 against its own forward half.
+    assert set(doc["ratios"]) == {"scoring_vs_forward", "fp16_scoring_vs_fp16_forward"}
+    rows = {r["name"]: r for r in doc["rows"]}
+    assert doc["ratios"]["fp16_scoring_vs_fp16_forward"] == pytest.approx(
+        rows["fp16: scoring graph FP16 (in turn with forward-only)"]["images_per_s"]
+        / rows["fp16: forward-only graph FP16"]["images_per_s"]
+    )
+    # The forward half is the FP16 network up to `probs`, without the explanation path.
+    half_forward = onnx.load(tmp_path / "work" / "forward-fp16.onnx")
+    assert [o.name for o in half_forward.graph.output] == ["probs"]
+    assert [i.name for i in half_forward.graph.input] == ["image"]
     work = tmp_path / "work"
     scans = Pool(work / "synthetic-scans")
     assert scans.image_shape == (3, 32, 32) and scans.count == 64
@@ -249,6 +261,10 @@ def test_xgal_bench_tiny(tmp_path, small_graph):
     for b, t in ((8, 1), (16, 1), (8, 2), (16, 2)):
         sweep = rows[f"sweep: batch {b}, {t} thread(s)"]
         assert (sweep["batch"], sweep["threads"], sweep["sweep"]) == (b, t, True)
+        # Each sweep point is timed in turn with the forward-only graph at its batch.
+        assert sweep["scoring_vs_forward"] == pytest.approx(
+            sweep["images_per_s"] / sweep["forward_images_per_s_in_turn"]
+        )
     # Ratios come from the pair timed in turn, not from rows timed minutes apart.
     forward = rows["engine: forward-only graph fp32"]
     assert doc["ratios"]["scoring_vs_forward"] == pytest.approx(

@@ -155,3 +155,25 @@ def test_io_binding_gives_the_same_scores(graph):
     bound = OnnxRuntimeEngine(graph, io_binding=True).run(images, rois, want_cam=True)
     for a, b in zip((plain.probs, plain.dice, plain.cam), (bound.probs, bound.dice, bound.cam), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_io_binding_buffers_follow_each_batch(graph):
+    """The bound engine reuses its input buffers while the batch shape holds: each batch's
+    scores must still be that batch's, across sizes and from threads running at once."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    rng = np.random.default_rng(1)
+    plain = OnnxRuntimeEngine(graph, io_binding=False)
+    bound = OnnxRuntimeEngine(graph, io_binding=True)
+    batches = []
+    for n in (4, 4, 3, 4, 4):
+        rois = np.zeros((n, 32, 32), dtype=np.uint8)
+        rois[:, rng.integers(0, 16) :, : rng.integers(8, 32)] = 1
+        batches.append((rng.integers(0, 256, (n, *SHAPE), dtype=np.uint8), rois))
+    want = [plain.run(i, r) for i, r in batches]
+    with ThreadPoolExecutor(3) as pool:
+        for _ in range(2):
+            got = list(pool.map(lambda b: bound.run(*b), batches))
+            for a, b in zip(want, got, strict=True):
+                np.testing.assert_array_equal(a.probs, b.probs)
+                np.testing.assert_array_equal(a.dice, b.dice)

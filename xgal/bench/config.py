@@ -7,19 +7,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from xgal.core.errors import InvalidArgument
+from xgal.scorer.engines.providers import GPU_PROVIDERS
 
 # ImageNet's statistics: the bench's three-channel networks are fed as pretrained ones are.
 MEAN3, STD3 = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-GPU_PROVIDERS = frozenset(
-    {
-        "CUDAExecutionProvider",
-        "TensorrtExecutionProvider",
-        "ROCMExecutionProvider",
-        "MIGraphXExecutionProvider",
-        "DmlExecutionProvider",
-    }
-)
 
 
 @dataclass

@@ -66,11 +66,16 @@ def engine_rows(
 
 
 def baseline_rows(
-    rec: Recorder, model: Any, layer: str, batch: dict[str, np.ndarray], score: Callable[[], object]
+    rec: Recorder,
+    model: Any,
+    layer: str,
+    batch: dict[str, np.ndarray],
+    score: Callable[[], object],
+    device: str = "cpu",
 ) -> dict[str, float]:
     """Each eager baseline is timed in turn with `score` (one batch through the fp32 scoring
     engine), and its ratio comes from that pair: rows timed minutes apart would carry the
-    machine's drift in their ratio."""
+    machine's drift in their ratio. `device` is where the eager code runs (the engine's)."""
     import torch
 
     from xgal.scorer.engines.torch_ref import TorchReferenceEngine
@@ -78,12 +83,21 @@ def baseline_rows(
     cfg = rec.cfg
     torch.set_num_threads(cfg.n_threads)
     mean, std = cfg.mean_std
-    ref = TorchReferenceEngine(model, layer, image_shape=cfg.image_shape, mean=mean, std=std)
+    ref = TorchReferenceEngine(model, layer, image_shape=cfg.image_shape, mean=mean, std=std, device=device)
+    rec.extra["eager_device"] = device
     n = len(batch["ids"])
 
     def scoring_vs(name: str, baseline: Callable[[], object]) -> float:
         sec_score, sec = timed_in_turn([score, baseline], max(2, cfg.repeats // 2))
-        rec.row(name, sec, n, batch=n, threads=cfg.n_threads, scoring_images_per_s_in_turn=n / sec_score)
+        rec.row(
+            name,
+            sec,
+            n,
+            batch=n,
+            threads=cfg.n_threads,
+            device=device,
+            scoring_images_per_s_in_turn=n / sec_score,
+        )
         return sec / sec_score
 
     out = {
@@ -99,7 +113,7 @@ def baseline_rows(
         reason = f"pytorch-grad-cam not usable here: {type(exc).__name__}: {exc}".splitlines()[0]
         rec.skip("pytorch_grad_cam", reason)
         return out
-    x = (torch.from_numpy(batch["images"].astype(np.float32)) / 255.0 - ref.mean) / ref.std
+    x = (torch.from_numpy(batch["images"].astype(np.float32)).to(device) / 255.0 - ref.mean) / ref.std
     cam = GradCAM(model=model, target_layers=[model.get_submodule(layer)])
     targets = [ClassifierOutputTarget(0)] * len(x)
     out["scoring_vs_pytorch_grad_cam"] = scoring_vs(

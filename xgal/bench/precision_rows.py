@@ -9,6 +9,9 @@ from typing import Any
 from xgal.bench.record import Recorder
 from xgal.bench.timing import open_engine, timed_in_turn
 
+# The FP16 graphs the bench writes in its work folder (the batch sweep reuses them).
+FP16_SCORING, FP16_FORWARD = "scoring-fp16.onnx", "forward-fp16.onnx"
+
 
 def synthetic_scans(rec: Recorder) -> Any:
     """The built-in synthetic scans at the bench's size, for ranking agreement: it needs
@@ -65,10 +68,36 @@ def fp16_rows(rec: Recorder, scoring: Path, ref: Any) -> dict[str, Any]:
 
     cfg = rec.cfg
     rec.log(f"converting the scoring graph to FP16 (providers {cfg.providers}) ...")
-    half = half_scoring_graph(scoring, rec.work / "scoring-fp16.onnx")
+    half = half_scoring_graph(scoring, rec.work / FP16_SCORING)
     engine16 = open_engine(half, cfg.providers, cfg.n_threads)
     res = versus(rec, "scoring graph", "FP16", ref, engine16, synthetic_scans(rec))
-    return {**res, "pool": "synthetic scans", "providers": ref.providers}
+    ratio = fp16_forward_rows(rec, half, engine16)
+    return {**res, "pool": "synthetic scans", "providers": ref.providers, "ratios": ratio}
+
+
+def fp16_forward_rows(rec: Recorder, half: Path, engine16: Any) -> dict[str, float]:
+    """The FP16 scoring graph against its own forward half (the same FP16 network up to `probs`,
+    cut out of it, so the two differ by the explanation path alone), timed in turn."""
+    import onnx.utils
+
+    from xgal.scorer.engines.ort import OnnxRuntimeEngine
+
+    cfg = rec.cfg
+    forward = rec.work / FP16_FORWARD
+    onnx.utils.extract_model(str(half), str(forward), ["image"], ["probs"])
+    session = OnnxRuntimeEngine.plain_session(forward, cfg.n_threads, providers=cfg.providers, spinning=False)
+    batch = synthetic_scans(rec).read(0, cfg.batch)
+    n = len(batch["ids"])
+    sec, sec_fwd = timed_in_turn(
+        [
+            lambda: engine16.run(batch["images"], batch["rois"]),
+            lambda: session.run(["probs"], {"image": batch["images"]}),
+        ],
+        2 * cfg.repeats,
+    )
+    rec.row("fp16: scoring graph FP16 (in turn with forward-only)", sec, n, batch=n, threads=cfg.n_threads)
+    rec.row("fp16: forward-only graph FP16", sec_fwd, n, batch=n, threads=cfg.n_threads)
+    return {"fp16_scoring_vs_fp16_forward": sec_fwd / sec}
 
 
 def int8_rows(rec: Recorder, scoring: Path, pool: Any, name: str) -> dict[str, Any]:

@@ -47,7 +47,14 @@ class Bench:
         from xgal.bench.flops import count_flops
         from xgal.bench.pool_rows import pool_rows
         from xgal.bench.pools import random_pool
-        from xgal.bench.precision_rows import fp16_rows, int8_own_rows, int8_rows, synthetic_scans
+        from xgal.bench.precision_rows import (
+            FP16_FORWARD,
+            FP16_SCORING,
+            fp16_rows,
+            int8_own_rows,
+            int8_rows,
+            synthetic_scans,
+        )
         from xgal.bench.sweeps import engine_sweep, pool_size_sweep
 
         cfg, rec = self.cfg, self.rec
@@ -58,13 +65,18 @@ class Bench:
         rec.extra["gflop_per_image"] = {k: v / 1e9 for k, v in flops.items()}
 
         engine, ratios = engine_rows(rec, scoring, forward, batch, flops)
-        if cfg.baselines and cfg.on_gpu:
+        device = eager_device(cfg)
+        if cfg.baselines and device is None:
             rec.skip(
-                "baselines", "the eager baselines run on the CPU; set against a GPU engine they say nothing"
+                "baselines",
+                "the engine runs on a GPU and PyTorch sees none here; eager Grad-CAM on the CPU set "
+                "against a GPU engine says nothing",
             )
         elif cfg.baselines:
             ratios.update(
-                baseline_rows(rec, model, layer, batch, lambda: engine.run(batch["images"], batch["rois"]))
+                baseline_rows(
+                    rec, model, layer, batch, lambda: engine.run(batch["images"], batch["rois"]), device
+                )
             )
         if cfg.int8 and cfg.int8_model is not None and cfg.int8_pool is not None:
             rec.extra["int8"] = int8_own_rows(rec, cfg.int8_model, cfg.int8_pool)
@@ -75,6 +87,10 @@ class Bench:
             }
         if cfg.fp16 or (cfg.fp16 is None and cfg.on_gpu):
             rec.extra["fp16"] = fp16_rows(rec, scoring, engine)
+            ratios.update(rec.extra["fp16"].pop("ratios"))
+            if "scoring_vs_eager" in ratios:
+                # Two in-turn pairs (eager with fp32, fp32 with FP16) chained: same process, same run.
+                ratios["fp16_scoring_vs_eager"] = ratios["scoring_vs_eager"] * rec.extra["fp16"]["speedup"]
         elif cfg.fp16 is None:
             rec.skip(
                 "fp16",
@@ -83,10 +99,23 @@ class Bench:
         ratios.update(pool_rows(rec, scoring, pool, engine))
         rec.extra["ratios"] = ratios
         if cfg.sweep_batch or cfg.sweep_threads:
-            engine_sweep(rec, scoring, pool, flops["scoring"])
+            graphs = {"fp32": (scoring, forward)}
+            if "fp16" in rec.extra and "skipped" not in rec.extra["fp16"]:
+                graphs["FP16"] = (self.work / FP16_SCORING, self.work / FP16_FORWARD)
+            engine_sweep(rec, graphs, pool, flops["scoring"])
         if cfg.pool_sweep:
             rec.extra["pool_sweep"] = pool_size_sweep(rec)
         return self.report()
 
     def report(self) -> dict[str, Any]:
         return self.rec.report()
+
+
+def eager_device(cfg: BenchConfig) -> str | None:
+    """Where the eager baselines run: the CPU beside a CPU engine, the GPU beside a GPU one
+    (None when PyTorch sees no GPU: then there is nothing fair to set them against)."""
+    if not cfg.on_gpu:
+        return "cpu"
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else None

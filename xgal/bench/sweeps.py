@@ -10,31 +10,49 @@ from pathlib import Path
 from typing import Any
 
 from xgal.bench.record import Recorder
-from xgal.bench.timing import open_engine, timed
+from xgal.bench.timing import open_engine, timed_in_turn
 
 
-def sweep_row_name(batch: int, threads: int) -> str:
-    return f"sweep: batch {batch}, {threads} thread(s)"
+def sweep_row_name(batch: int, threads: int, precision: str = "fp32") -> str:
+    prefix = "sweep" if precision == "fp32" else f"sweep {precision}"
+    return f"{prefix}: batch {batch}, {threads} thread(s)"
 
 
-def engine_sweep(rec: Recorder, scoring: Path, pool: Any, flops: float) -> None:
-    """One row per (threads, batch) asked for; the configured value stands in for an axis
-    that is not swept."""
+def engine_sweep(rec: Recorder, graphs: dict[str, tuple[Path, Path]], pool: Any, flops: float) -> None:
+    """One row per (precision, threads, batch) asked for; the configured value stands in for an
+    axis that is not swept. `graphs` maps a precision to its (scoring, forward-only) graphs:
+    each scoring row is timed in turn with the forward-only graph at the same batch, so its
+    `scoring_vs_forward` shows where the explanation path's fixed costs (small kernels, copies)
+    stop mattering."""
+    from xgal.scorer.engines.ort import OnnxRuntimeEngine
+
     cfg = rec.cfg
-    for threads in cfg.sweep_threads or [cfg.n_threads]:
-        engine = open_engine(scoring, cfg.providers, threads)
-        for b in cfg.sweep_batch or [cfg.batch]:
-            data = pool.read(0, min(b, pool.count))
-            sec = timed(lambda e=engine, d=data: e.run(d["images"], d["rois"]), cfg.repeats)
-            rec.row(
-                sweep_row_name(b, threads),
-                sec,
-                len(data["ids"]),
-                batch=b,
-                threads=threads,
-                flops_per_image=flops,
-                sweep=True,
-            )
+    for precision, (scoring, forward) in graphs.items():
+        for threads in cfg.sweep_threads or [cfg.n_threads]:
+            engine = open_engine(scoring, cfg.providers, threads)
+            fwd = OnnxRuntimeEngine.plain_session(forward, threads, providers=cfg.providers, spinning=False)
+            for b in cfg.sweep_batch or [cfg.batch]:
+                data = pool.read(0, min(b, pool.count))
+                sec, sec_fwd = timed_in_turn(
+                    [
+                        lambda e=engine, d=data: e.run(d["images"], d["rois"]),
+                        lambda f=fwd, d=data: f.run(["probs"], {"image": d["images"]}),
+                    ],
+                    cfg.repeats,
+                )
+                n = len(data["ids"])
+                rec.row(
+                    sweep_row_name(b, threads, precision),
+                    sec,
+                    n,
+                    batch=b,
+                    threads=threads,
+                    flops_per_image=flops,
+                    sweep=True,
+                    precision=precision,
+                    forward_images_per_s_in_turn=n / sec_fwd,
+                    scoring_vs_forward=sec_fwd / sec,
+                )
 
 
 def pool_size_sweep(rec: Recorder) -> list[dict[str, Any]]:

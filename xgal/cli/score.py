@@ -29,6 +29,11 @@ def score(
     batch_size: int = typer.Option(64, min=1, help="Images per engine call."),
     threads: int = typer.Option(0, min=0, help="ONNX Runtime intra-op threads (0 = all cores)."),
     provider: list[str] = typer.Option([], help="Execution provider(s), best first."),
+    device_id: int = typer.Option(0, min=0, help="The GPU a CUDA or TensorRT provider runs on."),
+    trt_fp16: bool = typer.Option(False, help="TensorRT provider: build FP16 kernels where they are faster."),
+    engine_cache: Path | None = typer.Option(
+        None, help="TensorRT provider: keep built engines here (default: .engines beside the model)."
+    ),
     output: Path | None = OUTPUT,
     all_scores: bool = ALL_SCORES,
     on_bad_sample: OnBadSample = ON_BAD_SAMPLE,
@@ -42,12 +47,16 @@ def score(
     from xgal.cli import output as report
     from xgal.pool.format import Pool
     from xgal.scorer.engines import OnnxRuntimeEngine
+    from xgal.scorer.engines.providers import ProviderSettings
     from xgal.scorer.pipeline import score_pool
 
     report.check_path(output)
     excluded = read_ids(exclude)
     data = Pool(pool)
-    engine = OnnxRuntimeEngine(model, providers=provider or None, intra_op_threads=threads)
+    settings = ProviderSettings(
+        device_id=device_id, fp16=trt_fp16, engine_cache=engine_cache, max_batch=batch_size
+    )
+    engine = OnnxRuntimeEngine(model, providers=provider or None, intra_op_threads=threads, settings=settings)
     with Bar("scoring", data.count) as bar:
         result = score_pool(
             engine,

@@ -46,6 +46,13 @@ def serve(
         help="ONNX Runtime threads per model (0 = one per core). Replicas sharing a host: "
         "give each its share of the cores.",
     ),
+    device_id: int = typer.Option(0, min=0, help="The GPU a CUDA or TensorRT provider runs on."),
+    trt_fp16: bool = typer.Option(False, help="TensorRT provider: build FP16 kernels where they are faster."),
+    engine_cache: Path | None = typer.Option(
+        None,
+        help="TensorRT provider: keep built engines here, keyed by model SHA-256, GPU and "
+        "versions (default: .engines beside each model).",
+    ),
     spin: bool = typer.Option(
         False,
         help="Let ONNX Runtime's threads spin-wait between runs (a replica scoring one model "
@@ -55,6 +62,7 @@ def serve(
     """Run a scorer replica until SIGTERM (which drains in-flight requests first)."""
     import logging
 
+    from xgal.scorer.engines.providers import ProviderSettings
     from xgal.scorer.server import ServerConfig, serve_forever
 
     if (tls_cert is None) != (tls_key is None):
@@ -77,6 +85,9 @@ def serve(
             stream_idle_s=stream_idle_s,
             max_message_mb=max_message_mb,
             providers=tuple(provider),
+            provider_settings=ProviderSettings(
+                device_id=device_id, fp16=trt_fp16, engine_cache=engine_cache, max_batch=max_batch
+            ),
             spinning=spin,
             intra_op_threads=threads,
         ),

@@ -76,10 +76,11 @@ def _round_logger(
             f"macro-F1 {rec.macro_f1:.3f}, CAM-ROI Dice {rec.cam_dice:.3f} ({rec.seconds:.1f} s)"
         )
         if overlay_data is not None and rec.round in (0, last_round):
-            x = to_input(overlay_data["images"], 255.0)
-            y = torch.from_numpy(overlay_data["labels"])
+            device = next(model.parameters()).device  # the trainer's: CUDA where there is one
+            x = to_input(overlay_data["images"], 255.0).to(device)
+            y = torch.from_numpy(overlay_data["labels"]).to(device)
             _, cam = scores_and_cam(model, model.get_submodule(layer_name), x, y, differentiable=False)
-            overlay_cams[f"{arm.name}, round {rec.round} ({rec.labelled} labels)"] = cam.numpy()
+            overlay_cams[f"{arm.name}, round {rec.round} ({rec.labelled} labels)"] = cam.cpu().numpy()
 
     return on_round
 

@@ -35,7 +35,10 @@ class Metrics:
             "xgal_long_calls_in_flight", "Scoring and upload calls holding a worker now", registry=r
         )
         self.models_loaded = Gauge(
-            "xgal_model_loaded", "1 for each loaded model version", ["name", "version"], registry=r
+            "xgal_model_loaded",
+            "1 for each loaded model version, labelled with the execution provider it runs on",
+            ["name", "version", "provider"],
+            registry=r,
         )
 
     def observe_batch(self, size: int, queued: float, compute: float) -> None:

@@ -229,6 +229,10 @@ class ModelRepository:
         with self._lock:
             return sorted(self._loaded)
 
+    def loaded_items(self) -> list[tuple[tuple[str, int], Engine]]:
+        with self._lock:
+            return sorted(self._loaded.items(), key=lambda item: item[0])
+
     def load_latest_all(self) -> tuple[list[StoredModel], list[tuple[str, str]]]:
         """At start-up: serve the latest version of every stored model again. A version that no
         longer loads (a corrupt file, a provider that cannot run it) is skipped, the next older

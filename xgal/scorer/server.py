@@ -16,7 +16,7 @@ import signal
 import threading
 import time
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from xgal.core.errors import InvalidArgument, UserError
 from xgal.scorer.admission import Admission, AdmissionInterceptor
 from xgal.scorer.engines.ort import OnnxRuntimeEngine, check_providers
+from xgal.scorer.engines.providers import ProviderSettings
 from xgal.scorer.metrics import Metrics
 from xgal.scorer.parsing import ParseRequestsInterceptor
 from xgal.scorer.repository import ModelRepository
@@ -100,6 +101,7 @@ class ServerConfig:
     stream_idle_s: float = 60.0
     max_message_mb: int = 64
     providers: tuple[str, ...] = ()  # ONNX Runtime execution providers, best first; () = all installed
+    provider_settings: ProviderSettings = field(default_factory=ProviderSettings)
     # ONNX Runtime's threads spin-wait between runs: no gain for one model here, and 25% fewer
     # images/s when a replica scores two models at once (each one's spinning holds the cores).
     spinning: bool = False
@@ -129,11 +131,18 @@ class RunningServer:
                 providers=providers,
                 intra_op_threads=config.intra_op_threads,
                 spinning=config.spinning,
+                settings=config.provider_settings,
             ),
         )
         served, self.load_problems = self.repo.load_latest_all()
         for stored in served:
-            log.info("serving %s version %d from the repository", stored.name, stored.version)
+            _, engine = self.repo.loaded(stored.name, stored.version)
+            log.info(
+                "serving %s version %d from the repository on %s",
+                stored.name,
+                stored.version,
+                ", ".join(getattr(engine, "providers", [engine.name])),
+            )
         for _, problem in self.load_problems:
             log.error("%s", problem)
         self.service = ScorerService(

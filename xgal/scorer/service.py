@@ -48,6 +48,13 @@ class _Batching:
     users: int = 0
 
 
+def engine_device(engine: Engine) -> str:
+    """What a loaded model runs on, as metrics and logs name it: the ONNX Runtime provider in
+    use (its first), or the engine's own name."""
+    providers = getattr(engine, "providers", None)
+    return providers[0] if providers else engine.name
+
+
 def model_info(stored: StoredModel, loaded: bool, providers: list[str] | None = None) -> pb.ModelInfo:
     return model_info_to_proto(
         stored.name, stored.version, stored.sha256, stored.info, loaded=loaded, providers=providers or ()
@@ -86,10 +93,11 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
 
     # -- helpers ------------------------------------------------------------------------------
     def refresh_health(self) -> None:
-        keys = self.repo.loaded_keys()
+        items = self.repo.loaded_items()
+        keys = [key for key, _ in items]
         self.metrics.models_loaded.clear()
-        for name, version in keys:
-            self.metrics.models_loaded.labels(name, str(version)).set(1)
+        for (name, version), engine in items:
+            self.metrics.models_loaded.labels(name, str(version), engine_device(engine)).set(1)
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if keys and not self.draining.is_set()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from collections.abc import Sequence
 
 import numpy as np
@@ -11,18 +13,23 @@ import onnxruntime as ort
 from xgal.core.contract import SCORE_OUTPUTS, NotAScoringGraphError, ScoringGraphInfo, check_signature
 from xgal.core.errors import InvalidArgument
 from xgal.scorer.engines.base import BatchScores, Engine, cam_range
-
-# Best first; only the installed ones are used.
-PROVIDER_PREFERENCE = (
-    "TensorrtExecutionProvider",
-    "CUDAExecutionProvider",
-    "CPUExecutionProvider",
+from xgal.scorer.engines.providers import (
+    CPU,
+    PROVIDER_PREFERENCE,
+    TENSORRT,
+    ProviderSettings,
+    device_type,
+    provider_options,
+    tensorrt_loadable,
 )
+
+log = logging.getLogger(__name__)
 
 
 def default_providers() -> list[str]:
+    """The installed providers, best first; TensorRT only where its libraries load."""
     available = set(ort.get_available_providers())
-    return [p for p in PROVIDER_PREFERENCE if p in available]
+    return [p for p in PROVIDER_PREFERENCE if p in available and (p != TENSORRT or tensorrt_loadable())]
 
 
 class ProviderUnavailableError(InvalidArgument):
@@ -73,10 +80,13 @@ class OnnxRuntimeEngine(Engine):
         optimization: str = "all",
         io_binding: bool | None = None,
         spinning: bool = True,
+        settings: ProviderSettings | None = None,
     ) -> None:
         """`model` is a path or the ONNX bytes. Threads 0 = ONNX Runtime's choice (all cores).
-        `io_binding` (default: on with a GPU provider) binds inputs and outputs explicitly, so
-        a GPU session copies each batch once and returns only the small outputs.
+        `io_binding` (default: on with a GPU provider) binds inputs and outputs explicitly: the
+        pixels are copied into a buffer that stays on the GPU (one per thread, reused while the
+        batch shape holds), and only the small outputs come back.
+        `settings`: the GPU providers' options (device, TensorRT FP16 and engine cache).
         `spinning=False` stops the session's threads from spin-waiting for the next run; see
         `session_options`."""
         where = "model bytes" if isinstance(model, bytes) else str(model)
@@ -96,11 +106,12 @@ class OnnxRuntimeEngine(Engine):
         opts.log_severity_level = 3
         if not isinstance(model, bytes) and not os.path.isfile(model):
             raise FileNotFoundError(f"model file not found: {model}")
+        self.settings = settings or ProviderSettings()
         try:
             self.session = ort.InferenceSession(
                 model if isinstance(model, bytes) else os.fspath(model),
                 sess_options=opts,
-                providers=list(providers or default_providers()),
+                providers=provider_options(providers or default_providers(), self.settings, model),
             )
         except Exception as exc:  # ORT raises its own types for bad protobufs and graphs
             raise NotAScoringGraphError(f"{where} is not a loadable ONNX model: {exc}") from None
@@ -117,14 +128,30 @@ class OnnxRuntimeEngine(Engine):
                 "is the device (and its libraries) usable here?"
             )
         self._has_target = any(name == "target" for name, _, _ in inputs)
-        on_gpu = self.providers[0] != "CPUExecutionProvider"
-        self.io_binding = on_gpu if io_binding is None else io_binding
+        self.device = device_type(self.providers[0])
+        self.io_binding = self.providers[0] != CPU if io_binding is None else io_binding
+        self._buffers = threading.local()  # each thread's device buffers: engines run concurrently
+        log.info("%s runs on %s", where, ", ".join(self.providers))
+
+    def _on_device(self, name: str, value: np.ndarray) -> ort.OrtValue:
+        """`value` copied into this thread's device buffer for input `name`, made anew only when
+        the batch's shape or type changes (the last batch of a pool is usually smaller)."""
+        held: dict[str, tuple[tuple, ort.OrtValue]] = self._buffers.__dict__
+        kind = (value.shape, value.dtype.str)
+        if name not in held or held[name][0] != kind:
+            buf = ort.OrtValue.ortvalue_from_shape_and_type(
+                value.shape, value.dtype.type, self.device, self.settings.device_id
+            )
+            held[name] = (kind, buf)
+        buf = held[name][1]
+        buf.update_inplace(value)
+        return buf
 
     @staticmethod
     def plain_session(
         model: str | os.PathLike[str],
         intra_op_threads: int = 0,
-        providers: Sequence[str] = ("CPUExecutionProvider",),
+        providers: Sequence[str] = (CPU,),
         spinning: bool = True,
     ) -> ort.InferenceSession:
         """A session for any ONNX model (e.g. a forward-only graph to compare against)."""
@@ -147,9 +174,9 @@ class OnnxRuntimeEngine(Engine):
         if self.io_binding:
             binding = self.session.io_binding()
             for name, value in feed.items():
-                binding.bind_cpu_input(name, value)
+                binding.bind_ortvalue_input(name, self._on_device(name, value))
             for name in names:
-                binding.bind_output(name)
+                binding.bind_output(name, "cpu")
             self.session.run_with_iobinding(binding)
             out = binding.copy_outputs_to_cpu()
         else:

@@ -33,18 +33,22 @@ class TorchReferenceEngine(Engine):
         std: Sequence[float] | None = None,
         class_names: Sequence[str] | None = None,
         cam_method: str = "gradcam",
+        device: str | torch.device = "cpu",
     ) -> None:
+        """`device`: where the network, its gradients and the map run ("cuda" for the eager
+        baseline a GPU engine is set against); the model is moved there."""
         if cam_method not in CAM_METHODS:
             raise ValueError(f"cam_method must be one of {CAM_METHODS}, got {cam_method!r}")
         self.cam_method = cam_method
-        self.model = model.eval()
+        self.device = torch.device(device)
+        self.model = model.eval().to(self.device)
         self.layer = model.get_submodule(target_layer)
         c, h, w = (int(v) for v in image_shape)
         self.scale = PIXEL_SCALE[pixel_dtype]
-        self.mean = torch.tensor(mean if mean is not None else [0.0] * c).view(1, c, 1, 1)
-        self.std = torch.tensor(std if std is not None else [1.0] * c).view(1, c, 1, 1)
+        self.mean = torch.tensor(mean if mean is not None else [0.0] * c, device=self.device).view(1, c, 1, 1)
+        self.std = torch.tensor(std if std is not None else [1.0] * c, device=self.device).view(1, c, 1, 1)
         with torch.no_grad():
-            k = int(model(torch.zeros(1, c, h, w)).shape[1])
+            k = int(model(torch.zeros(1, c, h, w, device=self.device)).shape[1])
         self.info = ScoringGraphInfo(
             class_names=tuple(class_names or [f"class{i}" for i in range(k)]),
             input_shape=(c, h, w),
@@ -66,7 +70,7 @@ class TorchReferenceEngine(Engine):
         want_cam: bool = False,
     ) -> BatchScores:
         self.check_batch(image, roi, target)
-        x = (torch.from_numpy(image.astype(np.float32)) / self.scale - self.mean) / self.std
+        x = (torch.from_numpy(image.astype(np.float32)).to(self.device) / self.scale - self.mean) / self.std
         stored: dict[str, torch.Tensor] = {}
         handle = self.layer.register_forward_hook(lambda _m, _i, out: stored.__setitem__("a", out))
         try:
@@ -77,7 +81,9 @@ class TorchReferenceEngine(Engine):
                     logits.argmax(1)
                     if target is None
                     else torch.where(
-                        torch.from_numpy(target) >= 0, torch.from_numpy(target), logits.argmax(1)
+                        torch.from_numpy(target).to(self.device) >= 0,
+                        torch.from_numpy(target).to(self.device),
+                        logits.argmax(1),
                     )
                 )
                 picked = logits.gather(1, chosen.view(-1, 1)).sum()
@@ -85,14 +91,15 @@ class TorchReferenceEngine(Engine):
         finally:
             handle.remove()
 
-        z = logits.detach().double().numpy()
+        z = logits.detach().double().cpu().numpy()
         z = z - z.max(1, keepdims=True)
         probs = np.exp(z) / np.exp(z).sum(1, keepdims=True)
         entropy = -(probs * np.log(np.clip(probs, 1e-300, None))).sum(1)
 
-        cam = _cam(self.cam_method, acts.detach(), grads.detach())
-        up = F.interpolate(cam[:, None], size=image.shape[-2:], mode="bilinear", align_corners=False)
-        up64 = up[:, 0].double().numpy()
+        cam_t = _cam(self.cam_method, acts.detach(), grads.detach())
+        up = F.interpolate(cam_t[:, None], size=image.shape[-2:], mode="bilinear", align_corners=False)
+        up64 = up[:, 0].double().cpu().numpy()
+        cam = cam_t.cpu().numpy()
         lo = up64.min(axis=(1, 2), keepdims=True)
         hi = up64.max(axis=(1, 2), keepdims=True)
         cam01 = (up64 - lo) / (hi - lo + CAM_EPS)
@@ -105,8 +112,8 @@ class TorchReferenceEngine(Engine):
             entropy=entropy.astype(np.float32),
             dice=dice.astype(np.float32),
             roi_area=area.astype(np.float32),
-            cam=cam.numpy().astype(np.float32) if want_cam else None,
-            cam_range=cam_range(cam.numpy()),
+            cam=cam.astype(np.float32) if want_cam else None,
+            cam_range=cam_range(cam),
         )
 
 
