@@ -24,9 +24,9 @@ CASES = [
     ("resnet18", "linear", "features.layer4.0.conv1", 3, 64, "uint8"),  # mid-block
     ("resnet18", "mlp", "features.layer4.1.conv2", 3, 64, "uint8"),
     ("resnet18", "prototypical", "features.layer4", 3, 64, "uint8"),
-    ("densenet121", "linear", "features.denseblock4.denselayer16.conv2", 3, 64, "uint8"),
+    # DenseNet-121 once, at a layer inside its last block (concatenations and later layers follow
+    # it): each export takes over a minute on CI's 2 cores, and the heads are checked above.
     ("densenet121", "mlp", "features.denseblock4.denselayer12.conv2", 3, 64, "uint8"),
-    ("densenet121", "prototypical", "features.denseblock4.denselayer16.conv2", 3, 64, "uint8"),
 ]
 N = 8
 

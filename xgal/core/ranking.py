@@ -153,6 +153,34 @@ def scored_batch(
     missing-ROI policy or `exclude_ids` (sorted, e.g. the labelled set) leave out. `labels`
     replace the predicted class as the balancing group (`oracle`); `cam_range` (each CAM's
     max − min) marks the flat maps; `body_roi` where the ROI given was the body's."""
+    return scored_rows(
+        ids,
+        probs,
+        entropy,
+        dice,
+        roi_area,
+        config,
+        labels=labels,
+        exclude_ids=exclude_ids,
+        cam_range=cam_range,
+        body_roi=body_roi,
+    )[0]
+
+
+def scored_rows(
+    ids: np.ndarray,
+    probs: np.ndarray,
+    entropy: np.ndarray,
+    dice: np.ndarray,
+    roi_area: np.ndarray,
+    config: AcquisitionConfig,
+    *,
+    labels: np.ndarray | None = None,
+    exclude_ids: np.ndarray | None = None,
+    cam_range: np.ndarray | None = None,
+    body_roi: np.ndarray | None = None,
+) -> tuple[Ranked, np.ndarray]:
+    """`scored_batch`, and the batch rows it kept (to take the same rows of the CAMs)."""
     crit = criteria(probs, entropy, dice, roi_area, ids, config, cam_range)
     idx = kept(ids, crit.keep, exclude_ids)
     pred = probs.argmax(1).astype(np.int64)
@@ -168,7 +196,7 @@ def scored_batch(
         crit.has_roi[idx],
         crit.flat[idx],
         None if body_roi is None else body_roi[idx],
-    )
+    ), idx
 
 
 def kept(ids: np.ndarray, keep: np.ndarray, exclude_ids: np.ndarray | None = None) -> np.ndarray:

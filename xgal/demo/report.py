@@ -16,6 +16,8 @@ import numpy as np
 from xgal.trainer.loop import RoundRecord
 
 METRICS = ("accuracy", "cam_dice")
+# Each arm's figures, in the order the tables show them: the last round and the curve's mean.
+FIGURES = tuple(f"{kind}_{m}" for m in METRICS for kind in ("final", "auc"))
 # (a, b): "a - b" is reported when both arms ran. The first two answer the demo's questions.
 PAIRS = (
     ("xgal", "random"),
@@ -75,6 +77,7 @@ def curve_auc(records: Sequence[RoundRecord], metric: str) -> float:
 
 
 def _figures(records: Sequence[RoundRecord]) -> dict[str, float]:
+    """One arm's FIGURES in one seed."""
     out = {}
     for m in METRICS:
         out[f"final_{m}"] = float(getattr(records[-1], m))

@@ -6,10 +6,8 @@ from collections.abc import Mapping, Sequence
 
 from rich.table import Table
 
-from xgal.demo.report import stat
+from xgal.demo.report import FIGURES, stat
 from xgal.trainer.loop import RoundRecord
-
-FIGURES = ("final_accuracy", "auc_accuracy", "final_cam_dice", "auc_cam_dice")
 
 
 def round_tables(seed: int, results: Mapping[str, Sequence[RoundRecord]]) -> list[Table]:

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from xgal.core.acquisition import AcquisitionConfig, criteria
+from xgal.core.acquisition import AcquisitionConfig
 from xgal.core.body import rois_for
-from xgal.core.ranking import kept, scored_batch
+from xgal.core.ranking import scored_rows
 from xgal.core.samples import sample_problems
 from xgal.core.wire import ranked_to_proto
 from xgal.scorer.batcher import BatchedEngine
@@ -52,12 +52,11 @@ def score_message(
     ids = np.array(list(req.ids), dtype=str)
     rois, body = rois_for(images, rois, config.roi)
     s = engine.run(images, rois, want_cam=req.want_cam)
-    ranked = scored_batch(
+    ranked, rows = scored_rows(
         ids, s.probs, s.entropy, s.dice, s.roi_area, config, cam_range=s.cam_range, body_roi=body
     )
     resp = pb.ScoreStreamResponse(samples=ranked_to_proto(ranked))
     if req.want_cam and s.cam is not None:
-        rows = kept(ids, criteria(s.probs, s.entropy, s.dice, s.roi_area, ids, config).keep)
         resp.cams = s.cam[rows].astype("<f4").tobytes()
         resp.cam_shape.extend(s.cam.shape[1:])
     return resp
