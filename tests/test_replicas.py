@@ -200,6 +200,12 @@ def test_client_cli_health(tmp_path):
         with ScorerClient(replica.address) as client:
             client.publish_model(onnx, "m")
         assert health("--target", replica.address, "--serving").returncode == 0
+        models = subprocess.run(
+            [*cli[:-1], "models", "--target", replica.address], capture_output=True, text=True, timeout=60
+        )
+        assert models.returncode == 0, models.stderr
+        assert f"{replica.address}  m v1" in models.stdout
+        assert "loaded on CPUExecutionProvider" in models.stdout
 
         with socket.socket() as s:  # a port nothing listens on
             s.bind(("127.0.0.1", 0))

@@ -36,8 +36,12 @@ def test_publish_list_load_unload_and_health(world, server):
         assert health_status(server.address) == health_pb2.HealthCheckResponse.SERVING
         assert client.publish_model(m1, "demo").version == 1  # same bytes: no new version
         assert client.publish_model(m2, "demo").version == 2
-        assert [(m.version, m.loaded) for m in client.list_models("demo")] == [(1, True), (2, True)]
+        cpu = ["CPUExecutionProvider"]
+        listed = [(m.version, m.loaded, list(m.providers)) for m in client.list_models("demo")]
+        assert listed == [(1, True, cpu), (2, True, cpu)]
         client.unload_model("demo", 1)
+        listed = [(m.version, m.loaded, list(m.providers)) for m in client.list_models("demo")]
+        assert listed == [(1, False, []), (2, True, cpu)]
         client.unload_model("demo", 2)
         assert health_status(server.address) == health_pb2.HealthCheckResponse.NOT_SERVING
         assert client.load_model("demo", 1).loaded

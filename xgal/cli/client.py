@@ -71,6 +71,22 @@ def client_health(
         raise typer.Exit(1)
 
 
+@app.command("models")
+def client_models(
+    target: list[str] = TARGETS,
+    name: str = typer.Option("", help="Only this model's versions."),
+    token_file: Path | None = TOKEN_FILE,
+    tls_ca: Path | None = TLS_CA,
+) -> None:
+    """The models each replica stores: versions, SHA-256, which are loaded and on which execution
+    providers (a GPU replica that fell back to the CPU would show it here)."""
+    for address in target:
+        with connect([address], token_file, tls_ca) as client:
+            for m in client.list_models(name):
+                state = f"loaded on {', '.join(m.providers)}" if m.loaded else "stored, not loaded"
+                out.print(f"{address}  {m.name} v{m.version}  {m.sha256[:12]}  {state}", highlight=False)
+
+
 @app.command("score")
 @acquisition_options()
 def client_score(

@@ -241,9 +241,12 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
     ) -> pb.ListModelsResponse:  # noqa: N802
         names = [request.name] if request.name else self.repo.names()
         out = []
+        loaded = {key: engine for key, engine in self.repo.loaded_items()}
         for name in names:
             for version in self.repo.versions(name):
-                out.append(model_info(self.repo.get(name, version), self.repo.is_loaded(name, version)))
+                engine = loaded.get((name, version))
+                providers = getattr(engine, "providers", None) if engine is not None else None
+                out.append(model_info(self.repo.get(name, version), engine is not None, providers))
         if request.name and not out:
             raise ModelNotFoundError(f"no model named {request.name!r} in the repository")
         return pb.ListModelsResponse(models=out)
