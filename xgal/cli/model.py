@@ -18,7 +18,7 @@ from xgal.cli.common import App, out
 from xgal.core.checksum import sha256_file
 from xgal.core.errors import InvalidArgument, UserError
 
-app = App(help="Convert scoring graphs (INT8, FP16) and show their metadata.")
+app = App(help="Convert scoring graphs (INT8, FP16), show their metadata, write a Triton entry.")
 
 
 class QuantFormat(StrEnum):
@@ -69,6 +69,37 @@ def model_fp16(
 
     _distinct(model, output)
     _converted(half_scoring_graph(model, output), "FP16")
+
+
+@app.command("triton")
+def model_triton(
+    model: Path = typer.Argument(..., metavar="M", help="Scoring graph (.onnx)."),
+    repo: Path = typer.Option(..., help="Triton model repository folder (created if missing)."),
+    name: str | None = typer.Option(None, help="Model name in the repository (default: the file's stem)."),
+    version: int = typer.Option(1, min=1, help="Version folder to write."),
+    max_batch: int = typer.Option(64, min=1, help="max_batch_size and the largest preferred batch."),
+    max_delay_us: int = typer.Option(5000, min=0, help="Dynamic batching: longest wait to fill a batch."),
+    gpu: bool = typer.Option(False, help="Instances on the GPU (KIND_GPU) instead of the CPU."),
+    overwrite: bool = typer.Option(False, help="Replace a version that is already there."),
+) -> None:
+    """Write a scoring graph as a Triton Inference Server model repository entry.
+
+    <repo>/<name>/<version>/model.onnx and <repo>/<name>/config.pbtxt (ONNX Runtime backend,
+    the graph's inputs and outputs, dynamic batching), so Triton can serve per-image scoring with
+    its own health, metrics and perf_analyzer. The pool-level ranking stays with xgal."""
+    from xgal.scorer.triton import write_triton_entry
+
+    entry = write_triton_entry(
+        model,
+        repo,
+        name=name,
+        version=version,
+        max_batch=max_batch,
+        max_delay_us=max_delay_us,
+        gpu=gpu,
+        overwrite=overwrite,
+    )
+    out.print(f"wrote {entry / str(version) / 'model.onnx'} and {entry / 'config.pbtxt'}", highlight=False)
 
 
 def _converted(path: Path, what: str) -> None:
