@@ -108,7 +108,11 @@ class Bar:
 
 
 # -- options several commands declare ----------------------------------------------------------
-TARGETS = typer.Option(..., "--target", help="Scorer host:port; repeat for replicas.")
+TARGETS = typer.Option(
+    ...,
+    "--target",
+    help="Scorer host:port, or dns:///name:port for every replica behind a name; repeat for replicas.",
+)
 TOKEN_FILE = typer.Option(None, help="File holding the bearer token the scorers expect.")
 TLS_CA = typer.Option(None, help="PEM root certificate to trust (TLS).")
 TOP_K = typer.Option(20, "--top-k", "-k", min=1, help="How many samples to select.")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -20,6 +21,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from xgal.client.resolve import is_name, resolve, split
 from xgal.client.shards import ShardRun
 from xgal.client.transport import RETRYABLE, RetryPolicy, ScorerError, Target, error
 from xgal.core.acquisition import AcquisitionConfig
@@ -52,7 +54,10 @@ class ScorerClient:
         that meet an unavailable or overloaded replica are tried again (`RetryPolicy()`)."""
         addresses = [targets] if isinstance(targets, str) else list(targets)
         if not addresses:
-            raise ValueError("give at least one target host:port")
+            raise ValueError("give at least one target host:port (or dns:///name:port)")
+        for spec in addresses:
+            if is_name(spec):
+                split(spec)  # a malformed name target fails here, not at the first call
         creds = None
         if tls:
             root = None if tls is True else (tls if isinstance(tls, bytes) else Path(tls).read_bytes())
@@ -68,13 +73,30 @@ class ScorerClient:
             ("grpc.min_reconnect_backoff_ms", max(50, int(self.retry.backoff_s * 1000))),
             ("grpc.max_reconnect_backoff_ms", max(100, int(self.retry.max_backoff_s * 1000))),
         ]
-        self.targets = [Target(a, creds, options) for a in addresses]
+        self._specs, self._channel = addresses, (creds, options)
+        self._lock = threading.Lock()
+        self._retired: list[Target] = []
+        self.targets = [Target(a, creds, options) for a in resolve(addresses)]
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout = timeout
 
     def close(self) -> None:
-        for t in self.targets:
+        for t in self.targets + self._retired:
             t.channel.close()
+
+    def refresh_targets(self) -> list[Target]:
+        """Resolve the `dns:///` targets again (xgal.client.resolve): replicas still listed keep
+        their channel and back-off state, new ones are added, those gone are dropped (their
+        channels closed with the client: a call may still be using one). Called at the start of
+        each call and when a scoring run gives up on a replica; plain targets never change."""
+        if not any(is_name(s) for s in self._specs):
+            return self.targets
+        addresses = resolve(self._specs)
+        with self._lock:
+            have = {t.address: t for t in self.targets}
+            self._retired += [t for a, t in have.items() if a not in addresses]
+            self.targets = [have.get(a) or Target(a, *self._channel) for a in addresses]
+            return self.targets
 
     def __enter__(self) -> ScorerClient:
         return self
@@ -115,7 +137,7 @@ class ScorerClient:
                 "health checks need grpcio-health-checking: pip install 'xgal[scorer]'"
             ) from None
         out = {}
-        for t in self.targets:
+        for t in self.refresh_targets():
             stub = health_pb2_grpc.HealthStub(t.channel)
             try:
                 reply = stub.Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
@@ -140,25 +162,25 @@ class ScorerClient:
             for i in range(0, len(data), CHUNK):
                 yield pb.PublishModelRequest(chunk=data[i : i + CHUNK])
 
-        infos = [self._call([t], "PublishModel", messages).model for t in self.targets]  # type: ignore[attr-defined]
+        infos = [self._call([t], "PublishModel", messages).model for t in self.refresh_targets()]  # type: ignore[attr-defined]
         return infos[0]
 
     def list_models(self, name: str = "") -> list[pb.ModelInfo]:
-        reply = self._call(self.targets, "ListModels", lambda: pb.ListModelsRequest(name=name))
+        reply = self._call(self.refresh_targets(), "ListModels", lambda: pb.ListModelsRequest(name=name))
         return list(reply.models)  # type: ignore[attr-defined]
 
     def load_model(self, name: str, version: int = 0) -> pb.ModelInfo:
         request = pb.LoadModelRequest(model=pb.ModelRef(name=name, version=version))
-        infos = [self._call([t], "LoadModel", lambda: request) for t in self.targets]
+        infos = [self._call([t], "LoadModel", lambda: request) for t in self.refresh_targets()]
         return infos[0]  # type: ignore[return-value]
 
     def unload_model(self, name: str, version: int = 0) -> None:
         request = pb.UnloadModelRequest(model=pb.ModelRef(name=name, version=version))
-        for t in self.targets:
+        for t in self.refresh_targets():
             self._call([t], "UnloadModel", lambda: request)
 
     def describe_pool(self, pool: str) -> pb.PoolDescription:
-        return self._call(self.targets, "DescribePool", lambda: pb.DescribePoolRequest(pool=pool))  # type: ignore[return-value]
+        return self._call(self.refresh_targets(), "DescribePool", lambda: pb.DescribePoolRequest(pool=pool))  # type: ignore[return-value]
 
     # -- scoring ------------------------------------------------------------------------------
     def score_pool(
@@ -287,6 +309,7 @@ class ScorerClient:
                     want_cam=want_cam,
                 )
 
+        self.refresh_targets()
         samples: list[pb.ScoredSample] = []
         cams: list[np.ndarray] = []
         answered = 0  # one response per request batch, in order

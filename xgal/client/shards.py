@@ -44,19 +44,29 @@ class ShardRun:
         self.lock = threading.Lock()
         self.finished = threading.Event()
         self.out: set[str] = set()  # replicas given up on in this run
+        self.started: set[str] = set()  # replicas with a worker in this run
+        self.threads: list[threading.Thread] = []
 
     def run(self) -> dict[int, pb.ScoreResult]:
-        threads = [
-            threading.Thread(target=self._worker, args=(t,), name=f"xgal-shards-{t.address}", daemon=True)
-            for t in self.client.targets
-        ]
-        for th in threads:
-            th.start()
-        for th in threads:
-            th.join()
+        with self.lock:  # a worker that gives up at once may start others (_out)
+            for t in self.client.targets:
+                if t.address not in self.started:
+                    self._start(t)
+        while True:  # workers started later (a replica that appeared) join the list
+            with self.lock:
+                alive = [th for th in self.threads if th.is_alive()]
+            if not alive:
+                break
+            alive[0].join()
         if self.error is not None:
             raise self.error
         return self.results
+
+    def _start(self, t: Target) -> None:
+        th = threading.Thread(target=self._worker, args=(t,), name=f"xgal-shards-{t.address}", daemon=True)
+        self.started.add(t.address)
+        self.threads.append(th)
+        th.start()
 
     def _worker(self, t: Target) -> None:
         probes = 0  # readiness checks of this replica in this run that found it down
@@ -98,9 +108,17 @@ class ShardRun:
             ready.cancel()
 
     def _out(self, t: Target) -> None:
+        try:
+            # A name target may list other replicas by now (a replaced pod has a new address).
+            current = self.client.refresh_targets()
+        except ScorerError:
+            current = self.client.targets
         with self.lock:
             self.out.add(t.address)
-            if len(self.out) == len(self.client.targets) and self.error is None:
+            for fresh in current:
+                if fresh.address not in self.started and not self.finished.is_set():
+                    self._start(fresh)
+            if all(x.address in self.out for x in current) and self.error is None:
                 self.error = ScorerError(
                     f"no scorer could be reached ({', '.join(sorted(self.out))} each tried "
                     f"{self.client.retry.attempts} times); {self._unscored()}",
