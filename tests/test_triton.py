@@ -62,17 +62,26 @@ def parse_pbtxt(text: str) -> dict:
     return fields(None)
 
 
-@pytest.fixture(scope="module", params=["uint8", "uint16"])
-def graph(request, tmp_path_factory):
+def _export(folder, dtype):
     torch.manual_seed(0)
     model = build_model("small_cnn", "linear", 3, in_channels=1).eval()
-    path = tmp_path_factory.mktemp("triton") / f"round3-{request.param}.onnx"
     return export_scoring_graph(
-        model, default_target_layer("small_cnn"), path, image_shape=(1, 32, 32), pixel_dtype=request.param
+        model,
+        default_target_layer("small_cnn"),
+        folder / f"round3-{dtype}.onnx",
+        image_shape=(1, 32, 32),
+        pixel_dtype=dtype,
     )
 
 
-def test_config_follows_the_graph(graph, tmp_path):
+@pytest.fixture(scope="module")
+def graph(tmp_path_factory):
+    return _export(tmp_path_factory.mktemp("triton"), "uint8")
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16"])
+def test_config_follows_the_graph(dtype, graph, tmp_path):
+    graph = graph if dtype == "uint8" else _export(tmp_path, dtype)
     entry = write_triton_entry(graph, tmp_path / "repo", name="brats", version=3, max_batch=32, gpu=True)
     assert entry == tmp_path / "repo" / "brats"
     assert (entry / "3" / "model.onnx").read_bytes() == graph.read_bytes()
