@@ -8,7 +8,7 @@
 # no package index: onnxruntime-gpu and whatever else that Python lacks (docs/gpu.md lists
 # them). A wheel too large to send in one piece may come as NAME.whl.part-00, -01, ...: the
 # parts are joined in order. Without WHEELS the Python in use must already have xgal's
-# dependencies with onnxruntime-gpu (`pip install -e ".[gpu,train,dev]"`).
+# dependencies with onnxruntime-gpu and PyTorch with CUDA (docs/gpu.md, Install).
 #
 # Steps, each with its own time limit, each writing its log and JSON under OUT:
 #   env      the GPU, the versions, which ONNX Runtime providers start   env.json
@@ -20,8 +20,8 @@
 #            eager PyTorch Grad-CAM on the same GPU                          bench.json
 #   profile  where the FP16 scoring graph's time goes, by op type, network vs explanation, and
 #            its forward half's                     profile-scoring-fp16.json, profile-forward-fp16.json
-# and summary.json: every step's exit code and seconds. The whole check fits in 8 minutes on an
-# H100; a step that fails does not stop the next. XGAL_CHECK_PROVIDER, XGAL_CHECK_SIZE and
+# and summary.json: every step's exit code and seconds. The steps' limits add up to 8 minutes
+# (the whole check took 139 s on an H200); a step that fails does not stop the next. XGAL_CHECK_PROVIDER, XGAL_CHECK_SIZE and
 # XGAL_CHECK_SWEEP change the provider, image side and batch sweep (a dry run of the script on a
 # CPU: XGAL_CHECK_PROVIDER=CPUExecutionProvider XGAL_CHECK_SIZE=64 XGAL_CHECK_SWEEP=8,16);
 # XGAL_CHECK_STEPS picks steps (e.g. "env bench profile").
@@ -81,7 +81,7 @@ EOF
 export LD_LIBRARY_PATH="$nvlib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export PYTHONUNBUFFERED=1
 
-step env 60 "$PY" - "$out/env.json" <<'EOF'
+step env 30 "$PY" - "$out/env.json" <<'EOF'
 import json, platform, subprocess, sys
 import numpy, onnxruntime as ort, torch
 from xgal.scorer.engines.engine_cache import gpu_identity
@@ -101,22 +101,22 @@ print(json.dumps(doc, indent=1))
 open(sys.argv[1], "w").write(json.dumps(doc, indent=1))
 EOF
 
-step tests 150 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py tests/test_tensorrt.py \
+step tests 120 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py tests/test_tensorrt.py \
     tests/test_providers.py tests/test_engine_cache.py --junitxml="$out/tests.xml"
 
 demo=${TMPDIR:-/tmp}/xgal-gpu-demo
 rm -rf "$demo"
-step demo 150 "$PY" -m xgal.cli demo --quick --out "$demo"
+step demo 90 "$PY" -m xgal.cli demo --quick --out "$demo"
 cp "$demo/results.json" "$out/demo.json" 2>/dev/null || true
 
 model=$demo/seed0/runs/xgal/model.onnx  # the xgal arm's last round: a trained graph
 [ -f "$model" ] || model=$(ls "$demo"/seed0/runs/*/model.onnx 2>/dev/null | head -n 1)
-step parity 90 "$PY" scripts/gpu_parity.py --model "${model:-missing.onnx}" --pool "$demo/seed0/pool-train" \
+step parity 60 "$PY" scripts/gpu_parity.py --model "${model:-missing.onnx}" --pool "$demo/seed0/pool-train" \
     --provider "$provider" --json "$out/parity.json"
 
 providers=(--provider "$provider")
 [ "$provider" = CPUExecutionProvider ] || providers+=(--provider CPUExecutionProvider)
-step bench 200 "$PY" -m xgal.cli bench "${providers[@]}" \
+step bench 120 "$PY" -m xgal.cli bench "${providers[@]}" \
     --fp16 --arch resnet18 --image-size "$size" --batch 64 --sweep-batch "$sweep" --pool-size 512 \
     --replicas 1 --no-int8 --repeats 10 --workdir "${TMPDIR:-/tmp}/xgal-gpu-bench" --json "$out/bench.json"
 
@@ -125,9 +125,9 @@ step bench 200 "$PY" -m xgal.cli bench "${providers[@]}" \
 read -r -a tuned <<<"${XGAL_CHECK_PROFILE_OPTIONS:-}"
 for graph in scoring-fp16 forward-fp16; do
     args=(scripts/gpu_profile.py --model "${TMPDIR:-/tmp}/xgal-gpu-bench/$graph.onnx" --provider "$provider" --batch 64)
-    step "profile-$graph" 60 "$PY" "${args[@]}" --json "$out/profile-$graph.json"
+    step "profile-$graph" 30 "$PY" "${args[@]}" --json "$out/profile-$graph.json"
     if [ ${#tuned[@]} -gt 0 ]; then
-        step "profile-$graph-tuned" 60 "$PY" "${args[@]}" $(printf -- '--option %s ' "${tuned[@]}") \
+        step "profile-$graph-tuned" 30 "$PY" "${args[@]}" $(printf -- '--option %s ' "${tuned[@]}") \
             --json "$out/profile-$graph-tuned.json"
     fi
 done

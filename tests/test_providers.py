@@ -73,6 +73,15 @@ def test_tensorrt_options_profile_the_batch_and_key_the_cache(graph, tmp_path, f
     assert folder_for() != folder  # engines built for another GPU are not trusted
 
 
+def test_without_a_gpu_identity_engines_are_not_cached(graph, tmp_path, monkeypatch):
+    """No nvidia-smi, no GPU identity: a cached engine could be another GPU's, so none is kept."""
+    monkeypatch.setenv("PATH", str(tmp_path))  # nothing to run there
+    [(_, opts)] = provider_options([TENSORRT], ProviderSettings(engine_cache=tmp_path / "e"), graph)
+    assert not any(k.startswith(("trt_engine_cache", "trt_timing_cache")) for k in opts)
+    assert opts["trt_profile_max_shapes"] == "image:64x1x32x32,roi:64x32x32"
+    assert not (tmp_path / "e").exists()
+
+
 def test_the_model_bytes_key_the_cache_as_the_file_does(graph, tmp_path, fake_gpu):
     settings = ProviderSettings(engine_cache=tmp_path / "engines")
     [(_, from_file)] = provider_options([TENSORRT], settings, graph)

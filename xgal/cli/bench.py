@@ -34,7 +34,7 @@ def bench(
         ["CPUExecutionProvider"],
         help="ONNX Runtime execution provider(s), best first (e.g. CUDAExecutionProvider), for "
         "the engine, FP16, pool, replica and sweep rows. INT8 always runs on the CPU; the eager "
-        "baselines are skipped on a GPU provider.",
+        "baselines run on the GPU beside a GPU provider (skipped when PyTorch sees none).",
     ),
     baselines: bool = typer.Option(
         True, help="Eager PyTorch Grad-CAM and pytorch-grad-cam (when installed)."

@@ -47,7 +47,8 @@ def client_publish(
     """Publish a scoring graph to every target."""
     with connect(target, token_file, tls_ca) as client:
         info = client.publish_model(model, name)
-    out.print(f"published {info.name} version {info.version} ({info.sha256[:12]}) on {len(target)} target(s)")
+        replicas = len(client.targets)  # a dns:/// target counts each replica behind the name
+    out.print(f"published {info.name} version {info.version} ({info.sha256[:12]}) on {replicas} replica(s)")
 
 
 @app.command("health")
@@ -80,7 +81,9 @@ def client_models(
 ) -> None:
     """The models each replica stores: versions, SHA-256, which are loaded and on which execution
     providers (a GPU replica that fell back to the CPU would show it here)."""
-    for address in target:
+    from xgal.client.resolve import resolve
+
+    for address in resolve(target):  # each replica behind a dns:/// name, too
         with connect([address], token_file, tls_ca) as client:
             for m in client.list_models(name):
                 state = f"loaded on {', '.join(m.providers)}" if m.loaded else "stored, not loaded"

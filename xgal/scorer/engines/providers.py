@@ -12,11 +12,14 @@ graph live here once, so that `xgal serve`, `xgal score` and `xgal bench` open t
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"
@@ -53,18 +56,29 @@ class ProviderSettings:
     tf32: bool = True
 
 
-def tensorrt_loadable() -> bool:
-    """onnxruntime-gpu lists the TensorRT provider whether or not TensorRT's libraries are
-    installed; without them the provider fails at each session start, so it is not a default."""
+def _nvinfer() -> Any:
     import ctypes
 
     for name in ("libnvinfer.so.10", "libnvinfer.so.11", "libnvinfer.so"):
         try:
-            ctypes.CDLL(name)
-            return True
+            return ctypes.CDLL(name)
         except OSError:
             continue
-    return False
+    return None
+
+
+def tensorrt_loadable() -> bool:
+    """onnxruntime-gpu lists the TensorRT provider whether or not TensorRT's libraries are
+    installed; without them the provider fails at each session start, so it is not a default."""
+    return _nvinfer() is not None
+
+
+def tensorrt_version() -> str | None:
+    """The version of the TensorRT library ONNX Runtime's provider would load (its engines are
+    valid for that version only), as the library encodes it (getInferLibVersion); None where
+    none loads."""
+    lib = _nvinfer()
+    return None if lib is None else str(int(lib.getInferLibVersion()))
 
 
 def device_type(provider: str) -> str:
@@ -106,23 +120,30 @@ def tensorrt_options(
     from xgal.core.checksum import sha256_file
     from xgal.scorer.engines.engine_cache import EngineCache, cache_key, default_root, gpu_identity
 
-    sha = hashlib.sha256(model).hexdigest() if isinstance(model, bytes) else sha256_file(model)
-    root = Path(settings.engine_cache) if settings.engine_cache is not None else default_root(model)
-    key = cache_key(
-        sha,
-        gpu=gpu_identity(settings.device_id) or "unknown-gpu",
-        precision="fp16" if settings.fp16 else "fp32",
-        versions={"onnxruntime": ort.__version__, "max_batch": str(settings.max_batch)},
-    )
-    folder = EngineCache(root).folder(key)
-    opts: dict[str, Any] = {
-        "device_id": settings.device_id,
-        "trt_fp16_enable": settings.fp16,
-        "trt_engine_cache_enable": True,
-        "trt_engine_cache_path": os.fspath(folder),
-        "trt_timing_cache_enable": True,
-        "trt_timing_cache_path": os.fspath(folder),
-    }
+    opts: dict[str, Any] = {"device_id": settings.device_id, "trt_fp16_enable": settings.fp16}
+    gpu = gpu_identity(settings.device_id)
+    if gpu is None:
+        # Without the GPU's identity a cached engine could be loaded on another kind of GPU:
+        # build them anew in each session rather than trust them.
+        log.warning("no GPU identity (nvidia-smi): TensorRT engines are not cached")
+    else:
+        sha = hashlib.sha256(model).hexdigest() if isinstance(model, bytes) else sha256_file(model)
+        root = Path(settings.engine_cache) if settings.engine_cache is not None else default_root(model)
+        versions = {
+            "onnxruntime": ort.__version__,
+            "tensorrt": tensorrt_version() or "unknown",
+            "max_batch": str(settings.max_batch),
+        }
+        precision = "fp16" if settings.fp16 else "fp32"
+        folder = os.fspath(
+            EngineCache(root).folder(cache_key(sha, gpu=gpu, precision=precision, versions=versions))
+        )
+        opts.update(
+            trt_engine_cache_enable=True,
+            trt_engine_cache_path=folder,
+            trt_timing_cache_enable=True,
+            trt_timing_cache_path=folder,
+        )
     input_shapes = input_shapes or _graph_input_shapes(model)
     if input_shapes:
         # One profile over the batch dimension: without it TensorRT builds an engine per batch
