@@ -22,22 +22,13 @@ import onnx
 import onnxruntime as ort
 
 from xgal.scorer.engines.providers import CPU, ProviderSettings, provider_options
+from xgal.scorer.precision.fp16 import ancestors
 
 
 def network_nodes(model: onnx.ModelProto) -> set[str]:
-    """Names of the nodes `probs` depends on (walked by position: a rewritten graph may hold
-    nodes without a name, or several with one)."""
-    g = model.graph
-    producer = {out: i for i, node in enumerate(g.node) for out in node.output}
-    seen: set[int] = set()
-    stack = ["probs"]
-    while stack:
-        i = producer.get(stack.pop())
-        if i is None or i in seen:
-            continue
-        seen.add(i)
-        stack.extend(g.node[i].input)
-    return {g.node[i].name for i in seen}
+    """Names of the nodes `probs` depends on (a rewritten graph may give several nodes one name:
+    the walk is by position, as the FP16 converter's)."""
+    return {model.graph.node[i].name for i in ancestors(model.graph, "probs")}
 
 
 def main() -> None:

@@ -40,7 +40,7 @@ HALF_OPS = frozenset(
 )
 
 
-def _ancestors(graph: onnx.GraphProto, output: str) -> set[int]:
+def ancestors(graph: onnx.GraphProto, output: str) -> set[int]:
     """Indices of the nodes `output` depends on."""
     producer = {name: i for i, node in enumerate(graph.node) for name in node.output}
     seen: set[int] = set()
@@ -67,7 +67,7 @@ def half_scoring_graph(model: str | os.PathLike[str], out: str | os.PathLike[str
     # with an input whose type shape inference could not tell (it could not be cast safely).
     half = {
         i
-        for i in _ancestors(g, "probs")
+        for i in ancestors(g, "probs")
         if g.node[i].op_type in HALF_OPS
         and all(types.get(name) == TensorProto.FLOAT for name in g.node[i].output)
         and all(types.get(name) is not None for name in g.node[i].input if name)
