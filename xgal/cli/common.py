@@ -21,6 +21,7 @@ from rich.markup import escape
 from xgal.core.acquisition import (
     AcquisitionConfig,
     Balance,
+    Diversity,
     FlatCam,
     MissingRoi,
     Normalise,
@@ -151,6 +152,9 @@ _ACQUISITION_HELP = {
     "selection": "top: the k best; softmax or power: k drawn ∝ exp(β·score) or score^β (seeded).",
     "beta": "β of softmax or power selection (higher = closer to top-k).",
     "seed": "Seed of the random strategy and of stochastic selection.",
+    "diversity": "Choose the k among the best candidates over the model's embedding: spread (far apart) "
+    "or typical (TypiClust cluster representatives, for a first round).",
+    "candidates": "How many of the best the diversity step chooses among (0: 5·k spread, 20·k typical).",
 }
 _ACQUISITION_TYPES: dict[str, type] = {  # in AcquisitionConfig's field order
     "strategy": Strategy,
@@ -165,6 +169,8 @@ _ACQUISITION_TYPES: dict[str, type] = {  # in AcquisitionConfig's field order
     "beta": float,
     "flat_cam": FlatCam,
     "roi": RoiSource,
+    "diversity": Diversity,
+    "candidates": int,
 }
 _ACQUISITION_FLAGS = {"lam": "--lambda", "entropy_over_log_k": "--entropy-over-log-k/--no-entropy-over-log-k"}
 ACQUISITION_FIELDS = tuple(_ACQUISITION_TYPES)

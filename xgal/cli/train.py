@@ -32,6 +32,9 @@ def train(
     rounds: int | None = typer.Option(None, min=0, help="Acquisition rounds."),
     epochs: int | None = typer.Option(None, help="Training epochs per round."),
     steps: int | None = typer.Option(None, min=0, help="Training steps per round (0 = use --epochs)."),
+    cold_start: str | None = typer.Option(
+        None, help="none | typical: the first selection as TypiClust representatives of the embedding."
+    ),
     target: list[str] = typer.Option([], help="Scorer host:port (repeat); none = start one here."),
     pool_ref: str | None = typer.Option(None, help="The pool's path under the scorers' data root."),
     token_file: Path | None = TOKEN_FILE,
@@ -62,6 +65,7 @@ def train(
         per_round=per_round,
         rounds=rounds,
         seed=seed,
+        cold_start=cold_start,
     )
     overrides = {k: v for k, v in given.items() if v is not None}
     train_overrides = {

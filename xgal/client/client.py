@@ -25,7 +25,7 @@ from xgal.client.resolve import is_name, resolve, split
 from xgal.client.shards import ShardRun
 from xgal.client.transport import RETRYABLE, RetryPolicy, ScorerError, Target, error
 from xgal.core.acquisition import AcquisitionConfig
-from xgal.core.ranking import Ranked, ScoreResult, merge, select
+from xgal.core.ranking import Ranked, ScoreResult, choose, merge, select
 from xgal.core.samples import OnBadSample
 from xgal.core.wire import acquisition_to_proto, on_bad_sample_to_proto, ranked_from_proto, skipped_from_proto
 from xgal.v1 import scorer_pb2 as pb
@@ -206,7 +206,8 @@ class ScorerClient:
         in parallel; a shard that meets an unavailable or overloaded replica is tried again on
         another (or the same, after a back-off) up to the retry policy's attempts. Pointwise
         scores merge exactly from the shards' top-k; a pool-level normalisation fetches every
-        score and ranks here."""
+        score and ranks here. A diversity step (`diversity="spread"` or `"typical"`) chooses
+        here, once, among the merged candidates."""
         config = AcquisitionConfig(**acquisition)  # type: ignore[arg-type]
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
@@ -251,7 +252,9 @@ class ScorerClient:
         tops = [ranked_from_proto(p.top, k_classes) for p in parts]
         everything = Ranked.concat([ranked_from_proto(p.all, k_classes) for p in parts]) if need_all else None
         if config.pointwise:
-            best = merge(tops, top_k, k_classes, config.balance)
+            # Each shard sent its candidates: their merge is the pool's, chosen from once here.
+            candidates = merge(tops, config.candidate_count(top_k), k_classes, config.balance)
+            best = choose(candidates, top_k, config)
         else:
             assert everything is not None
             best = select(everything, top_k, k_classes, config)

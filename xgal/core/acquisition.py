@@ -82,6 +82,15 @@ class Selection(StrEnum):
     POWER = "power"  # k drawn with probability ∝ score^β, without replacement
 
 
+class Diversity(StrEnum):
+    """What picks the k from the best-scoring candidates, using the graph's pooled embedding.
+    Both depend on the candidate set alone, so shards' candidates merge first, exactly."""
+
+    NONE = "none"  # the top k
+    SPREAD = "spread"  # greedy: the best-ranked far from those already chosen (k-center++)
+    TYPICAL = "typical"  # TypiClust: the densest candidate of each of k clusters (cold start)
+
+
 class Balance(StrEnum):
     NONE = "none"
     PREDICTED = "predicted"  # k/K per predicted class
@@ -103,6 +112,8 @@ class AcquisitionConfig:
     beta: float = 1.0  # the softmax's inverse temperature, or the power's exponent
     flat_cam: FlatCam = FlatCam.MAX
     roi: RoiSource = RoiSource.EXPERT
+    diversity: Diversity = Diversity.NONE
+    candidates: int = 0  # how many of the best the diversity step chooses among; 0 = its default
 
     def __post_init__(self) -> None:
         # Accept plain strings from CLIs and wire messages; reject unknown names clearly.
@@ -115,6 +126,7 @@ class AcquisitionConfig:
             ("normalise", Normalise),
             ("balance", Balance),
             ("selection", Selection),
+            ("diversity", Diversity),
         ):
             value = getattr(self, name)
             try:
@@ -140,11 +152,35 @@ class AcquisitionConfig:
             raise InvalidArgument(f"seed must be an integer, got {self.seed!r}")
         object.__setattr__(self, "seed", int(self.seed))
         object.__setattr__(self, "entropy_over_log_k", bool(self.entropy_over_log_k))
+        if not isinstance(self.candidates, int | np.integer) or isinstance(self.candidates, bool):
+            raise InvalidArgument(f"candidates must be an integer, got {self.candidates!r}")
+        if self.candidates < 0:
+            raise InvalidArgument(f"candidates must be 0 (the default) or more, got {self.candidates}")
+        object.__setattr__(self, "candidates", int(self.candidates))
+        if self.diversity is not Diversity.NONE and self.balance is not Balance.NONE:
+            raise InvalidArgument(
+                f"diversity {self.diversity.value!r} cannot be combined with balance "
+                f"{self.balance.value!r}: choose one way of spreading the batch"
+            )
 
     @property
     def pointwise(self) -> bool:
         """True when a sample's score does not depend on the rest of the pool."""
         return self.normalise is Normalise.NONE or self.strategy is Strategy.RANDOM
+
+    @property
+    def needs_embedding(self) -> bool:
+        return self.diversity is not Diversity.NONE
+
+    def candidate_count(self, k: int) -> int:
+        """How many of the best rows the selection of `k` keeps before its diversity step: k
+        without one; else `candidates`, by default 5·k to spread over and 20·k to cluster."""
+        if self.diversity is Diversity.NONE:
+            return k
+        m = self.candidates or (5 * k if self.diversity is Diversity.SPREAD else 20 * k)
+        if m < k:
+            raise InvalidArgument(f"candidates ({m}) must be at least the number to select ({k})")
+        return m
 
 
 def authors_acquisition() -> AcquisitionConfig:

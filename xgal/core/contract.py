@@ -18,6 +18,11 @@ FORMAT = "xgal-scoring-graph/1"
 INPUT_NAMES = ("image", "roi", "target")
 REQUIRED_INPUTS = frozenset({"image", "roi"})
 OUTPUT_NAMES = ("probs", "entropy", "cam", "dice", "roi_area")
+# Exported since the diversity step: [N, D] target-layer activations, globally average-pooled
+# (for a ResNet's last block, the embedding its classifier reads). Graphs without it still
+# score; only a diversity selection needs it.
+EMBEDDING = "embedding"
+EXPORTED_OUTPUTS = (*OUTPUT_NAMES, EMBEDDING)
 # What an engine fetches per batch. `cam` is h·w floats of the target layer per image (a few
 # hundred bytes): its range tells a map with evidence from a flat one (the flat-CAM policy).
 SCORE_OUTPUTS = ("probs", "entropy", "dice", "roi_area", "cam")

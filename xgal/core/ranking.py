@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from xgal.core.acquisition import AcquisitionConfig, Balance, combine, criteria
+from xgal.core.acquisition import AcquisitionConfig, Balance, Diversity, combine, criteria
+from xgal.core.diversity import spread, typical
 from xgal.core.errors import InvalidArgument
 from xgal.core.samples import SkippedSample
 
@@ -40,6 +41,8 @@ class Ranked:
     has_roi: np.ndarray | None = None
     flat: np.ndarray | None = None
     body_roi: np.ndarray | None = None  # M was measured against the body (RoiSource)
+    # [N, D] pooled target-layer activations, only when the diversity step needs them ([N, 0]).
+    embedding: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         if self.group is None:
@@ -50,6 +53,8 @@ class Ranked:
             self.flat = np.zeros(self.ids.shape, dtype=bool)
         if self.body_roi is None:
             self.body_roi = np.zeros(self.ids.shape, dtype=bool)
+        if self.embedding is None:
+            self.embedding = np.zeros((len(self.ids), 0), dtype=np.float32)
 
     def __len__(self) -> int:
         return int(self.ids.shape[0])
@@ -73,6 +78,8 @@ class Ranked:
 
     @staticmethod
     def concat(parts: list[Ranked]) -> Ranked:
+        # An empty part's embedding is [0, 0] whatever the others' width.
+        parts = [p for p in parts if len(p)] or parts[:1]
         return Ranked(**{f.name: np.concatenate([getattr(p, f.name) for p in parts]) for f in fields(Ranked)})
 
 
@@ -148,11 +155,13 @@ def scored_batch(
     exclude_ids: np.ndarray | None = None,
     cam_range: np.ndarray | None = None,
     body_roi: np.ndarray | None = None,
+    embedding: np.ndarray | None = None,
 ) -> Ranked:
     """One engine batch as ranked rows: U, M and the score per sample, without the samples the
     missing-ROI policy or `exclude_ids` (sorted, e.g. the labelled set) leave out. `labels`
     replace the predicted class as the balancing group (`oracle`); `cam_range` (each CAM's
-    max − min) marks the flat maps; `body_roi` where the ROI given was the body's."""
+    max − min) marks the flat maps; `body_roi` where the ROI given was the body's; `embedding`
+    (the graph's, [N, D]) is kept for a diversity step."""
     return scored_rows(
         ids,
         probs,
@@ -164,6 +173,7 @@ def scored_batch(
         exclude_ids=exclude_ids,
         cam_range=cam_range,
         body_roi=body_roi,
+        embedding=embedding,
     )[0]
 
 
@@ -179,6 +189,7 @@ def scored_rows(
     exclude_ids: np.ndarray | None = None,
     cam_range: np.ndarray | None = None,
     body_roi: np.ndarray | None = None,
+    embedding: np.ndarray | None = None,
 ) -> tuple[Ranked, np.ndarray]:
     """`scored_batch`, and the batch rows it kept (to take the same rows of the CAMs)."""
     crit = criteria(probs, entropy, dice, roi_area, ids, config, cam_range)
@@ -196,6 +207,7 @@ def scored_rows(
         crit.has_roi[idx],
         crit.flat[idx],
         None if body_roi is None else body_roi[idx],
+        None if embedding is None else embedding[idx],
     ), idx
 
 
@@ -223,10 +235,25 @@ def rescore(everything: Ranked, config: AcquisitionConfig) -> Ranked:
 
 
 def select(everything: Ranked, k: int, num_classes: int, config: AcquisitionConfig) -> Ranked:
-    """The top-k of a whole pool's rows, rescored first when the score is not pointwise."""
+    """The selection of k from a whole pool's rows, rescored first when the score is not
+    pointwise."""
     if not config.pointwise:
         rescore(everything, config)
-    return merge([everything], k, num_classes, config.balance)
+    return choose(merge([everything], config.candidate_count(k), num_classes, config.balance), k, config)
+
+
+def choose(candidates: Ranked, k: int, config: AcquisitionConfig) -> Ranked:
+    """The k selected from the best `config.candidate_count(k)` rows (in rank order), in the
+    order chosen: the first k, or the diversity step's choice over their embeddings. Applied
+    once, by whoever holds every shard's candidates (the client, or an in-process scorer)."""
+    if config.diversity is Diversity.NONE or len(candidates) <= k:
+        return candidates.take(np.arange(min(k, len(candidates))))
+    assert candidates.embedding is not None
+    if config.diversity is Diversity.SPREAD:
+        idx = spread(candidates.embedding, k)
+    else:
+        idx = typical(candidates.embedding, k, config.seed)
+    return candidates.take(idx)
 
 
 @dataclass

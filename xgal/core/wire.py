@@ -28,12 +28,17 @@ _ENUMS = (
     ("normalise", "normalisation", pb.Normalisation, "NORMALISATION_"),
     ("balance", "balance", pb.Balance, "BALANCE_"),
     ("selection", "selection", pb.Selection, "SELECTION_"),
+    ("diversity", "diversity", pb.Diversity, "DIVERSITY_"),
 )
 
 
 def acquisition_to_proto(config: AcquisitionConfig) -> pb.Acquisition:
     msg = pb.Acquisition(
-        lam=config.lam, entropy_over_log_k=config.entropy_over_log_k, seed=config.seed, beta=config.beta
+        lam=config.lam,
+        entropy_over_log_k=config.entropy_over_log_k,
+        seed=config.seed,
+        beta=config.beta,
+        candidates=config.candidates,
     )
     for field, proto_field, enum, prefix in _ENUMS:
         setattr(msg, proto_field, enum.Value(prefix + getattr(config, field).value.upper().replace("-", "_")))
@@ -58,6 +63,7 @@ def acquisition_from_proto(msg: pb.Acquisition) -> AcquisitionConfig:
         beta=msg.beta if msg.HasField("beta") else defaults.beta,
         entropy_over_log_k=msg.entropy_over_log_k,
         seed=msg.seed,
+        candidates=msg.candidates,
     )
 
 
@@ -128,6 +134,7 @@ def ranked_to_proto(r: Ranked) -> list[pb.ScoredSample]:
     group = r.group if r.group is not None else r.pred
     flat = r.flat if r.flat is not None else np.zeros(len(r), dtype=bool)
     body = r.body_roi if r.body_roi is not None else np.zeros(len(r), dtype=bool)
+    emb = r.embedding if r.embedding is not None and r.embedding.shape[1] else None
     return [
         pb.ScoredSample(
             id=str(r.ids[i]),
@@ -140,6 +147,7 @@ def ranked_to_proto(r: Ranked) -> list[pb.ScoredSample]:
             group=int(group[i]),
             flat_cam=bool(flat[i]),
             body_roi=bool(body[i]),
+            embedding=emb[i].tolist() if emb is not None else (),
         )
         for i in range(len(r))
     ]
@@ -160,4 +168,13 @@ def ranked_from_proto(samples: Sequence[pb.ScoredSample], num_classes: int) -> R
         has_roi=np.array([s.has_roi for s in samples], dtype=bool),
         flat=np.array([s.flat_cam for s in samples], dtype=bool),
         body_roi=np.array([s.body_roi for s in samples], dtype=bool),
+        embedding=_embeddings(samples),
     )
+
+
+def _embeddings(samples: Sequence[pb.ScoredSample]) -> np.ndarray:
+    widths = {len(s.embedding) for s in samples}
+    if len(widths) > 1:
+        raise InvalidArgument(f"scored samples carry embeddings of different widths {sorted(widths)}")
+    rows = np.array([list(s.embedding) for s in samples], dtype=np.float32)
+    return rows.reshape(len(samples), widths.pop())

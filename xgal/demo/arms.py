@@ -14,6 +14,7 @@ class Arm:
     acquisition: AcquisitionConfig = field(default_factory=AcquisitionConfig)
     alpha: float = 0.1  # the Grad-CAM guidance loss's weight in training
     about: str = ""
+    cold_start: str = "none"  # LoopConfig.cold_start
 
 
 ALL_ARMS = (
@@ -34,6 +35,17 @@ ALL_ARMS = (
         about="M against the body found in each scan, the pool's expert ROIs withheld",
     ),
     Arm("xgal-alpha0", AcquisitionConfig(), alpha=0.0, about="xgal without the guidance loss"),
+    Arm(
+        "xgal-spread",
+        AcquisitionConfig(diversity="spread"),
+        about="the k chosen far apart in the embedding among the 5·k best xgal scores",
+    ),
+    Arm(
+        "xgal-typical",
+        AcquisitionConfig(diversity="spread"),
+        cold_start="typical",
+        about="xgal-spread, its first round TypiClust representatives (cold start)",
+    ),
 )
 # The default answers the demo's questions (does xgal beat random, and uncertainty alone) in
 # under 10 minutes on 2 cores; `--arms` adds the others. `xgal` is xgal's default acquisition,

@@ -139,6 +139,7 @@ def run_demo(
                         rounds=budget.rounds,
                         acquisition=arm.acquisition,
                         seed=seed,
+                        cold_start=arm.cold_start,
                         train=replace(base.train, epochs=budget.epochs, alpha=arm.alpha),
                     )
                     capture = seed == first_seed and arm.name in ("random", "uncertainty", "xgal")

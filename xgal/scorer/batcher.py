@@ -125,7 +125,7 @@ class DynamicBatcher:
 class BatchedEngine(Engine):
     """An engine whose plain calls go through a shared `DynamicBatcher`.
 
-    Calls that need per-sample targets or the CAM go straight to the engine (they are rare and
+    Calls that need per-sample targets, the CAM or the embedding go straight to the engine (they are rare and
     cannot share a call with plain ones)."""
 
     def __init__(self, batcher: DynamicBatcher) -> None:
@@ -140,8 +140,11 @@ class BatchedEngine(Engine):
         target: np.ndarray | None = None,
         *,
         want_cam: bool = False,
+        want_embedding: bool = False,
     ) -> BatchScores:
-        if target is not None or want_cam:
-            return self.batcher.engine.run(image, roi, target, want_cam=want_cam)
+        if target is not None or want_cam or want_embedding:
+            return self.batcher.engine.run(
+                image, roi, target, want_cam=want_cam, want_embedding=want_embedding
+            )
         self.check_batch(image, roi, None)
         return self.batcher.submit(image, roi).result()

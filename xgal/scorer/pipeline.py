@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable
 
 from xgal.core.acquisition import AcquisitionConfig, Balance
 from xgal.core.body import rois_for
-from xgal.core.ranking import Ranked, ScoreResult, TopK, exclusion_set, rescore, scored_batch
+from xgal.core.ranking import Ranked, ScoreResult, TopK, choose, exclusion_set, rescore, scored_batch
 from xgal.core.samples import OnBadSample, SkippedSample
 from xgal.pool.format import Pool, PoolFormatError
 from xgal.scorer.engines.base import Engine
@@ -46,11 +46,15 @@ def score_pool(
     progress: Callable[[int, int], None] | None = None,
     on_bad_sample: OnBadSample | str = OnBadSample.FAIL,
     verify: bool = False,
+    candidates_only: bool = False,
 ) -> ScoreResult:
     """Rank samples [start, stop) of `pool`. `progress(done, total)` is called after each
     batch; it may raise to cancel the run. `on_bad_sample`: what to do with a sample that
     must not be scored (fail naming it, or skip and list it). `verify`: check the shards'
-    checksums, IDs and labels first (`Pool.verify`), for callers that have not."""
+    checksums, IDs and labels first (`Pool.verify`), for callers that have not.
+    With a diversity step the result's `top` is the k it chooses among the best
+    `config.candidate_count(k)`; `candidates_only` returns those candidates (with their
+    embeddings) instead, for a caller that merges shards before choosing (the service)."""
     policy = OnBadSample.parse(on_bad_sample)
     check_compatible(engine, pool)
     pool.check_not_empty()
@@ -59,7 +63,7 @@ def score_pool(
     if config.balance is Balance.ORACLE and not pool.has_labels:
         raise PoolFormatError(f"balance 'oracle' needs a pool with labels; {pool.path} has none")
     k = engine.info.num_classes
-    best = TopK(top_k, k, config.balance)
+    best = TopK(config.candidate_count(top_k), k, config.balance)
     loader = PrefetchLoader(
         pool,
         batch_size,
@@ -80,7 +84,7 @@ def score_pool(
         batch = _apply_policy(pool, read, policy, skipped) if read.problems else read
         if len(batch):
             rois, body = rois_for(batch.images, batch.rois, config.roi)
-            s = engine.run(batch.images, rois)
+            s = engine.run(batch.images, rois, want_embedding=config.needs_embedding)
             ranked = scored_batch(
                 batch.ids,
                 s.probs,
@@ -92,6 +96,7 @@ def score_pool(
                 exclude_ids=excluded_ids,
                 cam_range=s.cam_range,
                 body_roi=body,
+                embedding=s.embedding,
             )
             if config.pointwise:
                 best.update(ranked)
@@ -107,7 +112,7 @@ def score_pool(
         if not config.pointwise:
             best.update(rescore(everything, config))
     return ScoreResult(
-        top=best.result(),
+        top=best.result() if candidates_only else choose(best.result(), top_k, config),
         all=everything if return_all else None,
         scored=scored,
         excluded=scored - kept_count,

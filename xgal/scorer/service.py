@@ -325,6 +325,8 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
                         stop=stop,
                         progress=progress,
                         on_bad_sample=on_bad_sample_from_proto(request.on_bad_sample),
+                        # The client merges every shard's candidates, then chooses once.
+                        candidates_only=True,
                     )
                 events.put(result)
             except PoolFormatError as exc:  # say where in the pool, not where on the server's disks

@@ -30,8 +30,8 @@ from torch import nn
 import xgal
 from xgal.core.contract import (
     CAM_METHODS,
+    EXPORTED_OUTPUTS,
     INPUT_NAMES,
-    OUTPUT_NAMES,
     Normalisation,
     ScoringGraphInfo,
     write_metadata,
@@ -261,7 +261,7 @@ class ScoringGraphExporter:
                     traced,
                     example,
                     input_names=list(INPUT_NAMES),
-                    output_names=list(OUTPUT_NAMES),
+                    output_names=list(EXPORTED_OUTPUTS),
                     dynamic_shapes=({0: batch}, {0: batch}, {0: batch}),
                     dynamo=True,
                     optimize=False,  # after the weights are in (export)

@@ -28,7 +28,8 @@ from xgal.trainer.gradcam import CAM_FUNCTIONS, PixelNormalise, scale_cam, soft_
 
 
 class ScoringModule(nn.Module):
-    """Everything the ranking needs, for one batch, in one forward call."""
+    """Everything the ranking needs, for one batch, in one forward call (the outputs in
+    `EXPORTED_OUTPUTS` order)."""
 
     def __init__(
         self, model: nn.Module, target_layer: str, norm: Normalisation, cam_method: str = "gradcam"
@@ -72,7 +73,8 @@ class ScoringModule(nn.Module):
         cam = self.cam(acts.detach(), grads)
         roi_area = roi.to(torch.float32).sum(dim=(1, 2))
         dice = soft_dice(scale_cam(cam, image.shape[-2:]), roi)
-        return probs, entropy, cam, dice, roi_area
+        embedding = acts.detach().mean(dim=(2, 3))
+        return probs, entropy, cam, dice, roi_area, embedding
 
 
 def trace_scoring_module(

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from xgal.client import ScorerClient
-from xgal.core.acquisition import AcquisitionConfig
+from xgal.core.acquisition import AcquisitionConfig, Balance, Diversity, Selection, Strategy
 from xgal.core.contract import PIXEL_SCALE
 from xgal.core.errors import InvalidArgument
 from xgal.pool.format import Pool
@@ -32,6 +32,8 @@ from xgal.trainer.run_state import RunFolder
 from xgal.trainer.train import TrainConfig, evaluate, to_input, train_classifier
 
 _FLAT_ACQUISITION = ("strategy", "lam", "uncertainty", "normalise", "missing_roi", "balance")
+
+COLD_STARTS = ("none", "typical")
 
 # What `on_stage(round, stage)` reports, in order. "initial": the initial set goes to the
 # annotator (round 0, once per run); "recording": the round's answers are on disk and the round
@@ -53,6 +55,9 @@ class LoopConfig:
     std: tuple[float, ...] | None = None
     reset_each_round: bool = False
     seed: int = 0
+    # "typical": the first acquisition (from a model trained on the initial set alone, often
+    # worse than random) picks TypiClust representatives of the pool's embedding instead.
+    cold_start: str = "none"
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -61,6 +66,8 @@ class LoopConfig:
         # `seed * 1000 + round`.
         if self.acquisition.seed != self.seed:
             object.__setattr__(self, "acquisition", replace(self.acquisition, seed=self.seed))
+        if self.cold_start not in COLD_STARTS:
+            raise InvalidArgument(f"cold_start must be one of {COLD_STARTS}, got {self.cold_start!r}")
 
     @property
     def layer(self) -> str:
@@ -68,7 +75,17 @@ class LoopConfig:
 
     def round_acquisition(self, r: int) -> AcquisitionConfig:
         """What round `r` asks the scorers for: a fresh random draw each round."""
-        return replace(self.acquisition, seed=self.seed * 1000 + r)
+        acquisition = replace(self.acquisition, seed=self.seed * 1000 + r)
+        if r == 0 and self.cold_start == "typical":
+            # Candidates drawn at random (pointwise, so shards merge), then clustered.
+            acquisition = replace(
+                acquisition,
+                strategy=Strategy.RANDOM,
+                diversity=Diversity.TYPICAL,
+                selection=Selection.TOP,
+                balance=Balance.NONE,
+            )
+        return acquisition
 
     def to_dict(self) -> dict:
         return asdict(self)

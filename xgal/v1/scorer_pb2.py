@@ -24,31 +24,33 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14xgal/v1/scorer.proto\x12\x07xgal.v1\"X\n\x13PublishModelRequest\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.xgal.v1.PublishHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"O\n\rPublishHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x0c\n\x04load\x18\x04 \x01(\x08\"9\n\x14PublishModelResponse\x12!\n\x05model\x18\x01 \x01(\x0b\x32\x12.xgal.v1.ModelInfo\"\xcf\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\x04 \x03(\t\x12\x13\n\x0binput_shape\x18\x05 \x03(\r\x12\x13\n\x0bpixel_dtype\x18\x06 \x01(\t\x12\x14\n\x0ctarget_layer\x18\x07 \x01(\t\x12\x0c\n\x04head\x18\x08 \x01(\t\x12\r\n\x05round\x18\t \x01(\r\x12\x0e\n\x06loaded\x18\n \x01(\x08\x12\x11\n\tproviders\x18\x0b \x03(\t\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"!\n\x11ListModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"8\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.xgal.v1.ModelInfo\"4\n\x10LoadModelRequest\x12 \n\x05model\x18\x01 \x01(\x0b\x32\x11.xgal.v1.ModelRef\"6\n\x12UnloadModelRequest\x12 \n\x05model\x18\x01 \x01(\x0b\x32\x11.xgal.v1.ModelRef\"\x15\n\x13UnloadModelResponse\"#\n\x13\x44\x65scribePoolRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\"\x81\x01\n\x0fPoolDescription\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x13\n\x0bimage_shape\x18\x03 \x03(\r\x12\x13\n\x0bpixel_dtype\x18\x04 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\x05 \x03(\t\x12\x12\n\nhas_labels\x18\x06 \x01(\x08\"\xb5\x03\n\x0b\x41\x63quisition\x12#\n\x08strategy\x18\x01 \x01(\x0e\x32\x11.xgal.v1.Strategy\x12\x10\n\x03lam\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12-\n\x0buncertainty\x18\x03 \x01(\x0e\x32\x18.xgal.v1.UncertaintyKind\x12\x1a\n\x12\x65ntropy_over_log_k\x18\x04 \x01(\x08\x12.\n\x0bmissing_roi\x18\x05 \x01(\x0e\x32\x19.xgal.v1.MissingRoiPolicy\x12-\n\rnormalisation\x18\x06 \x01(\x0e\x32\x16.xgal.v1.Normalisation\x12!\n\x07\x62\x61lance\x18\x07 \x01(\x0e\x32\x10.xgal.v1.Balance\x12\x0c\n\x04seed\x18\x08 \x01(\x04\x12%\n\tselection\x18\t \x01(\x0e\x32\x12.xgal.v1.Selection\x12\x11\n\x04\x62\x65ta\x18\n \x01(\x01H\x01\x88\x01\x01\x12(\n\x08\x66lat_cam\x18\x0b \x01(\x0e\x32\x16.xgal.v1.FlatCamPolicy\x12\x1f\n\x03roi\x18\x0c \x01(\x0e\x32\x12.xgal.v1.RoiSourceB\x06\n\x04_lamB\x07\n\x05_beta\"\xef\x01\n\x10ScorePoolRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12 \n\x05model\x18\x02 \x01(\x0b\x32\x11.xgal.v1.ModelRef\x12)\n\x0b\x61\x63quisition\x18\x03 \x01(\x0b\x32\x14.xgal.v1.Acquisition\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x13\n\x0b\x65xclude_ids\x18\x05 \x03(\t\x12\r\n\x05start\x18\x06 \x01(\x04\x12\x0c\n\x04stop\x18\x07 \x01(\x04\x12\x12\n\nreturn_all\x18\x08 \x01(\x08\x12+\n\ron_bad_sample\x18\t \x01(\x0e\x32\x14.xgal.v1.OnBadSample\"=\n\x08Progress\x12\x0c\n\x04\x64one\x18\x01 \x01(\x04\x12\r\n\x05total\x18\x02 \x01(\x04\x12\x14\n\x0cimages_per_s\x18\x03 \x01(\x01\"\xba\x01\n\x0cScoredSample\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0buncertainty\x18\x02 \x01(\x01\x12\x14\n\x0cmisalignment\x18\x03 \x01(\x01\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x11\n\tpredicted\x18\x05 \x01(\r\x12\r\n\x05probs\x18\x06 \x03(\x02\x12\x0f\n\x07has_roi\x18\x07 \x01(\x08\x12\r\n\x05group\x18\x08 \x01(\r\x12\x10\n\x08\x66lat_cam\x18\t \x01(\x08\x12\x10\n\x08\x62ody_roi\x18\n \x01(\x08\"+\n\rSkippedSample\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xd4\x01\n\x0bScoreResult\x12!\n\x05model\x18\x01 \x01(\x0b\x32\x12.xgal.v1.ModelInfo\x12\"\n\x03top\x18\x02 \x03(\x0b\x32\x15.xgal.v1.ScoredSample\x12\"\n\x03\x61ll\x18\x03 \x03(\x0b\x32\x15.xgal.v1.ScoredSample\x12\x0e\n\x06scored\x18\x04 \x01(\x04\x12\x10\n\x08\x65xcluded\x18\x05 \x01(\x04\x12\x0f\n\x07seconds\x18\x06 \x01(\x01\x12\'\n\x07skipped\x18\x07 \x03(\x0b\x32\x16.xgal.v1.SkippedSample\"k\n\x11ScorePoolResponse\x12%\n\x08progress\x18\x01 \x01(\x0b\x32\x11.xgal.v1.ProgressH\x00\x12&\n\x06result\x18\x02 \x01(\x0b\x32\x14.xgal.v1.ScoreResultH\x00\x42\x07\n\x05\x65vent\"\xb3\x01\n\x12ScoreStreamRequest\x12 \n\x05model\x18\x01 \x01(\x0b\x32\x11.xgal.v1.ModelRef\x12)\n\x0b\x61\x63quisition\x18\x02 \x01(\x0b\x32\x14.xgal.v1.Acquisition\x12\x0b\n\x03ids\x18\x03 \x03(\t\x12\x0e\n\x06images\x18\x04 \x01(\x0c\x12\x0c\n\x04rois\x18\x05 \x01(\x0c\x12\x10\n\x08want_cam\x18\x06 \x01(\x08\x12\x13\n\x0bpixel_dtype\x18\x07 \x01(\t\"^\n\x13ScoreStreamResponse\x12&\n\x07samples\x18\x01 \x03(\x0b\x32\x15.xgal.v1.ScoredSample\x12\x0c\n\x04\x63\x61ms\x18\x02 \x01(\x0c\x12\x11\n\tcam_shape\x18\x03 \x03(\r*\x81\x01\n\x08Strategy\x12\x18\n\x14STRATEGY_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTRATEGY_RANDOM\x10\x01\x12\x18\n\x14STRATEGY_UNCERTAINTY\x10\x02\x12\x19\n\x15STRATEGY_MISALIGNMENT\x10\x03\x12\x11\n\rSTRATEGY_XGAL\x10\x04*\x81\x01\n\x0fUncertaintyKind\x12\x1b\n\x17UNCERTAINTY_UNSPECIFIED\x10\x00\x12\x17\n\x13UNCERTAINTY_ENTROPY\x10\x01\x12\x16\n\x12UNCERTAINTY_MARGIN\x10\x02\x12 \n\x1cUNCERTAINTY_LEAST_CONFIDENCE\x10\x03*u\n\x10MissingRoiPolicy\x12\x1b\n\x17MISSING_ROI_UNSPECIFIED\x10\x00\x12\x13\n\x0fMISSING_ROI_MAX\x10\x01\x12\x16\n\x12MISSING_ROI_IGNORE\x10\x02\x12\x17\n\x13MISSING_ROI_EXCLUDE\x10\x03*P\n\rFlatCamPolicy\x12\x18\n\x14\x46LAT_CAM_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x46LAT_CAM_MAX\x10\x01\x12\x13\n\x0f\x46LAT_CAM_IGNORE\x10\x02*x\n\rNormalisation\x12\x1d\n\x19NORMALISATION_UNSPECIFIED\x10\x00\x12\x16\n\x12NORMALISATION_NONE\x10\x01\x12\x18\n\x14NORMALISATION_MINMAX\x10\x02\x12\x16\n\x12NORMALISATION_RANK\x10\x03*_\n\x07\x42\x61lance\x12\x17\n\x13\x42\x41LANCE_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x42\x41LANCE_NONE\x10\x01\x12\x15\n\x11\x42\x41LANCE_PREDICTED\x10\x02\x12\x12\n\x0e\x42\x41LANCE_ORACLE\x10\x03*e\n\tSelection\x12\x19\n\x15SELECTION_UNSPECIFIED\x10\x00\x12\x11\n\rSELECTION_TOP\x10\x01\x12\x15\n\x11SELECTION_SOFTMAX\x10\x02\x12\x13\n\x0fSELECTION_POWER\x10\x03*X\n\tRoiSource\x12\x13\n\x0fROI_UNSPECIFIED\x10\x00\x12\x0e\n\nROI_EXPERT\x10\x01\x12\x0c\n\x08ROI_BODY\x10\x02\x12\x18\n\x14ROI_EXPERT_ELSE_BODY\x10\x03*\\\n\x0bOnBadSample\x12\x1d\n\x19ON_BAD_SAMPLE_UNSPECIFIED\x10\x00\x12\x16\n\x12ON_BAD_SAMPLE_FAIL\x10\x01\x12\x16\n\x12ON_BAD_SAMPLE_SKIP\x10\x02\x32\x80\x04\n\x06Scorer\x12M\n\x0cPublishModel\x12\x1c.xgal.v1.PublishModelRequest\x1a\x1d.xgal.v1.PublishModelResponse(\x01\x12\x45\n\nListModels\x12\x1a.xgal.v1.ListModelsRequest\x1a\x1b.xgal.v1.ListModelsResponse\x12:\n\tLoadModel\x12\x19.xgal.v1.LoadModelRequest\x1a\x12.xgal.v1.ModelInfo\x12H\n\x0bUnloadModel\x12\x1b.xgal.v1.UnloadModelRequest\x1a\x1c.xgal.v1.UnloadModelResponse\x12\x46\n\x0c\x44\x65scribePool\x12\x1c.xgal.v1.DescribePoolRequest\x1a\x18.xgal.v1.PoolDescription\x12\x44\n\tScorePool\x12\x19.xgal.v1.ScorePoolRequest\x1a\x1a.xgal.v1.ScorePoolResponse0\x01\x12L\n\x0bScoreStream\x12\x1b.xgal.v1.ScoreStreamRequest\x1a\x1c.xgal.v1.ScoreStreamResponse(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14xgal/v1/scorer.proto\x12\x07xgal.v1\"X\n\x13PublishModelRequest\x12(\n\x06header\x18\x01 \x01(\x0b\x32\x16.xgal.v1.PublishHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\x06\n\x04part\"O\n\rPublishHeader\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x04\x12\x0c\n\x04load\x18\x04 \x01(\x08\"9\n\x14PublishModelResponse\x12!\n\x05model\x18\x01 \x01(\x0b\x32\x12.xgal.v1.ModelInfo\"\xcf\x01\n\tModelInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\x12\x0e\n\x06sha256\x18\x03 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\x04 \x03(\t\x12\x13\n\x0binput_shape\x18\x05 \x03(\r\x12\x13\n\x0bpixel_dtype\x18\x06 \x01(\t\x12\x14\n\x0ctarget_layer\x18\x07 \x01(\t\x12\x0c\n\x04head\x18\x08 \x01(\t\x12\r\n\x05round\x18\t \x01(\r\x12\x0e\n\x06loaded\x18\n \x01(\x08\x12\x11\n\tproviders\x18\x0b \x03(\t\")\n\x08ModelRef\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\r\"!\n\x11ListModelsRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\"8\n\x12ListModelsResponse\x12\"\n\x06models\x18\x01 \x03(\x0b\x32\x12.xgal.v1.ModelInfo\"4\n\x10LoadModelRequest\x12 \n\x05model\x18\x01 \x01(\x0b\x32\x11.xgal.v1.ModelRef\"6\n\x12UnloadModelRequest\x12 \n\x05model\x18\x01 \x01(\x0b\x32\x11.xgal.v1.ModelRef\"\x15\n\x13UnloadModelResponse\"#\n\x13\x44\x65scribePoolRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\"\x81\x01\n\x0fPoolDescription\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\x04\x12\x13\n\x0bimage_shape\x18\x03 \x03(\r\x12\x13\n\x0bpixel_dtype\x18\x04 \x01(\t\x12\x13\n\x0b\x63lass_names\x18\x05 \x03(\t\x12\x12\n\nhas_labels\x18\x06 \x01(\x08\"\xf0\x03\n\x0b\x41\x63quisition\x12#\n\x08strategy\x18\x01 \x01(\x0e\x32\x11.xgal.v1.Strategy\x12\x10\n\x03lam\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12-\n\x0buncertainty\x18\x03 \x01(\x0e\x32\x18.xgal.v1.UncertaintyKind\x12\x1a\n\x12\x65ntropy_over_log_k\x18\x04 \x01(\x08\x12.\n\x0bmissing_roi\x18\x05 \x01(\x0e\x32\x19.xgal.v1.MissingRoiPolicy\x12-\n\rnormalisation\x18\x06 \x01(\x0e\x32\x16.xgal.v1.Normalisation\x12!\n\x07\x62\x61lance\x18\x07 \x01(\x0e\x32\x10.xgal.v1.Balance\x12\x0c\n\x04seed\x18\x08 \x01(\x04\x12%\n\tselection\x18\t \x01(\x0e\x32\x12.xgal.v1.Selection\x12\x11\n\x04\x62\x65ta\x18\n \x01(\x01H\x01\x88\x01\x01\x12(\n\x08\x66lat_cam\x18\x0b \x01(\x0e\x32\x16.xgal.v1.FlatCamPolicy\x12\x1f\n\x03roi\x18\x0c \x01(\x0e\x32\x12.xgal.v1.RoiSource\x12%\n\tdiversity\x18\r \x01(\x0e\x32\x12.xgal.v1.Diversity\x12\x12\n\ncandidates\x18\x0e \x01(\rB\x06\n\x04_lamB\x07\n\x05_beta\"\xef\x01\n\x10ScorePoolRequest\x12\x0c\n\x04pool\x18\x01 \x01(\t\x12 \n\x05model\x18\x02 \x01(\x0b\x32\x11.xgal.v1.ModelRef\x12)\n\x0b\x61\x63quisition\x18\x03 \x01(\x0b\x32\x14.xgal.v1.Acquisition\x12\r\n\x05top_k\x18\x04 \x01(\r\x12\x13\n\x0b\x65xclude_ids\x18\x05 \x03(\t\x12\r\n\x05start\x18\x06 \x01(\x04\x12\x0c\n\x04stop\x18\x07 \x01(\x04\x12\x12\n\nreturn_all\x18\x08 \x01(\x08\x12+\n\ron_bad_sample\x18\t \x01(\x0e\x32\x14.xgal.v1.OnBadSample\"=\n\x08Progress\x12\x0c\n\x04\x64one\x18\x01 \x01(\x04\x12\r\n\x05total\x18\x02 \x01(\x04\x12\x14\n\x0cimages_per_s\x18\x03 \x01(\x01\"\xcd\x01\n\x0cScoredSample\x12\n\n\x02id\x18\x01 \x01(\t\x12\x13\n\x0buncertainty\x18\x02 \x01(\x01\x12\x14\n\x0cmisalignment\x18\x03 \x01(\x01\x12\r\n\x05score\x18\x04 \x01(\x01\x12\x11\n\tpredicted\x18\x05 \x01(\r\x12\r\n\x05probs\x18\x06 \x03(\x02\x12\x0f\n\x07has_roi\x18\x07 \x01(\x08\x12\r\n\x05group\x18\x08 \x01(\r\x12\x10\n\x08\x66lat_cam\x18\t \x01(\x08\x12\x10\n\x08\x62ody_roi\x18\n \x01(\x08\x12\x11\n\tembedding\x18\x0b \x03(\x02\"+\n\rSkippedSample\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\xd4\x01\n\x0bScoreResult\x12!\n\x05model\x18\x01 \x01(\x0b\x32\x12.xgal.v1.ModelInfo\x12\"\n\x03top\x18\x02 \x03(\x0b\x32\x15.xgal.v1.ScoredSample\x12\"\n\x03\x61ll\x18\x03 \x03(\x0b\x32\x15.xgal.v1.ScoredSample\x12\x0e\n\x06scored\x18\x04 \x01(\x04\x12\x10\n\x08\x65xcluded\x18\x05 \x01(\x04\x12\x0f\n\x07seconds\x18\x06 \x01(\x01\x12\'\n\x07skipped\x18\x07 \x03(\x0b\x32\x16.xgal.v1.SkippedSample\"k\n\x11ScorePoolResponse\x12%\n\x08progress\x18\x01 \x01(\x0b\x32\x11.xgal.v1.ProgressH\x00\x12&\n\x06result\x18\x02 \x01(\x0b\x32\x14.xgal.v1.ScoreResultH\x00\x42\x07\n\x05\x65vent\"\xb3\x01\n\x12ScoreStreamRequest\x12 \n\x05model\x18\x01 \x01(\x0b\x32\x11.xgal.v1.ModelRef\x12)\n\x0b\x61\x63quisition\x18\x02 \x01(\x0b\x32\x14.xgal.v1.Acquisition\x12\x0b\n\x03ids\x18\x03 \x03(\t\x12\x0e\n\x06images\x18\x04 \x01(\x0c\x12\x0c\n\x04rois\x18\x05 \x01(\x0c\x12\x10\n\x08want_cam\x18\x06 \x01(\x08\x12\x13\n\x0bpixel_dtype\x18\x07 \x01(\t\"^\n\x13ScoreStreamResponse\x12&\n\x07samples\x18\x01 \x03(\x0b\x32\x15.xgal.v1.ScoredSample\x12\x0c\n\x04\x63\x61ms\x18\x02 \x01(\x0c\x12\x11\n\tcam_shape\x18\x03 \x03(\r*\x81\x01\n\x08Strategy\x12\x18\n\x14STRATEGY_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTRATEGY_RANDOM\x10\x01\x12\x18\n\x14STRATEGY_UNCERTAINTY\x10\x02\x12\x19\n\x15STRATEGY_MISALIGNMENT\x10\x03\x12\x11\n\rSTRATEGY_XGAL\x10\x04*\x81\x01\n\x0fUncertaintyKind\x12\x1b\n\x17UNCERTAINTY_UNSPECIFIED\x10\x00\x12\x17\n\x13UNCERTAINTY_ENTROPY\x10\x01\x12\x16\n\x12UNCERTAINTY_MARGIN\x10\x02\x12 \n\x1cUNCERTAINTY_LEAST_CONFIDENCE\x10\x03*u\n\x10MissingRoiPolicy\x12\x1b\n\x17MISSING_ROI_UNSPECIFIED\x10\x00\x12\x13\n\x0fMISSING_ROI_MAX\x10\x01\x12\x16\n\x12MISSING_ROI_IGNORE\x10\x02\x12\x17\n\x13MISSING_ROI_EXCLUDE\x10\x03*P\n\rFlatCamPolicy\x12\x18\n\x14\x46LAT_CAM_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x46LAT_CAM_MAX\x10\x01\x12\x13\n\x0f\x46LAT_CAM_IGNORE\x10\x02*x\n\rNormalisation\x12\x1d\n\x19NORMALISATION_UNSPECIFIED\x10\x00\x12\x16\n\x12NORMALISATION_NONE\x10\x01\x12\x18\n\x14NORMALISATION_MINMAX\x10\x02\x12\x16\n\x12NORMALISATION_RANK\x10\x03*_\n\x07\x42\x61lance\x12\x17\n\x13\x42\x41LANCE_UNSPECIFIED\x10\x00\x12\x10\n\x0c\x42\x41LANCE_NONE\x10\x01\x12\x15\n\x11\x42\x41LANCE_PREDICTED\x10\x02\x12\x12\n\x0e\x42\x41LANCE_ORACLE\x10\x03*e\n\tSelection\x12\x19\n\x15SELECTION_UNSPECIFIED\x10\x00\x12\x11\n\rSELECTION_TOP\x10\x01\x12\x15\n\x11SELECTION_SOFTMAX\x10\x02\x12\x13\n\x0fSELECTION_POWER\x10\x03*X\n\tRoiSource\x12\x13\n\x0fROI_UNSPECIFIED\x10\x00\x12\x0e\n\nROI_EXPERT\x10\x01\x12\x0c\n\x08ROI_BODY\x10\x02\x12\x18\n\x14ROI_EXPERT_ELSE_BODY\x10\x03*g\n\tDiversity\x12\x19\n\x15\x44IVERSITY_UNSPECIFIED\x10\x00\x12\x12\n\x0e\x44IVERSITY_NONE\x10\x01\x12\x14\n\x10\x44IVERSITY_SPREAD\x10\x02\x12\x15\n\x11\x44IVERSITY_TYPICAL\x10\x03*\\\n\x0bOnBadSample\x12\x1d\n\x19ON_BAD_SAMPLE_UNSPECIFIED\x10\x00\x12\x16\n\x12ON_BAD_SAMPLE_FAIL\x10\x01\x12\x16\n\x12ON_BAD_SAMPLE_SKIP\x10\x02\x32\x80\x04\n\x06Scorer\x12M\n\x0cPublishModel\x12\x1c.xgal.v1.PublishModelRequest\x1a\x1d.xgal.v1.PublishModelResponse(\x01\x12\x45\n\nListModels\x12\x1a.xgal.v1.ListModelsRequest\x1a\x1b.xgal.v1.ListModelsResponse\x12:\n\tLoadModel\x12\x19.xgal.v1.LoadModelRequest\x1a\x12.xgal.v1.ModelInfo\x12H\n\x0bUnloadModel\x12\x1b.xgal.v1.UnloadModelRequest\x1a\x1c.xgal.v1.UnloadModelResponse\x12\x46\n\x0c\x44\x65scribePool\x12\x1c.xgal.v1.DescribePoolRequest\x1a\x18.xgal.v1.PoolDescription\x12\x44\n\tScorePool\x12\x19.xgal.v1.ScorePoolRequest\x1a\x1a.xgal.v1.ScorePoolResponse0\x01\x12L\n\x0bScoreStream\x12\x1b.xgal.v1.ScoreStreamRequest\x1a\x1c.xgal.v1.ScoreStreamResponse(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xgal.v1.scorer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STRATEGY']._serialized_start=2493
-  _globals['_STRATEGY']._serialized_end=2622
-  _globals['_UNCERTAINTYKIND']._serialized_start=2625
-  _globals['_UNCERTAINTYKIND']._serialized_end=2754
-  _globals['_MISSINGROIPOLICY']._serialized_start=2756
-  _globals['_MISSINGROIPOLICY']._serialized_end=2873
-  _globals['_FLATCAMPOLICY']._serialized_start=2875
-  _globals['_FLATCAMPOLICY']._serialized_end=2955
-  _globals['_NORMALISATION']._serialized_start=2957
-  _globals['_NORMALISATION']._serialized_end=3077
-  _globals['_BALANCE']._serialized_start=3079
-  _globals['_BALANCE']._serialized_end=3174
-  _globals['_SELECTION']._serialized_start=3176
-  _globals['_SELECTION']._serialized_end=3277
-  _globals['_ROISOURCE']._serialized_start=3279
-  _globals['_ROISOURCE']._serialized_end=3367
-  _globals['_ONBADSAMPLE']._serialized_start=3369
-  _globals['_ONBADSAMPLE']._serialized_end=3461
+  _globals['_STRATEGY']._serialized_start=2571
+  _globals['_STRATEGY']._serialized_end=2700
+  _globals['_UNCERTAINTYKIND']._serialized_start=2703
+  _globals['_UNCERTAINTYKIND']._serialized_end=2832
+  _globals['_MISSINGROIPOLICY']._serialized_start=2834
+  _globals['_MISSINGROIPOLICY']._serialized_end=2951
+  _globals['_FLATCAMPOLICY']._serialized_start=2953
+  _globals['_FLATCAMPOLICY']._serialized_end=3033
+  _globals['_NORMALISATION']._serialized_start=3035
+  _globals['_NORMALISATION']._serialized_end=3155
+  _globals['_BALANCE']._serialized_start=3157
+  _globals['_BALANCE']._serialized_end=3252
+  _globals['_SELECTION']._serialized_start=3254
+  _globals['_SELECTION']._serialized_end=3355
+  _globals['_ROISOURCE']._serialized_start=3357
+  _globals['_ROISOURCE']._serialized_end=3445
+  _globals['_DIVERSITY']._serialized_start=3447
+  _globals['_DIVERSITY']._serialized_end=3550
+  _globals['_ONBADSAMPLE']._serialized_start=3552
+  _globals['_ONBADSAMPLE']._serialized_end=3644
   _globals['_PUBLISHMODELREQUEST']._serialized_start=33
   _globals['_PUBLISHMODELREQUEST']._serialized_end=121
   _globals['_PUBLISHHEADER']._serialized_start=123
@@ -74,23 +76,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_POOLDESCRIPTION']._serialized_start=780
   _globals['_POOLDESCRIPTION']._serialized_end=909
   _globals['_ACQUISITION']._serialized_start=912
-  _globals['_ACQUISITION']._serialized_end=1349
-  _globals['_SCOREPOOLREQUEST']._serialized_start=1352
-  _globals['_SCOREPOOLREQUEST']._serialized_end=1591
-  _globals['_PROGRESS']._serialized_start=1593
-  _globals['_PROGRESS']._serialized_end=1654
-  _globals['_SCOREDSAMPLE']._serialized_start=1657
-  _globals['_SCOREDSAMPLE']._serialized_end=1843
-  _globals['_SKIPPEDSAMPLE']._serialized_start=1845
-  _globals['_SKIPPEDSAMPLE']._serialized_end=1888
-  _globals['_SCORERESULT']._serialized_start=1891
-  _globals['_SCORERESULT']._serialized_end=2103
-  _globals['_SCOREPOOLRESPONSE']._serialized_start=2105
-  _globals['_SCOREPOOLRESPONSE']._serialized_end=2212
-  _globals['_SCORESTREAMREQUEST']._serialized_start=2215
-  _globals['_SCORESTREAMREQUEST']._serialized_end=2394
-  _globals['_SCORESTREAMRESPONSE']._serialized_start=2396
-  _globals['_SCORESTREAMRESPONSE']._serialized_end=2490
-  _globals['_SCORER']._serialized_start=3464
-  _globals['_SCORER']._serialized_end=3976
+  _globals['_ACQUISITION']._serialized_end=1408
+  _globals['_SCOREPOOLREQUEST']._serialized_start=1411
+  _globals['_SCOREPOOLREQUEST']._serialized_end=1650
+  _globals['_PROGRESS']._serialized_start=1652
+  _globals['_PROGRESS']._serialized_end=1713
+  _globals['_SCOREDSAMPLE']._serialized_start=1716
+  _globals['_SCOREDSAMPLE']._serialized_end=1921
+  _globals['_SKIPPEDSAMPLE']._serialized_start=1923
+  _globals['_SKIPPEDSAMPLE']._serialized_end=1966
+  _globals['_SCORERESULT']._serialized_start=1969
+  _globals['_SCORERESULT']._serialized_end=2181
+  _globals['_SCOREPOOLRESPONSE']._serialized_start=2183
+  _globals['_SCOREPOOLRESPONSE']._serialized_end=2290
+  _globals['_SCORESTREAMREQUEST']._serialized_start=2293
+  _globals['_SCORESTREAMREQUEST']._serialized_end=2472
+  _globals['_SCORESTREAMRESPONSE']._serialized_start=2474
+  _globals['_SCORESTREAMRESPONSE']._serialized_end=2568
+  _globals['_SCORER']._serialized_start=3647
+  _globals['_SCORER']._serialized_end=4159
 # @@protoc_insertion_point(module_scope)

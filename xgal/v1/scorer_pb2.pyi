@@ -63,6 +63,13 @@ class RoiSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROI_BODY: _ClassVar[RoiSource]
     ROI_EXPERT_ELSE_BODY: _ClassVar[RoiSource]
 
+class Diversity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DIVERSITY_UNSPECIFIED: _ClassVar[Diversity]
+    DIVERSITY_NONE: _ClassVar[Diversity]
+    DIVERSITY_SPREAD: _ClassVar[Diversity]
+    DIVERSITY_TYPICAL: _ClassVar[Diversity]
+
 class OnBadSample(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     ON_BAD_SAMPLE_UNSPECIFIED: _ClassVar[OnBadSample]
@@ -100,6 +107,10 @@ ROI_UNSPECIFIED: RoiSource
 ROI_EXPERT: RoiSource
 ROI_BODY: RoiSource
 ROI_EXPERT_ELSE_BODY: RoiSource
+DIVERSITY_UNSPECIFIED: Diversity
+DIVERSITY_NONE: Diversity
+DIVERSITY_SPREAD: Diversity
+DIVERSITY_TYPICAL: Diversity
 ON_BAD_SAMPLE_UNSPECIFIED: OnBadSample
 ON_BAD_SAMPLE_FAIL: OnBadSample
 ON_BAD_SAMPLE_SKIP: OnBadSample
@@ -215,7 +226,7 @@ class PoolDescription(_message.Message):
     def __init__(self, pool: _Optional[str] = ..., count: _Optional[int] = ..., image_shape: _Optional[_Iterable[int]] = ..., pixel_dtype: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., has_labels: _Optional[bool] = ...) -> None: ...
 
 class Acquisition(_message.Message):
-    __slots__ = ("strategy", "lam", "uncertainty", "entropy_over_log_k", "missing_roi", "normalisation", "balance", "seed", "selection", "beta", "flat_cam", "roi")
+    __slots__ = ("strategy", "lam", "uncertainty", "entropy_over_log_k", "missing_roi", "normalisation", "balance", "seed", "selection", "beta", "flat_cam", "roi", "diversity", "candidates")
     STRATEGY_FIELD_NUMBER: _ClassVar[int]
     LAM_FIELD_NUMBER: _ClassVar[int]
     UNCERTAINTY_FIELD_NUMBER: _ClassVar[int]
@@ -228,6 +239,8 @@ class Acquisition(_message.Message):
     BETA_FIELD_NUMBER: _ClassVar[int]
     FLAT_CAM_FIELD_NUMBER: _ClassVar[int]
     ROI_FIELD_NUMBER: _ClassVar[int]
+    DIVERSITY_FIELD_NUMBER: _ClassVar[int]
+    CANDIDATES_FIELD_NUMBER: _ClassVar[int]
     strategy: Strategy
     lam: float
     uncertainty: UncertaintyKind
@@ -240,7 +253,9 @@ class Acquisition(_message.Message):
     beta: float
     flat_cam: FlatCamPolicy
     roi: RoiSource
-    def __init__(self, strategy: _Optional[_Union[Strategy, str]] = ..., lam: _Optional[float] = ..., uncertainty: _Optional[_Union[UncertaintyKind, str]] = ..., entropy_over_log_k: _Optional[bool] = ..., missing_roi: _Optional[_Union[MissingRoiPolicy, str]] = ..., normalisation: _Optional[_Union[Normalisation, str]] = ..., balance: _Optional[_Union[Balance, str]] = ..., seed: _Optional[int] = ..., selection: _Optional[_Union[Selection, str]] = ..., beta: _Optional[float] = ..., flat_cam: _Optional[_Union[FlatCamPolicy, str]] = ..., roi: _Optional[_Union[RoiSource, str]] = ...) -> None: ...
+    diversity: Diversity
+    candidates: int
+    def __init__(self, strategy: _Optional[_Union[Strategy, str]] = ..., lam: _Optional[float] = ..., uncertainty: _Optional[_Union[UncertaintyKind, str]] = ..., entropy_over_log_k: _Optional[bool] = ..., missing_roi: _Optional[_Union[MissingRoiPolicy, str]] = ..., normalisation: _Optional[_Union[Normalisation, str]] = ..., balance: _Optional[_Union[Balance, str]] = ..., seed: _Optional[int] = ..., selection: _Optional[_Union[Selection, str]] = ..., beta: _Optional[float] = ..., flat_cam: _Optional[_Union[FlatCamPolicy, str]] = ..., roi: _Optional[_Union[RoiSource, str]] = ..., diversity: _Optional[_Union[Diversity, str]] = ..., candidates: _Optional[int] = ...) -> None: ...
 
 class ScorePoolRequest(_message.Message):
     __slots__ = ("pool", "model", "acquisition", "top_k", "exclude_ids", "start", "stop", "return_all", "on_bad_sample")
@@ -275,7 +290,7 @@ class Progress(_message.Message):
     def __init__(self, done: _Optional[int] = ..., total: _Optional[int] = ..., images_per_s: _Optional[float] = ...) -> None: ...
 
 class ScoredSample(_message.Message):
-    __slots__ = ("id", "uncertainty", "misalignment", "score", "predicted", "probs", "has_roi", "group", "flat_cam", "body_roi")
+    __slots__ = ("id", "uncertainty", "misalignment", "score", "predicted", "probs", "has_roi", "group", "flat_cam", "body_roi", "embedding")
     ID_FIELD_NUMBER: _ClassVar[int]
     UNCERTAINTY_FIELD_NUMBER: _ClassVar[int]
     MISALIGNMENT_FIELD_NUMBER: _ClassVar[int]
@@ -286,6 +301,7 @@ class ScoredSample(_message.Message):
     GROUP_FIELD_NUMBER: _ClassVar[int]
     FLAT_CAM_FIELD_NUMBER: _ClassVar[int]
     BODY_ROI_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     id: str
     uncertainty: float
     misalignment: float
@@ -296,7 +312,8 @@ class ScoredSample(_message.Message):
     group: int
     flat_cam: bool
     body_roi: bool
-    def __init__(self, id: _Optional[str] = ..., uncertainty: _Optional[float] = ..., misalignment: _Optional[float] = ..., score: _Optional[float] = ..., predicted: _Optional[int] = ..., probs: _Optional[_Iterable[float]] = ..., has_roi: _Optional[bool] = ..., group: _Optional[int] = ..., flat_cam: _Optional[bool] = ..., body_roi: _Optional[bool] = ...) -> None: ...
+    embedding: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, id: _Optional[str] = ..., uncertainty: _Optional[float] = ..., misalignment: _Optional[float] = ..., score: _Optional[float] = ..., predicted: _Optional[int] = ..., probs: _Optional[_Iterable[float]] = ..., has_roi: _Optional[bool] = ..., group: _Optional[int] = ..., flat_cam: _Optional[bool] = ..., body_roi: _Optional[bool] = ..., embedding: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class SkippedSample(_message.Message):
     __slots__ = ("id", "reason")

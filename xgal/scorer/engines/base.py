@@ -7,7 +7,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xgal.core.contract import NotAScoringGraphError, ScoringGraphInfo
+from xgal.core.contract import EMBEDDING, NotAScoringGraphError, ScoringGraphInfo
+from xgal.core.errors import InvalidArgument
 
 
 @dataclass
@@ -20,6 +21,7 @@ class BatchScores:
     # [N] max − min of that map: at most CAM_EPS, the map carries no evidence (a flat map, which
     # min–max scaling turns into zeros: Dice 0 whatever the ROI). None: not measured.
     cam_range: np.ndarray | None = None
+    embedding: np.ndarray | None = None  # [N, D] pooled target-layer activations, when asked for
 
     def __len__(self) -> int:
         return int(self.entropy.shape[0])
@@ -27,8 +29,9 @@ class BatchScores:
     def rows(self, lo: int, hi: int) -> BatchScores:
         """Samples [lo, hi) of the batch, without the per-pixel map."""
         cut = None if self.cam_range is None else self.cam_range[lo:hi]
+        emb = None if self.embedding is None else self.embedding[lo:hi]
         return BatchScores(
-            self.probs[lo:hi], self.entropy[lo:hi], self.dice[lo:hi], self.roi_area[lo:hi], None, cut
+            self.probs[lo:hi], self.entropy[lo:hi], self.dice[lo:hi], self.roi_area[lo:hi], None, cut, emb
         )
 
 
@@ -36,6 +39,13 @@ def cam_range(cam: np.ndarray) -> np.ndarray:
     """Per sample, max − min of a [N, h, w] map (float64)."""
     flat = cam.reshape(cam.shape[0], -1).astype(np.float64)
     return flat.max(axis=1) - flat.min(axis=1) if flat.shape[1] else np.zeros(cam.shape[0])
+
+
+def no_embedding(where: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"{where} has no '{EMBEDDING}' output, which a diversity selection needs: it was exported "
+        "before xgal exported embeddings; export the model again"
+    )
 
 
 class Engine(abc.ABC):
@@ -52,9 +62,11 @@ class Engine(abc.ABC):
         target: np.ndarray | None = None,
         *,
         want_cam: bool = False,
+        want_embedding: bool = False,
     ) -> BatchScores:
         """Score a batch: image [N, C, H, W] (the graph's pixel dtype), roi [N, H, W] uint8,
-        target [N] int64 (-1 = predicted class) or None for the predicted class."""
+        target [N] int64 (-1 = predicted class) or None for the predicted class. The map and
+        the embedding come back only when asked for (a graph without the embedding refuses)."""
 
     def close(self) -> None:  # noqa: B027 - engines without resources need nothing here
         """Release what the engine holds."""

@@ -10,9 +10,15 @@ from collections.abc import Sequence
 import numpy as np
 import onnxruntime as ort
 
-from xgal.core.contract import SCORE_OUTPUTS, NotAScoringGraphError, ScoringGraphInfo, check_signature
+from xgal.core.contract import (
+    EMBEDDING,
+    SCORE_OUTPUTS,
+    NotAScoringGraphError,
+    ScoringGraphInfo,
+    check_signature,
+)
 from xgal.core.errors import InvalidArgument
-from xgal.scorer.engines.base import BatchScores, Engine, cam_range
+from xgal.scorer.engines.base import BatchScores, Engine, cam_range, no_embedding
 from xgal.scorer.engines.providers import (
     CPU,
     PROVIDER_PREFERENCE,
@@ -128,6 +134,8 @@ class OnnxRuntimeEngine(Engine):
                 "is the device (and its libraries) usable here?"
             )
         self._has_target = any(name == "target" for name, _, _ in inputs)
+        self.has_embedding = EMBEDDING in outputs
+        self.where = where
         self.device = device_type(self.providers[0])
         self.io_binding = self.providers[0] != CPU if io_binding is None else io_binding
         self._buffers = threading.local()  # each thread's device buffers: engines run concurrently
@@ -165,12 +173,15 @@ class OnnxRuntimeEngine(Engine):
         target: np.ndarray | None = None,
         *,
         want_cam: bool = False,
+        want_embedding: bool = False,
     ) -> BatchScores:
         self.check_batch(image, roi, target)
+        if want_embedding and not self.has_embedding:
+            raise no_embedding(self.where)
         feed = {"image": np.ascontiguousarray(image), "roi": np.ascontiguousarray(roi)}
         if target is not None:
             feed["target"] = np.ascontiguousarray(target, dtype=np.int64)
-        names = list(SCORE_OUTPUTS)
+        names = [*SCORE_OUTPUTS, *([EMBEDDING] if want_embedding else [])]
         if self.io_binding:
             binding = self.session.io_binding()
             for name, value in feed.items():
@@ -188,4 +199,5 @@ class OnnxRuntimeEngine(Engine):
             roi_area=out[3],
             cam=out[4] if want_cam else None,
             cam_range=cam_range(out[4]),
+            embedding=out[5] if want_embedding else None,
         )

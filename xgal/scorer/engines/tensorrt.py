@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from xgal.core.contract import SCORE_OUTPUTS, NotAScoringGraphError, check_signature, read_metadata
+from xgal.core.contract import EMBEDDING, SCORE_OUTPUTS, NotAScoringGraphError, check_signature, read_metadata
 from xgal.core.errors import InvalidArgument
-from xgal.scorer.engines.base import BatchScores, Engine, cam_range
+from xgal.scorer.engines.base import BatchScores, Engine, cam_range, no_embedding
 from xgal.scorer.engines.engine_cache import EngineCache, cache_key, default_root, gpu_identity, key_inputs
 from xgal.scorer.engines.ort import ProviderUnavailableError
 
@@ -154,6 +154,7 @@ class TensorRTEngine(Engine):
         batches. `cache_dir` (default: `.engines` beside the model, as for ONNX Runtime's TensorRT
         provider) holds the built plans."""
         where = "model bytes" if isinstance(model, bytes) else str(model)
+        self.where = where
         if not 1 <= (opt_batch or max_batch) <= max_batch:
             raise InvalidArgument(f"need 1 <= opt_batch <= max_batch, got {opt_batch} and {max_batch}")
         if not isinstance(model, bytes) and not os.path.isfile(model):
@@ -295,8 +296,11 @@ class TensorRTEngine(Engine):
         target: np.ndarray | None = None,
         *,
         want_cam: bool = False,
+        want_embedding: bool = False,
     ) -> BatchScores:
         self.check_batch(image, roi, target)
+        if want_embedding and EMBEDDING not in self._out_dtypes:
+            raise no_embedding(self.where)
         n = image.shape[0]
         if target is None:
             target = np.full(n, -1, dtype=np.int64)
@@ -305,13 +309,14 @@ class TensorRTEngine(Engine):
             cam = np.zeros((0, h, w), dtype=np.float32)
             empty = np.zeros(0, dtype=np.float32)
             probs = np.zeros((0, self.info.num_classes), dtype=np.float32)
-            return BatchScores(probs, empty, empty, empty, cam if want_cam else None, cam_range(cam))
+            emb = np.zeros((0, 0), dtype=np.float32) if want_embedding else None
+            return BatchScores(probs, empty, empty, empty, cam if want_cam else None, cam_range(cam), emb)
         feed = {"image": image, "roi": roi, "target": target}
         parts = [
             self._run_slice({k: v[lo : lo + self.max_batch] for k, v in feed.items()})
             for lo in range(0, n, self.max_batch)
         ]
-        out = {name: np.concatenate([p[name] for p in parts]) for name in SCORE_OUTPUTS}
+        out = {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
         return BatchScores(
             probs=out["probs"],
             entropy=out["entropy"],
@@ -319,6 +324,7 @@ class TensorRTEngine(Engine):
             roi_area=out["roi_area"],
             cam=out["cam"] if want_cam else None,
             cam_range=cam_range(out["cam"]),
+            embedding=out[EMBEDDING] if want_embedding else None,
         )
 
     def _run_slice(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -342,7 +348,7 @@ class TensorRTEngine(Engine):
             if not ctx.execute_async_v3(self._stream.cuda_stream):
                 raise RuntimeError("TensorRT failed to run the batch; its log above says why")
             # .cpu() copies on the current stream (ours) and waits for it.
-            return {name: outs[name].cpu().numpy() for name in SCORE_OUTPUTS}
+            return {name: out.cpu().numpy() for name, out in outs.items()}
 
     def close(self) -> None:
         with self._lock:

@@ -68,6 +68,7 @@ class TorchReferenceEngine(Engine):
         target: np.ndarray | None = None,
         *,
         want_cam: bool = False,
+        want_embedding: bool = False,
     ) -> BatchScores:
         self.check_batch(image, roi, target)
         x = (torch.from_numpy(image.astype(np.float32)).to(self.device) / self.scale - self.mean) / self.std
@@ -114,6 +115,7 @@ class TorchReferenceEngine(Engine):
             roi_area=area.astype(np.float32),
             cam=cam.astype(np.float32) if want_cam else None,
             cam_range=cam_range(cam),
+            embedding=acts.detach().float().mean(dim=(2, 3)).cpu().numpy() if want_embedding else None,
         )
 
 
