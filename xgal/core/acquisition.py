@@ -37,6 +37,13 @@ class Uncertainty(StrEnum):
     ENTROPY = "entropy"
     MARGIN = "margin"
     LEAST_CONFIDENCE = "least_confidence"
+    # Over the flipped views a graph exported with views > 1 scores (`view_probs`):
+    MEAN_ENTROPY = "mean_entropy"  # H(mean p): the entropy of the views' mean prediction
+    BALD = "bald"  # H(mean p) − mean H(p): the views' disagreement (Houlsby et al., 2011)
+
+    @property
+    def needs_views(self) -> bool:
+        return self in (Uncertainty.MEAN_ENTROPY, Uncertainty.BALD)
 
 
 class MissingRoi(StrEnum):
@@ -201,10 +208,30 @@ def authors_acquisition() -> AcquisitionConfig:
 
 
 def uncertainty(
-    probs: np.ndarray, entropy: np.ndarray, kind: Uncertainty, over_log_k: bool = False
+    probs: np.ndarray,
+    entropy: np.ndarray,
+    kind: Uncertainty,
+    over_log_k: bool = False,
+    view_probs: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Higher = less certain, for every kind."""
+    """Higher = less certain, for every kind. `view_probs` [N, V, K]: the views' probabilities,
+    which `mean_entropy` and `bald` need."""
     kind = Uncertainty(kind)
+    if kind.needs_views:
+        if view_probs is None or view_probs.ndim != 3 or view_probs.shape[1] < 2:
+            raise InvalidArgument(
+                f"uncertainty {kind.value!r} needs the probabilities of several views of each image: "
+                "export the scoring graph with views (xgal train does for this uncertainty)"
+            )
+        p = view_probs.astype(np.float64)
+        mean = p.mean(1)
+        h_mean = -(mean * np.log(np.clip(mean, 1e-12, None))).sum(1)
+        if kind is Uncertainty.BALD:
+            h_each = -(p * np.log(np.clip(p, 1e-12, None))).sum(2).mean(1)
+            u = np.maximum(h_mean - h_each, 0.0)  # ≥ 0 by Jensen; clip rounding
+        else:
+            u = h_mean
+        return u / np.log(probs.shape[1]) if over_log_k else u
     if kind is Uncertainty.ENTROPY:
         u = entropy.astype(np.float64)
         return u / np.log(probs.shape[1]) if over_log_k else u
@@ -286,11 +313,12 @@ def criteria(
     ids: np.ndarray,
     config: AcquisitionConfig,
     cam_range: np.ndarray | None = None,
+    view_probs: np.ndarray | None = None,
 ) -> Criteria:
     """U, M and the pointwise score of a batch. `cam_range` is each CAM's max − min (None: not
     measured, no map is taken as flat). With a pool-level normalisation the score is
     provisional: `ranking.rescore` recomputes it once every sample's criteria are known."""
-    u = uncertainty(probs, entropy, config.uncertainty, config.entropy_over_log_k)
+    u = uncertainty(probs, entropy, config.uncertainty, config.entropy_over_log_k, view_probs)
     has_roi = roi_area > 0
     m = np.where(has_roi, misalignment(dice), 1.0)
     keep = has_roi | (config.missing_roi is not MissingRoi.EXCLUDE)

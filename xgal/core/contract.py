@@ -23,6 +23,12 @@ OUTPUT_NAMES = ("probs", "entropy", "cam", "dice", "roi_area")
 # score; only a diversity selection needs it.
 EMBEDDING = "embedding"
 EXPORTED_OUTPUTS = (*OUTPUT_NAMES, EMBEDDING)
+# Optional, chosen at export: [N, V, K] class probabilities of V deterministic views of each
+# image (itself, then flipped left-right, up-down, both), for the epistemic uncertainties
+# (BALD, the entropy of the mean). Opt-in: ONNX Runtime runs every node of a graph whichever
+# outputs are fetched, so V − 1 more forward passes would slow every pool.
+VIEW_PROBS = "view_probs"
+MAX_VIEWS = 4
 # What an engine fetches per batch. `cam` is h·w floats of the target layer per image (a few
 # hundred bytes): its range tells a map with evidence from a flat one (the flat-CAM policy).
 SCORE_OUTPUTS = ("probs", "entropy", "dice", "roi_area", "cam")

@@ -156,12 +156,14 @@ def scored_batch(
     cam_range: np.ndarray | None = None,
     body_roi: np.ndarray | None = None,
     embedding: np.ndarray | None = None,
+    view_probs: np.ndarray | None = None,
 ) -> Ranked:
     """One engine batch as ranked rows: U, M and the score per sample, without the samples the
     missing-ROI policy or `exclude_ids` (sorted, e.g. the labelled set) leave out. `labels`
     replace the predicted class as the balancing group (`oracle`); `cam_range` (each CAM's
     max − min) marks the flat maps; `body_roi` where the ROI given was the body's; `embedding`
-    (the graph's, [N, D]) is kept for a diversity step."""
+    (the graph's, [N, D]) is kept for a diversity step; `view_probs` ([N, V, K]) feed the
+    uncertainties over views."""
     return scored_rows(
         ids,
         probs,
@@ -174,6 +176,7 @@ def scored_batch(
         cam_range=cam_range,
         body_roi=body_roi,
         embedding=embedding,
+        view_probs=view_probs,
     )[0]
 
 
@@ -190,9 +193,10 @@ def scored_rows(
     cam_range: np.ndarray | None = None,
     body_roi: np.ndarray | None = None,
     embedding: np.ndarray | None = None,
+    view_probs: np.ndarray | None = None,
 ) -> tuple[Ranked, np.ndarray]:
     """`scored_batch`, and the batch rows it kept (to take the same rows of the CAMs)."""
-    crit = criteria(probs, entropy, dice, roi_area, ids, config, cam_range)
+    crit = criteria(probs, entropy, dice, roi_area, ids, config, cam_range, view_probs)
     idx = kept(ids, crit.keep, exclude_ids)
     pred = probs.argmax(1).astype(np.int64)
     group = labels if labels is not None else pred

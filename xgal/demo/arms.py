@@ -41,6 +41,12 @@ ALL_ARMS = (
         about="the k chosen far apart in the embedding among the 5·k best xgal scores",
     ),
     Arm(
+        "bald",
+        AcquisitionConfig(strategy="uncertainty", uncertainty="bald"),
+        about="BALD over four flipped views alone (the views' disagreement)",
+    ),
+    Arm("xgal-bald", AcquisitionConfig(uncertainty="bald"), about="xgal with BALD as U"),
+    Arm(
         "xgal-typical",
         AcquisitionConfig(diversity="spread"),
         cold_start="typical",

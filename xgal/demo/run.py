@@ -20,6 +20,7 @@ import torch
 from rich.console import Console
 
 from xgal.client import ScorerClient
+from xgal.core.contract import MAX_VIEWS
 from xgal.demo.arms import ARMS, FULL, QUICK, QUICK_ARMS, Arm
 from xgal.demo.plots import plot_curves, plot_overlays
 from xgal.demo.report import summarise
@@ -122,13 +123,18 @@ def run_demo(
         server = RunningServer(ServerConfig(data_root=data, model_repo=data / "models", port=0))
         console.print(f"seed {seed}: scorer on {server.address}; pools in {data}")
         results: dict[str, list[RoundRecord]] = {}
-        # Every arm trains the same network: one trace serves all their exports.
-        exporter = ScoringGraphExporter(
-            base.layer,
-            image_shape=pool.image_shape,
-            pixel_dtype=pool.pixel_dtype,
-            class_names=pool.class_names,
-        )
+        # Every arm trains the same network: one trace serves all their exports (one per number
+        # of views: an uncertainty over views scores flipped copies too).
+        exporters = {
+            views: ScoringGraphExporter(
+                base.layer,
+                image_shape=pool.image_shape,
+                pixel_dtype=pool.pixel_dtype,
+                class_names=pool.class_names,
+                views=views,
+            )
+            for views in (1, MAX_VIEWS)
+        }
         try:
             with ScorerClient(server.address) as client:
                 for arm in arms:
@@ -160,7 +166,7 @@ def run_demo(
                         data / "runs" / arm.name,
                         model_name=arm.name,
                         log=on_round,
-                        exporter=exporter,
+                        exporter=exporters[config.views],
                     )
                     results[arm.name] = loop.run()
         finally:

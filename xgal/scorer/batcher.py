@@ -125,8 +125,8 @@ class DynamicBatcher:
 class BatchedEngine(Engine):
     """An engine whose plain calls go through a shared `DynamicBatcher`.
 
-    Calls that need per-sample targets, the CAM or the embedding go straight to the engine (they are rare and
-    cannot share a call with plain ones)."""
+    Calls that need per-sample targets, the CAM, the embedding or the views go straight to the
+    engine (they are rare and cannot share a call with plain ones)."""
 
     def __init__(self, batcher: DynamicBatcher) -> None:
         self.batcher = batcher
@@ -141,10 +141,11 @@ class BatchedEngine(Engine):
         *,
         want_cam: bool = False,
         want_embedding: bool = False,
+        want_views: bool = False,
     ) -> BatchScores:
-        if target is not None or want_cam or want_embedding:
+        if target is not None or want_cam or want_embedding or want_views:
             return self.batcher.engine.run(
-                image, roi, target, want_cam=want_cam, want_embedding=want_embedding
+                image, roi, target, want_cam=want_cam, want_embedding=want_embedding, want_views=want_views
             )
         self.check_batch(image, roi, None)
         return self.batcher.submit(image, roi).result()

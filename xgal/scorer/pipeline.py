@@ -84,7 +84,12 @@ def score_pool(
         batch = _apply_policy(pool, read, policy, skipped) if read.problems else read
         if len(batch):
             rois, body = rois_for(batch.images, batch.rois, config.roi)
-            s = engine.run(batch.images, rois, want_embedding=config.needs_embedding)
+            s = engine.run(
+                batch.images,
+                rois,
+                want_embedding=config.needs_embedding,
+                want_views=config.uncertainty.needs_views,
+            )
             ranked = scored_batch(
                 batch.ids,
                 s.probs,
@@ -97,6 +102,7 @@ def score_pool(
                 cam_range=s.cam_range,
                 body_roi=body,
                 embedding=s.embedding,
+                view_probs=s.view_probs,
             )
             if config.pointwise:
                 best.update(ranked)

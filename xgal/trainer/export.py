@@ -32,6 +32,8 @@ from xgal.core.contract import (
     CAM_METHODS,
     EXPORTED_OUTPUTS,
     INPUT_NAMES,
+    MAX_VIEWS,
+    VIEW_PROBS,
     Normalisation,
     ScoringGraphInfo,
     write_metadata,
@@ -166,7 +168,13 @@ class ScoringGraphExporter:
         std: Sequence[float] | None = None,
         class_names: Sequence[str] | None = None,
         cam_method: str = "gradcam",
+        views: int = 1,
     ) -> None:
+        """`views` > 1 adds `view_probs`: the probabilities of that many flipped views (up to
+        MAX_VIEWS), for BALD; each costs a forward pass per image."""
+        if not 1 <= views <= MAX_VIEWS:
+            raise InvalidArgument(f"views must be 1 to {MAX_VIEWS}, got {views}")
+        self.views = views
         if cam_method not in CAM_METHODS:
             raise InvalidArgument(f"cam_method must be one of {', '.join(CAM_METHODS)}; got {cam_method!r}")
         self.cam_method = cam_method
@@ -188,6 +196,7 @@ class ScoringGraphExporter:
             "normalisation": self.norm,
             "class_names": self.class_names,
             "cam_method": self.cam_method,
+            "views": self.views,
         }
 
     def export(self, model: nn.Module, path: str | os.PathLike[str], *, round_index: int = 0) -> Path:
@@ -197,7 +206,7 @@ class ScoringGraphExporter:
         template = self._template
         if template is None or template.signature != _signature(model):
             template = self._trace(model)
-        module = ScoringModule(model, self.target_layer, self.norm, self.cam_method).eval()
+        module = ScoringModule(model, self.target_layer, self.norm, self.cam_method, self.views).eval()
         proto = onnx.ModelProto.FromString(template.proto)
         state = module.state_dict()
         for init in proto.graph.initializer:
@@ -231,7 +240,7 @@ class ScoringGraphExporter:
         c, h, w = self.image_shape
         probe = torch.zeros(2, c, h, w)
         cam_shape = _check_target_layer(model, self.target_layer, probe)
-        module = ScoringModule(model, self.target_layer, self.norm, self.cam_method).eval()
+        module = ScoringModule(model, self.target_layer, self.norm, self.cam_method, self.views).eval()
         with torch.no_grad():
             num_classes = int(model(probe).shape[1])
         if self.class_names is not None and len(self.class_names) != num_classes:
@@ -261,7 +270,7 @@ class ScoringGraphExporter:
                     traced,
                     example,
                     input_names=list(INPUT_NAMES),
-                    output_names=list(EXPORTED_OUTPUTS),
+                    output_names=[*EXPORTED_OUTPUTS, *([VIEW_PROBS] if self.views > 1 else [])],
                     dynamic_shapes=({0: batch}, {0: batch}, {0: batch}),
                     dynamo=True,
                     optimize=False,  # after the weights are in (export)
@@ -325,6 +334,7 @@ def export_scoring_graph(
     class_names: Sequence[str] | None = None,
     round_index: int = 0,
     cam_method: str = "gradcam",
+    views: int = 1,
 ) -> Path:
     """Write the scoring graph of `model` (Grad-CAM, or another `cam_method` of CAM_METHODS,
     at `target_layer`) to `path`.
@@ -342,6 +352,7 @@ def export_scoring_graph(
         std=std,
         class_names=class_names,
         cam_method=cam_method,
+        views=views,
     )
     return exporter.export(model, path, round_index=round_index)
 

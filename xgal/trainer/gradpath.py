@@ -26,15 +26,24 @@ from xgal.core.contract import Normalisation
 from xgal.trainer.decompositions import tracing_decompositions
 from xgal.trainer.gradcam import CAM_FUNCTIONS, PixelNormalise, scale_cam, soft_dice
 
+# The views of `view_probs`, in order: the image, flipped left-right, up-down, both.
+FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))
+
 
 class ScoringModule(nn.Module):
     """Everything the ranking needs, for one batch, in one forward call (the outputs in
     `EXPORTED_OUTPUTS` order)."""
 
     def __init__(
-        self, model: nn.Module, target_layer: str, norm: Normalisation, cam_method: str = "gradcam"
+        self,
+        model: nn.Module,
+        target_layer: str,
+        norm: Normalisation,
+        cam_method: str = "gradcam",
+        views: int = 1,
     ) -> None:
         super().__init__()
+        self.views = views  # > 1: also the probabilities of flipped views (`view_probs`)
         self.cam = CAM_FUNCTIONS[cam_method]
         self.model = model
         self.target = model.get_submodule(target_layer)
@@ -74,7 +83,15 @@ class ScoringModule(nn.Module):
         roi_area = roi.to(torch.float32).sum(dim=(1, 2))
         dice = soft_dice(scale_cam(cam, image.shape[-2:]), roi)
         embedding = acts.detach().mean(dim=(2, 3))
-        return probs, entropy, cam, dice, roi_area, embedding
+        if self.views <= 1:
+            return probs, entropy, cam, dice, roi_area, embedding
+        with torch.no_grad():
+            flipped = [torch.flip(x, dims) for dims in FLIPS[1 : self.views]]
+            other = F.softmax(self.model(torch.cat(flipped)), dim=1)
+        view_probs = torch.cat(
+            [probs.unsqueeze(1), other.view(self.views - 1, -1, probs.shape[1]).transpose(0, 1)], 1
+        )
+        return probs, entropy, cam, dice, roi_area, embedding, view_probs
 
 
 def trace_scoring_module(

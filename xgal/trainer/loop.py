@@ -21,7 +21,7 @@ import torch
 
 from xgal.client import ScorerClient
 from xgal.core.acquisition import AcquisitionConfig, Balance, Diversity, Selection, Strategy
-from xgal.core.contract import PIXEL_SCALE
+from xgal.core.contract import MAX_VIEWS, PIXEL_SCALE
 from xgal.core.errors import InvalidArgument
 from xgal.pool.format import Pool
 from xgal.trainer.annotator import Annotator
@@ -68,6 +68,11 @@ class LoopConfig:
             object.__setattr__(self, "acquisition", replace(self.acquisition, seed=self.seed))
         if self.cold_start not in COLD_STARTS:
             raise InvalidArgument(f"cold_start must be one of {COLD_STARTS}, got {self.cold_start!r}")
+
+    @property
+    def views(self) -> int:
+        """Views the scoring graph scores: all of them for an uncertainty over views."""
+        return MAX_VIEWS if self.acquisition.uncertainty.needs_views else 1
 
     @property
     def layer(self) -> str:
@@ -185,6 +190,7 @@ class ActiveLearningLoop:
             std=config.std,
             class_names=self.class_names,
             cam_method=config.cam_method,
+            views=config.views,
         )
         if exporter is not None and exporter.settings != own.settings:
             raise ValueError(

@@ -21,6 +21,8 @@ class UncertaintyKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     UNCERTAINTY_ENTROPY: _ClassVar[UncertaintyKind]
     UNCERTAINTY_MARGIN: _ClassVar[UncertaintyKind]
     UNCERTAINTY_LEAST_CONFIDENCE: _ClassVar[UncertaintyKind]
+    UNCERTAINTY_MEAN_ENTROPY: _ClassVar[UncertaintyKind]
+    UNCERTAINTY_BALD: _ClassVar[UncertaintyKind]
 
 class MissingRoiPolicy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -84,6 +86,8 @@ UNCERTAINTY_UNSPECIFIED: UncertaintyKind
 UNCERTAINTY_ENTROPY: UncertaintyKind
 UNCERTAINTY_MARGIN: UncertaintyKind
 UNCERTAINTY_LEAST_CONFIDENCE: UncertaintyKind
+UNCERTAINTY_MEAN_ENTROPY: UncertaintyKind
+UNCERTAINTY_BALD: UncertaintyKind
 MISSING_ROI_UNSPECIFIED: MissingRoiPolicy
 MISSING_ROI_MAX: MissingRoiPolicy
 MISSING_ROI_IGNORE: MissingRoiPolicy

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xgal.core.contract import EMBEDDING, NotAScoringGraphError, ScoringGraphInfo
+from xgal.core.contract import EMBEDDING, VIEW_PROBS, NotAScoringGraphError, ScoringGraphInfo
 from xgal.core.errors import InvalidArgument
 
 
@@ -22,6 +22,7 @@ class BatchScores:
     # min–max scaling turns into zeros: Dice 0 whatever the ROI). None: not measured.
     cam_range: np.ndarray | None = None
     embedding: np.ndarray | None = None  # [N, D] pooled target-layer activations, when asked for
+    view_probs: np.ndarray | None = None  # [N, V, K] probabilities of flipped views, when asked for
 
     def __len__(self) -> int:
         return int(self.entropy.shape[0])
@@ -30,8 +31,16 @@ class BatchScores:
         """Samples [lo, hi) of the batch, without the per-pixel map."""
         cut = None if self.cam_range is None else self.cam_range[lo:hi]
         emb = None if self.embedding is None else self.embedding[lo:hi]
+        views = None if self.view_probs is None else self.view_probs[lo:hi]
         return BatchScores(
-            self.probs[lo:hi], self.entropy[lo:hi], self.dice[lo:hi], self.roi_area[lo:hi], None, cut, emb
+            self.probs[lo:hi],
+            self.entropy[lo:hi],
+            self.dice[lo:hi],
+            self.roi_area[lo:hi],
+            None,
+            cut,
+            emb,
+            views,
         )
 
 
@@ -45,6 +54,13 @@ def no_embedding(where: str) -> InvalidArgument:
     return InvalidArgument(
         f"{where} has no '{EMBEDDING}' output, which a diversity selection needs: it was exported "
         "before xgal exported embeddings; export the model again"
+    )
+
+
+def no_views(where: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"{where} has no '{VIEW_PROBS}' output, which the uncertainties over views (bald, "
+        "mean_entropy) need: export it with views (ScoringGraphExporter(views=4))"
     )
 
 
@@ -63,10 +79,12 @@ class Engine(abc.ABC):
         *,
         want_cam: bool = False,
         want_embedding: bool = False,
+        want_views: bool = False,
     ) -> BatchScores:
         """Score a batch: image [N, C, H, W] (the graph's pixel dtype), roi [N, H, W] uint8,
         target [N] int64 (-1 = predicted class) or None for the predicted class. The map and
-        the embedding come back only when asked for (a graph without the embedding refuses)."""
+        the embedding and the views' probabilities come back only when asked for (a graph without
+        the output refuses)."""
 
     def close(self) -> None:  # noqa: B027 - engines without resources need nothing here
         """Release what the engine holds."""

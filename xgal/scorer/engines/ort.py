@@ -13,12 +13,13 @@ import onnxruntime as ort
 from xgal.core.contract import (
     EMBEDDING,
     SCORE_OUTPUTS,
+    VIEW_PROBS,
     NotAScoringGraphError,
     ScoringGraphInfo,
     check_signature,
 )
 from xgal.core.errors import InvalidArgument
-from xgal.scorer.engines.base import BatchScores, Engine, cam_range, no_embedding
+from xgal.scorer.engines.base import BatchScores, Engine, cam_range, no_embedding, no_views
 from xgal.scorer.engines.providers import (
     CPU,
     PROVIDER_PREFERENCE,
@@ -135,6 +136,7 @@ class OnnxRuntimeEngine(Engine):
             )
         self._has_target = any(name == "target" for name, _, _ in inputs)
         self.has_embedding = EMBEDDING in outputs
+        self.has_views = VIEW_PROBS in outputs
         self.where = where
         self.device = device_type(self.providers[0])
         self.io_binding = self.providers[0] != CPU if io_binding is None else io_binding
@@ -174,14 +176,21 @@ class OnnxRuntimeEngine(Engine):
         *,
         want_cam: bool = False,
         want_embedding: bool = False,
+        want_views: bool = False,
     ) -> BatchScores:
         self.check_batch(image, roi, target)
         if want_embedding and not self.has_embedding:
             raise no_embedding(self.where)
+        if want_views and not self.has_views:
+            raise no_views(self.where)
         feed = {"image": np.ascontiguousarray(image), "roi": np.ascontiguousarray(roi)}
         if target is not None:
             feed["target"] = np.ascontiguousarray(target, dtype=np.int64)
-        names = [*SCORE_OUTPUTS, *([EMBEDDING] if want_embedding else [])]
+        names = [
+            *SCORE_OUTPUTS,
+            *([EMBEDDING] if want_embedding else []),
+            *([VIEW_PROBS] if want_views else []),
+        ]
         if self.io_binding:
             binding = self.session.io_binding()
             for name, value in feed.items():
@@ -200,4 +209,5 @@ class OnnxRuntimeEngine(Engine):
             cam=out[4] if want_cam else None,
             cam_range=cam_range(out[4]),
             embedding=out[5] if want_embedding else None,
+            view_probs=out[-1] if want_views else None,
         )

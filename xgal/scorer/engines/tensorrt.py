@@ -30,9 +30,16 @@ from typing import Any
 import numpy as np
 import onnx
 
-from xgal.core.contract import EMBEDDING, SCORE_OUTPUTS, NotAScoringGraphError, check_signature, read_metadata
+from xgal.core.contract import (
+    EMBEDDING,
+    SCORE_OUTPUTS,
+    VIEW_PROBS,
+    NotAScoringGraphError,
+    check_signature,
+    read_metadata,
+)
 from xgal.core.errors import InvalidArgument
-from xgal.scorer.engines.base import BatchScores, Engine, cam_range, no_embedding
+from xgal.scorer.engines.base import BatchScores, Engine, cam_range, no_embedding, no_views
 from xgal.scorer.engines.engine_cache import EngineCache, cache_key, default_root, gpu_identity, key_inputs
 from xgal.scorer.engines.ort import ProviderUnavailableError
 
@@ -297,10 +304,13 @@ class TensorRTEngine(Engine):
         *,
         want_cam: bool = False,
         want_embedding: bool = False,
+        want_views: bool = False,
     ) -> BatchScores:
         self.check_batch(image, roi, target)
         if want_embedding and EMBEDDING not in self._out_dtypes:
             raise no_embedding(self.where)
+        if want_views and VIEW_PROBS not in self._out_dtypes:
+            raise no_views(self.where)
         n = image.shape[0]
         if target is None:
             target = np.full(n, -1, dtype=np.int64)
@@ -310,7 +320,10 @@ class TensorRTEngine(Engine):
             empty = np.zeros(0, dtype=np.float32)
             probs = np.zeros((0, self.info.num_classes), dtype=np.float32)
             emb = np.zeros((0, 0), dtype=np.float32) if want_embedding else None
-            return BatchScores(probs, empty, empty, empty, cam if want_cam else None, cam_range(cam), emb)
+            views = np.zeros((0, 0, self.info.num_classes), dtype=np.float32) if want_views else None
+            return BatchScores(
+                probs, empty, empty, empty, cam if want_cam else None, cam_range(cam), emb, views
+            )
         feed = {"image": image, "roi": roi, "target": target}
         parts = [
             self._run_slice({k: v[lo : lo + self.max_batch] for k, v in feed.items()})
@@ -325,6 +338,7 @@ class TensorRTEngine(Engine):
             cam=out["cam"] if want_cam else None,
             cam_range=cam_range(out["cam"]),
             embedding=out[EMBEDDING] if want_embedding else None,
+            view_probs=out[VIEW_PROBS] if want_views else None,
         )
 
     def _run_slice(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -69,6 +69,7 @@ class TorchReferenceEngine(Engine):
         *,
         want_cam: bool = False,
         want_embedding: bool = False,
+        want_views: bool = False,
     ) -> BatchScores:
         self.check_batch(image, roi, target)
         x = (torch.from_numpy(image.astype(np.float32)).to(self.device) / self.scale - self.mean) / self.std
@@ -116,7 +117,14 @@ class TorchReferenceEngine(Engine):
             cam=cam.astype(np.float32) if want_cam else None,
             cam_range=cam_range(cam),
             embedding=acts.detach().float().mean(dim=(2, 3)).cpu().numpy() if want_embedding else None,
+            view_probs=self._views(x) if want_views else None,
         )
+
+    def _views(self, x: torch.Tensor) -> np.ndarray:
+        """[N, 4, K]: the image, flipped left-right, up-down and both (the graph's order)."""
+        with torch.no_grad():
+            views = [x, x.flip(-1), x.flip(-2), x.flip(-2).flip(-1)]
+            return torch.stack([self.model(v).softmax(1) for v in views], 1).float().cpu().numpy()
 
 
 def _cam(method: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
