@@ -48,6 +48,12 @@ ALL_ARMS = (
     Arm("xgal-bald", AcquisitionConfig(uncertainty="bald"), about="xgal with BALD as U"),
     Arm(
         "xgal-typical",
+        AcquisitionConfig(),
+        cold_start="typical",
+        about="xgal, its first round TypiClust representatives of the embedding (cold start)",
+    ),
+    Arm(
+        "xgal-spread-typical",
         AcquisitionConfig(diversity="spread"),
         cold_start="typical",
         about="xgal-spread, its first round TypiClust representatives (cold start)",

@@ -51,9 +51,17 @@ def score_message(
         raise ValueError(f"sample {req.ids[row][:80]!r}: {reason}{more}")
     ids = np.array(list(req.ids), dtype=str)
     rois, body = rois_for(images, rois, config.roi)
-    s = engine.run(images, rois, want_cam=req.want_cam)
+    s = engine.run(images, rois, want_cam=req.want_cam, want_views=config.uncertainty.needs_views)
     ranked, rows = scored_rows(
-        ids, s.probs, s.entropy, s.dice, s.roi_area, config, cam_range=s.cam_range, body_roi=body
+        ids,
+        s.probs,
+        s.entropy,
+        s.dice,
+        s.roi_area,
+        config,
+        cam_range=s.cam_range,
+        body_roi=body,
+        view_probs=s.view_probs,
     )
     resp = pb.ScoreStreamResponse(samples=ranked_to_proto(ranked))
     if req.want_cam and s.cam is not None:
