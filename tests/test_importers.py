@@ -54,7 +54,12 @@ def png_folder(tmp_path):
 
 def test_png_with_masks_and_boxes(png_folder, tmp_path):
     pool, report = import_images(
-        png_folder, png_folder / "labels.csv", tmp_path / "pool", size=32, boxes_csv=png_folder / "boxes.csv"
+        png_folder,
+        png_folder / "labels.csv",
+        tmp_path / "pool",
+        size=32,
+        boxes_csv=png_folder / "boxes.csv",
+        fit="stretch",  # the fractions below are of the whole 60x40 image
     )
     assert report.written == 6 and not report.skipped
     d = pool.read(0, 6, ("ids", "images", "rois", "labels"))
@@ -257,3 +262,93 @@ def test_import_cli(png_folder, tmp_path):
     assert "6 new samples" in res.stdout and Pool(tmp_path / "pool").image_shape == (3, 32, 32)
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert again.returncode == 2 and "already a finished pool" in again.stderr
+
+
+def _one_image_pool(folder, image, mask=None, **kwargs):
+    """Import a folder of one image (and mask) at size 32; returns (pool, report)."""
+    folder.mkdir()
+    Image.fromarray(image).save(folder / "scan.png")
+    row = ["scan.png", "a"]
+    if mask is not None:
+        mask.save(folder / ("mask.jpg" if mask.mode == "L" and kwargs.pop("jpeg", False) else "mask.png"))
+        row.append(next(p.name for p in folder.iterdir() if p.name.startswith("mask")))
+    _csv(folder / "labels.csv", ["image", "label", "mask"][: len(row)], [row])
+    return import_images(
+        folder, folder / "labels.csv", folder.parent / (folder.name + "-pool"), size=32, **kwargs
+    )
+
+
+def test_a_16_bit_png_is_kept_or_windowed_never_clipped(tmp_path):
+    # A CT slice stored as HU + 1024: air 24, soft tissue ~1064, bone 2024 (all above 255).
+    ct = np.full((32, 32), 24, dtype=np.uint16)
+    ct[8:24, 8:24] = 1064
+    ct[12:16, 12:16] = 2024
+    pool, report = _one_image_pool(tmp_path / "keep", ct, pixel_dtype="uint16")
+    kept = pool.read(0, 1, ("images",))["images"][0, 0]
+    assert pool.pixel_dtype == "uint16" and kept.dtype == np.uint16
+    assert kept[2, 2] == 24 and kept[20, 20] == 1064 and kept[13, 13] == 2024  # the values as stored
+    # An explicit soft-tissue window (centre 1064, width 400) into 8 bits: air black, bone white.
+    pool, _ = _one_image_pool(tmp_path / "win", ct, window=(1064.0, 400.0))
+    win = pool.read(0, 1, ("images",))["images"][0, 0]
+    assert (win[2, 2], win[20, 20], win[13, 13]) == (0, 128, 255)
+    # Neither: the image is refused by name, not clipped to 255 (which saturated 41% of a CT).
+    pool, report = _one_image_pool(tmp_path / "clip", ct)
+    assert pool.count == 0 and "16-bit image" in report.skipped[0] and "--uint16" in report.skipped[0]
+
+
+def test_a_non_square_image_keeps_its_aspect(tmp_path):
+    wide = np.zeros((20, 40), dtype=np.uint8)
+    wide[5:15, 15:25] = 255  # a 10x10 square lesion in the middle
+    mask = Image.fromarray(wide.copy())
+    for fit, rows, cols in (("pad", 8, 8), ("crop", 16, 16), ("stretch", 16, 8)):
+        pool, report = _one_image_pool(tmp_path / fit, wide, mask, fit=fit)
+        d = pool.read(0, 1, ("images", "rois"))
+        lesion = np.argwhere(d["images"][0, 0] > 127)
+        extent = lesion.max(0) - lesion.min(0) + 1
+        assert tuple(extent) == (rows, cols), fit  # square stays square unless stretched
+        np.testing.assert_array_equal(d["rois"][0], d["images"][0, 0] > 127)  # the ROI moved alike
+        assert report.stretched == (1 if fit == "stretch" else 0)
+
+
+def test_masks_are_thresholded_at_half_their_range(tmp_path):
+    yy, xx = np.mgrid[:32, :32]
+    disc = (((yy - 15.5) ** 2 + (xx - 15.5) ** 2) < 64).astype(np.uint8) * 255  # 208 pixels
+    image = np.full((32, 32), 90, dtype=np.uint8)
+    # A JPEG-compressed mask: its ringing around the edge (faint non-zero values, +10% of the
+    # area here) must not count as ROI.
+    pool, _ = _one_image_pool(tmp_path / "jpeg", image, Image.fromarray(disc), jpeg=True)
+    assert pool.read(0, 1, ("rois",))["rois"][0].sum() == 208
+    # A label map saved with values 0 and 1 (not 0 and 255) is still the region drawn.
+    pool, _ = _one_image_pool(tmp_path / "ones", image, Image.fromarray((disc > 0).astype(np.uint8)))
+    assert pool.read(0, 1, ("rois",))["rois"][0].sum() == 208
+
+
+def test_the_import_command_fails_when_it_skips_or_writes_nothing(png_folder, tmp_path):
+    import subprocess
+    import sys
+
+    (png_folder / "img2.png").write_bytes(b"broken")
+
+    def run(out, *extra):
+        cmd = [sys.executable, "-m", "xgal.cli", "pool", "import", "images", str(png_folder), str(out)]
+        cmd += ["--labels", str(png_folder / "labels.csv"), "--size", "32", *extra]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+    res = run(tmp_path / "p1")
+    assert res.returncode == 2 and "1 sources were skipped" in res.stderr and "--allow-skips" in res.stderr
+    assert "img2.png: not a readable image" in res.stdout + res.stderr  # each skip is listed
+    assert run(tmp_path / "p2", "--allow-skips").returncode == 0
+    _csv(png_folder / "none.csv", ["image", "label"], [["img2.png", "benign"]])
+    cmd = [
+        sys.executable,
+        "-m",
+        "xgal.cli",
+        "pool",
+        "import",
+        "images",
+        str(png_folder),
+        str(tmp_path / "p3"),
+    ]
+    cmd += ["--labels", str(png_folder / "none.csv"), "--allow-skips"]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and "wrote no samples" in res.stderr

@@ -50,12 +50,31 @@ def pool_synth(
     out.print(f"wrote {pool}")
 
 
-def _import_done(pool: Any, report: Any) -> None:
+ALLOW_SKIPS = typer.Option(
+    False, help="Accept an import that skipped sources (listed); without it that is an error (exit 2)."
+)
+
+
+def _import_done(pool: Any, report: Any, allow_skips: bool) -> None:
+    """Say what was written and skipped; an import that wrote nothing, or skipped sources
+    without --allow-skips, is an error, so that a script notices it."""
     out.print(f"wrote {pool}: {report.written} new samples, {len(report.skipped)} sources skipped")
     for line in report.skipped[:20]:
         console.print(f"  skipped {line}", markup=False)
     if len(report.skipped) > 20:
         console.print(f"  ... and {len(report.skipped) - 20} more")
+    if getattr(report, "stretched", 0):
+        out.print(
+            f"[yellow]warning:[/] {report.stretched} non-square images were stretched to square "
+            "(--fit pad or crop keeps their aspect)"
+        )
+    if pool.count == 0:
+        raise InvalidArgument(f"the import wrote no samples to {pool.path}: every source was skipped (above)")
+    if report.skipped and not allow_skips:
+        raise InvalidArgument(
+            f"{len(report.skipped)} sources were skipped (above); {pool.path} holds the {pool.count} "
+            "imported. Fix them and import again into a new folder, or accept with --allow-skips"
+        )
 
 
 def _names(text: str | None) -> list[str] | None:
@@ -70,8 +89,12 @@ def import_images_cmd(
     boxes: Path | None = typer.Option(None, help="CSV of ROI boxes: image|id, x_min, y_min, x_max, y_max."),
     size: int = typer.Option(224, help="Side of the pool's square images."),
     channels: int = typer.Option(1, help="1 (grayscale) or 3 (RGB)."),
+    fit: str = typer.Option("pad", help="Non-square images: pad or crop (aspect kept), or stretch."),
+    uint16: bool = typer.Option(False, help="Store 16-bit pixels (16-bit PNGs keep their values)."),
+    window: str | None = typer.Option(None, help="centre,width: map 16-bit values to the pool's range."),
     classes: str | None = typer.Option(None, help="Comma-separated class order (default: sorted)."),
     overwrite: bool = typer.Option(False),
+    allow_skips: bool = ALLOW_SKIPS,
 ) -> None:
     """Import a folder of PNG/JPEG images with labels and ROI masks or boxes."""
     from xgal.pool.importers.images import import_images
@@ -84,11 +107,14 @@ def import_images_cmd(
             size=size,
             channels=channels,
             boxes_csv=boxes,
+            fit=fit,
+            pixel_dtype="uint16" if uint16 else "uint8",
+            window=_window(window),
             class_names=_names(classes),
             overwrite=overwrite,
             progress=bar.update,
         )
-    _import_done(pool, report)
+    _import_done(pool, report, allow_skips)
 
 
 def _window(text: str | None) -> tuple[float, float] | None:
@@ -111,6 +137,7 @@ def import_dicom_cmd(
     window: str | None = typer.Option(None, help="centre,width; default: the file's VOI window."),
     uint16: bool = typer.Option(False, help="Store 16-bit pixels instead of 8-bit."),
     overwrite: bool = typer.Option(False),
+    allow_skips: bool = ALLOW_SKIPS,
 ) -> None:
     """Import DICOM images with a VinDr-CXR / SIIM-style box CSV."""
     from xgal.pool.importers.dicom import import_dicom
@@ -128,7 +155,7 @@ def import_dicom_cmd(
             overwrite=overwrite,
             progress=bar.update,
         )
-    _import_done(pool, report)
+    _import_done(pool, report, allow_skips)
 
 
 @import_app.command("brats")
@@ -139,6 +166,7 @@ def import_brats_cmd(
     modalities: str = typer.Option("t1ce,flair,t2", help="Channels, in order."),
     min_area: int = typer.Option(100, help="Least tumour voxels for a slice to be kept."),
     overwrite: bool = typer.Option(False),
+    allow_skips: bool = ALLOW_SKIPS,
 ) -> None:
     """Import NIfTI volumes in the BraTS layout as axial slices (class = dominant region)."""
     from xgal.pool.importers.brats import import_brats
@@ -153,7 +181,7 @@ def import_brats_cmd(
             overwrite=overwrite,
             progress=bar.update,
         )
-    _import_done(pool, report)
+    _import_done(pool, report, allow_skips)
 
 
 @app.command("info")

@@ -31,6 +31,44 @@ class Sample:
 class ImportReport:
     written: int = 0
     skipped: list[str] = field(default_factory=list)  # "source: reason"
+    stretched: int = 0  # non-square images resized to square without keeping their aspect
+
+
+FITS = ("pad", "crop", "stretch")
+
+
+def fit_square(arr: np.ndarray, fit: str) -> np.ndarray:
+    """An image [H, W(, C)] or mask made square before resizing: `pad` centres it on zeros
+    (nothing lost, aspect kept), `crop` keeps the centred square (aspect kept, edges lost),
+    `stretch` leaves it (the resize then distorts it)."""
+    h, w = arr.shape[:2]
+    if fit == "stretch" or h == w:
+        return arr
+    side = max(h, w) if fit == "pad" else min(h, w)
+    if fit == "crop":
+        top, left = (h - side) // 2, (w - side) // 2
+        return arr[top : top + side, left : left + side]
+    out = np.zeros((side, side, *arr.shape[2:]), dtype=arr.dtype)
+    top, left = (side - h) // 2, (side - w) // 2
+    out[top : top + h, left : left + w] = arr
+    return out
+
+
+def binary_mask(values: np.ndarray) -> np.ndarray:
+    """A mask image as 0/1, thresholded at half its range: a 0/255 PNG, a 0/1 label map and a JPEG
+    whose compression left faint values around the edges all give the region drawn."""
+    v = values.astype(np.float64)
+    lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
+    return (v > (lo + hi) / 2).astype(np.uint8) if hi > lo else (v > 0).astype(np.uint8)
+
+
+def window_unit(arr: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """Values in [centre − width/2, centre + width/2] to [0, 1], clipped (a radiologist's window)."""
+    centre, width = window
+    if not width > 0:
+        raise InvalidArgument(f"a window's width must be positive, got {width}")
+    lo = centre - width / 2
+    return np.clip((arr.astype(np.float64) - lo) / width, 0, 1)
 
 
 def resize_image(img: np.ndarray, size: int) -> np.ndarray:

@@ -30,6 +30,7 @@ from xgal.pool.importers.common import (
     resize_image,
     resize_mask,
     to_pixels,
+    window_unit,
     write_pool,
 )
 
@@ -50,9 +51,7 @@ def dicom_to_unit(path: Path, window: tuple[float, float] | None = None) -> np.n
         raise ImportError_(f"{path}: {raw.ndim}-D pixel data; only single-frame 2-D images are supported")
     arr = apply_modality_lut(raw, ds).astype(np.float64)
     if window is not None:
-        centre, width = window
-        lo, hi = centre - width / 2, centre + width / 2
-        unit = np.clip((arr - lo) / (hi - lo), 0, 1)
+        unit = window_unit(arr, window)
     elif "WindowCenter" in ds or "VOILUTSequence" in ds:
         arr = apply_voi_lut(arr, ds).astype(np.float64)
         lo, hi = arr.min(), arr.max()

@@ -2,9 +2,15 @@
 
 labels CSV: `image` (path relative to the folder), `label` (class name), optional `id`
 (default: the file name without extension) and optional `mask` (path of a mask image; any
-non-zero pixel is inside the ROI). Boxes CSV instead of masks: `image` or `id`, `x_min`,
+pixel above half the mask's range is inside the ROI). Boxes CSV instead of masks: `image` or `id`, `x_min`,
 `y_min`, `x_max`, `y_max` in the original image's pixels; several boxes of an image are filled
 into one mask. An image with neither has no ROI (an all-zero mask).
+
+16-bit images (a CT slice saved as HU + 1024, say) keep their values in a uint16 pool
+(`pixel_dtype="uint16"`), or are mapped to 8 bits through an explicit `window` (centre, width);
+an 8-bit pool never clips them silently. Non-square images are padded (default) or cropped to a
+square first, so the resize keeps their aspect; `fit="stretch"` distorts them, and the report
+counts those.
 """
 
 from __future__ import annotations
@@ -21,14 +27,18 @@ from xgal.core.errors import InvalidArgument
 from xgal.pool.format import Pool
 from xgal.pool.importers.common import (
     BOX_COLUMNS,
+    FITS,
     ImportError_,
     ImportReport,
     Sample,
+    binary_mask,
     boxes_to_mask,
+    fit_square,
     read_box,
     resize_image,
     resize_mask,
     to_pixels,
+    window_unit,
     write_pool,
 )
 
@@ -53,6 +63,9 @@ def import_images(
     channels: int = 1,
     boxes_csv: str | os.PathLike[str] | None = None,
     class_names: Sequence[str] | None = None,
+    fit: str = "pad",
+    pixel_dtype: str = "uint8",
+    window: tuple[float, float] | None = None,
     shard_size: int = 4096,
     overwrite: bool = False,
     progress: Callable[[int, int], None] | None = None,
@@ -60,6 +73,10 @@ def import_images(
     folder = Path(folder)
     if channels not in (1, 3):
         raise InvalidArgument(f"channels must be 1 or 3, got {channels}")
+    if fit not in FITS:
+        raise InvalidArgument(f"fit must be one of {', '.join(FITS)}; got {fit!r}")
+    if pixel_dtype not in ("uint8", "uint16"):
+        raise InvalidArgument(f"pixel_dtype must be uint8 or uint16, got {pixel_dtype!r}")
     rows = _read_csv(Path(labels_csv), ["image", "label"])
     names = list(class_names) if class_names else sorted({r["label"] for r in rows})
     unknown = sorted({r["label"] for r in rows} - set(names))
@@ -75,39 +92,72 @@ def import_images(
             key = b.get("id") or Path(b.get("image", "")).stem
             boxes.setdefault(key, []).append(read_box(b, f"{boxes_csv} line {line}"))
 
+    report_stretched = [0]  # counted by `convert`, which runs inside write_pool
+
     def convert(item: object) -> Iterator[Sample]:
         row, sample_id = item  # type: ignore[misc]
         path = folder / row["image"]
-        try:
-            with Image.open(path) as im:
-                im = im.convert("L" if channels == 1 else "RGB")
-                arr = np.asarray(im, dtype=np.float32) / 255.0
-        except (OSError, ValueError) as exc:
-            raise ImportError_(f"{path}: not a readable image ({exc})") from None
+        arr = _read_unit(path, channels, pixel_dtype, window)
         h, w = arr.shape[:2]
         if row.get("mask"):
             mpath = folder / row["mask"]
             try:
                 with Image.open(mpath) as m:
-                    mask = (np.asarray(m.convert("L")) > 0).astype(np.uint8)
+                    values = np.asarray(m if m.mode.startswith("I") else m.convert("L"))
             except (OSError, ValueError) as exc:
                 raise ImportError_(f"{mpath}: not a readable mask ({exc})") from None
-            if mask.shape != (h, w):
-                raise ImportError_(f"{mpath}: mask is {mask.shape[1]}x{mask.shape[0]}, image is {w}x{h}")
+            if values.shape != (h, w):
+                raise ImportError_(f"{mpath}: mask is {values.shape[1]}x{values.shape[0]}, image is {w}x{h}")
+            mask = binary_mask(values)
         else:
             mask = boxes_to_mask(boxes.get(sample_id, []), h, w, str(path))
-        img = resize_image(arr if channels == 3 else arr, size)
+        if fit == "stretch" and h != w:
+            report_stretched[0] += 1
+        img = resize_image(fit_square(arr, fit), size)
         img = img[None] if channels == 1 else np.moveaxis(img, -1, 0)
-        yield Sample(sample_id, to_pixels(img, "uint8"), resize_mask(mask, size), names.index(row["label"]))
+        roi = resize_mask(fit_square(mask, fit), size)
+        yield Sample(sample_id, to_pixels(img, pixel_dtype), roi, names.index(row["label"]))
 
-    return write_pool(
+    pool, report = write_pool(
         out,
         list(zip(rows, ids, strict=True)),
         convert,
         image_shape=(channels, size, size),
         class_names=names,
+        pixel_dtype=pixel_dtype,
         shard_size=shard_size,
         overwrite=overwrite,
-        description=f"imported from {folder}",
+        description=f"imported from {folder} ({'aspect kept: ' + fit if fit != 'stretch' else 'stretched'})",
         progress=progress,
     )
+    report.stretched = report_stretched[0]
+    return pool, report
+
+
+def _read_unit(path: Path, channels: int, pixel_dtype: str, window: tuple[float, float] | None) -> np.ndarray:
+    """The image as float [H, W(, C)] in [0, 1]: 8-bit images / 255; 16-bit ones through the
+    window, or / 65535 into a uint16 pool, never clipped to 8 bits."""
+    try:
+        with Image.open(path) as im:
+            if im.mode.startswith("I"):  # I;16, I;16B, I: 16-bit (or 32-bit integer) grayscale
+                values = np.asarray(im).astype(np.float64)
+                sixteen = True
+            else:
+                values = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.float64)
+                sixteen = False
+    except (OSError, ValueError) as exc:
+        raise ImportError_(f"{path}: not a readable image ({exc})") from None
+    if window is not None:
+        arr = window_unit(values, window)
+    elif not sixteen:
+        arr = values / 255.0
+    elif pixel_dtype == "uint16":
+        arr = values / 65535.0
+    else:
+        raise ImportError_(
+            f"{path}: a 16-bit image (values {values.min():.0f}–{values.max():.0f}); an 8-bit pool would "
+            "clip it: import with --uint16 to keep its values, or --window centre,width to map them"
+        )
+    if channels == 3 and arr.ndim == 2:
+        arr = np.repeat(arr[..., None], 3, axis=-1)
+    return arr.astype(np.float32)
