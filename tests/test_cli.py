@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from xgal.cli import app
 from xgal.cli.common import ACQUISITION_FIELDS, App, acquisition_options
 from xgal.core.acquisition import AcquisitionConfig, Balance, MissingRoi, Normalise, Strategy, Uncertainty
+from xgal.pool.format import Pool
 from xgal.scorer.server import RunningServer, ServerConfig
 from xgal.trainer.export import export_scoring_graph
 from xgal.trainer.nets import build_model
@@ -53,7 +54,12 @@ def pool_and_model(tmp_path_factory):
 
 def test_pool_info_and_verify(pool_and_model):
     pool, _ = pool_and_model
-    assert "60 samples, uint8[1, 32, 32]" in run("pool", "info", pool).stdout
+    info = run("pool", "info", pool).stdout
+    assert "60 samples, uint8[1, 32, 32]" in info
+    labels = Pool(pool).labels()
+    counts = ", ".join(f"{n} {(labels == i).sum()}" for i, n in enumerate(Pool(pool).class_names))
+    assert f"per class: {counts}" in info
+    assert f"with an ROI: {int(Pool(pool).has_roi().sum())} of 60" in info
     assert "all checksums match" in run("pool", "verify", pool).stdout
 
 
@@ -74,6 +80,13 @@ def test_score_prints_table_and_writes_files(pool_and_model, tmp_path):
     rows = list(csv.DictReader(open(tmp_path / "r.csv")))
     assert len(rows) == 5 and {"id", "score", "uncertainty", "misalignment", "p_class0"} <= set(rows[0])
     assert all(0 <= float(r["uncertainty"]) <= 1 for r in rows)  # entropy / ln 3
+    # --all: every sample in pool order, each with its rank in the whole ranking.
+    run(*args, "-k", 5, "-o", tmp_path / "all.csv", "--all")
+    every = list(csv.DictReader(open(tmp_path / "all.csv")))
+    assert [r["id"] for r in every] == sorted(r["id"] for r in every)  # pool order
+    by_rank = sorted(every, key=lambda r: int(r["rank"]))
+    assert [int(r["rank"]) for r in by_rank] == list(range(1, 59))
+    assert [float(r["score"]) for r in by_rank] == sorted((float(r["score"]) for r in every), reverse=True)
 
 
 @pytest.mark.parametrize(

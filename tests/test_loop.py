@@ -4,14 +4,17 @@ the guidance loss on a toy case."""
 import json
 
 import numpy as np
+import onnx
 import pytest
 import torch
 
 from xgal.client import ScorerClient
 from xgal.core.acquisition import AcquisitionConfig, Balance, random_scores
+from xgal.core.contract import read_metadata
 from xgal.core.errors import InvalidArgument
 from xgal.pool.format import Pool
 from xgal.pool.synth import synth_pool
+from xgal.pool.writer import PoolWriter
 from xgal.scorer.server import RunningServer, ServerConfig
 from xgal.trainer.annotator import OracleAnnotator
 from xgal.trainer.loop import ActiveLearningLoop, LoopConfig, initial_selection
@@ -69,7 +72,9 @@ def test_two_rounds_end_to_end_and_no_label_leaks(world, tmp_path):
     )
     records = loop.run()
     assert [r.labelled for r in records] == [24, 36, 48] and seen == [0, 1, 2]
-    assert [r.model_version for r in records[:2]] == [1, 2]
+    # Every round's model is published, the final one too (the run's result, in model.onnx).
+    assert [r.model_version for r in records] == [1, 2, 3]
+    assert read_metadata(onnx.load(tmp_path / "run" / "model.onnx")).round_index == 2
     # A round's record holds the test metrics of the model that round ended with.
     final = build_model("small_cnn", "linear", 3, in_channels=1)
     final.load_state_dict(torch.load(tmp_path / "run" / "model.pt", weights_only=True))
@@ -85,7 +90,7 @@ def test_two_rounds_end_to_end_and_no_label_leaks(world, tmp_path):
     index = {s: i for i, s in enumerate(pool.ids().tolist())}
     assert sorted(spy.label_rows) == sorted(index[i] for i in ann["ids"].tolist())
     np.testing.assert_array_equal(ann["labels"], pool.labels()[[index[i] for i in ann["ids"]]])
-    assert [m.version for m in client.list_models("loop")] == [1, 2]
+    assert [m.version for m in client.list_models("loop")] == [1, 2, 3]
 
 
 def test_resume_continues_from_the_last_finished_round(world, tmp_path):
@@ -280,6 +285,10 @@ def test_train_cli_runs_and_resumes(world, tmp_path):
         "uncertainty",
         "--lambda",
         "0.5",
+        "--lr",
+        "0.002",
+        "--batch-size",
+        "16",
     ]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert first.returncode == 0, first.stderr
@@ -296,3 +305,47 @@ def test_train_cli_runs_and_resumes(world, tmp_path):
         2,
         demo.train.alpha,
     )
+    assert (saved.train.lr, saved.train.batch_size) == (0.002, 16)
+
+
+def test_the_initial_set_is_exactly_the_size_asked_for(tmp_path):
+    # 3 classes, one of them small: its share of 30 is 10, it has 4; the rest come from the others.
+    labels = np.array([0] * 50 + [1] * 50 + [2] * 4)
+    writer = PoolWriter(tmp_path / "p", image_shape=(1, 8, 8), class_names=["a", "b", "c"], with_labels=True)
+    n = len(labels)
+    writer.add(
+        [f"s{i:03d}" for i in range(n)],
+        np.zeros((n, 1, 8, 8), np.uint8),
+        np.zeros((n, 8, 8), np.uint8),
+        labels,
+    )
+    writer.close()
+    pool = Pool(tmp_path / "p")
+    for seed in range(3):
+        chosen = initial_selection(pool, 30, seed)
+        assert len(chosen) == len(set(chosen)) == 30
+        picked = labels[[int(c[1:]) for c in chosen]]
+        assert (picked == 2).sum() == 4 and abs((picked == 0).sum() - (picked == 1).sum()) <= 1
+    with pytest.raises(InvalidArgument, match="larger than the pool"):
+        initial_selection(pool, n + 1, 0)
+
+
+def test_a_test_split_without_rois_has_no_dice_and_says_n_a(world):
+    import warnings
+
+    from xgal.cli.common import number
+
+    _, _, test, _, _ = world
+    t = test.read(0, test.count, ("images", "labels", "rois"))
+    model = build_model("small_cnn", "linear", 3, in_channels=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "mean of empty slice"
+        metrics = evaluate(
+            model,
+            LAYER,
+            to_input(t["images"], 255.0),
+            torch.from_numpy(t["labels"]),
+            torch.zeros_like(torch.from_numpy(t["rois"])),
+        )
+    assert np.isnan(metrics["cam_dice"]) and 0 <= metrics["accuracy"] <= 1
+    assert (number(metrics["cam_dice"]), number(0.1234)) == ("n/a", "0.123")

@@ -138,6 +138,11 @@ def ints(text: str, option: str) -> list[int]:
         raise InvalidArgument(f"{option} takes comma-separated integers, got {text!r}") from None
 
 
+def number(value: float, digits: int = 3) -> str:
+    """A metric for people: "n/a" where it could not be measured (NaN), not "nan"."""
+    return "n/a" if value != value else f"{value:.{digits}f}"
+
+
 # -- the acquisition options, declared once ----------------------------------------------------
 _ACQUISITION_HELP = {
     "strategy": "What ranks the pool: xgal is λ·U + (1 − λ)·M, M = 1 − Dice(Grad-CAM, ROI).",

@@ -186,13 +186,20 @@ def import_brats_cmd(
 
 @app.command("info")
 def pool_info(path: Path = typer.Argument(..., help="Pool folder.")) -> None:
-    """Print a pool's manifest summary."""
+    """Print a pool's manifest summary, its class counts and how many samples have an ROI."""
+    import numpy as np
+
     from xgal.pool.format import Pool
 
     pool = Pool(path)
     pool.check()
     out.print(f"{pool.path}: {pool.count} samples, {pool.pixel_dtype}{list(pool.image_shape)}")
     out.print(f"classes: {pool.class_names or '(none)'}; labels: {'yes' if pool.has_labels else 'no'}")
+    if pool.has_labels and pool.count:
+        counts = np.bincount(pool.labels(), minlength=len(pool.class_names))
+        names = pool.class_names or [str(i) for i in range(len(counts))]
+        out.print("per class: " + ", ".join(f"{n} {c}" for n, c in zip(names, counts, strict=False)))
+    out.print(f"with an ROI: {int(pool.has_roi().sum())} of {pool.count}")
     out.print(f"shards: {len(pool.shards)}; {pool.description}")
 
 

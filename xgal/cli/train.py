@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from xgal.cli.common import TLS_CA, TOKEN_FILE, acquisition_options, out
+from xgal.cli.common import TLS_CA, TOKEN_FILE, acquisition_options, number, out
 
 
 @acquisition_options(
@@ -32,6 +32,8 @@ def train(
     rounds: int | None = typer.Option(None, min=0, help="Acquisition rounds."),
     epochs: int | None = typer.Option(None, help="Training epochs per round."),
     steps: int | None = typer.Option(None, min=0, help="Training steps per round (0 = use --epochs)."),
+    lr: float | None = typer.Option(None, min=0.0, help="Learning rate."),
+    batch_size: int | None = typer.Option(None, min=1, help="Training batch size."),
     cold_start: str | None = typer.Option(
         None, help="none | typical: the first selection as TypiClust representatives of the embedding."
     ),
@@ -69,7 +71,9 @@ def train(
     )
     overrides = {k: v for k, v in given.items() if v is not None}
     train_overrides = {
-        k: v for k, v in dict(alpha=alpha, epochs=epochs, steps=steps).items() if v is not None
+        k: v
+        for k, v in dict(alpha=alpha, epochs=epochs, steps=steps, lr=lr, batch_size=batch_size).items()
+        if v is not None
     }
     cfg = replace(
         cfg,
@@ -101,7 +105,7 @@ def train(
                 pool_ref=pool_ref or data.path.name,
                 log=lambda r, _m: out.print(
                     f"round {r.round}: {r.labelled} labelled, accuracy {r.accuracy:.3f}, macro-F1 "
-                    f"{r.macro_f1:.3f}, CAM-ROI Dice {r.cam_dice:.3f} ({r.seconds:.1f} s)"
+                    f"{r.macro_f1:.3f}, CAM-ROI Dice {number(r.cam_dice)} ({r.seconds:.1f} s)"
                 ),
                 on_stage=lambda r, stage: status.update(f"round {r}: {stage}"),
             )

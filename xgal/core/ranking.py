@@ -278,7 +278,14 @@ class ScoreResult:
 
 
 def rows(r: Ranked, class_names: tuple[str, ...], ranked: bool = True) -> list[dict[str, Any]]:
-    """Ranked rows as plain dicts (for JSON, CSV and tables)."""
+    """Rows as plain dicts (for JSON, CSV and tables), each with its rank: its place in `r` when
+    `ranked` (a selection, in order), else its place by score (every scored sample, in pool
+    order: higher score first, ties by ID)."""
+    if ranked:
+        place = np.arange(1, len(r) + 1)
+    else:
+        place = np.empty(len(r), dtype=np.int64)
+        place[np.lexsort((r.ids, -r.score))] = np.arange(1, len(r) + 1)
     out = []
     for i in range(len(r)):
         pred = int(r.pred[i])
@@ -296,9 +303,7 @@ def rows(r: Ranked, class_names: tuple[str, ...], ranked: bool = True) -> list[d
             "pred_name": class_names[pred] if pred < len(class_names) else str(pred),
             "probs": [float(p) for p in r.probs[i]],
         }
-        if ranked:
-            row = {"rank": i + 1, **row}
-        out.append(row)
+        out.append({"rank": int(place[i]), **row})
     return out
 
 

@@ -336,5 +336,13 @@ class Pool:
     def ids(self) -> np.ndarray:
         return self.read(0, self.count, ("ids",))["ids"]
 
+    def has_roi(self, chunk: int = 4096) -> np.ndarray:
+        """[N] bool: which samples have an ROI (any pixel set), read a chunk at a time."""
+        out = np.zeros(self.count, dtype=bool)
+        for lo in range(0, self.count, chunk):
+            rois = self.read(lo, min(lo + chunk, self.count), ("rois",))["rois"]
+            out[lo : lo + len(rois)] = rois.reshape(len(rois), -1).max(1, initial=0) > 0
+        return out
+
     def labels(self) -> np.ndarray:
         return self.read(0, self.count, ("labels",))["labels"]

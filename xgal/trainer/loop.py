@@ -37,7 +37,7 @@ COLD_STARTS = ("none", "typical")
 
 # What `on_stage(round, stage)` reports, in order. "initial": the initial set goes to the
 # annotator (round 0, once per run); "recording": the round's answers are on disk and the round
-# is being written. The last round (no acquisition) is "training" then "recording".
+# is being written. The last round (no acquisition) is "training", "export", "publish", "recording".
 STAGES = ("initial", "training", "export", "publish", "scoring", "annotation", "recording")
 
 
@@ -123,8 +123,10 @@ class RoundRecord:
 
 
 def initial_selection(pool: Pool, n: int, seed: int) -> list[str]:
-    """Stratified by label when the pool is a simulation (the authors' setup; only the choice
-    uses the labels, training gets them from the annotator), else uniformly at random."""
+    """Exactly n: stratified by label when the pool is a simulation (the authors' setup; only
+    the choice uses the labels, training gets them from the annotator), a class with fewer
+    scans than its share giving them all and the others sharing the rest equally; else
+    uniformly at random."""
     rng = np.random.default_rng(seed)
     ids = pool.ids()
     if n > len(ids):
@@ -133,8 +135,14 @@ def initial_selection(pool: Pool, n: int, seed: int) -> list[str]:
         return sorted(ids[rng.permutation(len(ids))[:n]].tolist())
     labels = pool.labels()
     classes = np.unique(labels)
-    per = [n // len(classes) + (1 if i < n % len(classes) else 0) for i in range(len(classes))]
-    picks = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, per, strict=True)]
+    avail = np.array([(labels == c).sum() for c in classes])
+    quota = np.zeros(len(classes), dtype=np.int64)
+    while quota.sum() < n:  # equal shares; what a small class cannot fill goes to the others
+        open_ = np.flatnonzero(quota < avail)
+        left = n - int(quota.sum())
+        share = left // len(open_) + (np.arange(len(open_)) < left % len(open_))
+        quota[open_] = np.minimum(avail[open_], quota[open_] + share)
+    picks = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, quota, strict=True)]
     return sorted(ids[np.concatenate(picks)].tolist())
 
 
@@ -272,6 +280,9 @@ class ActiveLearningLoop:
                 ids = ids + record.selected
                 labels = np.concatenate([labels, new_labels])
                 rois = np.concatenate([rois, new_rois])
+            elif not record.model_version:
+                # The final model is the run's result: exported and published like the others.
+                record.model_version = self._publish(model, r)
             self._stage(r, "recording")
             record.seconds += time.perf_counter() - t0
             records.append(record)
@@ -311,22 +322,26 @@ class ActiveLearningLoop:
         self.folder.save_progress(r, {"record": asdict(record)}, model.state_dict())
         return record, model
 
-    def _acquire(self, model: Classifier, r: int, labelled: list[str]) -> tuple[list[str], int]:
-        cfg = self.config
+    def _publish(self, model: Classifier, r: int) -> int:
+        """Round `r`'s model as the run folder's `model.onnx`, published; its version."""
         self._stage(r, "export")
         path = self.exporter.export(model, self.out / "model.onnx", round_index=r)
         # A resumed round exports the same weights to the same bytes, which the scorers answer
         # with the version they hold (the latest): a killed publish or scoring makes no new one.
         self._stage(r, "publish")
-        info = self.client.publish_model(path, self.model_name)
+        return int(self.client.publish_model(path, self.model_name).version)
+
+    def _acquire(self, model: Classifier, r: int, labelled: list[str]) -> tuple[list[str], int]:
+        cfg = self.config
+        version = self._publish(model, r)
         self._stage(r, "scoring")
         result = self.client.score_pool(
             self.pool_ref,
             model=self.model_name,
-            version=info.version,
+            version=version,
             top_k=cfg.per_round,
             exclude_ids=labelled,
             progress=False,
             **asdict(cfg.round_acquisition(r)),
         )
-        return result.top.ids.tolist(), int(info.version)
+        return result.top.ids.tolist(), version

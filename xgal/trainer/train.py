@@ -346,5 +346,6 @@ def evaluate(
     return {
         "accuracy": float((pred == truth).mean()),
         "macro_f1": macro_f1(truth, pred, num_classes),
-        "cam_dice": float(np.concatenate(dices).mean()) if dices else float("nan"),
+        # NaN (printed "n/a") when no test sample has an ROI: there is nothing to measure.
+        "cam_dice": float(np.concatenate(dices).mean()) if sum(map(len, dices)) else float("nan"),
     }
