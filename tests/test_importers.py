@@ -202,12 +202,21 @@ def test_dicom_vindr_style(tmp_path):
     assert pydicom.dcmread(src / "a.dicom").Rows == 64
 
 
-def _nifti(path, arr):
-    nib.save(nib.Nifti1Image(arr.astype(np.float32), np.eye(4)), path)
+def _nifti(path, arr, layout="ras"):
+    """Save `arr` (indexed x, y, z in RAS+) as stored in another layout with the affine that says
+    so: "ras" as is, "zyx" with the axes reversed, "lps" with x and y flipped."""
+    affine = np.eye(4)
+    if layout == "zyx":
+        arr = arr.transpose(2, 1, 0)
+        affine = np.array([[0, 0, 1, 0], [0, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 1]], dtype=float)
+    elif layout == "lps":
+        arr = arr[::-1, ::-1]
+        affine = np.diag([-1.0, -1.0, 1.0, 1.0])
+        affine[:2, 3] = [arr.shape[0] - 1, arr.shape[1] - 1]
+    nib.save(nib.Nifti1Image(np.ascontiguousarray(arr).astype(np.float32), affine), path)
 
 
-def test_brats_layout(tmp_path):
-    src = tmp_path / "brats"
+def _brats_folder(src, layout="ras"):
     rng = np.random.default_rng(0)
     for s in ("BraTS20_001", "BraTS20_002"):
         sub = src / s
@@ -219,10 +228,15 @@ def test_brats_layout(tmp_path):
         seg[4:14, 4:14, 3] = 4
         seg[5:7, 5:7, 3] = 2  # enhancing dominates
         seg[0:2, 0:2, 4] = 2  # too small: dropped
-        _nifti(sub / f"{s}_seg.nii.gz", seg)
+        _nifti(sub / f"{s}_seg.nii.gz", seg, layout)
         for m in ("t1ce", "flair", "t2"):
             vol = rng.random((24, 24, 5)) * 100 + 10
-            _nifti(sub / f"{s}_{m}.nii.gz", vol)
+            _nifti(sub / f"{s}_{m}.nii.gz", vol, layout)
+    return src
+
+
+def test_brats_layout(tmp_path):
+    src = _brats_folder(tmp_path / "brats")
     pool, report = import_brats(src, tmp_path / "pool", size=32, min_area=10)
     assert not report.skipped and pool.count == 6
     d = pool.read(0, 6, ("ids", "images", "rois", "labels"))
@@ -235,6 +249,17 @@ def test_brats_layout(tmp_path):
     (src / "BraTS20_003").mkdir()
     _, report = import_brats(src, tmp_path / "p2", size=32, min_area=10)
     assert "no BraTS20_003_seg.nii(.gz)" in report.skipped[0]
+
+
+@pytest.mark.parametrize("layout", ["zyx", "lps"])
+def test_brats_volumes_stored_in_another_orientation_give_the_same_axial_slices(tmp_path, layout):
+    want, _ = import_brats(_brats_folder(tmp_path / "ras"), tmp_path / "p-ras", size=32, min_area=10)
+    got, report = import_brats(_brats_folder(tmp_path / layout, layout), tmp_path / "p", size=32, min_area=10)
+    assert not report.skipped and got.count == want.count == 6
+    a, b = (p.read(0, 6, ("ids", "images", "rois", "labels")) for p in (want, got))
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+    assert "RAS+" in got.description
 
 
 def test_import_cli(png_folder, tmp_path):

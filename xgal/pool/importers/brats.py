@@ -2,11 +2,13 @@
 
     SRC/<subject>/<subject>_t1ce.nii.gz, _flair.nii.gz, _t2.nii.gz, _seg.nii.gz  (or .nii)
 
-Per subject the chosen modalities are stacked as channels (default T1CE, FLAIR, T2), each
-scaled to [0, 1] by its own 0.5-99.5 percentile window over the brain. Axial slices with at
-least `min_area` tumour voxels are kept; the class is the dominant tumour region of the slice
-(edema = label 2, necrotic / non-enhancing core = 1, enhancing tumour = 4) and the ROI that
-region's mask. Images and ROIs are resized to `size`.
+Every volume is first turned to the closest canonical orientation (RAS+, from its affine:
+`nibabel.as_closest_canonical`), so the third axis is inferior→superior and slices are axial
+however the file stores them. Per subject the chosen modalities are stacked as channels
+(default T1CE, FLAIR, T2), each scaled to [0, 1] by its own 0.5-99.5 percentile window over
+the brain. Axial slices with at least `min_area` tumour voxels are kept; the class is the
+dominant tumour region of the slice (edema = label 2, necrotic / non-enhancing core = 1,
+enhancing tumour = 4) and the ROI that region's mask. Images and ROIs are resized to `size`.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ def _volume(subject: Path, suffix: str) -> np.ndarray:
         path = subject / f"{subject.name}_{suffix}{ext}"
         if path.is_file():
             try:
-                return np.asarray(nib.load(path).get_fdata(dtype=np.float32))
+                return np.asarray(nib.as_closest_canonical(nib.load(path)).get_fdata(dtype=np.float32))
             except Exception as exc:  # nibabel raises several types for damaged files
                 raise ImportError_(f"{path}: not a readable NIfTI volume ({exc})") from None
     raise ImportError_(f"{subject}: no {subject.name}_{suffix}.nii(.gz)")
@@ -89,6 +91,9 @@ def import_brats(
         class_names=[name for name, _ in REGIONS],
         shard_size=shard_size,
         overwrite=overwrite,
-        description=f"imported from BraTS volumes in {folder} ({', '.join(modalities)})",
+        description=(
+            f"imported from BraTS volumes in {folder} ({', '.join(modalities)}); axial slices of "
+            "the volumes turned to RAS+"
+        ),
         progress=progress,
     )
