@@ -377,3 +377,16 @@ def test_the_import_command_fails_when_it_skips_or_writes_nothing(png_folder, tm
     cmd += ["--labels", str(png_folder / "none.csv"), "--allow-skips"]
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "wrote no samples" in res.stderr
+
+
+def test_an_unlabelled_archive_imports_and_a_half_labelled_one_is_refused(png_folder, tmp_path):
+    _csv(png_folder / "nolabels.csv", ["image", "mask"], [[f"img{i}.png", ""] for i in range(4)])
+    pool, report = import_images(png_folder, png_folder / "nolabels.csv", tmp_path / "u", size=32)
+    assert pool.count == 4 and not pool.has_labels and not report.skipped
+    named, _ = import_images(
+        png_folder, png_folder / "nolabels.csv", tmp_path / "n", size=32, class_names=["benign", "malignant"]
+    )
+    assert not named.has_labels and named.class_names == ["benign", "malignant"]
+    _csv(png_folder / "half.csv", ["image", "label"], [["img0.png", "benign"], ["img1.png", ""]])
+    with pytest.raises(InvalidArgument, match="1 rows have no label"):
+        import_images(png_folder, png_folder / "half.csv", tmp_path / "h", size=32)

@@ -85,7 +85,7 @@ def _names(text: str | None) -> list[str] | None:
 def import_images_cmd(
     folder: Path = typer.Argument(..., help="Folder of PNG/JPEG images."),
     out_dir: Path = typer.Argument(..., help="Pool to create (an unfinished one is resumed)."),
-    labels: Path = typer.Option(..., help="CSV: image, label[, id][, mask]."),
+    labels: Path = typer.Option(..., help="CSV: image[, label][, id][, mask] (no label: unlabelled)."),
     boxes: Path | None = typer.Option(None, help="CSV of ROI boxes: image|id, x_min, y_min, x_max, y_max."),
     size: int = typer.Option(224, help="Side of the pool's square images."),
     channels: int = typer.Option(1, help="1 (grayscale) or 3 (RGB)."),

@@ -1,10 +1,11 @@
 """A folder of PNG/JPEG images with a CSV of labels, and ROIs as mask files or boxes.
 
-labels CSV: `image` (path relative to the folder), `label` (class name), optional `id`
-(default: the file name without extension) and optional `mask` (path of a mask image; any
-pixel above half the mask's range is inside the ROI). Boxes CSV instead of masks: `image` or `id`, `x_min`,
-`y_min`, `x_max`, `y_max` in the original image's pixels; several boxes of an image are filled
-into one mask. An image with neither has no ROI (an all-zero mask).
+labels CSV: `image` (path relative to the folder), `label` (class name; without the column, or
+with it empty on every row, the pool is unlabelled: an archive before its annotation), optional
+`id` (default: the file name without extension) and optional `mask` (path of a mask image; any
+pixel above half the mask's range is inside the ROI). Boxes CSV instead of masks: `image` or
+`id`, `x_min`, `y_min`, `x_max`, `y_max` in the original image's pixels; several boxes of an
+image are filled into one mask. An image with neither has no ROI (an all-zero mask).
 
 16-bit images (a CT slice saved as HU + 1024, say) keep their values in a uint16 pool
 (`pixel_dtype="uint16"`), or are mapped to 8 bits through an explicit `window` (centre, width);
@@ -77,9 +78,17 @@ def import_images(
         raise InvalidArgument(f"fit must be one of {', '.join(FITS)}; got {fit!r}")
     if pixel_dtype not in ("uint8", "uint16"):
         raise InvalidArgument(f"pixel_dtype must be uint8 or uint16, got {pixel_dtype!r}")
-    rows = _read_csv(Path(labels_csv), ["image", "label"])
-    names = list(class_names) if class_names else sorted({r["label"] for r in rows})
-    unknown = sorted({r["label"] for r in rows} - set(names))
+    rows = _read_csv(Path(labels_csv), ["image"])
+    given = [(r.get("label") or "").strip() for r in rows]
+    labelled = any(given)
+    if labelled and not all(given):
+        missing = [r["image"] for r, g in zip(rows, given, strict=True) if not g]
+        raise InvalidArgument(
+            f"{labels_csv}: {len(missing)} rows have no label (e.g. {missing[:3]}); label every row, "
+            "or none for an unlabelled pool"
+        )
+    names = list(class_names) if class_names else sorted(set(given) - {""})
+    unknown = sorted(set(given) - set(names) - {""})
     if unknown:
         raise InvalidArgument(f"labels not among the classes {names}: {unknown}")
     ids = [r.get("id") or Path(r["image"]).stem for r in rows]
@@ -116,7 +125,8 @@ def import_images(
         img = resize_image(fit_square(arr, fit), size)
         img = img[None] if channels == 1 else np.moveaxis(img, -1, 0)
         roi = resize_mask(fit_square(mask, fit), size)
-        yield Sample(sample_id, to_pixels(img, pixel_dtype), roi, names.index(row["label"]))
+        label = names.index(row["label"].strip()) if labelled else -1
+        yield Sample(sample_id, to_pixels(img, pixel_dtype), roi, label)
 
     pool, report = write_pool(
         out,
@@ -125,6 +135,7 @@ def import_images(
         image_shape=(channels, size, size),
         class_names=names,
         pixel_dtype=pixel_dtype,
+        with_labels=labelled,
         shard_size=shard_size,
         overwrite=overwrite,
         description=f"imported from {folder} ({'aspect kept: ' + fit if fit != 'stretch' else 'stretched'})",
