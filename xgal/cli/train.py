@@ -37,6 +37,11 @@ def train(
     cold_start: str | None = typer.Option(
         None, help="none | typical: the first selection as TypiClust representatives of the embedding."
     ),
+    annotator: str | None = typer.Option(
+        None,
+        help="folder: each round's selection as files for a radiologist (default for a pool without "
+        "labels); oracle: the pool's own labels (a simulation).",
+    ),
     target: list[str] = typer.Option([], help="Scorer host:port (repeat); none = start one here."),
     pool_ref: str | None = typer.Option(None, help="The pool's path under the scorers' data root."),
     token_file: Path | None = TOKEN_FILE,
@@ -44,14 +49,17 @@ def train(
     *,
     acquisition: dict[str, Any],
 ) -> None:
-    """Run the active-learning loop: train, export, publish, score, annotate (oracle), repeat.
+    """Run the active-learning loop: train, export, publish, score, annotate, repeat.
 
-    Options not given keep the preset's values."""
+    With the folder hand-off the run stops at each round's request and goes on when run again
+    after `xgal annotations add`. Options not given keep the preset's values."""
     from dataclasses import replace
 
     from xgal.cli.client import connect
+    from xgal.core.errors import InvalidArgument
     from xgal.pool.format import Pool
     from xgal.trainer.annotator import OracleAnnotator
+    from xgal.trainer.handoff import AwaitingAnnotations, FolderAnnotator
     from xgal.trainer.loop import ActiveLearningLoop
     from xgal.trainer.presets import preset
 
@@ -82,6 +90,10 @@ def train(
         train=replace(cfg.train, **train_overrides),
     )
     data, test = Pool(pool), Pool(test_pool)
+    kind = annotator or ("oracle" if data.has_labels else "folder")
+    if kind not in ("folder", "oracle"):
+        raise InvalidArgument(f"--annotator must be folder or oracle, got {kind!r}")
+    who = FolderAnnotator(out_dir) if kind == "folder" else OracleAnnotator(data)
     server = None
     if not target:
         from xgal.scorer.server import RunningServer, ServerConfig
@@ -100,7 +112,7 @@ def train(
                 data,
                 test,
                 client,
-                OracleAnnotator(data),
+                who,
                 out_dir,
                 pool_ref=pool_ref or data.path.name,
                 log=lambda r, _m: out.print(
@@ -109,7 +121,12 @@ def train(
                 ),
                 on_stage=lambda r, stage: status.update(f"round {r}: {stage}"),
             )
-            records = loop.run()
+            try:
+                records = loop.run()
+            except AwaitingAnnotations as waiting:
+                status.stop()
+                out.print(str(waiting), markup=False)
+                return
     finally:
         if server is not None:
             server.stop(grace=5)

@@ -10,6 +10,7 @@ received is never asked for again.
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -23,9 +24,11 @@ from xgal.client import ScorerClient
 from xgal.core.acquisition import AcquisitionConfig, Balance, Diversity, Selection, Strategy
 from xgal.core.contract import MAX_VIEWS, PIXEL_SCALE
 from xgal.core.errors import InvalidArgument
+from xgal.core.ranking import rows
 from xgal.pool.format import Pool
 from xgal.trainer.annotator import Annotator
 from xgal.trainer.export import ScoringGraphExporter
+from xgal.trainer.handoff import RANKING, build_request, round_folder
 from xgal.trainer.nets import build_model, default_target_layer
 from xgal.trainer.nets.classifier import Classifier
 from xgal.trainer.run_state import RunFolder
@@ -250,14 +253,22 @@ class ActiveLearningLoop:
         if self.on_stage is not None:
             self.on_stage(r, stage)
 
-    def _answers(self, key: str, r: int, stage: str, ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    def _answers(
+        self, key: str, r: int, stage: str, ids: list[str], model: Classifier | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """The annotator's answer for `ids`: the stored one if it was ever given, else asked
-        for and stored before anything else happens."""
+        for and stored before anything else happens. `model`: the one that chose them (None
+        for the initial set), for an annotator that shows hints."""
         stored = self.folder.read_answers(key, ids)
         if stored is not None:
             return stored
         self._stage(r, stage)
-        labels, rois = self.annotator.annotate(ids)
+        if getattr(self.annotator, "wants_request", False):
+            n = 0 if model is None else r + 1
+            request = build_request(self, n, ids, model)
+            labels, rois = self.annotator.annotate(ids, request)  # type: ignore[call-arg]
+        else:
+            labels, rois = self.annotator.annotate(ids)
         self.folder.write_answers(key, ids, labels, rois)
         return labels, rois
 
@@ -276,7 +287,9 @@ class ActiveLearningLoop:
                     record.selected, record.model_version = self._acquire(model, r, ids)
                     # Kept before it is sent: a resumed round sends this selection, not a new one.
                     self.folder.save_progress(r, {"record": asdict(record)})
-                new_labels, new_rois = self._answers(f"round-{r:04d}", r, "annotation", record.selected)
+                new_labels, new_rois = self._answers(
+                    f"round-{r:04d}", r, "annotation", record.selected, model
+                )
                 ids = ids + record.selected
                 labels = np.concatenate([labels, new_labels])
                 rois = np.concatenate([rois, new_rois])
@@ -344,4 +357,9 @@ class ActiveLearningLoop:
             progress=False,
             **asdict(cfg.round_acquisition(r)),
         )
+        if getattr(self.annotator, "wants_request", False):
+            # The scores a person is shown beside the scans (request.csv), kept with the round.
+            ranking = round_folder(self.out, r + 1) / RANKING
+            ranking.parent.mkdir(parents=True, exist_ok=True)
+            ranking.write_text(json.dumps(rows(result.top, tuple(self.class_names))))
         return result.top.ids.tolist(), version

@@ -52,7 +52,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     _fsync_dir(path.parent)
 
 
-def _npz(compressed: bool = False, **arrays: np.ndarray) -> bytes:
+def npz_bytes(compressed: bool = False, **arrays: np.ndarray) -> bytes:
     buf = io.BytesIO()
     (np.savez_compressed if compressed else np.savez)(buf, **arrays)
     return buf.getvalue()
@@ -104,7 +104,7 @@ class RunFolder:
     def commit(self, r: int, state: dict, ids: Sequence[str], labels: np.ndarray, rois: np.ndarray) -> None:
         """Finish round `r`: its labelled set, then state.json (the commit point), then its model
         from pending/ (`recover` completes that step if the run dies before it)."""
-        data = _npz(ids=np.array(list(ids), dtype=str), labels=labels, rois=rois)
+        data = npz_bytes(ids=np.array(list(ids), dtype=str), labels=labels, rois=rois)
         atomic_write(self.path / "annotations.npz", data)
         self.write_state(state)
         self.recover(r + 1)
@@ -166,5 +166,5 @@ class RunFolder:
             raise InvalidArgument(
                 f"the annotator answered {len(labels)} labels and {len(rois)} ROIs for {len(ids)} samples"
             )
-        data = _npz(True, ids=np.array(list(ids), dtype=str), labels=labels, rois=rois)
+        data = npz_bytes(True, ids=np.array(list(ids), dtype=str), labels=labels, rois=rois)
         atomic_write(self._answer_path(key), data)

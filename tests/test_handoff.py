@@ -1,0 +1,123 @@
+"""The folder hand-off, as a radiologist's group would run it: `xgal train` on a pool without
+labels stops at each round's request (request.csv, hints, a labels.csv to fill), a script
+answers as the radiologist would (a wrong ID and a missing answer first, each refused with
+nothing recorded), `xgal annotations add` records the answers and the same `xgal train` goes
+on: two annotation rounds (the initial set, then the model's selection) to the end."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from xgal.pool.format import Pool
+from xgal.pool.synth import synth_pool
+from xgal.pool.writer import PoolWriter
+
+
+def xgal(*args):
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "xgal.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory):
+    """An unlabelled pool (the archive) and the truth only the 'radiologist' knows."""
+    root = tmp_path_factory.mktemp("handoff")
+    labelled = synth_pool(root / "truth", 160, seed=0, image_size=32, shard_size=100)
+    test = synth_pool(root / "data" / "test", 40, seed=1, image_size=32, split="test")
+    d = labelled.read(0, labelled.count, ("ids", "images", "rois", "labels"))
+    with PoolWriter(
+        root / "data" / "archive", image_shape=(1, 32, 32), class_names=labelled.class_names
+    ) as w:
+        w.add(d["ids"].tolist(), d["images"], np.zeros_like(d["rois"]), None)
+    truth = dict(zip(d["ids"].tolist(), (labelled.class_names[i] for i in d["labels"]), strict=True))
+    return root, Pool(root / "data" / "archive"), test, truth
+
+
+def _fill(path, answers):
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "label"])
+        w.writerows(answers)
+
+
+def _request(folder):
+    return list(csv.DictReader(open(folder / "request.csv")))
+
+
+def test_two_rounds_through_the_folder_hand_off(archive, tmp_path):
+    root, pool, test, truth = archive
+    run = tmp_path / "run"
+    train = [
+        "train", "--pool", pool.path, "--test-pool", test.path, "--initial", 12, "--per-round", 6,
+        "--rounds", 1, "--epochs", 2, "--out", run,
+    ]  # fmt: skip
+    asked: list[str] = []
+    for n in range(2):
+        res = xgal(*train)
+        assert res.returncode == 0, res.stderr
+        folder = run / f"round-{n}"
+        assert f"round {n}: {12 if n == 0 else 6} scans wait for a radiologist" in res.stdout
+        assert "xgal annotations add" in res.stdout
+        rows = _request(folder)
+        ids = [r["id"] for r in rows]
+        assert [int(r["rank"]) for r in rows] == list(range(1, len(ids) + 1))
+        assert not set(ids) & set(asked)  # never asked twice
+        asked += ids
+        assert sorted(p.stem for p in (folder / "hints").iterdir()) == sorted(ids)
+        hint = Image.open(folder / "hints" / f"{ids[0]}.png")
+        assert hint.size[0] == 256
+        if n == 0:  # the initial set: no model yet
+            assert all(r["score"] == "" and r["predicted"] == "" for r in rows)
+        else:  # the model that chose them: its scores and its predicted class
+            assert all(float(r["score"]) >= 0 and r["predicted"] in truth.values() for r in rows)
+            assert json.loads((folder / "ranking.json").read_text())[0]["id"] == ids[0]
+        template = list(csv.DictReader(open(folder / "labels.csv")))
+        assert [t["id"] for t in template] == ids and all(t["label"] == "" for t in template)
+
+        answers = [[i, truth[i]] for i in ids]
+        # A wrong ID, then a missing answer: each refused by name, nothing recorded.
+        _fill(tmp_path / "wrong.csv", [*answers[:-1], ["scan-9999999", truth[ids[-1]]]])
+        res = xgal("annotations", "add", run, "--labels", tmp_path / "wrong.csv")
+        assert res.returncode == 2
+        assert "'scan-9999999' is not among the scans this round asked about" in res.stderr
+        _fill(tmp_path / "missing.csv", [*answers[:-1], [ids[-1], ""]])
+        res = xgal("annotations", "add", run, "--labels", tmp_path / "missing.csv")
+        assert res.returncode == 2 and f"1 of {len(ids)} scans have no label ({ids[-1]})" in res.stderr
+        assert not (folder / "answers.npz").exists()
+        # The radiologist's answers, with an ROI drawn on one scan in round 1.
+        _fill(folder / "labels.csv", answers)
+        extra = []
+        if n == 1:
+            masks = tmp_path / "masks"
+            masks.mkdir()
+            drawn = np.zeros((32, 32), dtype=np.uint8)
+            drawn[4:12, 20:30] = 255
+            Image.fromarray(drawn).save(masks / f"{ids[2]}.png")
+            extra = ["--masks", masks]
+        res = xgal("annotations", "add", run, "--labels", folder / "labels.csv", *extra)
+        assert res.returncode == 0 and f"recorded {len(ids)} answers for round-{n}" in res.stdout, res.stderr
+        again = xgal("annotations", "add", run, "--labels", folder / "labels.csv")
+        assert again.returncode == 2 and "no round" in again.stderr  # recorded once, never replaced
+
+    res = xgal(*train)
+    assert res.returncode == 0 and "done: 18 labelled" in res.stdout, res.stdout + res.stderr
+    ann = np.load(run / "annotations.npz")
+    assert sorted(ann["ids"].tolist()) == sorted(asked)
+    names = Pool(test.path).class_names
+    assert [names[label] for label in ann["labels"]] == [truth[i] for i in ann["ids"]]
+    rois = dict(zip(ann["ids"].tolist(), ann["rois"], strict=True))
+    marked = _request(run / "round-1")[2]["id"]
+    assert rois[marked][4:12, 20:30].all() and rois[marked].sum() == 80
+    assert sum(int(r.sum()) for r in rois.values()) == 80  # the archive had no ROIs: only the one drawn

@@ -1,0 +1,27 @@
+"""`xgal annotations`: a radiologist's answers to the open round of a run (folder hand-off)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from xgal.cli.common import App, out
+
+app = App(help="Record a radiologist's answers to the round a run waits on.")
+
+
+@app.command("add")
+def annotations_add(
+    run: Path = typer.Argument(..., help="The run folder (xgal train --out)."),
+    labels: Path = typer.Option(..., help="CSV id,label: the round's labels.csv, filled in."),
+    masks: Path | None = typer.Option(None, help="Folder of <id>.png ROI masks (the pool's size)."),
+    boxes: Path | None = typer.Option(None, help="CSV of ROI boxes: id, x_min, y_min, x_max, y_max."),
+) -> None:
+    """Check the answers (IDs of the open round, each once, all answered, known classes, mask
+    sizes) and record them; nothing is written unless all of them pass. Then run the same
+    `xgal train` command again."""
+    from xgal.trainer.answers import record_answers
+
+    folder, n = record_answers(run, labels, masks=masks, boxes=boxes)
+    out.print(f"recorded {n} answers for {folder.name}; run the same xgal train command to go on")

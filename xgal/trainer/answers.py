@@ -1,0 +1,135 @@
+"""`xgal annotations add`: a radiologist's answers to the open round, checked, then recorded.
+
+The answers are a CSV of `id,label` (the request's `labels.csv`, filled in), and optionally ROIs:
+mask images `<id>.png` in a folder (pixels above half the mask's range are inside) or a CSV of
+boxes `id,x_min,y_min,x_max,y_max` in the pool's pixels. A scan given no ROI keeps the one the
+pool holds. Everything is checked before anything is written: IDs the round asked about, each
+once, every one answered, known class names, masks of the pool's size. A round's answers are
+written once (`answers.npz`) and never replaced.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from xgal.core.errors import InvalidArgument
+from xgal.pool.format import Pool
+from xgal.pool.importers.common import BOX_COLUMNS, binary_mask, boxes_to_mask, read_box
+from xgal.trainer.handoff import ANSWERS, META, file_name
+from xgal.trainer.run_state import atomic_write, npz_bytes
+
+
+def open_round(out: str | Path) -> Path:
+    """The round folder waiting for answers (request written, no answers yet)."""
+    rounds = sorted(
+        (p for p in Path(out).glob("round-*") if (p / META).is_file()),
+        key=lambda p: int(p.name.split("-")[1]),
+    )
+    waiting = [p for p in rounds if not (p / ANSWERS).is_file()]
+    if not waiting:
+        done = f" (answered: {', '.join(p.name for p in rounds)})" if rounds else ""
+        raise InvalidArgument(
+            f"no round of {out} waits for answers{done}; run xgal train to make the next request"
+        )
+    return waiting[-1]
+
+
+def record_answers(
+    out: str | Path,
+    labels_csv: str | Path,
+    *,
+    masks: str | Path | None = None,
+    boxes: str | Path | None = None,
+) -> tuple[Path, int]:
+    """Check and record the answers to the open round; returns its folder and the count."""
+    if masks is not None and boxes is not None:
+        raise InvalidArgument("give ROIs as --masks or as --boxes, not both")
+    folder = open_round(out)
+    meta = json.loads((folder / META).read_text())
+    ids, names = list(meta["ids"]), list(meta["class_names"])
+    h, w = meta["image_size"]
+    answered = _read_labels(Path(labels_csv), ids, names)
+    pool = Pool(meta["pool"])
+    index = {s: i for i, s in enumerate(pool.ids().tolist())}
+    rois = pool.take([index[s] for s in ids], ("rois",))["rois"].copy()
+    drawn = (
+        _masks(Path(masks), ids, h, w)
+        if masks is not None
+        else _boxes(Path(boxes), ids, h, w)
+        if boxes
+        else {}
+    )
+    for sample_id, roi in drawn.items():
+        rois[ids.index(sample_id)] = roi
+    labels = np.array([names.index(answered[s]) for s in ids], dtype=np.int64)
+    atomic_write(folder / ANSWERS, npz_bytes(True, ids=np.array(ids, dtype=str), labels=labels, rois=rois))
+    return folder, len(ids)
+
+
+def _read_labels(path: Path, ids: list[str], names: list[str]) -> dict[str, str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"labels CSV not found: {path}")
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or not {"id", "label"} <= set(rows[0]):
+        raise InvalidArgument(f"{path}: needs the columns id,label (the round's labels.csv, filled in)")
+    asked = set(ids)
+    got: dict[str, str] = {}
+    for line, row in enumerate(rows, start=2):
+        sample_id, label = row["id"].strip(), (row["label"] or "").strip()
+        if sample_id not in asked:
+            raise InvalidArgument(
+                f"{path} line {line}: {sample_id!r} is not among the scans this round asked about"
+            )
+        if sample_id in got:
+            raise InvalidArgument(f"{path} line {line}: {sample_id!r} is answered twice")
+        if label and label not in names:
+            raise InvalidArgument(f"{path} line {line}: {label!r} is not a class ({', '.join(names)})")
+        if label:
+            got[sample_id] = label
+    missing = [s for s in ids if s not in got]
+    if missing:
+        raise InvalidArgument(
+            f"{path}: {len(missing)} of {len(ids)} scans have no label ({', '.join(missing[:5])}"
+            f"{', ...' if len(missing) > 5 else ''}); nothing was recorded, answer them and add again"
+        )
+    return got
+
+
+def _masks(folder: Path, ids: list[str], h: int, w: int) -> dict[str, np.ndarray]:
+    from PIL import Image
+
+    if not folder.is_dir():
+        raise FileNotFoundError(f"masks folder not found: {folder}")
+    by_file = {file_name(s): s for s in ids}
+    out = {}
+    for path in sorted(folder.iterdir()):
+        if path.stem not in by_file:
+            raise InvalidArgument(f"{path}: no scan of this round is called {path.stem!r}")
+        with Image.open(path) as m:
+            values = np.asarray(m if m.mode.startswith("I") else m.convert("L"))
+        if values.shape != (h, w):
+            raise InvalidArgument(
+                f"{path}: mask is {values.shape[1]}x{values.shape[0]}, the scans are {w}x{h}"
+            )
+        out[by_file[path.stem]] = binary_mask(values)
+    return out
+
+
+def _boxes(path: Path, ids: list[str], h: int, w: int) -> dict[str, np.ndarray]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if rows and not {"id", *BOX_COLUMNS} <= set(rows[0]):
+        raise InvalidArgument(f"{path}: needs the columns id,{','.join(BOX_COLUMNS)}")
+    per: dict[str, list[tuple[float, float, float, float]]] = {}
+    for line, row in enumerate(rows, start=2):
+        if row["id"] not in ids:
+            raise InvalidArgument(
+                f"{path} line {line}: {row['id']!r} is not among the scans this round asked about"
+            )
+        per.setdefault(row["id"], []).append(read_box(row, f"{path} line {line}"))
+    return {s: boxes_to_mask(b, h, w, f"{path} ({s})") for s, b in per.items()}
