@@ -53,6 +53,12 @@ ALL_ARMS = (
         about="xgal, its first round TypiClust representatives of the embedding (cold start)",
     ),
     Arm(
+        "xgal-bald-typical",
+        AcquisitionConfig(uncertainty="bald"),
+        cold_start="typical",
+        about="xgal-bald, its first round TypiClust representatives (cold start)",
+    ),
+    Arm(
         "xgal-spread-typical",
         AcquisitionConfig(diversity="spread"),
         cold_start="typical",

@@ -19,8 +19,8 @@ import numpy as np
 from xgal.core.errors import InvalidArgument
 from xgal.pool.format import Pool
 from xgal.pool.importers.common import BOX_COLUMNS, binary_mask, boxes_to_mask, read_box
+from xgal.trainer.durable import atomic_write, npz_bytes
 from xgal.trainer.handoff import ANSWERS, META, file_name
-from xgal.trainer.run_state import atomic_write, npz_bytes
 
 
 def open_round(out: str | Path) -> Path:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from xgal.core.errors import InvalidArgument
-from xgal.trainer.run_state import atomic_write
+from xgal.trainer.durable import atomic_write
 
 if TYPE_CHECKING:
     from xgal.trainer.loop import ActiveLearningLoop

@@ -26,36 +26,7 @@ import numpy as np
 import torch
 
 from xgal.core.errors import InvalidArgument
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` so that a kill or power cut leaves the old or the new file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    # The rename itself is only durable once the folder's entry is.
-    _fsync_dir(path.parent)
-
-
-def npz_bytes(compressed: bool = False, **arrays: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    (np.savez_compressed if compressed else np.savez)(buf, **arrays)
-    return buf.getvalue()
+from xgal.trainer.durable import atomic_write, fsync_dir, npz_bytes
 
 
 def _torch_bytes(obj: object) -> bytes:
@@ -114,7 +85,7 @@ class RunFolder:
         last = self._pending_model(finished - 1)
         if finished > 0 and last.is_file():
             os.replace(last, self.path / "model.pt")
-            _fsync_dir(self.path)
+            fsync_dir(self.path)
         progress = self._read_progress()
         if progress is not None and progress["round"] < finished:
             (self.pending / "round.json").unlink()
