@@ -121,3 +121,15 @@ def test_two_rounds_through_the_folder_hand_off(archive, tmp_path):
     marked = _request(run / "round-1")[2]["id"]
     assert rois[marked][4:12, 20:30].all() and rois[marked].sum() == 80
     assert sum(int(r.sum()) for r in rois.values()) == 80  # the archive had no ROIs: only the one drawn
+
+    # What was answered, as MONAI loads a Decathlon datalist: image, ROI mask and class per scan.
+    from monai.data import load_decathlon_datalist
+
+    items = load_decathlon_datalist(run / "dataset" / "dataset.json", True, "training")
+    assert sorted(i["id"] for i in items) == sorted(asked)
+    assert all(i["class_name"] == truth[i["id"]] for i in items)
+    by_id = {i["id"]: i for i in items}
+    assert np.asarray(Image.open(by_id[marked]["label"])).sum() == 80
+    scan = np.asarray(Image.open(by_id[marked]["image"]))
+    index = {s: k for k, s in enumerate(pool.ids().tolist())}
+    np.testing.assert_array_equal(scan, pool.take([index[marked]], ("images",))["images"][0, 0])

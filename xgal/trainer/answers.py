@@ -5,7 +5,8 @@ mask images `<id>.png` in a folder (pixels above half the mask's range are insid
 boxes `id,x_min,y_min,x_max,y_max` in the pool's pixels. A scan given no ROI keeps the one the
 pool holds. Everything is checked before anything is written: IDs the round asked about, each
 once, every one answered, known class names, masks of the pool's size. A round's answers are
-written once (`answers.npz`) and never replaced.
+written once (`answers.npz`) and never replaced; `OUT/dataset/dataset.json` then lists every
+answer so far (`xgal.trainer.datalist`).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 from xgal.core.errors import InvalidArgument
 from xgal.pool.format import Pool
 from xgal.pool.importers.common import BOX_COLUMNS, binary_mask, boxes_to_mask, read_box
+from xgal.trainer.datalist import write_datalist
 from xgal.trainer.durable import atomic_write, npz_bytes
 from xgal.trainer.handoff import ANSWERS, META, file_name
 
@@ -67,6 +69,7 @@ def record_answers(
         rois[ids.index(sample_id)] = roi
     labels = np.array([names.index(answered[s]) for s in ids], dtype=np.int64)
     atomic_write(folder / ANSWERS, npz_bytes(True, ids=np.array(ids, dtype=str), labels=labels, rois=rois))
+    write_datalist(out)
     return folder, len(ids)
 
 
