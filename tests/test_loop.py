@@ -349,3 +349,19 @@ def test_a_test_split_without_rois_has_no_dice_and_says_n_a(world):
         )
     assert np.isnan(metrics["cam_dice"]) and 0 <= metrics["accuracy"] <= 1
     assert (number(metrics["cam_dice"]), number(0.1234)) == ("n/a", "0.123")
+
+
+def test_the_initial_set_can_be_the_users_list(world, tmp_path):
+    _, pool, test, client, _ = world
+    chosen = pool.ids()[[5, 17, 40, 99, 120, 200]].tolist()
+    cfg = _config(initial_ids=chosen, rounds=0)
+    assert cfg.initial == 6
+    oracle = OracleAnnotator(pool)
+    ActiveLearningLoop(cfg, pool, test, client, oracle, tmp_path / "run", pool_ref="pool").run()
+    assert oracle.requested == chosen
+    with pytest.raises(InvalidArgument, match="twice"):
+        _config(initial_ids=[chosen[0], chosen[0]])
+    bad = _config(initial_ids=[*chosen[:2], "no-such-scan"], rounds=0)
+    loop = ActiveLearningLoop(bad, pool, test, client, oracle, tmp_path / "bad", pool_ref="pool")
+    with pytest.raises(InvalidArgument, match="initial IDs not in"):
+        loop.run()

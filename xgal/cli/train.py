@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from xgal.cli.common import TLS_CA, TOKEN_FILE, acquisition_options, number, out
+from xgal.cli.common import TLS_CA, TOKEN_FILE, acquisition_options, number, out, read_ids
 
 
 @acquisition_options(
@@ -17,7 +17,9 @@ from xgal.cli.common import TLS_CA, TOKEN_FILE, acquisition_options, number, out
 )
 def train(
     pool: Path = typer.Option(..., help="Pool to select from (labels are read only through the annotator)."),
-    test_pool: Path = typer.Option(..., help="Labelled test split for accuracy and CAM-ROI Dice."),
+    test_pool: Path | None = typer.Option(
+        None, help="Labelled test split for accuracy and CAM-ROI Dice (none: rounds are not evaluated)."
+    ),
     out_dir: Path = typer.Option(Path("xgal-run"), "--out", help="Run folder; re-run to resume."),
     preset_name: str = typer.Option("demo", "--preset", help="demo | authors-brats | authors-vindr"),
     arch: str | None = typer.Option(None, help="small_cnn | resnet18 | densenet121"),
@@ -28,6 +30,9 @@ def train(
     ),
     alpha: float | None = typer.Option(None, help="Grad-CAM guidance loss weight (0 = off)."),
     initial: int | None = typer.Option(None, min=1, help="Initial labelled set size."),
+    initial_ids: Path | None = typer.Option(
+        None, help="File of the initial set's IDs, one per line (instead of a random --initial)."
+    ),
     per_round: int | None = typer.Option(None, min=1, help="Samples acquired per round."),
     rounds: int | None = typer.Option(None, min=0, help="Acquisition rounds."),
     epochs: int | None = typer.Option(None, help="Training epochs per round."),
@@ -76,6 +81,7 @@ def train(
         rounds=rounds,
         seed=seed,
         cold_start=cold_start,
+        initial_ids=tuple(read_ids(initial_ids)) if initial_ids is not None else None,
     )
     overrides = {k: v for k, v in given.items() if v is not None}
     train_overrides = {
@@ -89,7 +95,9 @@ def train(
         acquisition=replace(cfg.acquisition, **acquisition),
         train=replace(cfg.train, **train_overrides),
     )
-    data, test = Pool(pool), Pool(test_pool)
+    data, test = Pool(pool), Pool(test_pool) if test_pool is not None else None
+    if test is None:
+        out.print("no --test-pool: the rounds report no accuracy or Dice (n/a)")
     kind = annotator or ("oracle" if data.has_labels else "folder")
     if kind not in ("folder", "oracle"):
         raise InvalidArgument(f"--annotator must be folder or oracle, got {kind!r}")
@@ -116,8 +124,8 @@ def train(
                 out_dir,
                 pool_ref=pool_ref or data.path.name,
                 log=lambda r, _m: out.print(
-                    f"round {r.round}: {r.labelled} labelled, accuracy {r.accuracy:.3f}, macro-F1 "
-                    f"{r.macro_f1:.3f}, CAM-ROI Dice {number(r.cam_dice)} ({r.seconds:.1f} s)"
+                    f"round {r.round}: {r.labelled} labelled, accuracy {number(r.accuracy)}, macro-F1 "
+                    f"{number(r.macro_f1)}, CAM-ROI Dice {number(r.cam_dice)} ({r.seconds:.1f} s)"
                 ),
                 on_stage=lambda r, stage: status.update(f"round {r}: {stage}"),
             )

@@ -61,6 +61,8 @@ class LoopConfig:
     # "typical": the first acquisition (from a model trained on the initial set alone, often
     # worse than random) picks TypiClust representatives of the pool's embedding instead.
     cold_start: str = "none"
+    # The initial set the user chose (IDs of the pool), instead of `initial` drawn at random.
+    initial_ids: tuple[str, ...] = ()
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -69,6 +71,11 @@ class LoopConfig:
         # `seed * 1000 + round`.
         if self.acquisition.seed != self.seed:
             object.__setattr__(self, "acquisition", replace(self.acquisition, seed=self.seed))
+        object.__setattr__(self, "initial_ids", tuple(str(i) for i in self.initial_ids))
+        if self.initial_ids:
+            if len(set(self.initial_ids)) != len(self.initial_ids):
+                raise InvalidArgument("the initial IDs name a scan twice")
+            object.__setattr__(self, "initial", len(self.initial_ids))
         if self.cold_start not in COLD_STARTS:
             raise InvalidArgument(f"cold_start must be one of {COLD_STARTS}, got {self.cold_start!r}")
 
@@ -106,7 +113,7 @@ class LoopConfig:
         d = {k: v for k, v in d.items() if k in known}
         d["acquisition"] = AcquisitionConfig(**{**flat, **d.get("acquisition", {})})
         d["train"] = TrainConfig(**d.get("train", {}))
-        for key in ("mean", "std"):
+        for key in ("mean", "std", "initial_ids"):
             if d.get(key) is not None:
                 d[key] = tuple(d[key])
         return cls(**d)
@@ -154,7 +161,7 @@ class ActiveLearningLoop:
         self,
         config: LoopConfig,
         pool: Pool,
-        test_pool: Pool,
+        test_pool: Pool | None,
         client: ScorerClient,
         annotator: Annotator,
         out_dir: str | os.PathLike[str],
@@ -169,10 +176,11 @@ class ActiveLearningLoop:
         default: the pool folder's name. `exporter`: one to share between runs of the same
         network (it traces once); by default the run makes its own. `log` gets each round once
         it is recorded; `on_stage(round, stage)` as each of `STAGES` begins, once what came
-        before it is on disk (a resumed round reports only the stages it still has to do)."""
-        if not test_pool.has_labels:
+        before it is on disk (a resumed round reports only the stages it still has to do).
+        Without a `test_pool` the rounds are not evaluated (their metrics are NaN)."""
+        if test_pool is not None and not test_pool.has_labels:
             raise InvalidArgument(f"the test pool {test_pool.path} needs labels to measure accuracy")
-        if tuple(test_pool.image_shape) != tuple(pool.image_shape):
+        if test_pool is not None and tuple(test_pool.image_shape) != tuple(pool.image_shape):
             raise InvalidArgument(
                 f"pool and test pool hold images of different shapes ({list(pool.image_shape)} and "
                 f"{list(test_pool.image_shape)})"
@@ -185,13 +193,19 @@ class ActiveLearningLoop:
         self.model_name = model_name
         self.log, self.on_stage = log, on_stage
         self.scale = PIXEL_SCALE[pool.pixel_dtype]
-        self.class_names = pool.class_names or test_pool.class_names
+        self.class_names = pool.class_names or (test_pool.class_names if test_pool is not None else [])
+        if len(self.class_names) < 2:
+            raise InvalidArgument(
+                f"{pool.path} names no classes to learn (at least 2): import it with --classes, or give "
+                "a labelled test pool"
+            )
         self.num_classes = len(self.class_names)
         self.index = {sample_id: i for i, sample_id in enumerate(pool.ids().tolist())}
-        test = test_pool.read(0, test_pool.count, ("images", "labels", "rois"))
-        self.test_x = to_input(test["images"], self.scale, config.mean, config.std)
-        self.test_y = torch.from_numpy(test["labels"])
-        self.test_roi = torch.from_numpy(test["rois"])
+        self.test: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        if test_pool is not None:
+            test = test_pool.read(0, test_pool.count, ("images", "labels", "rois"))
+            x = to_input(test["images"], self.scale, config.mean, config.std)
+            self.test = (x, torch.from_numpy(test["labels"]), torch.from_numpy(test["rois"]))
         # The first round traces the network, later rounds only swap the weights.
         own = ScoringGraphExporter(
             config.layer,
@@ -277,7 +291,10 @@ class ActiveLearningLoop:
         cfg = self.config
         records, ids, labels, rois, model = self._load_state()
         if not records:
-            ids = initial_selection(self.pool, cfg.initial, cfg.seed)
+            ids = list(cfg.initial_ids) or initial_selection(self.pool, cfg.initial, cfg.seed)
+            unknown = [i for i in ids if i not in self.index]
+            if unknown:
+                raise InvalidArgument(f"initial IDs not in {self.pool.path}: {unknown[:5]}")
             labels, rois = self._answers("initial", 0, "initial", ids)
         for r in range(len(records), cfg.rounds + 1):
             record, model = self._train_round(r, ids, labels, rois, model)
@@ -329,7 +346,12 @@ class ActiveLearningLoop:
             roi=torch.from_numpy(rois),
             target_layer=cfg.layer,
         )
-        metrics = evaluate(model, cfg.layer, self.test_x, self.test_y, self.test_roi)
+        nan = float("nan")
+        metrics = (
+            evaluate(model, cfg.layer, *self.test)
+            if self.test is not None
+            else {"accuracy": nan, "macro_f1": nan, "cam_dice": nan}
+        )
         record = RoundRecord(round=r, labelled=len(ids), train_loss=history[-1]["loss"], **metrics)
         record.seconds = time.perf_counter() - t0
         self.folder.save_progress(r, {"record": asdict(record)}, model.state_dict())
