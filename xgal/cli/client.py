@@ -127,7 +127,8 @@ def client_score(
             **asdict(acquisition),
         )
     source = f" with {res.model.name} v{res.model.version}"
-    report.print_table(res, f"top {top_k} of {pool} by {acquisition.strategy}", out, source=source)
+    title = f"top {top_k} of {pool} by {acquisition.strategy}"
+    report.print_table(res, title, out, source=source, config=acquisition)
     if output is not None:
         context = {
             "model": res.model.name,

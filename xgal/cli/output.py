@@ -12,6 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from xgal.core.acquisition import AcquisitionConfig
 from xgal.core.errors import InvalidArgument
 from xgal.core.ranking import ScoreResult, rows
 
@@ -63,10 +64,15 @@ def write(result: ScoreResult, path: str | os.PathLike[str], context: dict[str, 
 
 
 def print_table(
-    result: ScoreResult, title: str, console: Console | None = None, limit: int = 30, source: str = ""
+    result: ScoreResult,
+    title: str,
+    console: Console | None = None,
+    limit: int = 30,
+    source: str = "",
+    config: AcquisitionConfig | None = None,
 ) -> None:
     """The first `limit` ranked rows and a summary line; `source` (e.g. " with m v2") names
-    what scored them."""
+    what scored them; with the `config` that ranked them, a note when M could not decide."""
     console = console or Console()
     table = Table(title=title, title_justify="left")
     for col, just in (("rank", "right"), ("id", "left"), ("score", "right"), ("U", "right")):
@@ -114,3 +120,6 @@ def print_table(
         console.print(f"  skipped {s.id}: {s.reason}", markup=False, highlight=False)
     if len(result.skipped) > limit:
         console.print(f"  ... and {len(result.skipped) - limit} more skipped (all in the .json output)")
+    note = result.misalignment_note(config) if config is not None else None
+    if note:
+        console.print(f"[yellow]note:[/] {note}")

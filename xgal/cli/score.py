@@ -70,7 +70,9 @@ def score(
             on_bad_sample=on_bad_sample,
             verify=verify,
         )
-    report.print_table(result, f"top {top_k} of {data.path} by {acquisition.strategy}", out)
+    report.print_table(
+        result, f"top {top_k} of {data.path} by {acquisition.strategy}", out, config=acquisition
+    )
     if output is not None:
         context = {
             "model": str(model),

@@ -126,6 +126,7 @@ def train(
                 log=lambda r, _m: out.print(
                     f"round {r.round}: {r.labelled} labelled, accuracy {number(r.accuracy)}, macro-F1 "
                     f"{number(r.macro_f1)}, CAM-ROI Dice {number(r.cam_dice)} ({r.seconds:.1f} s)"
+                    + (f"\n  [yellow]note:[/] {r.note}" if r.note else "")
                 ),
                 on_stage=lambda r, stage: status.update(f"round {r}: {stage}"),
             )

@@ -267,6 +267,7 @@ class ScorerClient:
             class_names=tuple(info.class_names),
             # Shards in pool order, each in pool order: the pool's bad samples in pool order.
             skipped=[s for p in parts for s in skipped_from_proto(p.skipped)],
+            with_roi=sum(p.with_roi for p in parts),
             model=info,
         )
 

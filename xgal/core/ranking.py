@@ -271,10 +271,31 @@ class ScoreResult:
     # Bad samples left unscored under `OnBadSample.SKIP`, in pool order: listed, never dropped
     # silently (they are in neither `scored` nor `excluded`).
     skipped: list[SkippedSample] = field(default_factory=list)
+    # Scored samples with an ROI (the expert's or the body's): the misalignment M measures
+    # something only there; where none has one, the ranking is the uncertainty's.
+    with_roi: int = 0
 
     @property
     def images_per_s(self) -> float:
         return self.scored / self.seconds if self.seconds > 0 else 0.0
+
+    def misalignment_note(self, config: AcquisitionConfig) -> str | None:
+        """What to tell a user when M could not decide the ranking (None: it could)."""
+        if config.strategy not in ("xgal", "misalignment") or not self.scored:
+            return None
+        if self.with_roi == 0:
+            return (
+                f"none of the {self.scored} scored samples has an ROI, so M = 1 for all and the "
+                "ranking is decided by uncertainty alone; give the pool expert ROIs, or measure M "
+                "against the body (--roi body)"
+            )
+        if self.with_roi < 0.1 * self.scored:
+            return (
+                f"only {self.with_roi} of {self.scored} scored samples have an ROI: elsewhere M is "
+                f"set by --missing-roi ({config.missing_roi.value}); for samples without an ROI by "
+                "design (negatives) use --missing-roi ignore, so M = 1 does not push them up"
+            )
+        return None
 
 
 def rows(r: Ranked, class_names: tuple[str, ...], ranked: bool = True) -> list[dict[str, Any]]:

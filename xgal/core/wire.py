@@ -102,6 +102,7 @@ def score_result_to_proto(result: ScoreResult, model: pb.ModelInfo) -> pb.ScoreR
         excluded=result.excluded,
         seconds=result.seconds,
         skipped=skipped_to_proto(result.skipped),
+        with_roi=result.with_roi,
     )
 
 

@@ -76,7 +76,7 @@ def score_pool(
     excluded_ids = exclusion_set(exclude_ids)
     kept: list[Ranked] = []
     need_all = return_all or not config.pointwise
-    done = scored = kept_count = 0
+    done = scored = kept_count = with_roi = 0
     skipped: list[SkippedSample] = []
     t0 = time.perf_counter()
     for read in loader:
@@ -110,6 +110,7 @@ def score_pool(
                 kept.append(ranked)
             scored += len(batch)
             kept_count += len(ranked)
+            with_roi += int((s.roi_area > 0).sum())
         if progress is not None:
             progress(done, total)
     everything = None
@@ -125,6 +126,7 @@ def score_pool(
         seconds=time.perf_counter() - t0,
         class_names=engine.info.class_names,
         skipped=skipped,
+        with_roi=with_roi,
     )
 
 

@@ -350,6 +350,9 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
             if isinstance(item, pb.ScorePoolResponse):
                 yield item
                 continue
+            note = item.misalignment_note(config)
+            if note:  # an operator reading the logs sees it too, not only the client
+                log.warning("%s [%d, %d): %s", request.pool, request.start, stop, note)
             yield pb.ScorePoolResponse(result=score_result_to_proto(item, info))
             return
 

@@ -130,6 +130,7 @@ class RoundRecord:
     model_version: int = 0
     selected: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    note: str = ""  # what the scoring said of its own ranking (e.g. M could not count)
 
 
 def initial_selection(pool: Pool, n: int, seed: int) -> list[str]:
@@ -301,7 +302,7 @@ class ActiveLearningLoop:
             t0 = time.perf_counter()
             if r < cfg.rounds:
                 if not record.model_version:  # no version yet: the round was not scored
-                    record.selected, record.model_version = self._acquire(model, r, ids)
+                    record.selected, record.model_version, record.note = self._acquire(model, r, ids)
                     # Kept before it is sent: a resumed round sends this selection, not a new one.
                     self.folder.save_progress(r, {"record": asdict(record)})
                 new_labels, new_rois = self._answers(
@@ -366,7 +367,8 @@ class ActiveLearningLoop:
         self._stage(r, "publish")
         return int(self.client.publish_model(path, self.model_name).version)
 
-    def _acquire(self, model: Classifier, r: int, labelled: list[str]) -> tuple[list[str], int]:
+    def _acquire(self, model: Classifier, r: int, labelled: list[str]) -> tuple[list[str], int, str]:
+        """The round's selection, the model version that made it and what the scoring noted."""
         cfg = self.config
         version = self._publish(model, r)
         self._stage(r, "scoring")
@@ -384,4 +386,5 @@ class ActiveLearningLoop:
             ranking = round_folder(self.out, r + 1) / RANKING
             ranking.parent.mkdir(parents=True, exist_ok=True)
             ranking.write_text(json.dumps(rows(result.top, tuple(self.class_names))))
-        return result.top.ids.tolist(), version
+        note = result.misalignment_note(cfg.round_acquisition(r)) or ""
+        return result.top.ids.tolist(), version, note

@@ -328,7 +328,7 @@ class SkippedSample(_message.Message):
     def __init__(self, id: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class ScoreResult(_message.Message):
-    __slots__ = ("model", "top", "all", "scored", "excluded", "seconds", "skipped")
+    __slots__ = ("model", "top", "all", "scored", "excluded", "seconds", "skipped", "with_roi")
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TOP_FIELD_NUMBER: _ClassVar[int]
     ALL_FIELD_NUMBER: _ClassVar[int]
@@ -336,6 +336,7 @@ class ScoreResult(_message.Message):
     EXCLUDED_FIELD_NUMBER: _ClassVar[int]
     SECONDS_FIELD_NUMBER: _ClassVar[int]
     SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    WITH_ROI_FIELD_NUMBER: _ClassVar[int]
     model: ModelInfo
     top: _containers.RepeatedCompositeFieldContainer[ScoredSample]
     all: _containers.RepeatedCompositeFieldContainer[ScoredSample]
@@ -343,7 +344,8 @@ class ScoreResult(_message.Message):
     excluded: int
     seconds: float
     skipped: _containers.RepeatedCompositeFieldContainer[SkippedSample]
-    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., top: _Optional[_Iterable[_Union[ScoredSample, _Mapping]]] = ..., all: _Optional[_Iterable[_Union[ScoredSample, _Mapping]]] = ..., scored: _Optional[int] = ..., excluded: _Optional[int] = ..., seconds: _Optional[float] = ..., skipped: _Optional[_Iterable[_Union[SkippedSample, _Mapping]]] = ...) -> None: ...
+    with_roi: int
+    def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., top: _Optional[_Iterable[_Union[ScoredSample, _Mapping]]] = ..., all: _Optional[_Iterable[_Union[ScoredSample, _Mapping]]] = ..., scored: _Optional[int] = ..., excluded: _Optional[int] = ..., seconds: _Optional[float] = ..., skipped: _Optional[_Iterable[_Union[SkippedSample, _Mapping]]] = ..., with_roi: _Optional[int] = ...) -> None: ...
 
 class ScorePoolResponse(_message.Message):
     __slots__ = ("progress", "result")
