@@ -200,6 +200,8 @@ def pool_info(path: Path = typer.Argument(..., help="Pool folder.")) -> None:
         names = pool.class_names or [str(i) for i in range(len(counts))]
         out.print("per class: " + ", ".join(f"{n} {c}" for n, c in zip(names, counts, strict=False)))
     out.print(f"with an ROI: {int(pool.has_roi().sum())} of {pool.count}")
+    if pool.has_groups:
+        out.print(f"patients: {len(set(pool.groups().tolist()))}")
     out.print(f"shards: {len(pool.shards)}; {pool.description}")
 
 
@@ -220,3 +222,24 @@ def pool_verify(path: Path = typer.Argument(..., help="Pool folder.")) -> None:
             "them out, or fix them"
         )
     out.print(f"{path}: all checksums match, {pool.count} samples, none bad")
+
+
+@app.command("split")
+def pool_split(
+    path: Path = typer.Argument(..., help="Pool to split (it must record a patient per sample)."),
+    by: str = typer.Option("patient", help="What must not be cut: patient (the pool's groups)."),
+    test_fraction: float = typer.Option(0.2, help="Least share of the samples in the test pool."),
+    seed: int = typer.Option(0, help="Seed of the patients' order."),
+    out_train: Path = typer.Option(..., help="Training pool to create."),
+    out_test: Path = typer.Option(..., help="Test pool to create."),
+) -> None:
+    """Split a pool into a training and a test pool with no patient in both."""
+    from xgal.pool.format import Pool
+    from xgal.pool.split import split_by_group
+
+    if by != "patient":
+        raise InvalidArgument(f"--by must be patient, got {by!r}")
+    train, test = split_by_group(Pool(path), out_train, out_test, test_fraction=test_fraction, seed=seed)
+    patients = {p.path: len(set(p.groups().tolist())) for p in (train, test)}
+    for part in (train, test):
+        out.print(f"wrote {part.path}: {part.count} samples of {patients[part.path]} patients")

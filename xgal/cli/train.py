@@ -47,6 +47,9 @@ def train(
         help="folder: each round's selection as files for a radiologist (default for a pool without "
         "labels); oracle: the pool's own labels (a simulation).",
     ),
+    allow_shared_patients: bool = typer.Option(
+        False, help="Accept a test pool that holds patients of the training pool."
+    ),
     target: list[str] = typer.Option([], help="Scorer host:port (repeat); none = start one here."),
     pool_ref: str | None = typer.Option(None, help="The pool's path under the scorers' data root."),
     token_file: Path | None = TOKEN_FILE,
@@ -98,6 +101,16 @@ def train(
     data, test = Pool(pool), Pool(test_pool) if test_pool is not None else None
     if test is None:
         out.print("no --test-pool: the rounds report no accuracy or Dice (n/a)")
+    else:
+        from xgal.pool.split import shared_groups
+
+        shared = shared_groups(data, test)
+        if shared and not allow_shared_patients:
+            raise InvalidArgument(
+                f"{len(shared)} patients are in both the pool and the test pool (e.g. "
+                f"{', '.join(shared[:3])}): their slices would make the test accuracy a memory test; "
+                "split by patient (xgal pool split), or accept with --allow-shared-patients"
+            )
     kind = annotator or ("oracle" if data.has_labels else "folder")
     if kind not in ("folder", "oracle"):
         raise InvalidArgument(f"--annotator must be folder or oracle, got {kind!r}")

@@ -19,6 +19,7 @@ from xgal.pool.layout import (
     ARRAYS,
     FORMAT,
     MANIFEST,
+    OPTIONAL,
     PARTIAL,
     PIXEL_DTYPES,
     PoolAccessError,
@@ -106,6 +107,7 @@ class Pool:
             self.pixel_dtype: str = m["pixel_dtype"]
             self.class_names: list[str] = list(m.get("class_names", []))
             self.has_labels = bool(m.get("has_labels", False))
+            self.has_groups = bool(m.get("has_groups", False))
             self.description: str = m.get("description", "")
             self.shards = [
                 Shard(
@@ -178,17 +180,18 @@ class Pool:
             raise PoolFormatError(
                 f"{file}: {arr.dtype}{list(arr.shape)} does not match the manifest's {dtype}{list(shape)}"
             )
-        if key == "ids" and (arr.shape != (shard.count,) or arr.dtype.kind != "U"):
-            raise PoolFormatError(f"{file}: {arr.dtype}{list(arr.shape)}, expected {shard.count} text IDs")
+        if key in ("ids", "groups") and (arr.shape != (shard.count,) or arr.dtype.kind != "U"):
+            raise PoolFormatError(
+                f"{file}: {arr.dtype}{list(arr.shape)}, expected {shard.count} texts ({key})"
+            )
         self._maps[(shard.index, key)] = arr
         return arr
 
     def check(self) -> None:
         """Open every array and compare shapes and dtypes with the manifest (cheap)."""
         for shard in self.shards:
-            for key in ARRAYS:
-                if key != "labels" or self.has_labels:
-                    self._array(shard, key)
+            for key in self._keys():
+                self._array(shard, key)
 
     def verify(self, start: int = 0, stop: int | None = None, *, samples: bool = True) -> None:
         """Everything `check` does, and for the shards that hold samples [start, stop) (all by
@@ -227,7 +230,7 @@ class Pool:
         return BadSample(f"{self.path.name}/{shard.path.name}", index, sample_id, reason)
 
     def _keys(self) -> list[str]:
-        return [k for k in ARRAYS if k != "labels" or self.has_labels]
+        return [k for k in ARRAYS if k not in OPTIONAL or getattr(self, OPTIONAL[k])]
 
     def _check_ids(self) -> None:
         seen: dict[str, int] = {}
@@ -283,8 +286,7 @@ class Pool:
         """Copy samples [start, stop) out of the memory maps, across shard borders."""
         if not (0 <= start <= stop <= self.count):
             raise IndexError(f"range [{start}, {stop}) outside the pool of {self.count}")
-        if "labels" in keys and not self.has_labels:
-            raise PoolFormatError(f"{self.path} has no labels (not a simulation pool)")
+        self._check_keys(keys)
         parts: dict[str, list[np.ndarray]] = {k: [] for k in keys}
         for shard in self.shards:
             lo, hi = max(start, shard.start), min(stop, shard.stop)
@@ -303,8 +305,7 @@ class Pool:
         idx = np.asarray(indices, dtype=np.int64)
         if idx.size and (idx.min() < 0 or idx.max() >= self.count):
             raise IndexError(f"indices outside the pool of {self.count}")
-        if "labels" in keys and not self.has_labels:
-            raise PoolFormatError(f"{self.path} has no labels (not a simulation pool)")
+        self._check_keys(keys)
         parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {k: [] for k in keys}
         for shard in self.shards:
             sel = np.flatnonzero((idx >= shard.start) & (idx < shard.stop))
@@ -324,6 +325,12 @@ class Pool:
             out[key] = arr
         return out
 
+    def _check_keys(self, keys: Sequence[str]) -> None:
+        if "labels" in keys and not self.has_labels:
+            raise PoolFormatError(f"{self.path} has no labels (not a simulation pool)")
+        if "groups" in keys and not self.has_groups:
+            raise PoolFormatError(f"{self.path} records no group (patient) per sample")
+
     def _empty(self, key: str) -> np.ndarray:
         c, h, w = self.image_shape
         return {
@@ -331,6 +338,7 @@ class Pool:
             "images": np.zeros((0, c, h, w), dtype=self.pixel_dtype),
             "rois": np.zeros((0, h, w), dtype=np.uint8),
             "labels": np.zeros(0, dtype=np.int64),
+            "groups": np.zeros(0, dtype=str),
         }[key]
 
     def ids(self) -> np.ndarray:
@@ -343,6 +351,10 @@ class Pool:
             rois = self.read(lo, min(lo + chunk, self.count), ("rois",))["rois"]
             out[lo : lo + len(rois)] = rois.reshape(len(rois), -1).max(1, initial=0) > 0
         return out
+
+    def groups(self) -> np.ndarray:
+        """Each sample's group (its patient): what a split must not cut through."""
+        return self.read(0, self.count, ("groups",))["groups"]
 
     def labels(self) -> np.ndarray:
         return self.read(0, self.count, ("labels",))["labels"]

@@ -5,7 +5,8 @@
       shard-00000/images.npy   [n, C, H, W] uint8 | uint16
       shard-00000/rois.npy     [n, H, W] uint8, 1 inside the expert region (all 0 = no ROI)
       shard-00000/ids.npy      [n] unicode sample IDs, unique across the pool
-      shard-00000/labels.npy   [n] int64 class index (simulation pools only)
+      shard-00000/labels.npy   [n] int64 class index (labelled pools only)
+      shard-00000/groups.npy   [n] unicode group of each sample, e.g. its patient (when known)
 
 The manifest is written last, so a folder without one is an unfinished pool.
 
@@ -23,7 +24,8 @@ from xgal.core.errors import InvalidArgument, UserError
 FORMAT = "xgal-pool/1"
 MANIFEST = "manifest.json"
 PARTIAL = "partial.json"  # written after every shard of an unfinished pool, for resuming
-ARRAYS = ("images", "rois", "ids", "labels")
+ARRAYS = ("images", "rois", "ids", "labels", "groups")
+OPTIONAL = {"labels": "has_labels", "groups": "has_groups"}  # array -> the manifest's flag
 PIXEL_DTYPES = ("uint8", "uint16")
 
 

@@ -26,6 +26,7 @@ class PoolWriter:
         pixel_dtype: str = "uint8",
         class_names: Sequence[str] = (),
         with_labels: bool = False,
+        with_groups: bool = False,
         shard_size: int = 8192,
         overwrite: bool = False,
         resume: bool = False,
@@ -54,6 +55,7 @@ class PoolWriter:
         self.pixel_dtype = pixel_dtype
         self.class_names = list(class_names)
         self.with_labels = with_labels
+        self.with_groups = with_groups
         self.shard_size = shard_size
         self.description = description
         self._pending: dict[str, list[np.ndarray]] = {k: [] for k in (*ARRAYS, "source")}
@@ -72,6 +74,7 @@ class PoolWriter:
             "pixel_dtype": self.pixel_dtype,
             "class_names": self.class_names,
             "has_labels": self.with_labels,
+            "has_groups": self.with_groups,
         }
 
     def _reopen(self, state: dict) -> None:
@@ -104,10 +107,12 @@ class PoolWriter:
         rois: np.ndarray,
         labels: np.ndarray | None = None,
         *,
+        groups: Sequence[str] | np.ndarray | None = None,
         source: int | None = None,
     ) -> None:
-        """Append samples. `source` is the index of the source item (file, volume) they came
-        from, in the importer's order; it makes the pool resumable."""
+        """Append samples. `groups`: each sample's group (its patient), in a pool made
+        `with_groups`. `source` is the index of the source item (file, volume) they came from,
+        in the importer's order; it makes the pool resumable."""
         ids_arr = np.asarray(ids, dtype=str)
         n = len(ids_arr)
         c, h, w = self.image_shape
@@ -132,6 +137,12 @@ class PoolWriter:
                 and (labels.min() < 0 or labels.max() >= len(self.class_names))
             ):
                 raise PoolFormatError(f"labels must be in [0, {len(self.class_names)})")
+        if self.with_groups != (groups is not None):
+            raise PoolFormatError("groups must be given for every batch or for none")
+        if groups is not None:
+            groups = np.asarray(groups, dtype=str)
+            if groups.shape != (n,) or not all(groups):
+                raise PoolFormatError(f"groups must be {n} non-empty names, got shape {list(groups.shape)}")
         new = set(ids_arr.tolist())
         if len(new) != n or new & self._seen_ids:
             raise PoolFormatError("sample IDs must be unique across the pool")
@@ -141,6 +152,8 @@ class PoolWriter:
         self._pending["rois"].append(rois.astype(np.uint8, copy=False))
         if labels is not None:
             self._pending["labels"].append(labels)
+        if groups is not None:
+            self._pending["groups"].append(groups)
         src = self._count + self._pending_n if source is None else source
         self._pending["source"].append(np.full(n, src, dtype=np.int64))
         self._pending_n += n
@@ -200,6 +213,7 @@ class PoolWriter:
             "pixel_dtype": self.pixel_dtype,
             "class_names": self.class_names,
             "has_labels": self.with_labels,
+            "has_groups": self.with_groups,
             "description": self.description,
             "shards": self._shards,
         }
