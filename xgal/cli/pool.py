@@ -11,7 +11,7 @@ from xgal.cli.common import App, Bar, console, out
 from xgal.core.errors import InvalidArgument
 
 app = App(help="Make, inspect and verify pools.")
-import_app = App(help="Build a pool from PNG/JPEG, DICOM or NIfTI (BraTS) data.")
+import_app = App(help="Build a pool from PNG/JPEG, DICOM, BraTS NIfTI or 3-D volumes (NIfTI, NRRD, MHA).")
 app.add_typer(import_app, name="import")
 
 
@@ -151,6 +151,48 @@ def import_dicom_cmd(
             size=size,
             window=win,
             classes=_names(classes),
+            pixel_dtype="uint16" if uint16 else "uint8",
+            overwrite=overwrite,
+            progress=bar.update,
+        )
+    _import_done(pool, report, allow_skips)
+
+
+@import_app.command("volumes")
+def import_volumes_cmd(
+    list_csv: Path = typer.Argument(..., help="CSV: patient, image[, label] (paths beside it)."),
+    out_dir: Path = typer.Argument(..., help="Pool to create (an unfinished one is resumed)."),
+    size: int = typer.Option(224, help="Side of the pool's square slices."),
+    axis: str = typer.Option("axial", help="axial | coronal | sagittal (after turning to LPS)."),
+    window: str | None = typer.Option(None, help="centre,width in the file's units (e.g. 40,400 HU)."),
+    keep: str = typer.Option("all", help="Slices kept: all, or lesion (at least --min-lesion voxels)."),
+    min_lesion: int = typer.Option(1, help="Labelled voxels that make a slice a lesion slice."),
+    classes: str = typer.Option("lesion", help="lesion (lesion / no lesion) or dominant (by --names)."),
+    names: str | None = typer.Option(None, help="Label values' names for dominant: 1=necrosis,2=edema."),
+    uint16: bool = typer.Option(False, help="Store 16-bit pixels."),
+    overwrite: bool = typer.Option(False),
+    allow_skips: bool = ALLOW_SKIPS,
+) -> None:
+    """Import NIfTI, NRRD or MHA volumes (with label maps) as 2-D slices, each with its patient."""
+    from xgal.pool.importers.volumes import import_volumes
+
+    mapping = None
+    if names:
+        try:
+            mapping = {int(k): v.strip() for k, v in (p.split("=", 1) for p in names.split(","))}
+        except ValueError:
+            raise InvalidArgument(f"--names takes value=name pairs, got {names!r}") from None
+    with Bar("importing volumes") as bar:
+        pool, report = import_volumes(
+            list_csv,
+            out_dir,
+            size=size,
+            axis=axis,
+            window=_window(window),
+            keep=keep,
+            min_lesion=min_lesion,
+            classes=classes,
+            names=mapping,
             pixel_dtype="uint16" if uint16 else "uint8",
             overwrite=overwrite,
             progress=bar.update,

@@ -25,6 +25,7 @@ class Sample:
     image: np.ndarray  # [C, H, W] at the pool's size and dtype
     roi: np.ndarray  # [H, W] uint8
     label: int
+    group: str | None = None  # the patient, where the source says
 
 
 @dataclass
@@ -144,6 +145,7 @@ def write_pool(
     class_names: Sequence[str],
     pixel_dtype: str = "uint8",
     with_labels: bool = True,
+    with_groups: bool = False,
     shard_size: int = 4096,
     overwrite: bool = False,
     description: str = "",
@@ -158,6 +160,7 @@ def write_pool(
         pixel_dtype=pixel_dtype,
         class_names=class_names,
         with_labels=with_labels,
+        with_groups=with_groups,
         shard_size=shard_size,
         overwrite=overwrite,
         resume=not overwrite,
@@ -176,6 +179,7 @@ def write_pool(
                 np.stack([s.image for s in samples]),
                 np.stack([s.roi for s in samples]),
                 np.array([s.label for s in samples], dtype=np.int64) if with_labels else None,
+                groups=[str(s.group) for s in samples] if with_groups else None,
                 source=k,
             )
             report.written += len(samples)
