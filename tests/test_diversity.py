@@ -83,6 +83,8 @@ def test_diversity_options_are_checked():
         AcquisitionConfig(diversity="spread", candidates=5).candidate_count(10)
     with pytest.raises(InvalidArgument, match="balance"):
         AcquisitionConfig(diversity="spread", balance="predicted")
+    with pytest.raises(InvalidArgument, match="normalise 'rank'"):
+        AcquisitionConfig(diversity="spread", normalise="rank")
     with pytest.raises(InvalidArgument, match="candidates"):
         AcquisitionConfig(diversity="spread", candidates=-1)
     with pytest.raises(InvalidArgument, match="diversity must be one of"):
@@ -146,10 +148,10 @@ def server(world, tmp_path):
     "options",
     [
         {"diversity": "spread"},
-        {"diversity": "spread", "normalise": "rank"},
+        {"diversity": "spread", "uncertainty": "margin", "candidates": 30},
         {"diversity": "typical", "strategy": "random", "candidates": 120},
     ],
-    ids=["spread", "spread-rank", "typical"],
+    ids=["spread", "spread-margin", "typical"],
 )
 def test_shards_choose_the_batch_one_scorer_chooses(world, server, options):
     _, pool, m1, _ = world

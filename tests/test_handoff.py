@@ -66,10 +66,10 @@ def test_two_rounds_through_the_folder_hand_off(archive, tmp_path):
     asked: list[str] = []
     for n in range(2):
         res = xgal(*train)
-        assert res.returncode == 0, res.stderr
+        assert res.returncode == 3, res.stderr  # waiting: neither an error (2) nor done (0)
         folder = run / f"round-{n}"
         assert f"round {n}: {12 if n == 0 else 6} scans wait for a radiologist" in res.stdout
-        assert "xgal annotations add" in res.stdout
+        assert "xgal annotations add" in res.stdout and "32x32 masks named <id>.png" in res.stdout
         if n == 1:  # the archive has no ROIs: the round says that M could not count
             assert "none of the 160 scored samples has an ROI, so M = 1" in res.stdout + res.stderr
         rows = _request(folder)
@@ -80,11 +80,17 @@ def test_two_rounds_through_the_folder_hand_off(archive, tmp_path):
         assert sorted(p.stem for p in (folder / "hints").iterdir()) == sorted(ids)
         hint = Image.open(folder / "hints" / f"{ids[0]}.png")
         assert hint.size[0] == 256
+        scan = np.asarray(Image.open(folder / "scans" / f"{ids[0]}.png"))  # what masks are drawn on
+        assert scan.shape == (32, 32)
         if n == 0:  # the initial set: no model yet
             assert all(r["score"] == "" and r["predicted"] == "" for r in rows)
-        else:  # the model that chose them: its scores and its predicted class
-            assert all(float(r["score"]) >= 0 and r["predicted"] in truth.values() for r in rows)
-            assert json.loads((folder / "ranking.json").read_text())[0]["id"] == ids[0]
+        else:  # the model that chose them: the scores that ranked them, its predicted class
+            ranking = json.loads((folder / "ranking.json").read_text())
+            assert ids == [r["id"] for r in ranking]
+            for row, ranked in zip(rows, ranking, strict=True):
+                assert float(row["score"]) == pytest.approx(ranked["score"], rel=1e-5)
+                assert float(row["uncertainty"]) == pytest.approx(ranked["uncertainty"], rel=1e-5)
+                assert row["predicted"] in truth.values()
         template = list(csv.DictReader(open(folder / "labels.csv")))
         assert [t["id"] for t in template] == ids and all(t["label"] == "" for t in template)
 
@@ -97,6 +103,13 @@ def test_two_rounds_through_the_folder_hand_off(archive, tmp_path):
         _fill(tmp_path / "missing.csv", [*answers[:-1], [ids[-1], ""]])
         res = xgal("annotations", "add", run, "--labels", tmp_path / "missing.csv")
         assert res.returncode == 2 and f"1 of {len(ids)} scans have no label ({ids[-1]})" in res.stderr
+        if n == 0:  # an unknown class and a scan answered twice: refused too
+            _fill(tmp_path / "unknown.csv", [*answers[:-1], [ids[-1], "glioma"]])
+            res = xgal("annotations", "add", run, "--labels", tmp_path / "unknown.csv")
+            assert res.returncode == 2 and "'glioma' is not a class" in res.stderr
+            _fill(tmp_path / "twice.csv", [*answers, answers[0]])
+            res = xgal("annotations", "add", run, "--labels", tmp_path / "twice.csv")
+            assert res.returncode == 2 and "is answered twice" in res.stderr
         assert not (folder / "answers.npz").exists()
         # The radiologist's answers, with an ROI drawn on one scan in round 1.
         _fill(folder / "labels.csv", answers)
@@ -107,6 +120,7 @@ def test_two_rounds_through_the_folder_hand_off(archive, tmp_path):
             drawn = np.zeros((32, 32), dtype=np.uint8)
             drawn[4:12, 20:30] = 255
             Image.fromarray(drawn).save(masks / f"{ids[2]}.png")
+            (masks / ".DS_Store").write_bytes(b"\0")  # what a desktop leaves behind: ignored
             extra = ["--masks", masks]
         res = xgal("annotations", "add", run, "--labels", folder / "labels.csv", *extra)
         assert res.returncode == 0 and f"recorded {len(ids)} answers for round-{n}" in res.stdout, res.stderr
@@ -137,3 +151,17 @@ def test_two_rounds_through_the_folder_hand_off(archive, tmp_path):
     scan = np.asarray(Image.open(by_id[marked]["image"]))
     index = {s: k for k, s in enumerate(pool.ids().tolist())}
     np.testing.assert_array_equal(scan, pool.take([index[marked]], ("images",))["images"][0, 0])
+
+
+def test_file_names_of_ids_never_collide_and_16_bit_hints_are_visible():
+    from xgal.trainer.handoff import file_name, hint_image
+
+    assert file_name("scan-0001") == "scan-0001"  # a safe ID is its own name
+    names = {file_name(i) for i in ("a/b", "a_b", "a:b", ".hidden", "a b")}
+    assert len(names) == 5 and not any(n.startswith(".") or "/" in n for n in names)
+    # A CT stored as HU + 1024 in a uint16 pool: the hint spans black to white, not 0–3%.
+    ct = np.full((1, 32, 32), 24, np.uint16)
+    ct[0, 8:24, 8:24] = 1064
+    ct[0, 12:16, 12:16] = 2024
+    hint = np.asarray(hint_image(ct, np.zeros((32, 32), np.uint8), None, "no model yet"))[18:]
+    assert hint.max() == 255 and hint.min() == 0

@@ -294,9 +294,10 @@ def _one_image_pool(folder, image, mask=None, **kwargs):
     folder.mkdir()
     Image.fromarray(image).save(folder / "scan.png")
     row = ["scan.png", "a"]
+    jpeg = kwargs.pop("jpeg", False)
     if mask is not None:
-        mask.save(folder / ("mask.jpg" if mask.mode == "L" and kwargs.pop("jpeg", False) else "mask.png"))
-        row.append(next(p.name for p in folder.iterdir() if p.name.startswith("mask")))
+        mask.save(folder / ("mask.jpg" if jpeg else "mask.png"))
+        row.append("mask.jpg" if jpeg else "mask.png")
     _csv(folder / "labels.csv", ["image", "label", "mask"][: len(row)], [row])
     return import_images(
         folder, folder / "labels.csv", folder.parent / (folder.name + "-pool"), size=32, **kwargs
@@ -345,6 +346,12 @@ def test_masks_are_thresholded_at_half_their_range(tmp_path):
     assert pool.read(0, 1, ("rois",))["rois"][0].sum() == 208
     # A label map saved with values 0 and 1 (not 0 and 255) is still the region drawn.
     pool, _ = _one_image_pool(tmp_path / "ones", image, Image.fromarray((disc > 0).astype(np.uint8)))
+    assert pool.read(0, 1, ("rois",))["rois"][0].sum() == 208
+    # A label map of several regions (0, 1, 2, 4 as BraTS codes them): every region is the ROI.
+    regions = (disc > 0).astype(np.uint8)
+    regions[12:20, 12:20] = 2
+    regions[14:16, 14:16] = 4
+    pool, _ = _one_image_pool(tmp_path / "regions", image, Image.fromarray(regions))
     assert pool.read(0, 1, ("rois",))["rois"][0].sum() == 208
 
 

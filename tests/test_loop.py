@@ -361,6 +361,13 @@ def test_the_initial_set_can_be_the_users_list(world, tmp_path):
     assert oracle.requested == chosen
     with pytest.raises(InvalidArgument, match="twice"):
         _config(initial_ids=[chosen[0], chosen[0]])
+    from xgal.cli.train import _initial_ids
+
+    (tmp_path / "none.txt").write_text("\n\n")
+    with pytest.raises(InvalidArgument, match="lists no IDs"):
+        _initial_ids(tmp_path / "none.txt")
+    (tmp_path / "ids.txt").write_text("a\nb c\n")
+    assert _initial_ids(tmp_path / "ids.txt") == ("a", "b c")  # one per line
     bad = _config(initial_ids=[*chosen[:2], "no-such-scan"], rounds=0)
     loop = ActiveLearningLoop(bad, pool, test, client, oracle, tmp_path / "bad", pool_ref="pool")
     with pytest.raises(InvalidArgument, match="initial IDs not in"):

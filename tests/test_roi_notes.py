@@ -1,6 +1,7 @@
-"""When the misalignment term cannot count (no, or few, ROIs in what is ranked) every path says
+"""When the misalignment term cannot count (no, or few, ROIs in what is ranked) the result says
 so, naming what decided the ranking and what to do: the in-process pipeline, the service (its
-count of samples with an ROI survives sharding), `xgal score` and the loop's round notes."""
+count of samples with an ROI survives sharding) and `xgal score`. The loop's round note is
+checked in test_handoff (an archive without ROIs)."""
 
 import os
 import subprocess

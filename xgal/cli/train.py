@@ -7,7 +7,7 @@ from typing import Any
 
 import typer
 
-from xgal.cli.common import TLS_CA, TOKEN_FILE, acquisition_options, number, out, read_ids
+from xgal.cli.common import TLS_CA, TOKEN_FILE, acquisition_options, number, out
 
 
 @acquisition_options(
@@ -67,7 +67,7 @@ def train(
     from xgal.core.errors import InvalidArgument
     from xgal.pool.format import Pool
     from xgal.trainer.annotator import OracleAnnotator
-    from xgal.trainer.handoff import AwaitingAnnotations, FolderAnnotator
+    from xgal.trainer.handoff import WAITING_EXIT, AwaitingAnnotations, FolderAnnotator
     from xgal.trainer.loop import ActiveLearningLoop
     from xgal.trainer.presets import preset
 
@@ -84,7 +84,7 @@ def train(
         rounds=rounds,
         seed=seed,
         cold_start=cold_start,
-        initial_ids=tuple(read_ids(initial_ids)) if initial_ids is not None else None,
+        initial_ids=_initial_ids(initial_ids),
     )
     overrides = {k: v for k, v in given.items() if v is not None}
     train_overrides = {
@@ -148,8 +148,21 @@ def train(
             except AwaitingAnnotations as waiting:
                 status.stop()
                 out.print(str(waiting), markup=False)
-                return
+                # Not an error and not done: a script tells the three apart by the exit code.
+                raise typer.Exit(WAITING_EXIT) from None
     finally:
         if server is not None:
             server.stop(grace=5)
     out.print(f"done: {records[-1].labelled} labelled; state, annotations and model in {out_dir}")
+
+
+def _initial_ids(path: Path | None) -> tuple[str, ...] | None:
+    """The IDs of --initial-ids, one per line; an empty file is refused, not taken as none."""
+    if path is None:
+        return None
+    ids = tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    if not ids:
+        from xgal.core.errors import InvalidArgument
+
+        raise InvalidArgument(f"{path} lists no IDs (one per line)")
+    return ids

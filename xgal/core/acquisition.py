@@ -39,7 +39,9 @@ class Uncertainty(StrEnum):
     LEAST_CONFIDENCE = "least_confidence"
     # Over the flipped views a graph exported with views > 1 scores (`view_probs`):
     MEAN_ENTROPY = "mean_entropy"  # H(mean p): the entropy of the views' mean prediction
-    BALD = "bald"  # H(mean p) − mean H(p): the views' disagreement (Houlsby et al., 2011)
+    # BALD's formula (Houlsby et al., 2011) over test-time flips: how much the prediction
+    # depends on a flip; training does not flip, so not a posterior's epistemic uncertainty.
+    BALD = "bald"  # H(mean p) − mean H(p): the views' disagreement
 
     @property
     def needs_views(self) -> bool:
@@ -94,7 +96,7 @@ class Diversity(StrEnum):
     Both depend on the candidate set alone, so shards' candidates merge first, exactly."""
 
     NONE = "none"  # the top k
-    SPREAD = "spread"  # greedy: the best-ranked far from those already chosen (k-center++)
+    SPREAD = "spread"  # greedy k-center: the best-ranked far from those already chosen
     TYPICAL = "typical"  # TypiClust: the densest candidate of each of k clusters (cold start)
 
 
@@ -164,6 +166,12 @@ class AcquisitionConfig:
         if self.candidates < 0:
             raise InvalidArgument(f"candidates must be 0 (the default) or more, got {self.candidates}")
         object.__setattr__(self, "candidates", int(self.candidates))
+        if self.diversity is not Diversity.NONE and not self.pointwise:
+            raise InvalidArgument(
+                f"diversity {self.diversity.value!r} cannot be combined with normalise "
+                f"{self.normalise.value!r}: the step needs every candidate's embedding, which a "
+                "pool-level normalisation would have to fetch for the whole pool"
+            )
         if self.diversity is not Diversity.NONE and self.balance is not Balance.NONE:
             raise InvalidArgument(
                 f"diversity {self.diversity.value!r} cannot be combined with balance "

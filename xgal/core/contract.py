@@ -24,8 +24,8 @@ OUTPUT_NAMES = ("probs", "entropy", "cam", "dice", "roi_area")
 EMBEDDING = "embedding"
 EXPORTED_OUTPUTS = (*OUTPUT_NAMES, EMBEDDING)
 # Optional, chosen at export: [N, V, K] class probabilities of V deterministic views of each
-# image (itself, then flipped left-right, up-down, both), for the epistemic uncertainties
-# (BALD, the entropy of the mean). Opt-in: ONNX Runtime runs every node of a graph whichever
+# image (itself, then flipped left-right, up-down, both), for the uncertainties over views
+# (BALD's formula, the entropy of the mean). Opt-in: ONNX Runtime runs every node of a graph whichever
 # outputs are fetched, so V − 1 more forward passes would slow every pool.
 VIEW_PROBS = "view_probs"
 MAX_VIEWS = 4

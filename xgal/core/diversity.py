@@ -5,12 +5,16 @@ Both choices read the candidate set only (rows in rank order, each with its embe
 rest of the pool: the candidates of a pool are the merge of its shards' candidates (pointwise
 scores merge exactly), so a sharded run chooses the same batch as one scorer.
 
-- `spread`: greedy k-center++ weighted by rank. The best candidate first; then, each time, the
-  candidate with the largest (rank weight × squared distance to the nearest chosen one). Near
-  duplicates of a chosen scan have distance ≈ 0 and wait; a far but poorly ranked one waits too.
+- `spread`: greedy k-center (farthest-first, no random seeding) weighted by rank. The best
+  candidate first; then, each time, the candidate with the largest (rank weight × squared
+  distance to the nearest chosen one). Near duplicates of a chosen scan have distance ≈ 0 and
+  wait; a far but poorly ranked one waits too.
 - `typical`: TypiClust (Hacohen et al., 2022), for a first round from a model trained on very few
   labels: k-means into k clusters, then the most typical candidate (inverse mean distance to its
-  nearest neighbours) of each cluster, largest clusters first. Scores are not used.
+  nearest neighbours) of each cluster, largest clusters first. Scores are not used. Where this
+  departs from TypiClust: typicality is measured over all candidates, not within each cluster;
+  clusters the labelled set already covers are not put last; and the loop's cold start clusters
+  a random sample of the pool (its 20·k candidates), not the whole pool.
 
 Embeddings are L2-normalised first, so the distances do not depend on the activations' scale.
 """

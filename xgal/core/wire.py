@@ -97,7 +97,7 @@ def score_result_to_proto(result: ScoreResult, model: pb.ModelInfo) -> pb.ScoreR
     return pb.ScoreResult(
         model=model,
         top=ranked_to_proto(result.top),
-        all=ranked_to_proto(result.all) if result.all is not None else [],
+        all=ranked_to_proto(result.all, embeddings=False) if result.all is not None else [],
         scored=result.scored,
         excluded=result.excluded,
         seconds=result.seconds,
@@ -130,12 +130,13 @@ def model_info_to_proto(
     )
 
 
-def ranked_to_proto(r: Ranked) -> list[pb.ScoredSample]:
+def ranked_to_proto(r: Ranked, embeddings: bool = True) -> list[pb.ScoredSample]:
+    """`embeddings=False` leaves them out (every sample's scores: only candidates need them)."""
     has_roi = r.has_roi if r.has_roi is not None else np.ones(len(r), dtype=bool)
     group = r.group if r.group is not None else r.pred
     flat = r.flat if r.flat is not None else np.zeros(len(r), dtype=bool)
     body = r.body_roi if r.body_roi is not None else np.zeros(len(r), dtype=bool)
-    emb = r.embedding if r.embedding is not None and r.embedding.shape[1] else None
+    emb = r.embedding if embeddings and r.embedding is not None and r.embedding.shape[1] else None
     return [
         pb.ScoredSample(
             id=str(r.ids[i]),

@@ -1,7 +1,8 @@
 """`xgal annotations add`: a radiologist's answers to the open round, checked, then recorded.
 
 The answers are a CSV of `id,label` (the request's `labels.csv`, filled in), and optionally ROIs:
-mask images `<id>.png` in a folder (pixels above half the mask's range are inside) or a CSV of
+mask images `<id>.png` of the pool's size in a folder (other files are ignored; a label map's
+non-zero pixels, or a JPEG-like mask's above half its range, are inside) or a CSV of
 boxes `id,x_min,y_min,x_max,y_max` in the pool's pixels. A scan given no ROI keeps the one the
 pool holds. Everything is checked before anything is written: IDs the round asked about, each
 once, every one answered, known class names, masks of the pool's size. A round's answers are
@@ -110,7 +111,9 @@ def _masks(folder: Path, ids: list[str], h: int, w: int) -> dict[str, np.ndarray
         raise FileNotFoundError(f"masks folder not found: {folder}")
     by_file = {file_name(s): s for s in ids}
     out = {}
-    for path in sorted(folder.iterdir()):
+    for path in sorted(folder.glob("*.png")):
+        if path.name.startswith("."):
+            continue
         if path.stem not in by_file:
             raise InvalidArgument(f"{path}: no scan of this round is called {path.stem!r}")
         with Image.open(path) as m:

@@ -18,11 +18,12 @@ answers (IDs of this request, known class names, mask sizes) and writes `answers
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -37,6 +38,9 @@ REQUEST, TEMPLATE, META, ANSWERS, HINTS = "request.csv", "labels.csv", "request.
 RANKING = "ranking.json"  # the loop's: the scores of the round's selection
 REQUEST_COLUMNS = ("rank", "id", "score", "uncertainty", "misalignment", "predicted", "probability")
 HINT_SIDE = 256  # pixels: a 64x64 scan is too small to judge on a screen
+CAM_BATCH = 32  # scans per Grad-CAM pass for the hints (memory, at 224 px and more)
+SCANS = "scans"  # each scan at the pool's size: what masks are drawn on
+WAITING_EXIT = 3  # `xgal train`'s exit code while a round waits for answers
 
 
 class AwaitingAnnotations(Exception):  # noqa: N818 - not an error: the run waits for a person
@@ -50,7 +54,6 @@ class AnnotationRequest:
     round_index: int
     images: np.ndarray  # [n, C, H, W] as the pool stores them
     rois: np.ndarray  # [n, H, W] the pool's ROIs (all zero: none)
-    scale: float  # stored value of full intensity (255 or 65535)
     class_names: tuple[str, ...]
     pool: str  # the pool's path, for the answers' checks
     cams: np.ndarray | None = None  # [n, H, W] in [0, 1]; None before the first model
@@ -75,7 +78,6 @@ def build_request(
         round_index=n,
         images=rows["images"],
         rois=rows["rois"],
-        scale=loop.scale,
         class_names=tuple(loop.class_names),
         pool=str(loop.pool.path.resolve()),
     )
@@ -84,26 +86,43 @@ def build_request(
         request.ranking = {row["id"]: row for row in json.loads(ranking.read_text())}
     if model is not None:
         cfg = loop.config
-        x = to_input(rows["images"], loop.scale, cfg.mean, cfg.std).to(next(model.parameters()).device)
-        scores, cams = scores_and_cam(model, model.get_submodule(cfg.layer), x, differentiable=False)
-        request.probs = scores.softmax(1).cpu().numpy()
-        request.cams = cams.cpu().numpy()
+        model.eval()  # a resumed round's model comes back in train mode: no batch statistics here
+        x = to_input(rows["images"], loop.scale, cfg.mean, cfg.std)
+        device = next(model.parameters()).device
+        probs, cams = [], []
+        for lo in range(0, len(x), CAM_BATCH):
+            scores, cam = scores_and_cam(
+                model, model.get_submodule(cfg.layer), x[lo : lo + CAM_BATCH].to(device), differentiable=False
+            )
+            probs.append(scores.softmax(1).cpu().numpy())
+            cams.append(cam.cpu().numpy())
+        request.probs, request.cams = np.concatenate(probs), np.concatenate(cams)
     return request
+
+
+@dataclass
+class PendingRequest:
+    """A round's request, built only if the annotator has to show it (hints cost a Grad-CAM)."""
+
+    round_index: int
+    build: Callable[[], AnnotationRequest]
+
+
+class RequestAnnotator(Protocol):
+    """An annotator that shows a person the round's request (the folder hand-off)."""
+
+    def annotate(self, ids: Sequence[str], request: PendingRequest) -> tuple[np.ndarray, np.ndarray]: ...
 
 
 class FolderAnnotator:
     """Annotation through files (see the module doc): the default when the pool has no labels."""
 
-    wants_request = True  # the loop builds an AnnotationRequest (hints need the model)
+    wants_request = True  # the loop hands it a PendingRequest (hints need the model)
 
     def __init__(self, out_dir: str | Path) -> None:
         self.out = Path(out_dir)
 
-    def annotate(
-        self, ids: Sequence[str], request: AnnotationRequest | None = None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        if request is None:
-            raise InvalidArgument("the folder hand-off needs the round's request")
+    def annotate(self, ids: Sequence[str], request: PendingRequest) -> tuple[np.ndarray, np.ndarray]:
         folder = round_folder(self.out, request.round_index)
         answers = folder / ANSWERS
         if answers.is_file():
@@ -114,11 +133,14 @@ class FolderAnnotator:
                 )
             return stored["labels"], stored["rois"]
         if not (folder / META).is_file():
-            write_request(folder, ids, request)
+            write_request(folder, ids, request.build())
+        meta = json.loads((folder / META).read_text())
+        h, w = meta["image_size"]
         raise AwaitingAnnotations(
             f"round {request.round_index}: {len(ids)} scans wait for a radiologist in {folder}/\n"
             f"  look at {folder / HINTS}/ (scan, ROI in green, the model's Grad-CAM), fill in "
-            f"{folder / TEMPLATE} (a class per scan: {', '.join(request.class_names)}),\n"
+            f"{folder / TEMPLATE} (a class per scan: {', '.join(meta['class_names'])}),\n"
+            f"  ROIs, if you draw them: {w}x{h} masks named <id>.png, drawn on {folder / SCANS}/\n"
             f"  then: xgal annotations add {self.out} --labels {folder / TEMPLATE} "
             "[--masks DIR | --boxes CSV]\n"
             "  and run the same xgal train command again to go on."
@@ -150,6 +172,9 @@ def write_request(folder: Path, ids: Sequence[str], request: AnnotationRequest) 
         w = csv.writer(f)
         w.writerow(["id", "label"])
         w.writerows([[sample_id, ""] for sample_id in ids])
+    (folder / SCANS).mkdir(exist_ok=True)
+    for i, sample_id in enumerate(ids):
+        _gray(request.images[i]).save(folder / SCANS / f"{file_name(sample_id)}.png")
     for i, sample_id in enumerate(ids):
         title = (
             f"{request.class_names[predicted[i]]} ({request.probs[i].max():.2f})"
@@ -159,7 +184,6 @@ def write_request(folder: Path, ids: Sequence[str], request: AnnotationRequest) 
         hint = hint_image(
             request.images[i],
             request.rois[i],
-            request.scale,
             None if request.cams is None else request.cams[i],
             title,
         )
@@ -179,17 +203,21 @@ def _cell(value: object) -> str:
 
 
 def file_name(sample_id: str) -> str:
-    """A file name for an ID (IDs may hold path separators)."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in sample_id)
+    """A file name for an ID: the ID itself where it is safe, else its safe characters and a
+    short hash of it (so `a/b` and `a_b` do not overwrite each other)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in sample_id)
+    if safe == sample_id and not safe.startswith("."):
+        return safe
+    return f"{safe.lstrip('.')}-{hashlib.sha1(sample_id.encode()).hexdigest()[:8]}"
 
 
-def hint_image(image: np.ndarray, roi: np.ndarray, scale: float, cam: np.ndarray | None, title: str):  # noqa: ANN201
+def hint_image(image: np.ndarray, roi: np.ndarray, cam: np.ndarray | None, title: str):  # noqa: ANN201
     """The scan (first channel) in gray, the Grad-CAM blended over it in jet, the ROI's outline
     in green and `title` on top: a PIL image HINT_SIDE wide."""
     import matplotlib
     from PIL import Image, ImageDraw
 
-    gray = np.clip(image[0].astype(np.float64) / scale, 0, 1)
+    gray = _stretch(image[0])
     rgb = np.repeat(gray[..., None], 3, axis=-1)
     if cam is not None:
         heat = matplotlib.colormaps["jet"](np.clip(cam, 0, 1))[..., :3]
@@ -202,6 +230,21 @@ def hint_image(image: np.ndarray, roi: np.ndarray, scale: float, cam: np.ndarray
     canvas.paste(img, (0, 18))
     ImageDraw.Draw(canvas).text((4, 3), title, fill="white")
     return canvas
+
+
+def _stretch(channel: np.ndarray) -> np.ndarray:
+    """To [0, 1] by the image's own 1st–99th percentiles: a 16-bit CT (HU + 1024) stored in
+    0–65535 would otherwise show nearly black."""
+    v = channel.astype(np.float64)
+    lo, hi = np.percentile(v, [1, 99])
+    return np.clip((v - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(v)
+
+
+def _gray(image: np.ndarray):  # noqa: ANN202 - a PIL image
+    """The scan at its own size, for drawing a mask on: 8 bits, its first channel stretched."""
+    from PIL import Image
+
+    return Image.fromarray((_stretch(image[0]) * 255).astype(np.uint8))
 
 
 def _eroded(mask: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ from xgal.core.ranking import rows
 from xgal.pool.format import Pool
 from xgal.trainer.annotator import Annotator
 from xgal.trainer.export import ScoringGraphExporter
-from xgal.trainer.handoff import RANKING, build_request, round_folder
+from xgal.trainer.handoff import RANKING, PendingRequest, RequestAnnotator, build_request, round_folder
 from xgal.trainer.nets import build_model, default_target_layer
 from xgal.trainer.nets.classifier import Classifier
 from xgal.trainer.run_state import RunFolder
@@ -59,7 +60,8 @@ class LoopConfig:
     reset_each_round: bool = False
     seed: int = 0
     # "typical": the first acquisition (from a model trained on the initial set alone, often
-    # worse than random) picks TypiClust representatives of the pool's embedding instead.
+    # worse than random) picks TypiClust representatives among a random sample of the pool
+    # (20·k candidates), clustered on the embedding of the model trained on the initial set.
     cold_start: str = "none"
     # The initial set the user chose (IDs of the pool), instead of `initial` drawn at random.
     initial_ids: tuple[str, ...] = ()
@@ -164,7 +166,7 @@ class ActiveLearningLoop:
         pool: Pool,
         test_pool: Pool | None,
         client: ScorerClient,
-        annotator: Annotator,
+        annotator: Annotator | RequestAnnotator,
         out_dir: str | os.PathLike[str],
         *,
         pool_ref: str | None = None,
@@ -280,8 +282,8 @@ class ActiveLearningLoop:
         self._stage(r, stage)
         if getattr(self.annotator, "wants_request", False):
             n = 0 if model is None else r + 1
-            request = build_request(self, n, ids, model)
-            labels, rois = self.annotator.annotate(ids, request)  # type: ignore[call-arg]
+            pending = PendingRequest(n, lambda: build_request(self, n, ids, model))
+            labels, rois = cast(RequestAnnotator, self.annotator).annotate(ids, pending)
         else:
             labels, rois = self.annotator.annotate(ids)
         self.folder.write_answers(key, ids, labels, rois)

@@ -55,12 +55,18 @@ def fit_square(arr: np.ndarray, fit: str) -> np.ndarray:
     return out
 
 
+LABEL_MAP_VALUES = 8  # a mask with at most this many distinct values is a label map
+
+
 def binary_mask(values: np.ndarray) -> np.ndarray:
-    """A mask image as 0/1, thresholded at half its range: a 0/255 PNG, a 0/1 label map and a JPEG
-    whose compression left faint values around the edges all give the region drawn."""
+    """A mask image as 0/1. A label map (a few distinct values: 0/255, 0/1, or 0/1/2/4 regions)
+    counts every non-zero pixel; a mask with many values (a JPEG, whose compression left faint
+    values around the edges) is thresholded at half its range."""
     v = values.astype(np.float64)
-    lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
-    return (v > (lo + hi) / 2).astype(np.uint8) if hi > lo else (v > 0).astype(np.uint8)
+    if v.size == 0 or len(np.unique(v)) <= LABEL_MAP_VALUES:
+        return (v > 0).astype(np.uint8)
+    lo, hi = float(v.min()), float(v.max())
+    return (v > (lo + hi) / 2).astype(np.uint8)
 
 
 def window_unit(arr: np.ndarray, window: tuple[float, float]) -> np.ndarray:
