@@ -163,6 +163,11 @@ def _read_unit(path: Path, channels: int, pixel_dtype: str, window: tuple[float,
     elif not sixteen:
         arr = values / 255.0
     elif pixel_dtype == "uint16":
+        if values.min() < 0 or values.max() > 65535:
+            raise ImportError_(
+                f"{path}: values {values.min():.0f}–{values.max():.0f} do not fit 16 bits; map them "
+                "with --window centre,width"
+            )
         arr = values / 65535.0
     else:
         raise ImportError_(
