@@ -1,4 +1,5 @@
-"""`xgal annotations`: a radiologist's answers to the open round of a run (folder hand-off)."""
+"""`xgal annotations`: a radiologist's answers to the open round of a run (folder hand-off), and
+`xgal report`: the run as one page."""
 
 from __future__ import annotations
 
@@ -25,3 +26,11 @@ def annotations_add(
 
     folder, n = record_answers(run, labels, masks=masks, boxes=boxes)
     out.print(f"recorded {n} answers for {folder.name}; run the same xgal train command to go on")
+
+
+def report(run: Path = typer.Argument(..., help="The run folder (xgal train --out).")) -> None:
+    """Write RUN/report.html: one self-contained page with the run's settings, its rounds, the
+    learning curves and each hand-off round's scans with their Grad-CAM hints."""
+    from xgal.trainer.report_html import write_report
+
+    out.print(f"wrote {write_report(run)}")
