@@ -112,7 +112,8 @@ def test_two_rounds_through_the_folder_hand_off(archive, tmp_path):
             assert res.returncode == 2 and "is answered twice" in res.stderr
         assert not (folder / "answers.npz").exists()
         # The radiologist's answers, with an ROI drawn on one scan in round 1.
-        _fill(folder / "labels.csv", answers)
+        # Round 1 is closed with what was answered: the last scan stays unlabelled.
+        _fill(folder / "labels.csv", answers if n == 0 else [*answers[:-1], [ids[-1], ""]])
         extra = []
         if n == 1:
             masks = tmp_path / "masks"
@@ -121,18 +122,23 @@ def test_two_rounds_through_the_folder_hand_off(archive, tmp_path):
             drawn[4:12, 20:30] = 255
             Image.fromarray(drawn).save(masks / f"{ids[2]}.png")
             (masks / ".DS_Store").write_bytes(b"\0")  # what a desktop leaves behind: ignored
-            extra = ["--masks", masks]
+            extra = ["--masks", masks, "--partial"]
+            unanswered = ids[-1]
         res = xgal("annotations", "add", run, "--labels", folder / "labels.csv", *extra)
-        assert res.returncode == 0 and f"recorded {len(ids)} answers for round-{n}" in res.stdout, res.stderr
+        answered_now = len(ids) - (n == 1)
+        assert res.returncode == 0 and f"recorded {answered_now} answers for round-{n}" in res.stdout, (
+            res.stderr
+        )
         again = xgal("annotations", "add", run, "--labels", folder / "labels.csv")
         assert again.returncode == 2 and "no round" in again.stderr  # recorded once, never replaced
 
     res = xgal(*train)
-    assert res.returncode == 0 and "done: 18 labelled" in res.stdout, res.stdout + res.stderr
+    assert res.returncode == 0 and "done: 17 labelled" in res.stdout, res.stdout + res.stderr
     # No labelled test split (an archive has none): the rounds say so instead of printing NaN.
-    assert "no --test-pool" in res.stdout and "round 1: 18 labelled, accuracy n/a" in res.stdout
+    assert "no --test-pool" in res.stdout and "round 1: 17 labelled, accuracy n/a" in res.stdout
     ann = np.load(run / "annotations.npz")
-    assert sorted(ann["ids"].tolist()) == sorted(asked)
+    labelled = sorted(set(asked) - {unanswered})
+    assert sorted(ann["ids"].tolist()) == labelled  # the unanswered scan is not labelled
     names = pool.class_names
     assert [names[label] for label in ann["labels"]] == [truth[i] for i in ann["ids"]]
     rois = dict(zip(ann["ids"].tolist(), ann["rois"], strict=True))
@@ -144,7 +150,7 @@ def test_two_rounds_through_the_folder_hand_off(archive, tmp_path):
     from monai.data import load_decathlon_datalist
 
     items = load_decathlon_datalist(run / "dataset" / "dataset.json", True, "training")
-    assert sorted(i["id"] for i in items) == sorted(asked)
+    assert sorted(i["id"] for i in items) == labelled
     assert all(i["class_name"] == truth[i["id"]] for i in items)
     by_id = {i["id"]: i for i in items}
     assert np.asarray(Image.open(by_id[marked]["label"])).sum() == 80

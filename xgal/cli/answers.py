@@ -18,13 +18,16 @@ def annotations_add(
     labels: Path = typer.Option(..., help="CSV id,label: the round's labels.csv, filled in."),
     masks: Path | None = typer.Option(None, help="Folder of <id>.png ROI masks (the pool's size)."),
     boxes: Path | None = typer.Option(None, help="CSV of ROI boxes: id, x_min, y_min, x_max, y_max."),
+    partial: bool = typer.Option(
+        False, help="Close the round with the scans answered; the rest stay unlabelled (asked again later)."
+    ),
 ) -> None:
     """Check the answers (IDs of the open round, each once, all answered, known classes, mask
     sizes) and record them; nothing is written unless all of them pass. Then run the same
     `xgal train` command again."""
     from xgal.trainer.answers import record_answers
 
-    folder, n = record_answers(run, labels, masks=masks, boxes=boxes)
+    folder, n = record_answers(run, labels, masks=masks, boxes=boxes, partial=partial)
     out.print(f"recorded {n} answers for {folder.name}; run the same xgal train command to go on")
 
 

@@ -47,15 +47,18 @@ def record_answers(
     *,
     masks: str | Path | None = None,
     boxes: str | Path | None = None,
+    partial: bool = False,
 ) -> tuple[Path, int]:
-    """Check and record the answers to the open round; returns its folder and the count."""
+    """Check and record the answers to the open round; returns its folder and how many were
+    answered. `partial`: close the round with the scans answered (at least one); the others
+    are recorded as unanswered (label -1), stay unlabelled and may be asked again later."""
     if masks is not None and boxes is not None:
         raise InvalidArgument("give ROIs as --masks or as --boxes, not both")
     folder = open_round(out)
     meta = json.loads((folder / META).read_text())
     ids, names = list(meta["ids"]), list(meta["class_names"])
     h, w = meta["image_size"]
-    answered = _read_labels(Path(labels_csv), ids, names)
+    answered = _read_labels(Path(labels_csv), ids, names, partial)
     pool = Pool(meta["pool"])
     index = {s: i for i, s in enumerate(pool.ids().tolist())}
     rois = pool.take([index[s] for s in ids], ("rois",))["rois"].copy()
@@ -68,13 +71,13 @@ def record_answers(
     )
     for sample_id, roi in drawn.items():
         rois[ids.index(sample_id)] = roi
-    labels = np.array([names.index(answered[s]) for s in ids], dtype=np.int64)
+    labels = np.array([names.index(answered[s]) if s in answered else -1 for s in ids], dtype=np.int64)
     atomic_write(folder / ANSWERS, npz_bytes(True, ids=np.array(ids, dtype=str), labels=labels, rois=rois))
     write_datalist(out)
-    return folder, len(ids)
+    return folder, len(answered)
 
 
-def _read_labels(path: Path, ids: list[str], names: list[str]) -> dict[str, str]:
+def _read_labels(path: Path, ids: list[str], names: list[str], partial: bool) -> dict[str, str]:
     if not path.is_file():
         raise FileNotFoundError(f"labels CSV not found: {path}")
     with open(path, newline="") as f:
@@ -96,10 +99,13 @@ def _read_labels(path: Path, ids: list[str], names: list[str]) -> dict[str, str]
         if label:
             got[sample_id] = label
     missing = [s for s in ids if s not in got]
+    if partial and got:
+        return got
     if missing:
         raise InvalidArgument(
             f"{path}: {len(missing)} of {len(ids)} scans have no label ({', '.join(missing[:5])}"
-            f"{', ...' if len(missing) > 5 else ''}); nothing was recorded, answer them and add again"
+            f"{', ...' if len(missing) > 5 else ''}); nothing was recorded: answer them and add again, "
+            "or close the round with what was answered (--partial)"
         )
     return got
 

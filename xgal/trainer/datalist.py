@@ -39,6 +39,8 @@ def write_datalist(out: str | Path) -> Path:
         images = pool.take([index[s] for s in answers["ids"]], ("images",))["images"]
         rows = zip(answers["ids"], images, answers["rois"], answers["labels"], strict=True)
         for sample_id, image, roi, label in rows:
+            if label < 0:  # left unanswered (a round closed with --partial)
+                continue
             name = file_name(str(sample_id)) + ".png"
             pixels = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)
             Image.fromarray(pixels).save(target / "images" / name)

@@ -30,6 +30,7 @@ from xgal.pool.format import Pool
 from xgal.trainer.annotator import Annotator
 from xgal.trainer.export import ScoringGraphExporter
 from xgal.trainer.handoff import RANKING, PendingRequest, RequestAnnotator, build_request, round_folder
+from xgal.trainer.labelled import answered_part, initial_selection
 from xgal.trainer.nets import build_model, default_target_layer
 from xgal.trainer.nets.classifier import Classifier
 from xgal.trainer.run_state import RunFolder
@@ -133,30 +134,7 @@ class RoundRecord:
     selected: list[str] = field(default_factory=list)
     seconds: float = 0.0
     note: str = ""  # what the scoring said of its own ranking (e.g. M could not count)
-
-
-def initial_selection(pool: Pool, n: int, seed: int) -> list[str]:
-    """Exactly n: stratified by label when the pool is a simulation (the authors' setup; only
-    the choice uses the labels, training gets them from the annotator), a class with fewer
-    scans than its share giving them all and the others sharing the rest equally; else
-    uniformly at random."""
-    rng = np.random.default_rng(seed)
-    ids = pool.ids()
-    if n > len(ids):
-        raise InvalidArgument(f"initial set of {n} is larger than the pool ({len(ids)})")
-    if not pool.has_labels:
-        return sorted(ids[rng.permutation(len(ids))[:n]].tolist())
-    labels = pool.labels()
-    classes = np.unique(labels)
-    avail = np.array([(labels == c).sum() for c in classes])
-    quota = np.zeros(len(classes), dtype=np.int64)
-    while quota.sum() < n:  # equal shares; what a small class cannot fill goes to the others
-        open_ = np.flatnonzero(quota < avail)
-        left = n - int(quota.sum())
-        share = left // len(open_) + (np.arange(len(open_)) < left % len(open_))
-        quota[open_] = np.minimum(avail[open_], quota[open_] + share)
-    picks = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, quota, strict=True)]
-    return sorted(ids[np.concatenate(picks)].tolist())
+    answered: int = -1  # of `selected`, how many were answered (-1: all of them)
 
 
 class ActiveLearningLoop:
@@ -256,7 +234,9 @@ class ActiveLearningLoop:
         model = self._new_model()
         if not records:
             return [], [], np.zeros(0, np.int64), np.zeros((0, *self.pool.image_shape[1:]), np.uint8), model
-        ids, labels, rois = self.folder.read_labelled(records[-1].labelled + len(records[-1].selected))
+        last = records[-1]
+        added = last.answered if last.answered >= 0 else len(last.selected)
+        ids, labels, rois = self.folder.read_labelled(last.labelled + added)
         model.load_state_dict(self.folder.read_model())
         return records, ids, labels, rois, model
 
@@ -299,6 +279,7 @@ class ActiveLearningLoop:
             if unknown:
                 raise InvalidArgument(f"initial IDs not in {self.pool.path}: {unknown[:5]}")
             labels, rois = self._answers("initial", 0, "initial", ids)
+            ids, labels, rois = answered_part(ids, labels, rois)
         for r in range(len(records), cfg.rounds + 1):
             record, model = self._train_round(r, ids, labels, rois, model)
             t0 = time.perf_counter()
@@ -310,7 +291,10 @@ class ActiveLearningLoop:
                 new_labels, new_rois = self._answers(
                     f"round-{r:04d}", r, "annotation", record.selected, model
                 )
-                ids = ids + record.selected
+                got, new_labels, new_rois = answered_part(record.selected, new_labels, new_rois)
+                if len(got) < len(record.selected):
+                    record.answered = len(got)
+                ids = ids + got
                 labels = np.concatenate([labels, new_labels])
                 rois = np.concatenate([rois, new_rois])
             elif not record.model_version:
