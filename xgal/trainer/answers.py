@@ -20,7 +20,7 @@ import numpy as np
 
 from xgal.core.errors import InvalidArgument
 from xgal.pool.format import Pool
-from xgal.pool.importers.common import BOX_COLUMNS, binary_mask, boxes_to_mask, read_box
+from xgal.pool.importers.common import BOX_COLUMNS, boxes_to_mask, read_box, read_mask
 from xgal.trainer.datalist import write_datalist
 from xgal.trainer.durable import atomic_write, npz_bytes
 from xgal.trainer.handoff import ANSWERS, META, file_name
@@ -111,7 +111,6 @@ def _read_labels(path: Path, ids: list[str], names: list[str], partial: bool) ->
 
 
 def _masks(folder: Path, ids: list[str], h: int, w: int) -> dict[str, np.ndarray]:
-    from PIL import Image
 
     if not folder.is_dir():
         raise FileNotFoundError(f"masks folder not found: {folder}")
@@ -122,13 +121,7 @@ def _masks(folder: Path, ids: list[str], h: int, w: int) -> dict[str, np.ndarray
             continue
         if path.stem not in by_file:
             raise InvalidArgument(f"{path}: no scan of this round is called {path.stem!r}")
-        with Image.open(path) as m:
-            values = np.asarray(m if m.mode.startswith("I") else m.convert("L"))
-        if values.shape != (h, w):
-            raise InvalidArgument(
-                f"{path}: mask is {values.shape[1]}x{values.shape[0]}, the scans are {w}x{h}"
-            )
-        out[by_file[path.stem]] = binary_mask(values)
+        out[by_file[path.stem]] = read_mask(path, h, w, "each scan")
     return out
 
 

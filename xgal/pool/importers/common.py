@@ -69,6 +69,21 @@ def binary_mask(values: np.ndarray) -> np.ndarray:
     return (v > (lo + hi) / 2).astype(np.uint8)
 
 
+def read_mask(path: Path, height: int, width: int, image: str) -> np.ndarray:
+    """A mask file as 0/1 (`binary_mask`), checked against the `image`'s size `width`x`height`;
+    an unreadable file or another size is an ImportError_ naming the file."""
+    try:
+        with Image.open(path) as m:
+            values = np.asarray(m if m.mode.startswith("I") else m.convert("L"))
+    except (OSError, ValueError) as exc:
+        raise ImportError_(f"{path}: not a readable mask ({exc})") from None
+    if values.shape != (height, width):
+        raise ImportError_(
+            f"{path}: mask is {values.shape[1]}x{values.shape[0]}, {image} is {width}x{height}"
+        )
+    return binary_mask(values)
+
+
 def window_unit(arr: np.ndarray, window: tuple[float, float]) -> np.ndarray:
     """Values in [centre − width/2, centre + width/2] to [0, 1], clipped (a radiologist's window)."""
     centre, width = window

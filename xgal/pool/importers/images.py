@@ -32,10 +32,10 @@ from xgal.pool.importers.common import (
     ImportError_,
     ImportReport,
     Sample,
-    binary_mask,
     boxes_to_mask,
     fit_square,
     read_box,
+    read_mask,
     resize_image,
     resize_mask,
     to_pixels,
@@ -109,15 +109,7 @@ def import_images(
         arr = _read_unit(path, channels, pixel_dtype, window)
         h, w = arr.shape[:2]
         if row.get("mask"):
-            mpath = folder / row["mask"]
-            try:
-                with Image.open(mpath) as m:
-                    values = np.asarray(m if m.mode.startswith("I") else m.convert("L"))
-            except (OSError, ValueError) as exc:
-                raise ImportError_(f"{mpath}: not a readable mask ({exc})") from None
-            if values.shape != (h, w):
-                raise ImportError_(f"{mpath}: mask is {values.shape[1]}x{values.shape[0]}, image is {w}x{h}")
-            mask = binary_mask(values)
+            mask = read_mask(folder / row["mask"], h, w, "the image")
         else:
             mask = boxes_to_mask(boxes.get(sample_id, []), h, w, str(path))
         if fit == "stretch" and h != w:
