@@ -82,7 +82,8 @@ def test_graph_passes_checker_and_carries_metadata(graph):
     ):
         assert f"xgal.{key}" in meta
     assert [i.name for i in proto.graph.input] == ["image", "roi", "target"]
-    assert [o.name for o in proto.graph.output] == ["probs", "entropy", "cam", "dice", "roi_area"]
+    outputs = ["probs", "entropy", "cam", "dice", "roi_area", "embedding"]
+    assert [o.name for o in proto.graph.output] == outputs
 
 
 def test_constant_image_and_empty_roi_are_finite(graph):
