@@ -23,15 +23,12 @@ from xgal.pool.format import Pool
 from xgal.pool.importers.common import BOX_COLUMNS, boxes_to_mask, read_box, read_mask
 from xgal.trainer.datalist import write_datalist
 from xgal.trainer.durable import atomic_write, npz_bytes
-from xgal.trainer.handoff import ANSWERS, META, file_name
+from xgal.trainer.handoff import ANSWERS, META, file_name, round_folders
 
 
 def open_round(out: str | Path) -> Path:
     """The round folder waiting for answers (request written, no answers yet)."""
-    rounds = sorted(
-        (p for p in Path(out).glob("round-*") if (p / META).is_file()),
-        key=lambda p: int(p.name.split("-")[1]),
-    )
+    rounds = round_folders(out, META)
     waiting = [p for p in rounds if not (p / ANSWERS).is_file()]
     if not waiting:
         done = f" (answered: {', '.join(p.name for p in rounds)})" if rounds else ""

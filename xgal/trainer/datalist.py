@@ -14,7 +14,7 @@ import numpy as np
 
 from xgal.pool.format import Pool
 from xgal.trainer.durable import atomic_write
-from xgal.trainer.handoff import ANSWERS, META, file_name
+from xgal.trainer.handoff import ANSWERS, META, file_name, round_folders
 
 FOLDER = "dataset"
 
@@ -27,8 +27,7 @@ def write_datalist(out: str | Path) -> Path:
     target = out / FOLDER
     (target / "images").mkdir(parents=True, exist_ok=True)
     (target / "labels").mkdir(parents=True, exist_ok=True)
-    answered = (p for p in out.glob("round-*") if (p / ANSWERS).is_file())
-    rounds = sorted(answered, key=lambda p: int(p.name.split("-")[1]))
+    rounds = round_folders(out, ANSWERS)
     entries, names = [], []
     for folder in rounds:
         meta = json.loads((folder / META).read_text())

@@ -65,6 +65,12 @@ def round_folder(out: Path, r: int) -> Path:
     return Path(out) / f"round-{r}"
 
 
+def round_folders(out: str | Path, holding: str) -> list[Path]:
+    """The run's round folders that hold the file `holding`, in round order."""
+    found = (p for p in Path(out).glob("round-*") if (p / holding).is_file())
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
 def build_request(
     loop: ActiveLearningLoop, n: int, ids: list[str], model: Classifier | None
 ) -> AnnotationRequest:

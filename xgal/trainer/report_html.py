@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 
 from xgal.core.errors import InvalidArgument
-from xgal.trainer.handoff import HINTS, REQUEST, file_name
+from xgal.trainer.handoff import HINTS, REQUEST, file_name, round_folders
 
 REPORT = "report.html"
 _STYLE = """
@@ -102,9 +102,7 @@ def write_report(out: str | Path) -> Path:
     )
     curves = _curves(rounds) if rounds else None
     classes = html.escape(", ".join(state.get("class_names", [])))
-    sections = sorted(
-        (p for p in out.glob("round-*") if (p / REQUEST).is_file()), key=lambda p: int(p.name.split("-")[1])
-    )
+    sections = round_folders(out, REQUEST)
     page = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>xgal run {html.escape(out.name)}</title>",
         f"<style>{_STYLE}</style></head><body>",
