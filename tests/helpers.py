@@ -32,6 +32,14 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 T = TypeVar("T")
 
 
+def run_xgal(*args: object, timeout: float = 600) -> subprocess.CompletedProcess:
+    """The `xgal` command as a user runs it, in a process of its own (output wide enough that
+    rich does not wrap the messages the tests look for)."""
+    env = {**os.environ, "COLUMNS": "200"}
+    command = [sys.executable, "-m", "xgal.cli", *map(str, args)]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+
+
 def blob_images(n: int, c: int, size: int, seed: int, dtype: str = "uint8") -> np.ndarray:
     """Noise plus one bright blob per image at a random place: CAMs with structure."""
     rng = np.random.default_rng(seed)

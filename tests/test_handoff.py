@@ -6,28 +6,15 @@ on: two annotation rounds (the initial set, then the model's selection) to the e
 
 import csv
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from helpers import run_xgal as xgal
 from PIL import Image
 
 from xgal.pool.format import Pool
 from xgal.pool.synth import synth_pool
 from xgal.pool.writer import PoolWriter
-
-
-def xgal(*args):
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-m", "xgal.cli", *map(str, args)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
 
 
 @pytest.fixture(scope="module")

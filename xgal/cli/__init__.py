@@ -4,7 +4,7 @@ the scorer."""
 
 from __future__ import annotations
 
-from xgal.cli import answers, bench, client, demo, model, pool, score, serve, train
+from xgal.cli import answers, bench, client, demo, label_studio, model, pool, score, serve, train
 from xgal.cli.common import App
 
 app = App(help="xgal: explainability-guided active learning for medical imaging.")
@@ -14,6 +14,7 @@ app.command("serve")(serve.serve)
 app.add_typer(client.app, name="client")
 app.command("train")(train.train)
 app.add_typer(answers.app, name="annotations")
+app.add_typer(label_studio.app, name="label-studio")
 app.command("report")(answers.report)
 app.add_typer(model.app, name="model")
 app.command("bench")(bench.bench)

@@ -27,7 +27,8 @@ def demo(
     arms: str = typer.Option(
         "",
         help="Comma-separated arms to run instead of the default ones; all: random, uncertainty, "
-        "xgal, xgal-raw, xgal-rank, xgal-balanced, xgal-power, xgal-body, xgal-alpha0.",
+        "xgal, xgal-raw, xgal-rank, xgal-balanced, xgal-power, xgal-body, xgal-raw-body, xgal-alpha0, "
+        "xgal-spread, xgal-typical, bald, xgal-bald, xgal-bald-typical.",
     ),
 ) -> None:
     """Active learning on synthetic scans: strategies side by side at equal budget.

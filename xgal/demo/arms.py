@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from xgal.core.acquisition import AcquisitionConfig, authors_acquisition
 from xgal.core.errors import InvalidArgument
@@ -37,8 +37,14 @@ ALL_ARMS = (
     ),
     Arm(
         "xgal-body",
+        replace(RECOMMENDED.acquisition, roi="body"),
+        cold_start=RECOMMENDED.cold_start,
+        about="xgal with M against the body found in each scan, the pool's expert ROIs withheld",
+    ),
+    Arm(
+        "xgal-raw-body",
         AcquisitionConfig(roi="body"),
-        about="M against the body found in each scan, the pool's expert ROIs withheld",
+        about="xgal-raw with M against the body found in each scan, the expert ROIs withheld",
     ),
     Arm("xgal-alpha0", AcquisitionConfig(), alpha=0.0, about="xgal without the guidance loss"),
     Arm(

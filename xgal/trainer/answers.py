@@ -55,10 +55,7 @@ def record_answers(
     meta = json.loads((folder / META).read_text())
     ids, names = list(meta["ids"]), list(meta["class_names"])
     h, w = meta["image_size"]
-    answered = _read_labels(Path(labels_csv), ids, names, partial)
-    pool = Pool(meta["pool"])
-    index = {s: i for i, s in enumerate(pool.ids().tolist())}
-    rois = pool.take([index[s] for s in ids], ("rois",))["rois"].copy()
+    answered = _read_labels(Path(labels_csv), ids, names)
     drawn = (
         _masks(Path(masks), ids, h, w)
         if masks is not None
@@ -66,15 +63,43 @@ def record_answers(
         if boxes
         else {}
     )
+    return folder, save_answers(out, folder, answered, drawn, partial=partial, source=str(labels_csv))
+
+
+def save_answers(
+    out: str | Path,
+    folder: Path,
+    answered: dict[str, str],
+    drawn: dict[str, np.ndarray],
+    *,
+    partial: bool,
+    source: str,
+) -> int:
+    """Record the open round's answers (`answered`: ID -> class name, `drawn`: ID -> ROI mask,
+    both already checked against the request) once every scan asked about has one, or with
+    `partial` at least one; `source` names where they came from in the error. Returns how many
+    were answered. Shared by the CSV answers and Label Studio's (`xgal label-studio pull`)."""
+    meta = json.loads((folder / META).read_text())
+    ids, names = list(meta["ids"]), list(meta["class_names"])
+    missing = [s for s in ids if s not in answered]
+    if missing and not (partial and answered):
+        raise InvalidArgument(
+            f"{source}: {len(missing)} of {len(ids)} scans have no label ({', '.join(missing[:5])}"
+            f"{', ...' if len(missing) > 5 else ''}); nothing was recorded: answer them and try again, "
+            "or close the round with what was answered (--partial)"
+        )
+    pool = Pool(meta["pool"])
+    index = {s: i for i, s in enumerate(pool.ids().tolist())}
+    rois = pool.take([index[s] for s in ids], ("rois",))["rois"].copy()
     for sample_id, roi in drawn.items():
         rois[ids.index(sample_id)] = roi
     labels = np.array([names.index(answered[s]) if s in answered else -1 for s in ids], dtype=np.int64)
     atomic_write(folder / ANSWERS, npz_bytes(True, ids=np.array(ids, dtype=str), labels=labels, rois=rois))
     write_datalist(out)
-    return folder, len(answered)
+    return len(answered)
 
 
-def _read_labels(path: Path, ids: list[str], names: list[str], partial: bool) -> dict[str, str]:
+def _read_labels(path: Path, ids: list[str], names: list[str]) -> dict[str, str]:
     if not path.is_file():
         raise FileNotFoundError(f"labels CSV not found: {path}")
     with open(path, newline="") as f:
@@ -95,15 +120,6 @@ def _read_labels(path: Path, ids: list[str], names: list[str], partial: bool) ->
             raise InvalidArgument(f"{path} line {line}: {label!r} is not a class ({', '.join(names)})")
         if label:
             got[sample_id] = label
-    missing = [s for s in ids if s not in got]
-    if partial and got:
-        return got
-    if missing:
-        raise InvalidArgument(
-            f"{path}: {len(missing)} of {len(ids)} scans have no label ({', '.join(missing[:5])}"
-            f"{', ...' if len(missing) > 5 else ''}); nothing was recorded: answer them and add again, "
-            "or close the round with what was answered (--partial)"
-        )
     return got
 
 

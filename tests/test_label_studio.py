@@ -1,0 +1,203 @@
+"""The hand-off through Label Studio, against a real server on 127.0.0.1 (tests/label_studio_server):
+`xgal train` stops at each round, `xgal label-studio push` puts the round into the run's
+project (the scan and hint served from the run folder, the predicted class pre-selected, the
+pool's ROI as an editable brush region, xgal's score as the prediction's score), a script
+annotates through Label Studio's API as the radiologist's browser does, and `xgal label-studio
+pull` records the answers as `xgal annotations add` would: two rounds to the end."""
+
+import json
+
+import numpy as np
+import pytest
+from helpers import run_xgal as xgal
+
+from xgal.pool.format import Pool
+from xgal.pool.synth import synth_pool
+from xgal.pool.writer import PoolWriter
+
+ROUNDS = {0: 12, 1: 6}  # scans asked for: the initial set, then the model's selection
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    import label_studio_server
+
+    running = label_studio_server.start(tmp_path_factory.mktemp("label-studio"))
+    yield running
+    running.stop()
+
+
+@pytest.fixture(scope="module")
+def archive(server):
+    """An unlabelled pool whose scans carry the ROIs a previous reader drew (on every other
+    one), under Label Studio's document root, and the truth only the 'radiologist' knows."""
+    root = server.document_root
+    labelled = synth_pool(root / "truth", 160, seed=1, image_size=32, shard_size=100)
+    d = labelled.read(0, labelled.count, ("ids", "images", "rois", "labels"))
+    rois = d["rois"].copy()
+    rois[1::2] = 0
+    with PoolWriter(root / "archive", image_shape=(1, 32, 32), class_names=labelled.class_names) as w:
+        w.add(d["ids"].tolist(), d["images"], rois, None)
+    truth = dict(zip(d["ids"].tolist(), (labelled.class_names[i] for i in d["labels"]), strict=True))
+    return Pool(root / "archive"), truth, dict(zip(d["ids"].tolist(), rois, strict=True))
+
+
+def _client(server):
+    from label_studio_sdk import LabelStudio
+
+    return LabelStudio(base_url=server.url, api_key=server.token_file.read_text())
+
+
+def _annotate(ls, task, label, roi=None, box=None, cancelled=False):
+    """What the labelling page sends when the radiologist submits (or skips) a task."""
+    from xgal.trainer.label_studio_tasks import brush_result
+
+    result = [] if label is None else [
+        {"from_name": "label", "to_name": "scan", "type": "choices", "value": {"choices": [label]}}
+    ]  # fmt: skip
+    if roi is not None:
+        result.append(brush_result(roi, "drawn"))
+    if box is not None:  # x, y, width, height in percent of the image, as Label Studio stores them
+        x, y, bw, bh = box
+        result.append(
+            {"from_name": "box", "to_name": "scan", "type": "rectanglelabels", "original_width": 32,
+             "original_height": 32, "value": {"x": x, "y": y, "width": bw, "height": bh, "rotation": 0,
+                                              "rectanglelabels": ["ROI"]}}
+        )  # fmt: skip
+    ls.annotations.create(task["id"], result=result, was_cancelled=cancelled, lead_time=4.0)
+
+
+def test_two_rounds_through_label_studio(server, archive, tmp_path):
+    import label_studio_server
+    from label_studio_sdk.converter.brush import decode_rle
+
+    from xgal.core.errors import InvalidArgument
+    from xgal.trainer.label_studio import pull, push
+
+    pool, truth, pool_rois = archive
+    run = server.document_root / "run"
+    train = [
+        "train", "--pool", pool.path, "--initial", ROUNDS[0], "--per-round", ROUNDS[1],
+        "--rounds", 1, "--epochs", 2, "--out", run,
+    ]  # fmt: skip
+    ls_args = ["--url", server.url, "--token-file", server.token_file]
+    ls = _client(server)
+    asked: list[str] = []
+    for n, count in ROUNDS.items():
+        res = xgal(*train)
+        assert res.returncode == 3, res.stdout + res.stderr
+        res = xgal("label-studio", "push", run, *ls_args, "--document-root", server.document_root)
+        assert res.returncode == 0 and f"round {n}: {count} tasks added to project" in res.stdout, res.stderr
+        project = json.loads((run / "label-studio.json").read_text())["project"]
+        again = push(run, server.url, server.token_file, server.document_root)  # in-process: quicker
+        assert (again.project, again.added, again.present) == (project, 0, count)  # nothing twice
+
+        tasks = _round_tasks(ls, project, n)
+        request = [r["id"] for r in _rows(run / f"round-{n}" / "request.csv")]
+        assert [t["data"]["id"] for t in tasks] == request  # in rank order
+        assert not set(request) & set(asked)
+        asked += request
+        with label_studio_server.login(server) as browser:  # the pictures, served from the run folder
+            scan = browser.get(tasks[0]["data"]["scan"])
+            assert scan.status_code == 200 and scan.content[:4] == b"\x89PNG"
+            assert browser.get(tasks[0]["data"]["hint"]).status_code == 200
+            assert browser.get("/data/local-files/?d=truth/manifest.json").status_code == 404  # not the run's
+        for task in tasks:
+            full = ls.tasks.get(task["id"])
+            sample_id = task["data"]["id"]
+            if n == 0 and not pool_rois[sample_id].any():  # nothing to pre-annotate
+                assert not full.predictions
+                continue
+            [prediction] = full.predictions
+            by_kind = {r["type"]: r for r in prediction.result}
+            if pool_rois[sample_id].any():  # the pool's ROI, an editable brush region
+                rle = by_kind["brushlabels"]["value"]["rle"]
+                got = decode_rle(rle).reshape(32, 32, 4)[:, :, 3] > 127
+                np.testing.assert_array_equal(got, pool_rois[sample_id] > 0)
+            else:
+                assert "brushlabels" not in by_kind
+            if n == 0:  # no model yet: nothing predicted, nothing scored
+                assert "choices" not in by_kind and task["data"]["score"] is None
+            else:  # the predicted class pre-selected; the score Label Studio sorts by is xgal's
+                row = next(r for r in _rows(run / "round-1" / "request.csv") if r["id"] == sample_id)
+                assert by_kind["choices"]["value"]["choices"] == [row["predicted"]]
+                assert prediction.score == pytest.approx(float(row["score"]), rel=1e-5)
+
+        # The radiologist answers all but one, and skips that one: refused, nothing recorded.
+        first, last = tasks[:-1], tasks[-1]
+        drawn = np.zeros((32, 32), np.uint8)
+        drawn[2:9, 20:30] = 1
+        for i, task in enumerate(first):
+            sample_id = task["data"]["id"]
+            if n == 1 and i == 0:
+                _annotate(ls, task, truth[sample_id], roi=drawn)
+            elif n == 1 and i == 1:
+                _annotate(ls, task, truth[sample_id], box=(25.0, 50.0, 25.0, 12.5))  # x 8-16, y 16-20
+            else:
+                _annotate(ls, task, truth[sample_id])
+        _annotate(ls, last, None, cancelled=True)
+        with pytest.raises(
+            InvalidArgument, match=rf"1 of {count} scans have no label \({last['data']['id']}\)"
+        ):
+            pull(run, server.url, server.token_file)
+        assert not (run / f"round-{n}" / "answers.npz").exists()
+        if n == 0:  # answered after all
+            _annotate(ls, last, truth[last["data"]["id"]])
+            extra = []
+        else:  # closed with what was answered: the skipped scan stays unlabelled
+            extra = ["--partial"]
+            unanswered = last["data"]["id"]
+        res = xgal("label-studio", "pull", run, *ls_args, *extra)
+        recorded = count - (n == 1)
+        assert res.returncode == 0 and f"recorded {recorded} answers for round-{n}" in res.stdout, res.stderr
+        with pytest.raises(InvalidArgument, match="no round"):  # recorded once, never replaced
+            pull(run, server.url, server.token_file)
+
+    res = xgal(*train)
+    assert res.returncode == 0 and "done: 17 labelled" in res.stdout, res.stdout + res.stderr
+    ann = np.load(run / "annotations.npz")
+    assert sorted(ann["ids"].tolist()) == sorted(set(asked) - {unanswered})
+    assert [pool.class_names[k] for k in ann["labels"]] == [truth[i] for i in ann["ids"]]
+    rois = dict(zip(ann["ids"].tolist(), ann["rois"], strict=True))
+    brushed, boxed = (t["data"]["id"] for t in _round_tasks(ls, project, 1)[:2])
+    np.testing.assert_array_equal(rois[brushed] > 0, drawn > 0)  # the drawn ROI replaces the pool's
+    expected_box = np.zeros((32, 32), bool)
+    expected_box[16:20, 8:16] = True
+    np.testing.assert_array_equal(rois[boxed] > 0, expected_box)
+    kept = [s for s in rois if s not in (brushed, boxed)]
+    for sample_id in kept:  # a scan given no ROI keeps the pool's
+        np.testing.assert_array_equal(rois[sample_id] > 0, pool_rois[sample_id] > 0)
+
+
+def test_a_bad_or_missing_token_is_refused_by_name(server, tmp_path):
+    from xgal.core.errors import InvalidArgument
+    from xgal.trainer.label_studio import pull
+
+    run = tmp_path / "run"
+    (run / "round-0").mkdir(parents=True)
+    (run / "round-0" / "request.json").write_text(json.dumps({"ids": [], "class_names": [], "round": 0}))
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(InvalidArgument, match="has no Label Studio project yet"):
+        pull(run, server.url, empty)
+    (run / "label-studio.json").write_text(json.dumps({"url": server.url, "project": 1}))
+    res = xgal("label-studio", "pull", run, "--url", server.url, "--token-file", empty)
+    assert res.returncode == 2 and f"{empty} is empty" in res.stderr
+    wrong = tmp_path / "wrong"
+    wrong.write_text("0123456789abcdef")
+    with pytest.raises(InvalidArgument, match="refused the token in"):
+        pull(run, server.url, wrong)
+
+
+def _round_tasks(ls, project, n):
+    from xgal.trainer.label_studio import project_tasks
+
+    tasks = [t for t in project_tasks(ls, project) if t["data"]["round"] == n]
+    return sorted(tasks, key=lambda t: t["data"]["rank"])
+
+
+def _rows(path):
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
