@@ -147,6 +147,39 @@ def test_random_strategy_draws_anew_each_round(world, tmp_path):
         labelled |= set(expected)
 
 
+class SpyClient:
+    """The real client; every score_pool call's arguments and answer are kept."""
+
+    def __init__(self, client):
+        self.client, self.calls = client, []
+
+    def __getattr__(self, name):
+        return getattr(self.client, name)
+
+    def score_pool(self, *args, **kwargs):
+        result = self.client.score_pool(*args, **kwargs)
+        self.calls.append((kwargs, result.top.ids.tolist()))
+        return result
+
+
+def test_a_typical_cold_start_makes_the_first_selection_by_typiclust_then_the_score(world, tmp_path):
+    """The loop asks round 0 for TypiClust over random candidates (the cold start) and later
+    rounds for the configured selection, and labels exactly what the scorers chose."""
+    _, pool, test, client, _ = world
+    spy = SpyClient(client)
+    cfg = _config(
+        acquisition=AcquisitionConfig(diversity="spread"), cold_start="typical", train=TrainConfig(epochs=1)
+    )
+    loop = ActiveLearningLoop(
+        cfg, pool, test, spy, OracleAnnotator(pool), tmp_path / "run", pool_ref="pool", model_name="cold"
+    )
+    records = loop.run()
+    asked = [(kw["strategy"], kw["diversity"], kw["seed"]) for kw, _ in spy.calls]
+    assert asked == [("random", "typical", cfg.seed * 1000), ("xgal", "spread", cfg.seed * 1000 + 1)]
+    for (_, chosen), record in zip(spy.calls, records, strict=False):
+        assert record.selected == chosen
+
+
 def test_config_has_one_seed_and_reads_the_old_flat_state():
     cfg = _config(acquisition=AcquisitionConfig(strategy="random", seed=99), seed=4)
     assert cfg.acquisition.seed == 4 and cfg.round_acquisition(2).seed == 4002
