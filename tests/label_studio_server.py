@@ -74,7 +74,7 @@ def start(root: Path) -> LabelStudioServer:
         process = subprocess.Popen(
             [str(VENV / "bin" / "label-studio"), "start", "--host", "127.0.0.1", "--port", str(port),
              "--no-browser", "--username", email, "--password", password],
-            stdout=f, stderr=subprocess.STDOUT, env=env, start_new_session=True,
+            stdout=f, stderr=subprocess.STDOUT, env=env,
         )  # fmt: skip
     server = LabelStudioServer(url, root / "token", docs, email, password, process, log)
     try:

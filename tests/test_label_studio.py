@@ -48,15 +48,17 @@ def _client(server):
     return LabelStudio(base_url=server.url, api_key=server.token_file.read_text())
 
 
-def _annotate(ls, task, label, roi=None, box=None, cancelled=False):
-    """What the labelling page sends when the radiologist submits (or skips) a task."""
-    from xgal.trainer.label_studio_tasks import brush_result
-
+def _annotate(ls, task, label, roi=None, box=None, prefill=True, cancelled=False):
+    """What the labelling page sends when the radiologist submits (or skips) a task: the
+    pre-filled regions (the pool's ROI) unless deleted, plus what was drawn."""
     result = [] if label is None else [
         {"from_name": "label", "to_name": "scan", "type": "choices", "value": {"choices": [label]}}
     ]  # fmt: skip
+    if prefill:
+        [prediction] = ls.tasks.get(task["id"]).predictions or [None]
+        result += [r for r in (prediction.result if prediction else []) if r["type"] == "brushlabels"]
     if roi is not None:
-        result.append(brush_result(roi, "drawn"))
+        result.append(_painted(roi))
     if box is not None:  # x, y, width, height in percent of the image, as Label Studio stores them
         x, y, bw, bh = box
         result.append(
@@ -67,12 +69,26 @@ def _annotate(ls, task, label, roi=None, box=None, cancelled=False):
     ls.annotations.create(task["id"], result=result, was_cancelled=cancelled, lead_time=4.0)
 
 
-def test_two_rounds_through_label_studio(server, archive, tmp_path):
+def _painted(mask):
+    """A brush region as the web page paints it: the label's colour (green) in RGB, alpha 255."""
+    from label_studio_sdk.converter.brush import encode_rle
+
+    rgba = np.zeros((32, 32, 4), np.uint8)
+    rgba[mask > 0] = (0, 255, 0, 255)
+    return {"from_name": "roi", "to_name": "scan", "type": "brushlabels", "original_width": 32,
+            "original_height": 32, "image_rotation": 0,
+            "value": {"format": "rle", "rle": encode_rle(rgba.ravel()), "brushlabels": ["ROI"]}}  # fmt: skip
+
+
+def test_two_rounds_through_label_studio(server, archive, tmp_path, monkeypatch):
     import label_studio_server
     from label_studio_sdk.converter.brush import decode_rle
 
     from xgal.core.errors import InvalidArgument
+    from xgal.trainer import label_studio
     from xgal.trainer.label_studio import pull, push
+
+    monkeypatch.setattr(label_studio, "PAGE", 5)  # the in-process calls list tasks over pages
 
     pool, truth, pool_rois = archive
     run = server.document_root / "run"
@@ -124,17 +140,26 @@ def test_two_rounds_through_label_studio(server, archive, tmp_path):
                 assert prediction.score == pytest.approx(float(row["score"]), rel=1e-5)
 
         # The radiologist answers all but one, and skips that one: refused, nothing recorded.
+        # Round 0: the first scan answered twice (a slip, then corrected: the newest counts).
+        # Round 1: a pre-filled ROI replaced by a painted one, one with a box added, one deleted.
         first, last = tasks[:-1], tasks[-1]
         drawn = np.zeros((32, 32), np.uint8)
         drawn[2:9, 20:30] = 1
+        with_roi = [t for t in first if pool_rois[t["data"]["id"]].any()]
+        edits = {}
+        if n == 1:
+            assert len(with_roi) >= 3
+            edits = {
+                with_roi[0]["id"]: {"roi": drawn, "prefill": False},
+                with_roi[1]["id"]: {"box": (25.0, 50.0, 25.0, 12.5)},  # x 8-16, y 16-20
+                with_roi[2]["id"]: {"prefill": False},
+            }
         for i, task in enumerate(first):
             sample_id = task["data"]["id"]
-            if n == 1 and i == 0:
-                _annotate(ls, task, truth[sample_id], roi=drawn)
-            elif n == 1 and i == 1:
-                _annotate(ls, task, truth[sample_id], box=(25.0, 50.0, 25.0, 12.5))  # x 8-16, y 16-20
-            else:
-                _annotate(ls, task, truth[sample_id])
+            if n == 0 and i == 0:
+                slip = next(c for c in pool.class_names if c != truth[sample_id])
+                _annotate(ls, task, slip)
+            _annotate(ls, task, truth[sample_id], **edits.get(task["id"], {}))
         _annotate(ls, last, None, cancelled=True)
         with pytest.raises(
             InvalidArgument, match=rf"1 of {count} scans have no label \({last['data']['id']}\)"
@@ -159,14 +184,15 @@ def test_two_rounds_through_label_studio(server, archive, tmp_path):
     assert sorted(ann["ids"].tolist()) == sorted(set(asked) - {unanswered})
     assert [pool.class_names[k] for k in ann["labels"]] == [truth[i] for i in ann["ids"]]
     rois = dict(zip(ann["ids"].tolist(), ann["rois"], strict=True))
-    brushed, boxed = (t["data"]["id"] for t in _round_tasks(ls, project, 1)[:2])
-    np.testing.assert_array_equal(rois[brushed] > 0, drawn > 0)  # the drawn ROI replaces the pool's
-    expected_box = np.zeros((32, 32), bool)
+    replaced, boxed, deleted = (ls.tasks.get(t).data["id"] for t in edits)
+    np.testing.assert_array_equal(rois[replaced] > 0, drawn > 0)  # painted instead of the pool's
+    expected_box = pool_rois[boxed] > 0
     expected_box[16:20, 8:16] = True
-    np.testing.assert_array_equal(rois[boxed] > 0, expected_box)
-    kept = [s for s in rois if s not in (brushed, boxed)]
-    for sample_id in kept:  # a scan given no ROI keeps the pool's
+    np.testing.assert_array_equal(rois[boxed] > 0, expected_box)  # the pool's and the box
+    assert not rois[deleted].any()  # the pre-filled ROI deleted: none
+    for sample_id in set(rois) - {replaced, boxed, deleted}:  # kept as pre-filled: the pool's
         np.testing.assert_array_equal(rois[sample_id] > 0, pool_rois[sample_id] > 0)
+    assert ls.projects.get(project).model_version == "xgal"  # what Label Studio pre-fills from
 
 
 def test_a_bad_or_missing_token_is_refused_by_name(server, tmp_path):

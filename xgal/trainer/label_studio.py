@@ -19,16 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from xgal.core.errors import InvalidArgument
+from xgal.core.errors import InvalidArgument, UserError
 from xgal.trainer.answers import open_round, save_answers
 from xgal.trainer.durable import atomic_write
 from xgal.trainer.handoff import META
-from xgal.trainer.label_studio_tasks import label_config, read_answers, round_tasks
+from xgal.trainer.label_studio_tasks import MODEL_VERSION, label_config, read_answers, round_tasks
 
 if TYPE_CHECKING:
     from label_studio_sdk import LabelStudio
 
 STATE = "label-studio.json"  # in the run folder: the Label Studio URL and project of this run
+TITLE_MAX = 50  # Label Studio's limit on a project title
+PAGE = 100  # tasks per page when listing a project
 
 
 @dataclass(frozen=True)
@@ -42,9 +44,12 @@ class Pushed:
 
 def connect(url: str, token_file: str | Path) -> LabelStudio:
     """A client for the Label Studio at `url`, checked: reachable and the token accepted."""
-    import httpx
-    from label_studio_sdk import LabelStudio
-    from label_studio_sdk.core.api_error import ApiError
+    try:
+        import httpx
+        from label_studio_sdk import LabelStudio
+        from label_studio_sdk.core.api_error import ApiError
+    except ImportError:
+        raise UserError("xgal label-studio needs label-studio-sdk: pip install 'xgal[annotate]'") from None
 
     path = Path(token_file)
     if not path.is_file():
@@ -52,8 +57,9 @@ def connect(url: str, token_file: str | Path) -> LabelStudio:
     token = path.read_text().strip()
     if not token:
         raise InvalidArgument(f"{path} is empty: put a Label Studio Personal Access Token in it")
-    client = LabelStudio(base_url=url.rstrip("/"), api_key=token, timeout=120)
     try:
+        # A Personal Access Token is exchanged for an access token as the client is made.
+        client = LabelStudio(base_url=url.rstrip("/"), api_key=token, timeout=120)
         client.users.whoami()
     except httpx.HTTPError as e:
         raise InvalidArgument(f"cannot reach Label Studio at {url}: {e}") from None
@@ -98,8 +104,7 @@ def pull(run: str | Path, url: str, token_file: str | Path, *, partial: bool = F
     state = _state(run)
     if state is None:
         raise InvalidArgument(f"{run} has no Label Studio project yet: run xgal label-studio push first")
-    if state["url"] != url.rstrip("/"):
-        raise InvalidArgument(f"{run}'s project is on {state['url']}, not {url}")
+    _check_state(run, state, url)
     client = connect(url, token_file)
     answered, drawn = read_answers(project_tasks(client, state["project"]), meta)
     source = f"Label Studio project {state['project']} at {state['url']}"
@@ -108,7 +113,16 @@ def pull(run: str | Path, url: str, token_file: str | Path, *, partial: bool = F
 
 def project_tasks(client: LabelStudio, project: int) -> list[dict[str, Any]]:
     """Every task of the project as plain dicts, with their annotations."""
-    return [_plain(t) for t in client.tasks.list(project=project, fields="all", page_size=100)]
+    from label_studio_sdk.core.api_error import ApiError
+
+    try:
+        return [_plain(t) for t in client.tasks.list(project=project, fields="all", page_size=PAGE)]
+    except ApiError as e:
+        if e.status_code == 404:
+            raise InvalidArgument(
+                f"project {project} is gone from Label Studio; remove the run's {STATE} and push again"
+            ) from None
+        raise
 
 
 def _project(
@@ -118,27 +132,47 @@ def _project(
 
     url = url.rstrip("/")
     state = _state(run)
-    if state is not None and state["url"] != url:
-        raise InvalidArgument(
-            f"{run}'s rounds go to project {state['project']} on {state['url']}, not {url}; "
-            f"remove {run / STATE} to start a new project there"
-        )
+    if state is not None:
+        _check_state(run, state, url)
     config = label_config(class_names)
     if state is not None:
-        try:
-            client.projects.update(state["project"], title=title, label_config=config)
+        try:  # the title is the user's to change in Label Studio; the interface and version are ours
+            client.projects.update(state["project"], label_config=config, model_version=MODEL_VERSION)
             return int(state["project"])
         except ApiError as e:
             if e.status_code != 404:
                 raise
+    about = f"xgal run {run.resolve()}"
     project = client.projects.create(
-        title=title, label_config=config, description=f"xgal run {run.resolve()}"
+        title=title, label_config=config, description=about, model_version=MODEL_VERSION
     )
-    client.import_storage.local.create(
-        project=project.id, path=str(run.resolve()), title="xgal run folder", use_blob_urls=False
-    )
-    atomic_write(run / STATE, json.dumps({"url": url, "project": project.id}, indent=1).encode())
+    try:  # what lets Label Studio serve the run folder's pictures
+        client.import_storage.local.create(
+            project=project.id, path=str(run.resolve()), title="xgal run folder", use_blob_urls=False
+        )
+    except ApiError as e:
+        client.projects.delete(project.id)  # no half-made project left behind for each retry
+        raise InvalidArgument(
+            f"Label Studio cannot serve files from {run.resolve()} ({e.status_code}: {e.body}); start it "
+            "with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT "
+            "set to a folder above the run, as seen from where Label Studio runs"
+        ) from None
+    state = {"url": url, "project": project.id, "run": str(run.resolve())}
+    atomic_write(run / STATE, json.dumps(state, indent=1).encode())
     return int(project.id)
+
+
+def _check_state(run: Path, state: dict[str, Any], url: str) -> None:
+    if state["url"] != url.rstrip("/"):
+        raise InvalidArgument(
+            f"{run}'s rounds go to project {state['project']} on {state['url']}, not {url}; "
+            f"remove {run / STATE} to start a new project there"
+        )
+    if state.get("run", str(run.resolve())) != str(run.resolve()):
+        raise InvalidArgument(
+            f"{run}'s project {state['project']} serves the pictures of {state['run']}, where the run "
+            f"was when it was first pushed; move it back, or remove {run / STATE} to start a new project"
+        )
 
 
 def _state(run: Path) -> dict[str, Any] | None:

@@ -9,7 +9,8 @@ Pictures are served by Label Studio's local-files storage from the run folder it
 is uploaded, nothing leaves the machine.
 
 Annotations come back as the same records as the folder hand-off's answers: a class name per
-scan, and an ROI mask where one was drawn (brush regions and rectangles, united).
+scan and its ROI mask (brush regions and rectangles united; the pre-filled pool ROI, kept,
+edited or deleted, is part of what the radiologist submits).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from xgal.trainer.handoff import HINTS, META, REQUEST, SCANS, file_name
 
 # The label config's control names: what `read_answers` looks for in an annotation.
 CHOICE, BRUSH, BOX, IMAGE = "label", "roi", "box", "scan"
+# One prediction version for every round: Label Studio pre-fills tasks and fills the Data
+# Manager's score column from the project's model version only.
+MODEL_VERSION = "xgal"
 ROI_LABEL = "ROI"
 
 
@@ -99,7 +103,7 @@ def round_tasks(folder: Path, document_root: Path) -> list[dict[str, Any]]:
             )  # fmt: skip
         if rois[i].any():
             result.append(brush_result(rois[i], f"roi{i}"))
-        prediction = {"model_version": f"xgal round {meta['round']}", "result": result}
+        prediction = {"model_version": MODEL_VERSION, "result": result}
         if score is not None:
             prediction["score"] = score
         tasks.append({"data": data, "predictions": [prediction] if result or score is not None else []})
@@ -131,9 +135,10 @@ def read_answers(
     tasks: Iterable[Mapping[str, Any]], meta: Mapping[str, Any]
 ) -> tuple[dict[str, str], dict[str, np.ndarray]]:
     """The round's answers in Label Studio's tasks (dicts with `data` and `annotations`): each
-    scan's latest submitted (not skipped) annotation gives its class, and its ROI where a brush
-    region or a rectangle was drawn. Tasks of other rounds are ignored; a class name or an ROI
-    size the request does not know is an error naming the task."""
+    scan's newest submitted annotation (skips ignored; a scan only skipped is unanswered) gives
+    its class and its ROI: brush regions and rectangles united, or none when the pre-filled ROI
+    was deleted. Tasks of other rounds are ignored; a class name or an ROI size the request does
+    not know is an error naming the task."""
     ids, names = list(meta["ids"]), list(meta["class_names"])
     h, w = meta["image_size"]
     answered: dict[str, str] = {}
@@ -151,8 +156,9 @@ def read_answers(
         label, roi = _one_annotation(latest.get("result") or [], names, h, w, where)
         if label is not None:
             answered[sample_id] = label
-        if roi is not None:
-            drawn[sample_id] = roi
+        # The task showed the pool's ROI pre-filled: what was submitted (kept, edited or deleted)
+        # is the radiologist's ROI, none at all included.
+        drawn[sample_id] = roi if roi is not None else np.zeros((h, w), np.uint8)
     return answered, drawn
 
 
