@@ -14,6 +14,6 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     # torch first and alone: 2.13.0 is the CPU build on this disk; asked for together with
     # packages that depend on torch, pip could pick a multi-GB CUDA build from the registry.
     .venv/bin/python -m pip install -q "torch==2.13.0"
-    .venv/bin/python -m pip install -q -e ".[train,scorer,data,annotate,dev]"
+    .venv/bin/python -m pip install -q -e ".[train,scorer,data,annotate,ray,dev]"
     echo "$want" >"$stamp"
 fi

@@ -40,6 +40,26 @@ def run_xgal(*args: object, timeout: float = 600) -> subprocess.CompletedProcess
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
 
 
+def spoil_rois(path: Path, bad: dict[int, int]) -> None:
+    """Write each value of `bad` (row -> value) into one pixel of that row's ROI and re-sign the
+    pool's manifest: the files are intact, the samples are bad (a writer refuses such masks; an
+    importer bug would not)."""
+    import json
+
+    from xgal.core.checksum import sha256_file
+
+    manifest = json.loads((path / "manifest.json").read_text())
+    for shard in manifest["shards"]:
+        f = path / shard["path"] / "rois.npy"
+        rois = np.load(f)
+        for i, value in bad.items():
+            if shard["start"] <= i < shard["stop"]:
+                rois[i - shard["start"], 1, 1] = value
+        np.save(f, rois)
+        shard["sha256"]["rois"] = sha256_file(f)
+    (path / "manifest.json").write_text(json.dumps(manifest))
+
+
 def blob_images(n: int, c: int, size: int, seed: int, dtype: str = "uint8") -> np.ndarray:
     """Noise plus one bright blob per image at a random place: CAMs with structure."""
     rng = np.random.default_rng(seed)

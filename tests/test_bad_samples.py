@@ -10,14 +10,13 @@ import grpc
 import numpy as np
 import pytest
 import torch
-from helpers import blob_images, box_rois
+from helpers import blob_images, box_rois, spoil_rois
 from typer.testing import CliRunner
 
 from xgal.cli import app
 from xgal.client import ScorerClient
 from xgal.client.transport import ScorerError
 from xgal.core.acquisition import AcquisitionConfig
-from xgal.core.checksum import sha256_file
 from xgal.pool.format import Pool, PoolFormatError, PoolWriter
 from xgal.scorer.engines import OnnxRuntimeEngine
 from xgal.scorer.pipeline import score_pool
@@ -44,27 +43,12 @@ def _write(path, keep):
         w.add([IDS[i] for i in keep], images[keep], rois[keep], (np.arange(N) % 3)[keep])
 
 
-def _spoil(path):
-    """Write BAD's values into one pixel of those samples' ROIs and re-sign the manifest: the
-    files are intact, the samples are bad (a writer refuses such masks; an importer bug not)."""
-    manifest = json.loads((path / "manifest.json").read_text())
-    for shard in manifest["shards"]:
-        f = path / shard["path"] / "rois.npy"
-        rois = np.load(f)
-        for i, value in BAD.items():
-            if shard["start"] <= i < shard["stop"]:
-                rois[i - shard["start"], 1, 1] = value
-        np.save(f, rois)
-        shard["sha256"]["rois"] = sha256_file(f)
-    (path / "manifest.json").write_text(json.dumps(manifest))
-
-
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad")
     data = root / "data"
     _write(data / "bad", np.arange(N))
-    _spoil(data / "bad")
+    spoil_rois(data / "bad", BAD)
     _write(data / "clean", np.array([i for i in range(N) if i not in BAD]))
     torch.manual_seed(0)
     model = build_model("small_cnn", "linear", 3, in_channels=1)

@@ -203,6 +203,8 @@ def test_xgal_bench_tiny(tmp_path, small_graph):
         "1",
         "--replicas",
         "1",
+        "--ray-actors",
+        "1",
         "--sweep-batch",
         "8,16",
         "--sweep-threads",
@@ -235,6 +237,7 @@ def test_xgal_bench_tiny(tmp_path, small_graph):
         "int8: own.onnx INT8",
         "pool: in process fp32",
         "pool: gRPC ScorePool, 1 replica(s)",
+        "pool: Ray, 1 actor(s)",
         "sweep: batch 8, 1 thread(s)",
         "sweep: batch 16, 1 thread(s)",
         "sweep: batch 8, 2 thread(s)",
@@ -245,8 +248,14 @@ def test_xgal_bench_tiny(tmp_path, small_graph):
         "scoring_vs_forward",
         "scoring_vs_eager",
         "grpc_1_vs_in_process",
+        "ray_1_vs_in_process",
         *(["scoring_vs_pytorch_grad_cam"] if grad_cam else []),
     }
+    ray_row = rows["pool: Ray, 1 actor(s)"]
+    assert (ray_row["actors"], ray_row["threads_per_actor"]) == (1, 2)
+    assert doc["ratios"]["ray_1_vs_in_process"] == pytest.approx(
+        ray_row["images_per_s"] / ray_row["in_process_images_per_s_in_turn"]
+    )
     if grad_cam:
         assert "pytorch_grad_cam" not in doc
     else:

@@ -18,7 +18,8 @@ from xgal.v1 import scorer_pb2
 ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
 BUILDS = {"cpu": K8S / "base", "gpu": K8S / "overlays" / "gpu"}  # keyed as DOCKERFILES
-EXAMPLES = {K8S / "base" / "servicemonitor.yaml"}  # a CRD's kind: never in a kustomization
+# A CRD's kind (Prometheus operator, KubeRay): never in a kustomization.
+EXAMPLES = {K8S / "base" / "servicemonitor.yaml", K8S / "ray" / "rayjob.yaml"}
 NAME_MERGED = {"containers", "initContainers", "volumes", "env"}  # lists merged by `name`
 KINDS = pytest.mark.parametrize("kind", sorted(BUILDS))
 
@@ -281,3 +282,40 @@ def test_the_gpu_overlay_asks_for_a_gpu_and_keeps_the_base():
     assert rest == cpu["args"], "the overlay's args must repeat the base's (a patch replaces them)"
     for field in ("command", "ports", "volumeMounts", "securityContext", "readinessProbe", "livenessProbe"):
         assert gpu[field] == cpu[field], field
+
+
+def test_the_ray_job_runs_xgal_score_on_the_ray_image_with_the_pinned_ray():
+    """deploy/k8s/ray/rayjob.yaml: the entrypoint is `xgal score --ray auto` with options the
+    command has, head and workers run the image docker/Dockerfile.ray builds, whose Ray is the
+    version xgal pins and the cluster declares; pools are read-only; the results volume exists."""
+    import shlex
+    import tomllib
+
+    job, claim = docs(K8S / "ray" / "rayjob.yaml")
+    assert (job["kind"], claim["kind"]) == ("RayJob", "PersistentVolumeClaim")
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert argv[:2] == ["xgal", "score"] and values(argv, "--ray") == ["auto"]
+    flags = {w.split("=")[0] for w in argv if w.startswith("--")}
+    assert flags <= cli_options("score"), flags - cli_options("score")
+    pinned = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["ray"]
+    version = pinned[0].split("==")[1]
+    base = last(parse_dockerfile(ROOT / "docker" / "Dockerfile.ray"), "FROM")
+    assert base.startswith(f"rayproject/ray:{version}-py311"), base
+    cluster = job["spec"]["rayClusterSpec"]
+    assert cluster["rayVersion"] == version
+    pods = [cluster["headGroupSpec"]["template"]["spec"]] + [
+        g["template"]["spec"] for g in cluster["workerGroupSpecs"]
+    ]
+    for pod in pods:
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        for container in pod["containers"]:
+            assert container["image"].split(":")[0] == "xgal-ray"  # docker build -t xgal-ray
+            pools = [m for m in container["volumeMounts"] if m["mountPath"] == "/data"]
+            assert pools and all(m["readOnly"] for m in pools)
+    head = pods[0]
+    out = values(argv, "--out")[0]
+    mounts = {m["mountPath"]: m["name"] for m in head["containers"][0]["volumeMounts"]}
+    assert out.startswith("/results/") and mounts["/results"] == "results"
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"] for v in head["volumes"]}
+    assert claims["results"] == claim["metadata"]["name"]
+    assert values(argv, "--model")[0].startswith("/models/") and "/models" in mounts

@@ -33,6 +33,7 @@ class BenchConfig:
     providers: list[str] = field(default_factory=lambda: ["CPUExecutionProvider"])
     baselines: bool = True
     replicas: list[int] = field(default_factory=lambda: [1, 2])
+    ray_actors: list[int] = field(default_factory=list)  # Ray actor counts; empty: not measured
     sweep_batch: list[int] = field(default_factory=list)
     sweep_threads: list[int] = field(default_factory=list)
     pool_sweep: list[int] = field(default_factory=list)

@@ -97,6 +97,10 @@ class Bench:
                 f"FP16 is the GPU path; the providers are {cfg.providers} (--fp16 measures it anyway)",
             )
         ratios.update(pool_rows(rec, scoring, pool, engine))
+        if cfg.ray_actors:
+            from xgal.bench.ray_rows import ray_rows
+
+            ratios.update(ray_rows(rec, scoring, pool, engine))
         rec.extra["ratios"] = ratios
         if cfg.sweep_batch or cfg.sweep_threads:
             graphs = {"fp32": (scoring, forward)}

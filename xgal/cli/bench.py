@@ -40,6 +40,9 @@ def bench(
         True, help="Eager PyTorch Grad-CAM and pytorch-grad-cam (when installed)."
     ),
     replicas: str = typer.Option("1,2", help="gRPC replica counts to measure, e.g. 1,2."),
+    ray_actors: str = typer.Option(
+        "", help="Ray actor counts to measure against in process on a local Ray instance, e.g. 1,2."
+    ),
     sweep_batch: str = typer.Option("", help="Batch sizes to sweep, e.g. 8,16,32,64."),
     sweep_threads: str = typer.Option("", help="Thread counts to sweep, e.g. 1,2."),
     pool_sweep: str = typer.Option(
@@ -55,14 +58,15 @@ def bench(
 
     JSON (--json): {machine, config, rows: [{name, images_per_s, ms_per_image, batch, threads,
     gflops_per_s?, peak_fraction?, replicas?, sweep?, scoring_images_per_s_in_turn? (eager rows),
-    in_process_images_per_s_in_turn?, threads_per_replica? (gRPC rows)}],
-    gflop_per_image: {scoring, forward}, ratios: {scoring_vs_forward, scoring_vs_eager,
-    scoring_vs_pytorch_grad_cam?, grpc_N_vs_in_process} (each from the two timed in turn, one
-    call of each per repeat), int8: {speedup, top_k, topk_overlap, spearman, pool ("synthetic
-    scans" or --int8-pool), pool_size, model?}, fp16: {speedup, top_k, topk_overlap, spearman,
-    pool, pool_size, providers} or {skipped: reason}, providers (the engine's, as ONNX Runtime
-    reports), baselines: {skipped: reason}?, pytorch_grad_cam: {skipped: reason}?, pool_sweep:
-    [{pool_size, seconds_per_image, images_per_s, peak_rss_mb}], pool_sweep_rss_growth_mb}."""
+    in_process_images_per_s_in_turn?, threads_per_replica? (gRPC rows), actors?,
+    threads_per_actor? (Ray rows)}], gflop_per_image: {scoring, forward}, ratios:
+    {scoring_vs_forward, scoring_vs_eager, scoring_vs_pytorch_grad_cam?, grpc_N_vs_in_process,
+    ray_N_vs_in_process?} (each from the two timed in turn, one call of each per repeat), int8:
+    {speedup, top_k, topk_overlap, spearman, pool ("synthetic scans" or --int8-pool), pool_size,
+    model?}, fp16: {speedup, top_k, topk_overlap, spearman, pool, pool_size, providers} or
+    {skipped: reason}, providers (the engine's, as ONNX Runtime reports), baselines: {skipped:
+    reason}?, pytorch_grad_cam: {skipped: reason}?, pool_sweep: [{pool_size, seconds_per_image,
+    images_per_s, peak_rss_mb}], pool_sweep_rss_growth_mb}."""
     import json
 
     from rich.table import Table
@@ -85,6 +89,7 @@ def bench(
         providers=provider,
         baselines=baselines,
         replicas=ints(replicas, "--replicas"),
+        ray_actors=ints(ray_actors, "--ray-actors"),
         sweep_batch=ints(sweep_batch, "--sweep-batch"),
         sweep_threads=ints(sweep_threads, "--sweep-threads"),
         pool_sweep=ints(pool_sweep, "--pool-sweep"),

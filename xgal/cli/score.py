@@ -8,6 +8,7 @@ import typer
 
 from xgal.cli.common import ALL_SCORES, EXCLUDE, OUTPUT, TOP_K, Bar, acquisition_options, out, read_ids
 from xgal.core.acquisition import AcquisitionConfig
+from xgal.core.errors import InvalidArgument
 from xgal.core.samples import OnBadSample
 
 # Shared with `xgal client score`.
@@ -40,6 +41,17 @@ def score(
     verify: bool = typer.Option(
         True, help="Check the pool's checksums, IDs and labels first (reads the pool once more)."
     ),
+    ray: str | None = typer.Option(
+        None,
+        help="Score on Ray instead: 'local' (a Ray instance on this machine for the run), 'auto' "
+        "(the cluster this machine is in) or ray://HOST:10001. The pool's path must be one every "
+        "node sees.",
+    ),
+    ray_actors: int = typer.Option(2, min=1, help="With --ray: actors, each one ONNX Runtime session."),
+    ray_block: int = typer.Option(2048, min=1, help="With --ray: pool rows per task."),
+    ray_gpus: float = typer.Option(
+        0.0, min=0.0, help="With --ray: GPUs per actor (> 0: the CUDA provider on the GPU Ray assigns)."
+    ),
     *,
     acquisition: AcquisitionConfig,
 ) -> None:
@@ -56,20 +68,49 @@ def score(
     settings = ProviderSettings(
         device_id=device_id, fp16=trt_fp16, engine_cache=engine_cache, max_batch=batch_size
     )
-    engine = OnnxRuntimeEngine(model, providers=provider or None, intra_op_threads=threads, settings=settings)
-    with Bar("scoring", data.count) as bar:
-        result = score_pool(
-            engine,
-            data,
-            acquisition,
-            top_k,
-            exclude_ids=excluded,
-            return_all=all_scores,
-            batch_size=batch_size,
-            progress=bar.update,
-            on_bad_sample=on_bad_sample,
-            verify=verify,
+    if ray is not None:
+        from xgal.scorer.ray_pool import RayOptions, score_pool_ray
+
+        if provider or engine_cache:
+            raise InvalidArgument("--ray picks each actor's provider (--ray-gpus): drop --provider")
+
+        if verify:  # once, here: the actors read what was checked
+            data.verify(0, data.count, samples=False)
+        options = RayOptions(
+            ray, ray_actors, max(1, threads), ray_gpus, block_size=ray_block, batch_size=batch_size
         )
+        where = "CUDAExecutionProvider" if ray_gpus > 0 else "CPUExecutionProvider"
+        providers = [f"Ray {ray}: {ray_actors} actors, {where}"]
+        with Bar("scoring on Ray", data.count) as bar:
+            result = score_pool_ray(
+                model,
+                data.path,
+                acquisition,
+                top_k,
+                options=options,
+                exclude_ids=excluded,
+                return_all=all_scores,
+                on_bad_sample=on_bad_sample,
+                progress=bar.update,
+            )
+    else:
+        engine = OnnxRuntimeEngine(
+            model, providers=provider or None, intra_op_threads=threads, settings=settings
+        )
+        providers = engine.providers
+        with Bar("scoring", data.count) as bar:
+            result = score_pool(
+                engine,
+                data,
+                acquisition,
+                top_k,
+                exclude_ids=excluded,
+                return_all=all_scores,
+                batch_size=batch_size,
+                progress=bar.update,
+                on_bad_sample=on_bad_sample,
+                verify=verify,
+            )
     report.print_table(
         result, f"top {top_k} of {data.path} by {acquisition.strategy}", out, config=acquisition
     )
@@ -78,7 +119,7 @@ def score(
             "model": str(model),
             "pool": str(pool),
             "config": {k: str(v) for k, v in vars(acquisition).items()},
-            "providers": engine.providers,
+            "providers": providers,
         }
         report.write(result, output, context)
         out.print(f"wrote {output}")

@@ -25,7 +25,7 @@ from xgal.client.resolve import is_name, resolve, split
 from xgal.client.shards import ShardRun
 from xgal.client.transport import RETRYABLE, RetryPolicy, ScorerError, Target, error
 from xgal.core.acquisition import AcquisitionConfig
-from xgal.core.ranking import Ranked, ScoreResult, choose, merge, select
+from xgal.core.ranking import Ranked, ScoreResult, from_shards
 from xgal.core.samples import OnBadSample
 from xgal.core.wire import acquisition_to_proto, on_bad_sample_to_proto, ranked_from_proto, skipped_from_proto
 from xgal.v1 import scorer_pb2 as pb
@@ -251,13 +251,7 @@ class ScorerClient:
         k_classes = len(info.class_names)
         tops = [ranked_from_proto(p.top, k_classes) for p in parts]
         everything = Ranked.concat([ranked_from_proto(p.all, k_classes) for p in parts]) if need_all else None
-        if config.pointwise:
-            # Each shard sent its candidates: their merge is the pool's, chosen from once here.
-            candidates = merge(tops, config.candidate_count(top_k), k_classes, config.balance)
-            best = choose(candidates, top_k, config)
-        else:
-            assert everything is not None
-            best = select(everything, top_k, k_classes, config)
+        best = from_shards(tops, everything, top_k, k_classes, config)
         return PoolScores(
             top=best,
             all=everything if return_all else None,

@@ -246,6 +246,19 @@ def select(everything: Ranked, k: int, num_classes: int, config: AcquisitionConf
     return choose(merge([everything], config.candidate_count(k), num_classes, config.balance), k, config)
 
 
+def from_shards(
+    tops: list[Ranked], everything: Ranked | None, k: int, num_classes: int, config: AcquisitionConfig
+) -> Ranked:
+    """The pool's selection from its shards' results (a gRPC client's shards, Ray's blocks):
+    pointwise scores merge exactly from each shard's candidates, then the choice is made once;
+    a pool-level normalisation needs `everything` (every shard's rows) and ranks it here."""
+    if config.pointwise:
+        return choose(merge(tops, config.candidate_count(k), num_classes, config.balance), k, config)
+    if everything is None:
+        raise ValueError("a pool-level normalisation ranks every score: the shards' rows are needed")
+    return select(everything, k, num_classes, config)
+
+
 def choose(candidates: Ranked, k: int, config: AcquisitionConfig) -> Ranked:
     """The k selected from the best `config.candidate_count(k)` rows (in rank order), in the
     order chosen: the first k, or the diversity step's choice over their embeddings. Applied

@@ -1,0 +1,108 @@
+"""Pool scoring on Ray, on a local Ray cluster this module starts (the CI machine's 2 CPUs): the
+ranking equals in-process scoring for the same graph and pool, pointwise (blocks merged from
+their candidates), with a pool-level normalisation (every row gathered) and with a diversity
+step (chosen once over the merged candidates); a bad sample fails as it does in process; and
+`xgal score --ray local` writes the same --out JSON as `xgal score`."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from helpers import mix_predictions, run_xgal, spoil_rois
+
+from xgal.core.acquisition import AcquisitionConfig
+from xgal.pool.format import PoolFormatError
+from xgal.pool.synth import synth_pool
+from xgal.scorer.engines import OnnxRuntimeEngine
+from xgal.scorer.pipeline import score_pool
+from xgal.scorer.ray_pool import RayOptions, blocks, score_pool_ray
+
+ray = pytest.importorskip("ray", reason="Ray is xgal[ray]; scripts/setup.sh installs it")
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    import torch
+
+    from xgal.trainer.export import export_scoring_graph
+    from xgal.trainer.nets import build_model
+
+    root = tmp_path_factory.mktemp("ray")
+    pool = synth_pool(root / "pool", 300, seed=3, image_size=32, shard_size=128)
+    torch.manual_seed(0)
+    model = build_model("small_cnn", "linear", 3, in_channels=1)
+    mix_predictions(model, torch.rand(8, 1, 32, 32))  # confident on some scans, not on others
+    graph = export_scoring_graph(model, "features.stage4.0", root / "m.onnx", image_shape=(1, 32, 32))
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield root, pool, graph
+    ray.shutdown()
+
+
+OPTIONS = RayOptions(actors=2, block_size=64)  # 5 blocks over 2 actors, 3 of them across shards
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        AcquisitionConfig(),  # the authors' score: pointwise, merged from each block's top-k
+        AcquisitionConfig(normalise="rank"),  # pool-level: every row gathered, ranked once
+        AcquisitionConfig(diversity="spread"),  # candidates merged, the batch chosen once
+    ],
+    ids=["pointwise", "pool-normalised", "spread"],
+)
+def test_ray_ranks_as_in_process_scoring(world, config):
+    _, pool, graph = world
+    exclude = pool.ids()[:7].tolist()
+    here = score_pool(OnnxRuntimeEngine(graph), pool, config, 20, exclude_ids=exclude, return_all=True)
+    seen = []
+    there = score_pool_ray(
+        graph,
+        pool.path,
+        config,
+        20,
+        options=OPTIONS,
+        exclude_ids=exclude,
+        return_all=True,
+        progress=lambda done, total: seen.append((done, total)),
+    )
+    assert there.top.ids.tolist() == here.top.ids.tolist()
+    np.testing.assert_allclose(there.top.score, here.top.score, rtol=1e-5, atol=1e-6)
+    assert there.all.ids.tolist() == here.all.ids.tolist()  # every row, in pool order
+    assert (there.scored, there.excluded, there.with_roi) == (here.scored, here.excluded, here.with_roi)
+    done = [d for d, _ in seen]  # after each of the 5 blocks, whichever finishes first
+    assert len(done) == 5 and done == sorted(done) and done[-1] == 300 and {t for _, t in seen} == {300}
+
+
+def test_a_bad_sample_fails_the_run_by_name_as_in_process(world, tmp_path):
+    _, pool, graph = world
+    bad = tmp_path / "bad"
+    shutil.copytree(pool.path, bad)
+    spoil_rois(bad, {77: 2})  # not a mask
+    name = pool.ids()[77]
+    with pytest.raises(PoolFormatError, match=name):
+        score_pool_ray(graph, bad, AcquisitionConfig(), 5, options=OPTIONS)
+    skipped = score_pool_ray(graph, bad, AcquisitionConfig(), 5, options=OPTIONS, on_bad_sample="skip")
+    assert [s.id for s in skipped.skipped] == [name] and skipped.scored == 299
+
+
+def test_blocks_cover_the_pool_once():
+    assert blocks(300, 64) == [(0, 64), (64, 128), (128, 192), (192, 256), (256, 300)]
+    assert blocks(0, 64) == [(0, 0)]
+
+
+def test_xgal_score_on_ray_writes_what_xgal_score_writes(world, tmp_path):
+    _, pool, graph = world
+    common = ["score", "--model", graph, "--pool", pool.path, "--top-k", 15, "--diversity", "spread"]
+    here = run_xgal(*common, "--out", tmp_path / "here.json")
+    assert here.returncode == 0, here.stderr
+    # A Ray instance of its own (this process's is not the CLI's), started and stopped by it.
+    there = run_xgal(
+        *common, "--ray", "local", "--ray-actors", 2, "--ray-block", 100, "--out", tmp_path / "ray.json"
+    )
+    assert there.returncode == 0, there.stderr
+    a, b = (json.loads((tmp_path / f).read_text()) for f in ("here.json", "ray.json"))
+    assert [r["id"] for r in b["top"]] == [r["id"] for r in a["top"]] and len(a["top"]) == 15
+    for x, y in zip(a["top"], b["top"], strict=True):
+        assert y["score"] == pytest.approx(x["score"], rel=1e-5)
+    assert b["scored"] == a["scored"] == 300
