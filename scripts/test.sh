@@ -2,10 +2,11 @@
 # The project's checks: setup, lint, then the test suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-# The Label Studio test's server environment (minutes of pip) builds in the background while
-# lint and the other tests run; the test waits for it (the script holds a lock while it builds).
+# The Label Studio test's server environment (minutes of pip) builds in the background, beside
+# the setup's own pip and then lint and the other tests; the test waits for it (the script holds
+# a lock while it builds).
 bash scripts/label-studio-env.sh >.label-studio-env.log 2>&1 &
+bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/python -m pytest -q "$@"
