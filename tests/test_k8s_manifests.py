@@ -299,8 +299,10 @@ def test_the_ray_job_runs_xgal_score_on_the_ray_image_with_the_pinned_ray():
     assert flags <= cli_options("score"), flags - cli_options("score")
     pinned = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["ray"]
     version = pinned[0].split("==")[1]
-    base = last(parse_dockerfile(ROOT / "docker" / "Dockerfile.ray"), "FROM")
-    assert base.startswith(f"rayproject/ray:{version}-py311"), base
+    instructions = parse_dockerfile(ROOT / "docker" / "Dockerfile.ray")
+    args = dict(a.split("=", 1) for kw, a in instructions if kw == "ARG" and "=" in a)
+    base = last(instructions, "FROM").replace("${RAY_IMAGE}", args.get("RAY_IMAGE", ""))
+    assert base == f"rayproject/ray:{version}-py311", base
     cluster = job["spec"]["rayClusterSpec"]
     assert cluster["rayVersion"] == version
     pods = [cluster["headGroupSpec"]["template"]["spec"]] + [
@@ -310,6 +312,7 @@ def test_the_ray_job_runs_xgal_score_on_the_ray_image_with_the_pinned_ray():
         assert pod["securityContext"]["runAsNonRoot"] is True
         for container in pod["containers"]:
             assert container["image"].split(":")[0] == "xgal-ray"  # docker build -t xgal-ray
+            assert container["imagePullPolicy"] == "IfNotPresent"  # an image loaded on the nodes
             pools = [m for m in container["volumeMounts"] if m["mountPath"] == "/data"]
             assert pools and all(m["readOnly"] for m in pools)
     head = pods[0]

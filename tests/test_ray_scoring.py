@@ -12,6 +12,7 @@ import pytest
 from helpers import mix_predictions, run_xgal, spoil_rois
 
 from xgal.core.acquisition import AcquisitionConfig
+from xgal.core.errors import InvalidArgument
 from xgal.pool.format import PoolFormatError
 from xgal.pool.synth import synth_pool
 from xgal.scorer.engines import OnnxRuntimeEngine
@@ -39,7 +40,9 @@ def world(tmp_path_factory):
     ray.shutdown()
 
 
-OPTIONS = RayOptions(actors=2, block_size=64)  # 5 blocks over 2 actors, 3 of them across shards
+# 6 blocks over 2 actors; blocks of 50 rows cut the pool's shards (128) and the engine's batches
+# (64) where in-process scoring does not.
+OPTIONS = RayOptions(actors=2, block_size=50)
 
 
 @pytest.mark.parametrize(
@@ -48,8 +51,9 @@ OPTIONS = RayOptions(actors=2, block_size=64)  # 5 blocks over 2 actors, 3 of th
         AcquisitionConfig(),  # the authors' score: pointwise, merged from each block's top-k
         AcquisitionConfig(normalise="rank"),  # pool-level: every row gathered, ranked once
         AcquisitionConfig(diversity="spread"),  # candidates merged, the batch chosen once
+        AcquisitionConfig(balance="oracle"),  # k/K per true class, merged per class
     ],
-    ids=["pointwise", "pool-normalised", "spread"],
+    ids=["pointwise", "pool-normalised", "spread", "balanced"],
 )
 def test_ray_ranks_as_in_process_scoring(world, config):
     _, pool, graph = world
@@ -70,20 +74,28 @@ def test_ray_ranks_as_in_process_scoring(world, config):
     np.testing.assert_allclose(there.top.score, here.top.score, rtol=1e-5, atol=1e-6)
     assert there.all.ids.tolist() == here.all.ids.tolist()  # every row, in pool order
     assert (there.scored, there.excluded, there.with_roi) == (here.scored, here.excluded, here.with_roi)
-    done = [d for d, _ in seen]  # after each of the 5 blocks, whichever finishes first
-    assert len(done) == 5 and done == sorted(done) and done[-1] == 300 and {t for _, t in seen} == {300}
+    done = [d for d, _ in seen]  # rows scored so far, after each block as it finishes
+    assert sorted(np.diff([0, *done]).tolist()) == [50] * 6 and {t for _, t in seen} == {300}
 
 
-def test_a_bad_sample_fails_the_run_by_name_as_in_process(world, tmp_path):
+def test_bad_samples_fail_the_run_by_the_first_or_are_skipped_in_pool_order(world, tmp_path):
+    """Two bad samples in different blocks: the run fails naming the first in pool order, as in
+    process, whichever block finishes first; skipped, both are listed in pool order."""
     _, pool, graph = world
     bad = tmp_path / "bad"
     shutil.copytree(pool.path, bad)
-    spoil_rois(bad, {77: 2})  # not a mask
-    name = pool.ids()[77]
-    with pytest.raises(PoolFormatError, match=name):
+    spoil_rois(bad, {77: 2, 260: 5})  # not masks; blocks 50-100 and 250-300
+    first, second = pool.ids()[77], pool.ids()[260]
+    with pytest.raises(PoolFormatError, match=first):
         score_pool_ray(graph, bad, AcquisitionConfig(), 5, options=OPTIONS)
     skipped = score_pool_ray(graph, bad, AcquisitionConfig(), 5, options=OPTIONS, on_bad_sample="skip")
-    assert [s.id for s in skipped.skipped] == [name] and skipped.scored == 299
+    assert [s.id for s in skipped.skipped] == [first, second] and skipped.scored == 298
+
+
+def test_actors_the_cluster_cannot_place_are_refused_not_waited_for(world):
+    _, pool, graph = world
+    with pytest.raises(InvalidArgument, match="3 actors cannot all be placed"):
+        score_pool_ray(graph, pool.path, AcquisitionConfig(), 5, options=RayOptions(actors=3, block_size=50))
 
 
 def test_blocks_cover_the_pool_once():

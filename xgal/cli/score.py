@@ -28,7 +28,9 @@ def score(
     top_k: int = TOP_K,
     exclude: Path | None = EXCLUDE,
     batch_size: int = typer.Option(64, min=1, help="Images per engine call."),
-    threads: int = typer.Option(0, min=0, help="ONNX Runtime intra-op threads (0 = all cores)."),
+    threads: int = typer.Option(
+        0, min=0, help="ONNX Runtime intra-op threads (0 = all cores); with --ray, per actor (0 = 1)."
+    ),
     provider: list[str] = typer.Option([], help="Execution provider(s), best first."),
     device_id: int = typer.Option(0, min=0, help="The GPU a CUDA or TensorRT provider runs on."),
     trt_fp16: bool = typer.Option(False, help="TensorRT provider: build FP16 kernels where they are faster."),
@@ -71,11 +73,11 @@ def score(
     if ray is not None:
         from xgal.scorer.ray_pool import RayOptions, score_pool_ray
 
-        if provider or engine_cache:
-            raise InvalidArgument("--ray picks each actor's provider (--ray-gpus): drop --provider")
-
-        if verify:  # once, here: the actors read what was checked
-            data.verify(0, data.count, samples=False)
+        if provider or engine_cache or device_id or trt_fp16:
+            raise InvalidArgument(
+                "--ray picks each actor's provider (--ray-gpus) and device: drop --provider, "
+                "--device-id, --trt-fp16 and --engine-cache"
+            )
         options = RayOptions(
             ray, ray_actors, max(1, threads), ray_gpus, block_size=ray_block, batch_size=batch_size
         )
@@ -91,6 +93,7 @@ def score(
                 exclude_ids=excluded,
                 return_all=all_scores,
                 on_bad_sample=on_bad_sample,
+                verify=verify,  # each block checks the shards it reads, on its actor
                 progress=bar.update,
             )
     else:

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 from xgal.core.acquisition import AcquisitionConfig
-from xgal.core.errors import UserError
-from xgal.core.ranking import Ranked, ScoreResult, from_shards
+from xgal.core.errors import InvalidArgument, UserError
+from xgal.core.ranking import Ranked, ScoreResult, TopK, choose, from_shards
 from xgal.core.samples import OnBadSample
 
 LOCAL = "local"  # start a Ray instance on this machine for the run, and stop it after
@@ -57,6 +57,7 @@ class BlockScorer:
         need_all: bool,
         on_bad_sample: str,
         batch_size: int,
+        verify: bool,
     ) -> ScoreResult:
         from xgal.pool.format import Pool
         from xgal.scorer.pipeline import score_pool
@@ -72,6 +73,7 @@ class BlockScorer:
             stop=stop,
             batch_size=batch_size,
             on_bad_sample=on_bad_sample,
+            verify=verify,
             candidates_only=True,
         )
 
@@ -92,10 +94,14 @@ def score_pool_ray(
     exclude_ids: Iterable[str] = (),
     return_all: bool = False,
     on_bad_sample: OnBadSample | str = OnBadSample.FAIL,
+    verify: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> ScoreResult:
     """Rank `pool` with the scoring graph `model` on Ray (see the module doc); the same result
-    as `pipeline.score_pool` in one process. `progress(done, total)` after each block."""
+    as `pipeline.score_pool` in one process. `verify`: each block checks the checksums of the
+    shards it reads first (spread over the actors, as replicas do). `progress(done, total)`
+    after each block. A block's error (a bad sample, a damaged shard) is raised as in process:
+    the first in pool order; the later blocks are cancelled."""
     try:
         import ray
     except ImportError:
@@ -112,10 +118,13 @@ def score_pool_ray(
     data = Pool(pool)  # checks the pool here first: a bad path fails before a cluster starts
     spans = blocks(data.count, opts.block_size)
     need_all = return_all or not config.pointwise
-    policy = OnBadSample.parse(on_bad_sample).value
+    where, policy = str(data.path.resolve()), OnBadSample.parse(on_bad_sample).value
     started = _connect(opts)
+    actors: list[Any] = []
     t0 = time.perf_counter()
     try:
+        n_actors = min(opts.actors, len(spans))
+        _check_resources(opts, n_actors)
         actor = ray.remote(
             num_cpus=opts.threads_per_actor,
             num_gpus=opts.gpus_per_actor,
@@ -123,33 +132,71 @@ def score_pool_ray(
             max_task_retries=opts.retries,
         )(BlockScorer)
         graph_ref, exclude_ref = ray.put(graph), ray.put(list(exclude_ids))
-        actors = [
-            actor.remote(graph_ref, opts.threads_per_actor, opts.gpus_per_actor > 0)
-            for _ in range(min(opts.actors, len(spans)))
-        ]
-        refs = {
-            actors[i % len(actors)].score.remote(
-                str(data.path.resolve()), a, b, config, top_k, exclude_ref, need_all, policy, opts.batch_size
-            ): (a, b)
-            for i, (a, b) in enumerate(spans)
-        }
-        parts = _gather(refs, data.count, progress)
+        gpu = opts.gpus_per_actor > 0
+        actors = [actor.remote(graph_ref, opts.threads_per_actor, gpu) for _ in range(n_actors)]
+        refs = {}
+        for i, (a, b) in enumerate(spans):
+            call = actors[i % n_actors].score.remote(
+                where, a, b, config, top_k, exclude_ref, need_all, policy, opts.batch_size, verify
+            )
+            refs[call] = (a, b)
+        merged = _Merge(config, top_k, need_all)
+        _gather(refs, data.count, merged.add, progress)
     finally:
+        for a in actors:  # a joined cluster outlives the run: its actors must not
+            ray.kill(a)
         if started:
             ray.shutdown()
-    ordered = [parts[span] for span in sorted(parts)]
-    k = len(ordered[0].class_names)
-    everything = Ranked.concat([p.all for p in ordered if p.all is not None]) if need_all else None
-    return ScoreResult(
-        top=from_shards([p.top for p in ordered], everything, top_k, k, config),
-        all=everything if return_all else None,
-        scored=sum(p.scored for p in ordered),
-        excluded=sum(p.excluded for p in ordered),
-        seconds=time.perf_counter() - t0,
-        class_names=ordered[0].class_names,
-        skipped=[s for p in ordered for s in p.skipped],  # blocks in pool order: pool order
-        with_roi=sum(p.with_roi for p in ordered),
-    )
+    return merged.result(return_all, time.perf_counter() - t0)
+
+
+class _Merge:
+    """The blocks' results folded as they arrive: pointwise candidates into one bounded top-k
+    (the driver holds one block's result and the pool's candidates, never every block's), every
+    row only when a pool-level normalisation or `return_all` needs them. Equal to
+    `ranking.from_shards` over all blocks at once."""
+
+    def __init__(self, config: AcquisitionConfig, top_k: int, need_all: bool) -> None:
+        self.config, self.top_k, self.need_all = config, top_k, need_all
+        self.best: TopK | None = None
+        self.rows: dict[tuple[int, int], Ranked] = {}
+        self.skipped: dict[tuple[int, int], list] = {}
+        self.scored = self.excluded = self.with_roi = 0
+        self.class_names: tuple[str, ...] = ()
+
+    def add(self, span: tuple[int, int], part: ScoreResult) -> None:
+        k = len(part.class_names)
+        if self.best is None:
+            self.best = TopK(self.config.candidate_count(self.top_k), k, self.config.balance)
+            self.class_names = part.class_names
+        if self.config.pointwise:
+            self.best.update(part.top)
+        if self.need_all and part.all is not None:
+            self.rows[span] = part.all
+        self.skipped[span] = part.skipped
+        self.scored += part.scored
+        self.excluded += part.excluded
+        self.with_roi += part.with_roi
+
+    def result(self, return_all: bool, seconds: float) -> ScoreResult:
+        assert self.best is not None
+        k = len(self.class_names)
+        everything = Ranked.concat([self.rows[s] for s in sorted(self.rows)]) if self.need_all else None
+        top = (
+            choose(self.best.result(), self.top_k, self.config)
+            if self.config.pointwise
+            else from_shards([], everything, self.top_k, k, self.config)
+        )
+        return ScoreResult(
+            top=top,
+            all=everything if return_all else None,
+            scored=self.scored,
+            excluded=self.excluded,
+            seconds=seconds,
+            class_names=self.class_names,
+            skipped=[s for span in sorted(self.skipped) for s in self.skipped[span]],  # pool order
+            with_roi=self.with_roi,
+        )
 
 
 def _connect(opts: RayOptions) -> bool:
@@ -160,30 +207,58 @@ def _connect(opts: RayOptions) -> bool:
         return False
     if opts.address == LOCAL:
         cpus = opts.actors * opts.threads_per_actor
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False)
+        gpus = {"num_gpus": int(opts.actors * opts.gpus_per_actor + 0.999)} if opts.gpus_per_actor else {}
+        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False, **gpus)
     else:
         ray.init(address=opts.address, log_to_driver=False, configure_logging=False)
     return True
 
 
-def _gather(
-    refs: dict[Any, tuple[int, int]], total: int, progress: Callable[[int, int], None] | None
-) -> dict[tuple[int, int], ScoreResult]:
+def _check_resources(opts: RayOptions, actors: int) -> None:
+    """Refuse actors the cluster cannot place now: their blocks would wait for ever."""
     import ray
-    from ray.exceptions import RayTaskError
 
-    parts: dict[tuple[int, int], ScoreResult] = {}
+    have = ray.cluster_resources()
+    want = {"CPU": actors * opts.threads_per_actor, "GPU": actors * opts.gpus_per_actor}
+    short = {r: (n, have.get(r, 0)) for r, n in want.items() if n > have.get(r, 0) + 1e-9}
+    if short:
+        said = ", ".join(f"{n:g} {r} wanted, {h:g} in the cluster" for r, (n, h) in short.items())
+        raise InvalidArgument(f"{actors} actors cannot all be placed ({said}): ask for fewer actors")
+
+
+def _gather(
+    refs: dict[Any, tuple[int, int]],
+    total: int,
+    add: Callable[[tuple[int, int], ScoreResult], None],
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """Hand each block's result to `add` as it arrives. On a block's error, cancel the blocks
+    after it, wait for those before it, and raise the first error in pool order."""
+    import ray
+    from ray.exceptions import RayActorError, RayTaskError
+
     waiting, done = list(refs), 0
+    failed: dict[tuple[int, int], BaseException] = {}
     while waiting:
         ready, waiting = ray.wait(waiting, num_returns=1)
+        span = refs[ready[0]]
         try:
             result = ray.get(ready[0])
-        except RayTaskError as e:  # the block's own error (a bad sample, a damaged shard), as raised
+        except RayTaskError as e:  # the block's own error (a bad sample, a damaged shard)
             cause = getattr(e, "cause", None)
-            raise (cause if isinstance(cause, Exception) else e) from None
-        span = refs[ready[0]]
-        parts[span] = result
-        done += span[1] - span[0]
-        if progress is not None:
-            progress(done, total)
-    return parts
+            failed[span] = cause if isinstance(cause, Exception) else e
+        except RayActorError as e:  # an actor that could not start (or died past its retries)
+            failed[span] = UserError(f"a Ray actor died scoring rows {span[0]}-{span[1]}: {e}")
+        else:
+            if not failed:
+                add(span, result)
+                done += span[1] - span[0]
+                if progress is not None:
+                    progress(done, total)
+        if failed:
+            first = min(failed)
+            for ref in [r for r in waiting if refs[r] > first]:
+                ray.cancel(ref)
+            waiting = [r for r in waiting if refs[r] < first]
+    if failed:
+        raise failed[min(failed)] from None
