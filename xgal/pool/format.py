@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import mmap
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -64,6 +65,12 @@ def _release(arr: np.ndarray, lo: int, hi: int) -> None:
     end_page = end - end % _PAGE
     if end_page > begin_page:
         mm.madvise(mmap.MADV_DONTNEED, begin_page, end_page - begin_page)
+
+
+# np.load parses a .npy header with ast.literal_eval, and CPython 3.11's compiler is not safe to
+# run from several threads at once ("SystemError: AST constructor recursion depth mismatch",
+# seen when a scorer's request threads opened one pool's shards together): one header at a time.
+_HEADER_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -166,7 +173,8 @@ class Pool:
         if not file.is_file():
             raise PoolFormatError(f"{file} is missing")
         try:
-            arr = np.load(file, mmap_mode="r", allow_pickle=False)
+            with _HEADER_LOCK:
+                arr = np.load(file, mmap_mode="r", allow_pickle=False)
         except (ValueError, OSError, EOFError) as exc:  # truncated, empty, pickled, not .npy
             raise PoolFormatError(f"{file} cannot be read as an array: {exc}") from None
         c, h, w = self.image_shape
