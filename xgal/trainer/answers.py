@@ -88,15 +88,20 @@ def save_answers(
             f"{', ...' if len(missing) > 5 else ''}); nothing was recorded: answer them and try again, "
             "or close the round with what was answered (--partial)"
         )
-    pool = Pool(meta["pool"])
-    index = {s: i for i, s in enumerate(pool.ids().tolist())}
-    rois = pool.take([index[s] for s in ids], ("rois",))["rois"].copy()
+    rois = request_rois(meta).copy()
     for sample_id, roi in drawn.items():
         rois[ids.index(sample_id)] = roi
     labels = np.array([names.index(answered[s]) if s in answered else -1 for s in ids], dtype=np.int64)
     atomic_write(folder / ANSWERS, npz_bytes(True, ids=np.array(ids, dtype=str), labels=labels, rois=rois))
     write_datalist(out)
     return len(answered)
+
+
+def request_rois(meta: dict) -> np.ndarray:
+    """The pool's ROIs of a round's requested scans (its request.json), in the order asked."""
+    pool = Pool(meta["pool"])
+    index = {s: i for i, s in enumerate(pool.ids().tolist())}
+    return pool.take([index[s] for s in meta["ids"]], ("rois",))["rois"]
 
 
 def _read_labels(path: Path, ids: list[str], names: list[str]) -> dict[str, str]:

@@ -27,6 +27,7 @@ import numpy as np
 
 from xgal.core.errors import InvalidArgument
 from xgal.pool.importers.common import boxes_to_mask
+from xgal.trainer.answers import request_rois
 from xgal.trainer.handoff import HINTS, META, REQUEST, SCANS, file_name
 
 # The label config's control names: what `read_answers` looks for in an annotation.
@@ -74,7 +75,7 @@ def round_tasks(folder: Path, document_root: Path) -> list[dict[str, Any]]:
     """The tasks (data and one prediction each) for the round in `folder`, in rank order."""
     meta = json.loads((folder / META).read_text())
     rows = {row["id"]: row for row in _request_rows(folder / REQUEST)}
-    rois = _pool_rois(meta)
+    rois = request_rois(meta)
     tasks = []
     for i, sample_id in enumerate(meta["ids"]):
         row = rows.get(sample_id, {})
@@ -206,14 +207,6 @@ def _decode_brush(value: Mapping[str, Any], h: int, w: int, where: str) -> np.nd
 def _request_rows(path: Path) -> list[dict[str, str]]:
     with open(path, newline="") as f:
         return list(csv.DictReader(f))
-
-
-def _pool_rois(meta: Mapping[str, Any]) -> np.ndarray:
-    from xgal.pool.format import Pool
-
-    pool = Pool(meta["pool"])
-    index = {s: i for i, s in enumerate(pool.ids().tolist())}
-    return pool.take([index[s] for s in meta["ids"]], ("rois",))["rois"]
 
 
 def _number(cell: str | None) -> float | None:
