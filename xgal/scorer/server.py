@@ -42,6 +42,7 @@ class AddressInUseError(UserError, OSError):
 
 
 UNAUTHENTICATED_METHODS = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+SIGNAL_POLL_S = 0.5  # how often the main thread wakes to run a signal handler another thread took
 
 
 class BearerTokenInterceptor(grpc.ServerInterceptor):
@@ -252,7 +253,12 @@ def serve_forever(config: ServerConfig, grace: float = 30.0) -> None:
         ),
         flush=True,
     )
-    done.wait()
+    # Woken every SIGNAL_POLL_S: the kernel may hand the signal to any thread that does not block
+    # it (gRPC's, ONNX Runtime's), and Python then runs the handler only once the main thread
+    # next runs Python code; blocked in an untimed wait it never would, and the replica would
+    # never drain.
+    while not done.wait(SIGNAL_POLL_S):
+        pass
 
 
 __all__ = ["SERVICE", "RunningServer", "ServerConfig", "serve_forever"]
