@@ -135,3 +135,35 @@ def test_take_keeps_ids_longer_than_the_first_shards(tmp_path):
     got = pool.take([3, 15, 0, 19])
     assert got["ids"].tolist() == [ids[3], ids[15], ids[0], ids[19]]
     np.testing.assert_array_equal(got["images"], pool.read(0, 20)["images"][[3, 15, 0, 19]])
+
+
+def test_roi_count_comes_from_the_manifest_and_falls_back_to_the_masks(tmp_path):
+    """The writer counts each shard's samples with an ROI, so `pool info` reads no mask; a pool
+    written before that (no counts in its manifest) is counted from its masks."""
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (25, 1, 8, 8), dtype=np.uint8)
+    rois = np.ones((25, 8, 8), dtype=np.uint8)
+    rois[[0, 3, 11, 12, 24]] = 0  # blank ROIs in every shard, the last (partial) one included
+    blank = _write_these(tmp_path / "q", images, rois)
+    pool = Pool(tmp_path / "q")
+    assert [s.with_roi for s in pool.shards] == [8, 8, 4]
+    assert pool.roi_count() == 25 - len(blank) == int(pool.has_roi().sum())
+    for shard in pool.shards:  # the counts alone answer: no mask is read
+        (shard.path / "rois.npy").unlink()
+    assert Pool(tmp_path / "q").roi_count() == 20
+
+    _write_these(tmp_path / "old", images, rois)
+    manifest = tmp_path / "old" / "manifest.json"
+    m = json.loads(manifest.read_text())
+    for shard in m["shards"]:
+        del shard["with_roi"]
+    manifest.write_text(json.dumps(m))
+    old = Pool(tmp_path / "old")
+    assert old.shards[0].with_roi is None and old.roi_count() == 20
+
+
+def _write_these(path, images, rois):
+    """A pool of these images and ROIs in shards of 10; returns the rows without an ROI."""
+    with PoolWriter(path, image_shape=(1, 8, 8), class_names=[], with_labels=False, shard_size=10) as w:
+        w.add([f"id{i:03d}" for i in range(len(images))], images, rois)
+    return [i for i in range(len(rois)) if not rois[i].any()]

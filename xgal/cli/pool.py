@@ -241,7 +241,7 @@ def pool_info(path: Path = typer.Argument(..., help="Pool folder.")) -> None:
         counts = np.bincount(pool.labels(), minlength=len(pool.class_names))
         names = pool.class_names or [str(i) for i in range(len(counts))]
         out.print("per class: " + ", ".join(f"{n} {c}" for n, c in zip(names, counts, strict=False)))
-    out.print(f"with an ROI: {int(pool.has_roi().sum())} of {pool.count}")
+    out.print(f"with an ROI: {pool.roi_count()} of {pool.count}")
     if pool.has_groups:
         out.print(f"patients: {len(set(pool.groups().tolist()))}")
     out.print(f"shards: {len(pool.shards)}; {pool.description}")

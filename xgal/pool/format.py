@@ -123,6 +123,7 @@ class Pool:
                     int(s["stop"]),
                     self._shard_folder(str(s["path"])),
                     dict(s["sha256"]),
+                    None if s.get("with_roi") is None else int(s["with_roi"]),
                 )
                 for s in m["shards"]
             ]
@@ -359,6 +360,14 @@ class Pool:
             rois = self.read(lo, min(lo + chunk, self.count), ("rois",))["rois"]
             out[lo : lo + len(rois)] = rois.reshape(len(rois), -1).max(1, initial=0) > 0
         return out
+
+    def roi_count(self) -> int:
+        """How many samples have an ROI: the writer's per-shard counts where the manifest has
+        them, else counted from the masks (`has_roi`)."""
+        counts = [s.with_roi for s in self.shards]
+        if all(c is not None for c in counts):
+            return sum(counts)  # type: ignore[arg-type]
+        return int(self.has_roi().sum())
 
     def groups(self) -> np.ndarray:
         """Each sample's group (its patient): what a split must not cut through."""

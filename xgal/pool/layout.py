@@ -1,7 +1,8 @@
 """A pool on disk: a folder of sharded, memory-mappable .npy arrays and a manifest.
 
     pool/
-      manifest.json            count, image shape and dtype, class names, shards, checksums
+      manifest.json            count, image shape and dtype, class names, shards (checksums,
+                               how many samples have an ROI)
       shard-00000/images.npy   [n, C, H, W] uint8 | uint16
       shard-00000/rois.npy     [n, H, W] uint8, 1 inside the expert region (all 0 = no ROI)
       shard-00000/ids.npy      [n] unicode sample IDs, unique across the pool
@@ -46,6 +47,9 @@ class Shard:
     stop: int
     path: Path
     checksums: dict[str, str]
+    # Samples with an ROI, counted by the writer so that `pool info` need not read every mask;
+    # None in pools written before it was recorded.
+    with_roi: int | None = None
 
     @property
     def count(self) -> int:

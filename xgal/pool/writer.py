@@ -164,7 +164,7 @@ class PoolWriter:
         index = len(self._shards)
         shard_dir = self.path / f"shard-{index:05d}"
         shard_dir.mkdir(exist_ok=True)
-        checksums = {}
+        checksums, with_roi = {}, 0
         sources = np.concatenate(self._pending["source"])
         self._pending["source"] = [sources[n:]] if len(sources) > n else []
         for key in ARRAYS:
@@ -174,6 +174,8 @@ class PoolWriter:
             joined = np.concatenate(parts)
             self._pending[key] = [joined[n:]] if len(joined) > n else []
             part = joined[:n]
+            if key == "rois":
+                with_roi = int((part.reshape(n, -1).max(1, initial=0) > 0).sum())
             file = shard_dir / f"{key}.npy"
             np.save(file, np.ascontiguousarray(part), allow_pickle=False)
             checksums[key] = sha256_file(file)
@@ -184,6 +186,7 @@ class PoolWriter:
                 "stop": self._count + n,
                 "path": shard_dir.name,
                 "sha256": checksums,
+                "with_roi": with_roi,
             }
         )
         self._count += n
