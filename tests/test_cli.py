@@ -4,7 +4,6 @@ this process where a test needs to reach inside (a patched function, the parsed 
 import csv
 import hashlib
 import json
-import os
 import subprocess
 import sys
 from dataclasses import fields
@@ -12,6 +11,7 @@ from dataclasses import fields
 import pytest
 import torch
 import typer
+from helpers import run_xgal
 from typer.testing import CliRunner
 
 from xgal.cli import app
@@ -22,12 +22,9 @@ from xgal.scorer.server import RunningServer, ServerConfig
 from xgal.trainer.export import export_scoring_graph
 from xgal.trainer.nets import build_model
 
-XGAL = [sys.executable, "-m", "xgal.cli"]
-
 
 def run(*args, check=True):
-    env = {**os.environ, "COLUMNS": "200"}
-    proc = subprocess.run([*XGAL, *map(str, args)], capture_output=True, text=True, env=env, timeout=300)
+    proc = run_xgal(*args, timeout=300)
     if check and proc.returncode != 0:
         raise AssertionError(f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc

@@ -8,6 +8,7 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from helpers import run_xgal
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -263,29 +264,11 @@ def test_brats_volumes_stored_in_another_orientation_give_the_same_axial_slices(
 
 
 def test_import_cli(png_folder, tmp_path):
-    import subprocess
-    import sys
-
-    cmd = [
-        sys.executable,
-        "-m",
-        "xgal.cli",
-        "pool",
-        "import",
-        "images",
-        str(png_folder),
-        str(tmp_path / "pool"),
-        "--labels",
-        str(png_folder / "labels.csv"),
-        "--size",
-        "32",
-        "--channels",
-        "3",
-    ]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    args = ("pool", "import", "images", png_folder, tmp_path / "pool", "--labels", png_folder / "labels.csv")
+    res = run_xgal(*args, "--size", 32, "--channels", 3, timeout=120)
     assert res.returncode == 0, res.stderr
     assert "6 new samples" in res.stdout and Pool(tmp_path / "pool").image_shape == (3, 32, 32)
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    again = run_xgal(*args, "--size", 32, "--channels", 3, timeout=120)
     assert again.returncode == 2 and "already a finished pool" in again.stderr
 
 
@@ -356,33 +339,19 @@ def test_masks_are_thresholded_at_half_their_range(tmp_path):
 
 
 def test_the_import_command_fails_when_it_skips_or_writes_nothing(png_folder, tmp_path):
-    import subprocess
-    import sys
-
     (png_folder / "img2.png").write_bytes(b"broken")
 
     def run(out, *extra):
-        cmd = [sys.executable, "-m", "xgal.cli", "pool", "import", "images", str(png_folder), str(out)]
-        cmd += ["--labels", str(png_folder / "labels.csv"), "--size", "32", *extra]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        labels = ("--labels", png_folder / "labels.csv", "--size", 32)
+        return run_xgal("pool", "import", "images", png_folder, out, *labels, *extra, timeout=120)
 
     res = run(tmp_path / "p1")
     assert res.returncode == 2 and "1 sources were skipped" in res.stderr and "--allow-skips" in res.stderr
     assert "img2.png: not a readable image" in res.stdout + res.stderr  # each skip is listed
     assert run(tmp_path / "p2", "--allow-skips").returncode == 0
     _csv(png_folder / "none.csv", ["image", "label"], [["img2.png", "benign"]])
-    cmd = [
-        sys.executable,
-        "-m",
-        "xgal.cli",
-        "pool",
-        "import",
-        "images",
-        str(png_folder),
-        str(tmp_path / "p3"),
-    ]
-    cmd += ["--labels", str(png_folder / "none.csv"), "--allow-skips"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    labels = ("--labels", png_folder / "none.csv", "--allow-skips")
+    res = run_xgal("pool", "import", "images", png_folder, tmp_path / "p3", *labels, timeout=120)
     assert res.returncode == 2 and "wrote no samples" in res.stderr
 
 

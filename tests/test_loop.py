@@ -7,6 +7,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import run_xgal
 
 from xgal.client import ScorerClient
 from xgal.core.acquisition import AcquisitionConfig, Balance, random_scores
@@ -288,45 +289,20 @@ def test_authors_preset_matches_the_method():
 
 
 def test_train_cli_runs_and_resumes(world, tmp_path):
-    import subprocess
-    import sys
     from dataclasses import replace
 
     from xgal.trainer.presets import preset
 
     root, pool, test, _, _ = world
-    cmd = [
-        sys.executable,
-        "-m",
-        "xgal.cli",
-        "train",
-        "--pool",
-        str(pool.path),
-        "--test-pool",
-        str(test.path),
-        "--initial",
-        "12",
-        "--per-round",
-        "6",
-        "--rounds",
-        "1",
-        "--epochs",
-        "2",
-        "--out",
-        str(tmp_path / "run"),
-        "--strategy",
-        "uncertainty",
-        "--lambda",
-        "0.5",
-        "--lr",
-        "0.002",
-        "--batch-size",
-        "16",
-    ]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    cmd = (
+        "train", "--pool", pool.path, "--test-pool", test.path,
+        "--initial", 12, "--per-round", 6, "--rounds", 1, "--epochs", 2, "--out", tmp_path / "run",
+        "--strategy", "uncertainty", "--lambda", 0.5, "--lr", 0.002, "--batch-size", 16,
+    )  # fmt: skip
+    first = run_xgal(*cmd, timeout=300)
     assert first.returncode == 0, first.stderr
     assert "round 0: 12 labelled" in first.stdout and "round 1: 18 labelled" in first.stdout
-    again = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    again = run_xgal(*cmd, timeout=300)
     assert again.returncode == 0 and "round 0" not in again.stdout and "done: 18 labelled" in again.stdout
     # Options given replace the preset's; the others keep the preset's values.
     saved = LoopConfig.from_dict(json.loads((tmp_path / "run" / "state.json").read_text())["config"])

@@ -5,12 +5,11 @@ itself, by `xgal pool verify` and by the scorer (PERMISSION_DENIED)."""
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import grpc
 import numpy as np
 import pytest
+from helpers import run_xgal
 
 from xgal.pool.format import Pool, PoolAccessError, PoolFormatError, PoolWriter
 from xgal.scorer.server import RunningServer, ServerConfig
@@ -102,10 +101,5 @@ def test_the_scorer_answers_permission_denied(layout, tmp_path):
 def test_pool_verify_names_the_problem_in_one_line(layout):
     root, outside = layout
     path = _attacks(root, outside)["a shard folder that is a symlink out"]
-    out = subprocess.run(
-        [sys.executable, "-m", "xgal.cli", "pool", "verify", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run_xgal("pool", "verify", path, timeout=60)
     assert out.returncode == 2 and "outside the pool's folder" in out.stderr and "Traceback" not in out.stderr

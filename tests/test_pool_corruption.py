@@ -8,13 +8,12 @@ the manifest says integers, an empty pool."""
 import json
 import re
 import shutil
-import subprocess
-import sys
 
 import grpc
 import numpy as np
 import pytest
 import torch
+from helpers import run_xgal
 
 from xgal.client import ScorerClient, ScorerError
 from xgal.core.acquisition import AcquisitionConfig
@@ -185,12 +184,7 @@ def test_verify_names_each_corruption(tmp_path, case):
     corrupt(pool)
     with pytest.raises(PoolFormatError, match=re.escape(message)):
         Pool(pool).verify()
-    out = subprocess.run(
-        [sys.executable, "-m", "xgal.cli", "pool", "verify", str(pool)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    out = run_xgal("pool", "verify", pool, timeout=60)
     assert out.returncode == 2, out.stderr
     assert message in out.stderr and "Traceback" not in out.stderr and "Aborted" not in out.stderr
 

@@ -2,13 +2,9 @@
 the format keeps and checks the groups, `xgal pool split --by patient` writes two pools with no
 patient in both, and `xgal train` refuses a test pool that shares patients with its pool."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
-from helpers import blob_images
+from helpers import blob_images, run_xgal
 
 from xgal.core.errors import InvalidArgument
 from xgal.pool.format import Pool, PoolFormatError
@@ -95,11 +91,7 @@ def _plain(path):
 
 def test_the_cli_splits_and_train_refuses_shared_patients(tmp_path):
     pool = _patients_pool(tmp_path / "p")
-    env = {**os.environ, "COLUMNS": "200"}
-
-    def xgal(*args):
-        cmd = [sys.executable, "-m", "xgal.cli", *map(str, args)]
-        return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    xgal = run_xgal
 
     res = xgal("pool", "split", pool.path, "--by", "patient", "--test-fraction", 0.3, "--seed", 1,
                "--out-train", tmp_path / "train", "--out-test", tmp_path / "test")  # fmt: skip

@@ -2,10 +2,12 @@
 ranking equals in-process scoring for the same graph and pool, pointwise (blocks merged from
 their candidates), with a pool-level normalisation (every row gathered) and with a diversity
 step (chosen once over the merged candidates); a bad sample fails as it does in process; and
-`xgal score --ray local` writes the same --out JSON as `xgal score`."""
+`xgal score --ray local` writes the same --out JSON as `xgal score`; an actor that dies inside
+a block is restarted and the block tried again."""
 
 import json
 import shutil
+import sys
 
 import numpy as np
 import pytest
@@ -35,9 +37,38 @@ def world(tmp_path_factory):
     model = build_model("small_cnn", "linear", 3, in_channels=1)
     mix_predictions(model, torch.rand(8, 1, 32, 32))  # confident on some scans, not on others
     graph = export_scoring_graph(model, "features.stage4.0", root / "m.onnx", image_shape=(1, 32, 32))
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    (root / "faults").mkdir()
+    # Every worker of this cluster runs _die_once_when_armed at its start; it is sent by value
+    # (the workers cannot import this test module).
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    runtime_env = {
+        "worker_process_setup_hook": _die_once_when_armed,
+        "env_vars": {"XGAL_TEST_RAY_FAULTS": str(root / "faults")},
+    }
+    quiet = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    ray.init(num_cpus=2, runtime_env=runtime_env, **quiet)
     yield root, pool, graph
     ray.shutdown()
+
+
+def _die_once_when_armed() -> None:
+    """In a Ray worker: the first block scored after the test creates FAULTS/armed kills its
+    actor's process at once (the file is renamed to FAULTS/fired, atomically: once only)."""
+    import os
+
+    from xgal.scorer import ray_pool
+
+    folder = os.environ["XGAL_TEST_RAY_FAULTS"]
+    score = ray_pool.BlockScorer.score
+
+    def score_or_die(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+        try:
+            os.rename(os.path.join(folder, "armed"), os.path.join(folder, "fired"))
+        except FileNotFoundError:
+            return score(self, *args, **kwargs)
+        os._exit(1)
+
+    ray_pool.BlockScorer.score = score_or_die
 
 
 # 6 blocks over 2 actors; blocks of 50 rows cut the pool's shards (128) and the engine's batches
@@ -90,6 +121,15 @@ def test_bad_samples_fail_the_run_by_the_first_or_are_skipped_in_pool_order(worl
         score_pool_ray(graph, bad, AcquisitionConfig(), 5, options=OPTIONS)
     skipped = score_pool_ray(graph, bad, AcquisitionConfig(), 5, options=OPTIONS, on_bad_sample="skip")
     assert [s.id for s in skipped.skipped] == [first, second] and skipped.scored == 298
+
+
+def test_an_actor_killed_inside_a_block_is_restarted_and_the_block_tried_again(world):
+    root, pool, graph = world
+    here = score_pool(OnnxRuntimeEngine(graph), pool, AcquisitionConfig(), 20)
+    (root / "faults" / "armed").touch()
+    there = score_pool_ray(graph, pool.path, AcquisitionConfig(), 20, options=OPTIONS)
+    assert (root / "faults" / "fired").is_file()  # an actor's process did die inside a block
+    assert there.top.ids.tolist() == here.top.ids.tolist() and there.scored == here.scored == 300
 
 
 def test_actors_the_cluster_cannot_place_are_refused_not_waited_for(world):

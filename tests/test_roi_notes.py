@@ -3,13 +3,9 @@ so, naming what decided the ranking and what to do: the in-process pipeline, the
 count of samples with an ROI survives sharding) and `xgal score`. The loop's round note is
 checked in test_handoff (an archive without ROIs)."""
 
-import os
-import subprocess
-import sys
-
 import numpy as np
 import pytest
-from helpers import blob_images, small_scoring_graphs
+from helpers import blob_images, run_xgal, small_scoring_graphs
 
 from xgal.client import ScorerClient
 from xgal.core.acquisition import AcquisitionConfig
@@ -67,18 +63,5 @@ def test_the_count_survives_the_service_and_its_shards_and_xgal_score_says_it(wo
             assert got.with_roi == 2 and got.scored == 40
     finally:
         server.stop(grace=1)
-    env = {**os.environ, "COLUMNS": "250"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "xgal.cli",
-        "score",
-        "--model",
-        str(graph),
-        "--pool",
-        str(none.path),
-        "-k",
-        "3",
-    ]
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    res = run_xgal("score", "--model", graph, "--pool", none.path, "-k", 3, timeout=300)
     assert res.returncode == 0 and "none of the 40 scored samples has an ROI" in res.stdout, res.stderr

@@ -3,13 +3,12 @@ here, so the config is read back with a small parser of the protobuf text format
 against what ONNX Runtime says the graph takes and gives."""
 
 import re
-import subprocess
-import sys
 
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from helpers import run_xgal
 
 from xgal.core.contract import NotAScoringGraphError
 from xgal.core.errors import InvalidArgument
@@ -127,12 +126,7 @@ def test_refusals(graph, tmp_path):
 
 
 def test_cli_writes_the_entry(graph, tmp_path):
-    run = subprocess.run(
-        [sys.executable, "-m", "xgal.cli", "model", "triton", str(graph), "--repo", str(tmp_path / "r")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    run = run_xgal("model", "triton", graph, "--repo", tmp_path / "r", timeout=120)
     assert run.returncode == 0, run.stderr
     cfg = parse_pbtxt((tmp_path / "r" / graph.stem / "config.pbtxt").read_text())
     assert cfg["name"] == [graph.stem] and cfg["instance_group"][0]["kind"] == ["KIND_CPU"]
