@@ -84,5 +84,5 @@ def test_the_policy_and_the_flag_survive_the_wire():
     for policy in FlatCam:
         cfg = AcquisitionConfig(flat_cam=policy)
         assert acquisition_from_proto(acquisition_to_proto(cfg)) == cfg
-    rows = scored_batch(IDS, P, ENT, DICE, np.ones(3), AcquisitionConfig(), cam_range=RANGE)
+    rows, _ = scored_batch(IDS, P, ENT, DICE, np.ones(3), AcquisitionConfig(), cam_range=RANGE)
     assert ranked_from_proto(ranked_to_proto(rows), 3).flat.tolist() == [False, True, False]

@@ -23,13 +23,13 @@ def _batch(n, seed=0, classes=3):
 def test_a_draw_over_shards_equals_the_unsharded_draw_for_the_same_seed(selection, balance):
     ids, probs, ent, dice, area = _batch(900)
     cfg = AcquisitionConfig(selection=selection, beta=4.0, seed=11, balance=balance)
-    whole = select(scored_batch(ids, probs, ent, dice, area, cfg), 40, 3, cfg)
+    whole = select(scored_batch(ids, probs, ent, dice, area, cfg)[0], 40, 3, cfg)
     parts = []
     for a, b in ((0, 250), (250, 256), (256, 900)):
         acc = TopK(40, 3, cfg.balance)
         for lo in range(a, b, 64):  # in engine-sized batches, as a scorer ranks its shard
             hi = min(lo + 64, b)
-            acc.update(scored_batch(ids[lo:hi], probs[lo:hi], ent[lo:hi], dice[lo:hi], area[lo:hi], cfg))
+            acc.update(scored_batch(ids[lo:hi], probs[lo:hi], ent[lo:hi], dice[lo:hi], area[lo:hi], cfg)[0])
         parts.append(acc.result())
     assert merge(parts, 40, 3, cfg.balance).ids.tolist() == whole.ids.tolist()
     # ...and it is a draw, not the top-k: another seed draws another batch.
@@ -41,7 +41,7 @@ def test_a_draw_over_shards_equals_the_unsharded_draw_for_the_same_seed(selectio
             dice,
             area,
             AcquisitionConfig(selection=selection, beta=4.0, seed=12, balance=balance),
-        ),
+        )[0],
         40,
         3,
         cfg,
@@ -76,9 +76,10 @@ def test_the_first_pick_follows_the_weights(selection, weights):
 def test_top_selection_is_the_score_and_a_large_beta_approaches_it():
     ids, probs, ent, dice, area = _batch(300, seed=3)
     area[:] = 100  # no missing ROIs: no tied scores (M = 1), whose order the noise would decide
-    top = select(scored_batch(ids, probs, ent, dice, area, AcquisitionConfig()), 20, 3, AcquisitionConfig())
+    plain = AcquisitionConfig()
+    top = select(scored_batch(ids, probs, ent, dice, area, plain)[0], 20, 3, plain)
     cfg = AcquisitionConfig(selection="softmax", beta=1e7, seed=5)
-    sharp = select(scored_batch(ids, probs, ent, dice, area, cfg), 20, 3, cfg)
+    sharp = select(scored_batch(ids, probs, ent, dice, area, cfg)[0], 20, 3, cfg)
     assert sharp.ids.tolist() == top.ids.tolist()
     assert AcquisitionConfig().selection is Selection.TOP
 

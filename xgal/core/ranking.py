@@ -157,45 +157,13 @@ def scored_batch(
     body_roi: np.ndarray | None = None,
     embedding: np.ndarray | None = None,
     view_probs: np.ndarray | None = None,
-) -> Ranked:
-    """One engine batch as ranked rows: U, M and the score per sample, without the samples the
-    missing-ROI policy or `exclude_ids` (sorted, e.g. the labelled set) leave out. `labels`
-    replace the predicted class as the balancing group (`oracle`); `cam_range` (each CAM's
-    max − min) marks the flat maps; `body_roi` where the ROI given was the body's; `embedding`
-    (the graph's, [N, D]) is kept for a diversity step; `view_probs` ([N, V, K]) feed the
-    uncertainties over views."""
-    return scored_rows(
-        ids,
-        probs,
-        entropy,
-        dice,
-        roi_area,
-        config,
-        labels=labels,
-        exclude_ids=exclude_ids,
-        cam_range=cam_range,
-        body_roi=body_roi,
-        embedding=embedding,
-        view_probs=view_probs,
-    )[0]
-
-
-def scored_rows(
-    ids: np.ndarray,
-    probs: np.ndarray,
-    entropy: np.ndarray,
-    dice: np.ndarray,
-    roi_area: np.ndarray,
-    config: AcquisitionConfig,
-    *,
-    labels: np.ndarray | None = None,
-    exclude_ids: np.ndarray | None = None,
-    cam_range: np.ndarray | None = None,
-    body_roi: np.ndarray | None = None,
-    embedding: np.ndarray | None = None,
-    view_probs: np.ndarray | None = None,
 ) -> tuple[Ranked, np.ndarray]:
-    """`scored_batch`, and the batch rows it kept (to take the same rows of the CAMs)."""
+    """One engine batch as ranked rows: U, M and the score per sample, without the samples the
+    missing-ROI policy or `exclude_ids` (sorted, e.g. the labelled set) leave out; and the batch
+    rows it kept (to take the same rows of the CAMs). `labels` replace the predicted class as
+    the balancing group (`oracle`); `cam_range` (each CAM's max − min) marks the flat maps;
+    `body_roi` where the ROI given was the body's; `embedding` (the graph's, [N, D]) is kept for
+    a diversity step; `view_probs` ([N, V, K]) feed the uncertainties over views."""
     crit = criteria(probs, entropy, dice, roi_area, ids, config, cam_range, view_probs)
     idx = kept(ids, crit.keep, exclude_ids)
     pred = probs.argmax(1).astype(np.int64)

@@ -103,7 +103,7 @@ def score_pool(
                 body_roi=body,
                 embedding=s.embedding,
                 view_probs=s.view_probs,
-            )
+            )[0]
             if config.pointwise:
                 best.update(ranked)
             if need_all:

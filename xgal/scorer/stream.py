@@ -12,7 +12,7 @@ import numpy as np
 
 from xgal.core.acquisition import AcquisitionConfig
 from xgal.core.body import rois_for
-from xgal.core.ranking import scored_rows
+from xgal.core.ranking import scored_batch
 from xgal.core.samples import sample_problems
 from xgal.core.wire import ranked_to_proto
 from xgal.scorer.batcher import BatchedEngine
@@ -52,7 +52,7 @@ def score_message(
     ids = np.array(list(req.ids), dtype=str)
     rois, body = rois_for(images, rois, config.roi)
     s = engine.run(images, rois, want_cam=req.want_cam, want_views=config.uncertainty.needs_views)
-    ranked, rows = scored_rows(
+    ranked, rows = scored_batch(
         ids,
         s.probs,
         s.entropy,
