@@ -42,8 +42,8 @@ def run_xgal(*args: object, timeout: float = 600) -> subprocess.CompletedProcess
 
 def spoil_rois(path: Path, bad: dict[int, int]) -> None:
     """Write each value of `bad` (row -> value) into one pixel of that row's ROI and re-sign the
-    pool's manifest: the files are intact, the samples are bad (a writer refuses such masks; an
-    importer bug would not)."""
+    pool's manifest (checksum and ROI count): the files are intact, the samples are bad (a writer
+    refuses such masks; an importer bug would not)."""
     import json
 
     from xgal.core.checksum import sha256_file
@@ -57,6 +57,7 @@ def spoil_rois(path: Path, bad: dict[int, int]) -> None:
                 rois[i - shard["start"], 1, 1] = value
         np.save(f, rois)
         shard["sha256"]["rois"] = sha256_file(f)
+        shard["with_roi"] = int((rois.reshape(len(rois), -1).max(1, initial=0) > 0).sum())
     (path / "manifest.json").write_text(json.dumps(manifest))
 
 

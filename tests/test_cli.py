@@ -61,6 +61,20 @@ def test_pool_info_and_verify(pool_and_model):
     assert "all checksums match" in run("pool", "verify", pool).stdout
 
 
+def test_pool_info_counts_rois_from_the_manifest(pool_and_model, monkeypatch):
+    """`pool info` takes the ROI count from the manifest: no mask is read."""
+    from typer.testing import CliRunner
+
+    def no_masks(*_args, **_kwargs):
+        raise AssertionError("pool info read the masks")
+
+    monkeypatch.setattr(Pool, "has_roi", no_masks)
+    monkeypatch.setattr(Pool, "_rois_in", no_masks)
+    res = CliRunner().invoke(app, ["pool", "info", str(pool_and_model[0])], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert f"with an ROI: {Pool(pool_and_model[0]).roi_count()} of 60" in res.output
+
+
 def test_score_prints_table_and_writes_files(pool_and_model, tmp_path):
     pool, model = pool_and_model
     labelled = tmp_path / "labelled.txt"

@@ -160,6 +160,13 @@ def test_roi_count_comes_from_the_manifest_and_falls_back_to_the_masks(tmp_path)
     manifest.write_text(json.dumps(m))
     old = Pool(tmp_path / "old")
     assert old.shards[0].with_roi is None and old.roi_count() == 20
+    # A manifest with some counts (a writer resumed from before them): only the shards without
+    # one are counted from their masks.
+    m["shards"][0]["with_roi"], m["shards"][2]["with_roi"] = 8, 4
+    manifest.write_text(json.dumps(m))
+    for shard in ("shard-00000", "shard-00002"):
+        (tmp_path / "old" / shard / "rois.npy").unlink()
+    assert Pool(tmp_path / "old").roi_count() == 20
 
 
 def _write_these(path, images, rois):

@@ -52,10 +52,15 @@ def _manifest(pool, edit):
 
 
 def _resign(pool, shard, key):
-    """What a careful vandal does: make the manifest's checksum match the edited file."""
+    """What a careful vandal does: make the manifest's checksum (and ROI count) match the edited
+    file."""
 
     def edit(m):
-        m["shards"][shard]["sha256"][key] = sha256_file(pool / f"shard-{shard:05d}" / f"{key}.npy")
+        f = pool / f"shard-{shard:05d}" / f"{key}.npy"
+        m["shards"][shard]["sha256"][key] = sha256_file(f)
+        if key == "rois":
+            rois = np.load(f)
+            m["shards"][shard]["with_roi"] = int((rois.reshape(len(rois), -1).max(1, initial=0) > 0).sum())
         return m
 
     _manifest(pool, edit)
@@ -86,6 +91,11 @@ def _nan_pixels(a):
 def _one_roi(a):
     a[7, 0, 0] = 2
     return a
+
+
+def _with_roi(m, shard, count):
+    m["shards"][shard]["with_roi"] = count
+    return m
 
 
 def _emptied(p):
@@ -170,6 +180,14 @@ CORRUPTIONS = {
     "manifest without count": (
         lambda p: _manifest(p, lambda m: {k: v for k, v in m.items() if k != "count"}),
         "malformed",
+    ),
+    "manifest's ROI count edited": (
+        lambda p: _manifest(p, lambda m: _with_roi(m, 1, 19)),
+        "shard-00001: the manifest counts 19 samples with an ROI, its rois.npy 20",
+    ),
+    "manifest's ROI count not a count": (
+        lambda p: _manifest(p, lambda m: _with_roi(m, 0, 2.5)),
+        "shard 0 counts 2.5 samples with an ROI, not a number from 0 to its 20",
     ),
     "manifest is a list": (lambda p: _manifest(p, lambda m: [m]), "not a manifest"),
     "manifest not JSON": (lambda p: (p / "manifest.json").write_bytes(b"\xff\xfe{"), "not valid JSON"),

@@ -123,7 +123,7 @@ class Pool:
                     int(s["stop"]),
                     self._shard_folder(str(s["path"])),
                     dict(s["sha256"]),
-                    None if s.get("with_roi") is None else int(s["with_roi"]),
+                    s.get("with_roi"),
                 )
                 for s in m["shards"]
             ]
@@ -142,6 +142,11 @@ class Pool:
                     f"expected it to start at {expected}"
                 )
             expected = s.stop
+            if s.with_roi is not None and (type(s.with_roi) is not int or not 0 <= s.with_roi <= s.count):
+                raise PoolFormatError(
+                    f"{manifest_path}: shard {s.index} counts {s.with_roi!r} samples with an ROI, "
+                    f"not a number from 0 to its {s.count}"
+                )
         if expected != self.count:
             raise PoolFormatError(
                 f"{manifest_path}: shards hold {expected} samples, manifest says {self.count}"
@@ -265,6 +270,10 @@ class Pool:
                 raise PoolFormatError(f"{where}: the manifest has no checksum for {key}.npy")
             if sha256_file(shard.path / f"{key}.npy") != digest:
                 raise PoolFormatError(f"{where}/{key}.npy: checksum mismatch (file changed or corrupt)")
+        if shard.with_roi is not None and (have := self._rois_in(shard)) != shard.with_roi:
+            raise PoolFormatError(
+                f"{where}: the manifest counts {shard.with_roi} samples with an ROI, its rois.npy {have}"
+            )
         if self.has_labels and self.class_names:
             labels = np.asarray(self._array(shard, "labels"))
             bad = np.flatnonzero((labels < 0) | (labels >= len(self.class_names)))
@@ -362,12 +371,18 @@ class Pool:
         return out
 
     def roi_count(self) -> int:
-        """How many samples have an ROI: the writer's per-shard counts where the manifest has
-        them, else counted from the masks (`has_roi`)."""
-        counts = [s.with_roi for s in self.shards]
-        if all(c is not None for c in counts):
-            return sum(counts)  # type: ignore[arg-type]
-        return int(self.has_roi().sum())
+        """How many samples have an ROI: the writer's count for each shard where the manifest
+        has one (`verify` checks them against the masks), else counted from its masks."""
+        return sum(s.with_roi if s.with_roi is not None else self._rois_in(s) for s in self.shards)
+
+    def _rois_in(self, shard: Shard, chunk: int = 4096) -> int:
+        """Samples of `shard` with an ROI (any pixel set), counted from its masks."""
+        rois, n = self._array(shard, "rois"), 0
+        for lo in range(0, shard.count, chunk):
+            hi = min(lo + chunk, shard.count)
+            n += int((np.asarray(rois[lo:hi]).reshape(hi - lo, -1).max(1, initial=0) > 0).sum())
+            _release(rois, lo, hi)
+        return n
 
     def groups(self) -> np.ndarray:
         """Each sample's group (its patient): what a split must not cut through."""
