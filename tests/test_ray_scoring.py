@@ -49,11 +49,14 @@ def world(tmp_path_factory):
     ray.init(num_cpus=2, runtime_env=runtime_env, **quiet)
     yield root, pool, graph
     ray.shutdown()
+    ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
 
 
 def _die_once_when_armed() -> None:
-    """In a Ray worker: the first block scored after the test creates FAULTS/armed kills its
-    actor's process at once (the file is renamed to FAULTS/fired, atomically: once only)."""
+    """In a Ray worker: the first block started after the test creates FAULTS/armed takes it
+    (renamed to FAULTS/fired, atomically: once only), writes its process and rows there, and
+    kills its actor's process at its second engine batch, inside the block. Every block that
+    finishes appends its process and rows to FAULTS/done."""
     import os
 
     from xgal.scorer import ray_pool
@@ -61,12 +64,28 @@ def _die_once_when_armed() -> None:
     folder = os.environ["XGAL_TEST_RAY_FAULTS"]
     score = ray_pool.BlockScorer.score
 
-    def score_or_die(self, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
+    def score_or_die(self, pool, start, stop, *args, **kwargs):
+        mine = f"{os.getpid()} {start} {stop}\n"
         try:
             os.rename(os.path.join(folder, "armed"), os.path.join(folder, "fired"))
         except FileNotFoundError:
-            return score(self, *args, **kwargs)
-        os._exit(1)
+            pass
+        else:
+            with open(os.path.join(folder, "fired"), "w") as f:
+                f.write(mine)
+            run, batches = self.engine.run, []
+
+            def run_then_die(*a, **k):
+                if batches:
+                    os._exit(1)
+                batches.append(1)
+                return run(*a, **k)
+
+            self.engine.run = run_then_die
+        result = score(self, pool, start, stop, *args, **kwargs)
+        with open(os.path.join(folder, "done"), "a") as f:
+            f.write(mine)
+        return result
 
     ray_pool.BlockScorer.score = score_or_die
 
@@ -125,10 +144,21 @@ def test_bad_samples_fail_the_run_by_the_first_or_are_skipped_in_pool_order(worl
 
 def test_an_actor_killed_inside_a_block_is_restarted_and_the_block_tried_again(world):
     root, pool, graph = world
+    faults = root / "faults"
     here = score_pool(OnnxRuntimeEngine(graph), pool, AcquisitionConfig(), 20)
-    (root / "faults" / "armed").touch()
-    there = score_pool_ray(graph, pool.path, AcquisitionConfig(), 20, options=OPTIONS)
-    assert (root / "faults" / "fired").is_file()  # an actor's process did die inside a block
+    (faults / "done").unlink(missing_ok=True)
+    (faults / "armed").touch()
+    try:  # blocks of 50 in batches of 16: the kill lands after one batch of a block
+        options = RayOptions(actors=2, block_size=50, batch_size=16)
+        there = score_pool_ray(graph, pool.path, AcquisitionConfig(), 20, options=options)
+    finally:
+        (faults / "armed").unlink(missing_ok=True)  # not left for the next test
+    pid, *rows = (faults / "fired").read_text().split()
+    done = [line.split() for line in (faults / "done").read_text().splitlines()]
+    # Every block finished once, the killed one included, and none by the killed process: its
+    # block was scored again by another (the restarted actor).
+    assert sorted((int(a), int(b)) for _, a, b in done) == blocks(300, 50), done
+    assert pid not in {p for p, *_ in done} and [int(r) for r in rows] in [[0, 50], [50, 100]]
     assert there.top.ids.tolist() == here.top.ids.tolist() and there.scored == here.scored == 300
 
 
