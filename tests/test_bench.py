@@ -12,10 +12,10 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from helpers import run_xgal
 from onnx import TensorProto, helper, numpy_helper
 
 from xgal.bench.flops import count_flops
-from xgal.bench.pool_rows import XGAL_CLI
 from xgal.bench.pools import random_pool
 from xgal.core.acquisition import AcquisitionConfig
 from xgal.core.contract import graph_sha256, read_metadata
@@ -184,47 +184,13 @@ def test_xgal_bench_tiny(tmp_path, small_graph):
     # INT8 measured on a scoring graph and pool of the user's (--int8-model, --int8-pool).
     pool = random_pool(tmp_path / "own-pool", 64, (1, 32, 32))
     own = small_graph
-    cmd = [
-        *XGAL_CLI,
-        "bench",
-        "--arch",
-        "small_cnn",
-        "--image-size",
-        "32",
-        "--channels",
-        "1",
-        "--batch",
-        "16",
-        "--threads",
-        "2",
-        "--pool-size",
-        "48",
-        "--repeats",
-        "1",
-        "--replicas",
-        "1",
-        "--ray-actors",
-        "1",
-        "--sweep-batch",
-        "8,16",
-        "--sweep-threads",
-        "1,2",
-        "--pool-sweep",
-        "300,600",
-        "--pool-sweep-image-size",
-        "32",
-        "--peak-gflops",
-        "500",
-        "--int8-model",
-        str(own),
-        "--int8-pool",
-        str(pool.path),
-        "--workdir",
-        str(work),
-        "--json",
-        str(out),
-    ]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    res = run_xgal(
+        "bench", "--arch", "small_cnn", "--image-size", 32, "--channels", 1, "--batch", 16, "--threads", 2,
+        "--pool-size", 48, "--repeats", 1, "--replicas", 1, "--ray-actors", 1,
+        "--sweep-batch", "8,16", "--sweep-threads", "1,2", "--pool-sweep", "300,600",
+        "--pool-sweep-image-size", 32, "--peak-gflops", 500, "--int8-model", own, "--int8-pool", pool.path,
+        "--workdir", work, "--json", out, timeout=300,
+    )  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
     doc = json.loads(out.read_text())
     grad_cam = _pytorch_grad_cam_usable()

@@ -342,16 +342,16 @@ def test_the_import_command_fails_when_it_skips_or_writes_nothing(png_folder, tm
     (png_folder / "img2.png").write_bytes(b"broken")
 
     def run(out, *extra):
-        labels = ("--labels", png_folder / "labels.csv", "--size", 32)
-        return run_xgal("pool", "import", "images", png_folder, out, *labels, *extra, timeout=120)
+        options = ("--labels", png_folder / "labels.csv", "--size", 32)
+        return run_xgal("pool", "import", "images", png_folder, out, *options, *extra, timeout=120)
 
     res = run(tmp_path / "p1")
     assert res.returncode == 2 and "1 sources were skipped" in res.stderr and "--allow-skips" in res.stderr
     assert "img2.png: not a readable image" in res.stdout + res.stderr  # each skip is listed
     assert run(tmp_path / "p2", "--allow-skips").returncode == 0
     _csv(png_folder / "none.csv", ["image", "label"], [["img2.png", "benign"]])
-    labels = ("--labels", png_folder / "none.csv", "--allow-skips")
-    res = run_xgal("pool", "import", "images", png_folder, tmp_path / "p3", *labels, timeout=120)
+    options = ("--labels", png_folder / "none.csv", "--allow-skips")
+    res = run_xgal("pool", "import", "images", png_folder, tmp_path / "p3", *options, timeout=120)
     assert res.returncode == 2 and "wrote no samples" in res.stderr
 
 

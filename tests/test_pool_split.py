@@ -91,7 +91,9 @@ def _plain(path):
 
 def test_the_cli_splits_and_train_refuses_shared_patients(tmp_path):
     pool = _patients_pool(tmp_path / "p")
-    xgal = run_xgal
+
+    def xgal(*args):
+        return run_xgal(*args, timeout=300)
 
     res = xgal("pool", "split", pool.path, "--by", "patient", "--test-fraction", 0.3, "--seed", 1,
                "--out-train", tmp_path / "train", "--out-test", tmp_path / "test")  # fmt: skip

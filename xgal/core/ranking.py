@@ -4,8 +4,9 @@ balancing, exact merging and the one pool-level rescoring.
 Order everywhere: higher score first, ties broken by ID (ascending), so results are exactly
 reproducible and the top-k of a pool equals the top-k of its shards' top-k lists.
 
-The scorer's pipeline, its ScoreStream and the client all rank through `scored_batch`,
-`TopK`/`merge` and `rescore`, so every path applies the same exclusions and the same formula.
+The scorer's pipeline and its ScoreStream build their rows with `scored_batch`, and every path
+(those, the client's and Ray's merges) ranks through `TopK`/`merge`, `from_shards` and
+`rescore`, so every path applies the same exclusions and the same formula.
 """
 
 from __future__ import annotations
