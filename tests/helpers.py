@@ -47,6 +47,7 @@ def spoil_rois(path: Path, bad: dict[int, int]) -> None:
     import json
 
     from xgal.core.checksum import sha256_file
+    from xgal.pool.layout import roi_present
 
     manifest = json.loads((path / "manifest.json").read_text())
     for shard in manifest["shards"]:
@@ -57,7 +58,7 @@ def spoil_rois(path: Path, bad: dict[int, int]) -> None:
                 rois[i - shard["start"], 1, 1] = value
         np.save(f, rois)
         shard["sha256"]["rois"] = sha256_file(f)
-        shard["with_roi"] = int((rois.reshape(len(rois), -1).max(1, initial=0) > 0).sum())
+        shard["with_roi"] = int(roi_present(rois).sum())
     (path / "manifest.json").write_text(json.dumps(manifest))
 
 

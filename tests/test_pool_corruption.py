@@ -19,6 +19,7 @@ from xgal.client import ScorerClient, ScorerError
 from xgal.core.acquisition import AcquisitionConfig
 from xgal.core.checksum import sha256_file
 from xgal.pool.format import Pool, PoolFormatError, PoolWriter
+from xgal.pool.layout import roi_present
 from xgal.scorer.engines import OnnxRuntimeEngine
 from xgal.scorer.pipeline import score_pool
 from xgal.scorer.server import RunningServer, ServerConfig
@@ -60,7 +61,7 @@ def _resign(pool, shard, key):
         m["shards"][shard]["sha256"][key] = sha256_file(f)
         if key == "rois":
             rois = np.load(f)
-            m["shards"][shard]["with_roi"] = int((rois.reshape(len(rois), -1).max(1, initial=0) > 0).sum())
+            m["shards"][shard]["with_roi"] = int(roi_present(rois).sum())
         return m
 
     _manifest(pool, edit)

@@ -27,6 +27,7 @@ from xgal.pool.layout import (
     PoolFormatError,
     Shard,
     inside,
+    roi_present,
 )
 from xgal.pool.writer import PoolWriter
 
@@ -367,7 +368,7 @@ class Pool:
         out = np.zeros(self.count, dtype=bool)
         for lo in range(0, self.count, chunk):
             rois = self.read(lo, min(lo + chunk, self.count), ("rois",))["rois"]
-            out[lo : lo + len(rois)] = rois.reshape(len(rois), -1).max(1, initial=0) > 0
+            out[lo : lo + len(rois)] = roi_present(rois)
         return out
 
     def roi_count(self) -> int:
@@ -380,7 +381,7 @@ class Pool:
         rois, n = self._array(shard, "rois"), 0
         for lo in range(0, shard.count, chunk):
             hi = min(lo + chunk, shard.count)
-            n += int((np.asarray(rois[lo:hi]).reshape(hi - lo, -1).max(1, initial=0) > 0).sum())
+            n += int(roi_present(np.asarray(rois[lo:hi])).sum())
             _release(rois, lo, hi)
         return n
 

@@ -12,7 +12,7 @@ import numpy as np
 
 from xgal.core.checksum import sha256_file
 from xgal.core.errors import InvalidArgument
-from xgal.pool.layout import ARRAYS, FORMAT, MANIFEST, PARTIAL, PIXEL_DTYPES, PoolFormatError
+from xgal.pool.layout import ARRAYS, FORMAT, MANIFEST, PARTIAL, PIXEL_DTYPES, PoolFormatError, roi_present
 
 
 class PoolWriter:
@@ -175,7 +175,7 @@ class PoolWriter:
             self._pending[key] = [joined[n:]] if len(joined) > n else []
             part = joined[:n]
             if key == "rois":
-                with_roi = int((part.reshape(n, -1).max(1, initial=0) > 0).sum())
+                with_roi = int(roi_present(part).sum())
             file = shard_dir / f"{key}.npy"
             np.save(file, np.ascontiguousarray(part), allow_pickle=False)
             checksums[key] = sha256_file(file)
