@@ -16,12 +16,12 @@ import torch
 
 from xgal.client import ScorerClient
 from xgal.core.acquisition import AcquisitionConfig
+from xgal.export import export_scoring_graph
 from xgal.pool.format import PoolWriter
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
 from xgal.scorer.pipeline import score_pool
 from xgal.scorer.server import RunningServer, ServerConfig
-from xgal.trainer.export import export_scoring_graph
-from xgal.trainer.nets import build_model, default_target_layer
+from xgal.train.nets import build_model, default_target_layer
 
 ARCH = os.environ.get("XGAL_BENCH_ARCH", "resnet18")
 SIZE = int(os.environ.get("XGAL_BENCH_SIZE", "224"))

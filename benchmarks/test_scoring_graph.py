@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 import torch
 
+from xgal.export import export_forward_graph, export_scoring_graph
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
 from xgal.scorer.engines.torch_ref import TorchReferenceEngine
-from xgal.trainer.export import export_forward_graph, export_scoring_graph
-from xgal.trainer.nets import build_model
+from xgal.train.nets import build_model
 
 ARCH = os.environ.get("XGAL_BENCH_ARCH", "resnet18")
 SIZE = int(os.environ.get("XGAL_BENCH_SIZE", "224"))

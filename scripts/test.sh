@@ -6,6 +6,8 @@ cd "$(dirname "$0")/.."
 # the setup's own pip and then lint and the other tests; the test waits for it (the script holds
 # a lock while it builds).
 bash scripts/label-studio-env.sh >.label-studio-env.log 2>&1 &
+# Debian's Chromium for the browser tests, in the background too (the tests wait for its lock).
+bash scripts/browser-env.sh >.browser-env.log 2>&1 &
 bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .

@@ -288,8 +288,8 @@ def small_scoring_graphs(folder: Path) -> tuple[Path, Path]:
     first, second = folder / "round0.onnx", folder / "round1.onnx"
     with FileLock(folder / ".lock"):  # pytest-xdist workers may ask at once
         if not second.is_file():
-            from xgal.trainer.export import export_scoring_graph
-            from xgal.trainer.nets import build_model
+            from xgal.export import export_scoring_graph
+            from xgal.train.nets import build_model
 
             torch.manual_seed(0)
             model = build_model("small_cnn", "linear", 3, in_channels=1)
@@ -312,8 +312,8 @@ def service_graphs(folder: Path) -> tuple[Path, Path]:
     first, second = folder / "m1.onnx", folder / "m2.onnx"
     with FileLock(folder / ".lock"):  # pytest-xdist workers may ask at once
         if not second.is_file():
-            from xgal.trainer.export import export_scoring_graph
-            from xgal.trainer.nets import build_model
+            from xgal.export import export_scoring_graph
+            from xgal.train.nets import build_model
 
             for seed, path in enumerate((first, second)):
                 torch.manual_seed(seed)

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from xgal.core.errors import InvalidArgument
+from xgal.export import export_scoring_graph
 from xgal.pool.synth import synth_pool
 from xgal.scorer.server import RunningServer, ServerConfig
-from xgal.trainer.export import export_scoring_graph
-from xgal.trainer.nets import build_model
+from xgal.train.nets import build_model
 from xgal.v1 import scorer_pb2 as pb
 from xgal.v1 import scorer_pb2_grpc
 

@@ -17,12 +17,12 @@ from xgal.cli import app
 from xgal.client import ScorerClient
 from xgal.client.transport import ScorerError
 from xgal.core.acquisition import AcquisitionConfig
+from xgal.export import export_scoring_graph
 from xgal.pool.format import Pool, PoolFormatError, PoolWriter
 from xgal.scorer.engines import OnnxRuntimeEngine
 from xgal.scorer.pipeline import score_pool
 from xgal.scorer.server import RunningServer, ServerConfig
-from xgal.trainer.export import export_scoring_graph
-from xgal.trainer.nets import build_model
+from xgal.train.nets import build_model
 from xgal.v1 import scorer_pb2 as pb
 from xgal.v1 import scorer_pb2_grpc
 

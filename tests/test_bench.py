@@ -21,11 +21,11 @@ from xgal.core.acquisition import AcquisitionConfig
 from xgal.core.contract import graph_sha256, read_metadata
 from xgal.core.errors import InvalidArgument
 from xgal.core.ranking import ranking_agreement
+from xgal.export import export_scoring_graph
 from xgal.pool.format import Pool
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
 from xgal.scorer.pipeline import score_pool
-from xgal.trainer.export import export_scoring_graph
-from xgal.trainer.nets import build_model
+from xgal.train.nets import build_model
 
 
 def test_count_flops_conv_and_gemm():

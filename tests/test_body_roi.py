@@ -4,7 +4,7 @@ policies that choose it, and the misalignment measured against it on every scori
 import numpy as np
 import pytest
 
-from xgal.core.body import body_mask, otsu_threshold, rois_for
+from xgal.pool.body import body_mask, otsu_threshold, rois_for
 from xgal.pool.synth import synth_scan
 
 

@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from xgal.core.contract import CAM_METHODS
+from xgal.export import ScoringGraphExporter
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
 from xgal.scorer.engines.torch_ref import TorchReferenceEngine
-from xgal.trainer.export import ScoringGraphExporter
-from xgal.trainer.nets import build_model
+from xgal.train.nets import build_model
 
 LAYER = "features.stage4.0"
 

@@ -17,10 +17,10 @@ from typer.testing import CliRunner
 from xgal.cli import app
 from xgal.cli.common import ACQUISITION_FIELDS, App, acquisition_options
 from xgal.core.acquisition import AcquisitionConfig, Balance, MissingRoi, Normalise, Strategy, Uncertainty
+from xgal.export import export_scoring_graph
 from xgal.pool.format import Pool
 from xgal.scorer.server import RunningServer, ServerConfig
-from xgal.trainer.export import export_scoring_graph
-from xgal.trainer.nets import build_model
+from xgal.train.nets import build_model
 
 
 def run(*args, check=True):
@@ -213,8 +213,8 @@ def test_client_score_writes_like_score_and_never_imports_the_scorer(pool_and_mo
             f"{server.address!r}, '-k', '6', '--strategy', 'random', '--seed', '3', '--all', "
             f"'--out', {str(tmp_path / 'c.csv')!r}]\n"
             "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
-            "bad = sorted(m for m in sys.modules if m.startswith(('xgal.scorer', 'xgal.trainer', "
-            "'torch', 'onnxruntime')))\n"
+            "bad = sorted(m for m in sys.modules if m.startswith(('xgal.scorer', 'xgal.train', "
+            "'xgal.export', 'xgal.loop', 'torch', 'onnxruntime')))\n"
             f"open({str(probe)!r}, 'w').write(json.dumps([code, bad]))\n"
         )
         subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
@@ -319,7 +319,8 @@ def test_score_never_imports_torch(pool_and_model, tmp_path):
         f"sys.argv = ['xgal', 'score', '--model', {str(model)!r}, '--pool', {str(pool)!r}, '-k', '3', "
         f"'-o', {str(tmp_path / 'r.csv')!r}]\n"
         "try:\n    main()\nexcept SystemExit as e:\n    code = e.code\n"
-        "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'xgal.trainer')))\n"
+        "bad = sorted(m for m in sys.modules if m == 'torch' or m.startswith(('torch.', 'xgal.train', "
+        "'xgal.export', 'xgal.loop')))\n"
         f"open({str(probe)!r}, 'w').write(json.dumps([code, bad]))\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)

@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from xgal.client import RetryPolicy, ScorerClient, ScorerError
+from xgal.export import export_scoring_graph
 from xgal.pool.synth import synth_pool
 from xgal.scorer.server import RunningServer, ServerConfig
-from xgal.trainer.export import export_scoring_graph
-from xgal.trainer.nets import build_model
+from xgal.train.nets import build_model
 
 FAST = RetryPolicy(attempts=4, backoff_s=0.05, max_backoff_s=0.5)
 

@@ -6,7 +6,7 @@ import math
 import pytest
 
 from xgal.demo.report import Stat, curve_auc, stat, summarise
-from xgal.trainer.loop import RoundRecord
+from xgal.loop import RoundRecord
 
 
 def _curve(accs, dices, start=60, step=60):

@@ -16,12 +16,12 @@ from xgal.core.acquisition import AcquisitionConfig
 from xgal.core.errors import InvalidArgument
 from xgal.core.ranking import Ranked, choose
 from xgal.core.wire import acquisition_from_proto, acquisition_to_proto, ranked_from_proto, ranked_to_proto
+from xgal.export import export_scoring_graph
+from xgal.loop import LoopConfig
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
 from xgal.scorer.engines.torch_ref import TorchReferenceEngine
 from xgal.scorer.pipeline import score_pool
-from xgal.trainer.export import export_scoring_graph
-from xgal.trainer.loop import LoopConfig
-from xgal.trainer.nets import build_model
+from xgal.train.nets import build_model
 
 
 def _candidates(embedding: np.ndarray) -> Ranked:

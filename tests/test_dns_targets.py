@@ -14,12 +14,12 @@ import torch
 from xgal.client import RetryPolicy, ScorerClient, ScorerError
 from xgal.client.resolve import resolve, split
 from xgal.core.acquisition import AcquisitionConfig
+from xgal.export import export_scoring_graph
 from xgal.pool.synth import synth_pool
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
 from xgal.scorer.pipeline import score_pool
 from xgal.scorer.server import RunningServer, ServerConfig
-from xgal.trainer.export import export_scoring_graph
-from xgal.trainer.nets import build_model
+from xgal.train.nets import build_model
 
 NAME = "scorers.xgal.test"
 

@@ -9,9 +9,9 @@ from onnx import TensorProto, helper
 from torch import nn
 
 from xgal.core.contract import NotAScoringGraphError
+from xgal.export import export_scoring_graph
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
-from xgal.trainer.export import export_scoring_graph
-from xgal.trainer.nets import build_model
+from xgal.train.nets import build_model
 
 SHAPE = (1, 32, 32)
 

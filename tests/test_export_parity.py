@@ -11,10 +11,10 @@ import pytest
 import torch
 from helpers import IMAGENET_MEAN, IMAGENET_STD, blob_images, box_rois, mix_predictions, normalised_upsampled
 
+from xgal.export import export_scoring_graph
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
 from xgal.scorer.engines.torch_ref import TorchReferenceEngine
-from xgal.trainer.export import export_scoring_graph
-from xgal.trainer.nets import build_model
+from xgal.train.nets import build_model
 
 CASES = [
     # arch, head, target layer, channels, size, pixel dtype

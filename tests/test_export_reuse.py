@@ -7,9 +7,9 @@ import pytest
 import torch
 from helpers import blob_images, box_rois
 
+from xgal.export import ScoringGraphExporter, export_scoring_graph
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
-from xgal.trainer.export import ScoringGraphExporter, export_scoring_graph
-from xgal.trainer.nets import build_model
+from xgal.train.nets import build_model
 
 CASES = [
     ("small_cnn", "linear", "features.stage4.0"),

@@ -22,10 +22,10 @@ from helpers import blob_images, box_rois, normalised_upsampled
 from torch import nn
 
 from xgal.core.errors import InvalidArgument
+from xgal.export import ScoringGraphExporter
+from xgal.export.decompositions import tracing_decompositions
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
 from xgal.scorer.engines.torch_ref import TorchReferenceEngine
-from xgal.trainer.decompositions import tracing_decompositions
-from xgal.trainer.export import ScoringGraphExporter
 
 N, SIZE, K = 8, 32, 3
 SHAPE = (1, SIZE, SIZE)

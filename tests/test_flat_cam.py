@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from xgal.core.acquisition import AcquisitionConfig, criteria
+from xgal.export import export_scoring_graph
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
 from xgal.scorer.engines.torch_ref import TorchReferenceEngine
-from xgal.trainer.export import export_scoring_graph
-from xgal.trainer.nets import build_model
+from xgal.train.nets import build_model
 
 P = np.array([[0.6, 0.3, 0.1], [0.4, 0.3, 0.3], [0.9, 0.05, 0.05]])
 ENT = -(P * np.log(P)).sum(1)

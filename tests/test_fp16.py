@@ -11,12 +11,12 @@ from onnx import TensorProto
 
 from xgal.core.acquisition import AcquisitionConfig
 from xgal.core.ranking import ranking_agreement
+from xgal.export import export_scoring_graph
 from xgal.pool.synth import synth_pool
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
 from xgal.scorer.pipeline import score_pool
 from xgal.scorer.precision.fp16 import half_scoring_graph
-from xgal.trainer.export import export_scoring_graph
-from xgal.trainer.nets import build_model, default_target_layer
+from xgal.train.nets import build_model, default_target_layer
 
 
 @pytest.fixture(scope="module")

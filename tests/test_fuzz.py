@@ -62,10 +62,10 @@ from hypothesis import strategies as st
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from xgal.client import ScorerClient
+from xgal.export import export_scoring_graph
 from xgal.pool.synth import synth_pool
 from xgal.scorer.server import RunningServer, ServerConfig
-from xgal.trainer.export import export_scoring_graph
-from xgal.trainer.nets import build_model
+from xgal.train.nets import build_model
 from xgal.v1 import scorer_pb2 as pb
 
 # Derandomized: CI tries the same examples on every run, so a red build is reproducible (run it

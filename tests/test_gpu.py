@@ -11,13 +11,13 @@ import torch
 
 from xgal.core.acquisition import AcquisitionConfig
 from xgal.core.ranking import ranking_agreement
+from xgal.export import export_scoring_graph
 from xgal.pool.synth import synth_pool
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
 from xgal.scorer.engines.providers import ProviderSettings
 from xgal.scorer.pipeline import score_pool
 from xgal.scorer.precision.fp16 import half_scoring_graph
-from xgal.trainer.export import export_scoring_graph
-from xgal.trainer.nets import build_model
+from xgal.train.nets import build_model
 
 CUDA = "CUDAExecutionProvider"
 
@@ -78,8 +78,8 @@ def test_trainer_on_cuda_with_guidance_exports_a_graph_equal_to_eager(tmp_path):
     """Training with the Grad-CAM guidance loss runs on CUDA, and the graph exported from the
     CUDA model scores as eager Grad-CAM on the same GPU does."""
     from xgal.scorer.engines.torch_ref import TorchReferenceEngine
-    from xgal.trainer.nets import default_target_layer
-    from xgal.trainer.train import TrainConfig, to_input, train_classifier
+    from xgal.train.fit import TrainConfig, to_input, train_classifier
+    from xgal.train.nets import default_target_layer
 
     pool = synth_pool(tmp_path / "train", 96, image_size=64, split="train")
     data = pool.read(0, 96, ("images", "rois", "labels"))

@@ -150,7 +150,8 @@ def test_two_rounds_through_the_folder_hand_off(archive, tmp_path):
 
 
 def test_file_names_of_ids_never_collide_and_16_bit_hints_are_visible():
-    from xgal.trainer.handoff import file_name, hint_image
+    from xgal.annotate.hints import hint_image
+    from xgal.annotate.layout import file_name
 
     assert file_name("scan-0001") == "scan-0001"  # a safe ID is its own name
     names = {file_name(i) for i in ("a/b", "a_b", "a:b", ".hidden", "a b")}

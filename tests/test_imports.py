@@ -1,9 +1,10 @@
-"""Which way imports go (docs/design.md): the core and the client never import the scorer, the
-trainer or torch; the scorer never imports torch or the trainer at module level.
+"""Which way imports go (docs/design.md): the core, the client and annotation never import the
+scorer, the torch parts (train, export, loop) or torch; the scorer never imports torch or the
+torch parts at module level.
 
-Two checks: every `import` statement in the core's and the client's files (module level or
-inside a function), read from the source; and what importing every scorer module really loads,
-in a fresh interpreter."""
+Two checks: every `import` statement in the core's, the client's and annotation's files (module
+level or inside a function), read from the source; and what importing every scorer, annotation
+and CLI module really loads, in a fresh interpreter."""
 
 import ast
 import json
@@ -17,7 +18,9 @@ import pytest
 import xgal
 
 ROOT = Path(xgal.__file__).parent
-TORCH_FREE_FORBIDDEN = ("torch", "torchvision", "xgal.scorer", "xgal.trainer", "xgal.bench", "xgal.demo")
+TORCH_PARTS = ("torch", "torchvision", "xgal.train", "xgal.export", "xgal.loop")
+TORCH_FREE_FORBIDDEN = (*TORCH_PARTS, "xgal.scorer", "xgal.bench", "xgal.demo")
+ANNOTATE_FORBIDDEN = (*TORCH_FREE_FORBIDDEN, "xgal.client", "onnxruntime", "onnx", "grpc")
 CORE_FORBIDDEN = (
     *TORCH_FREE_FORBIDDEN,
     "xgal.client",
@@ -49,9 +52,10 @@ def violations(package: str, forbidden: tuple[str, ...], root: Path = ROOT) -> l
 
 
 @pytest.mark.parametrize(
-    ("package", "forbidden"), [("core", CORE_FORBIDDEN), ("client", TORCH_FREE_FORBIDDEN)]
+    ("package", "forbidden"),
+    [("core", CORE_FORBIDDEN), ("client", TORCH_FREE_FORBIDDEN), ("annotate", ANNOTATE_FORBIDDEN)],
 )
-def test_core_and_client_import_only_what_they_may(package, forbidden):
+def test_core_client_and_annotate_import_only_what_they_may(package, forbidden):
     assert violations(package, forbidden) == []
 
 
@@ -68,16 +72,18 @@ def _modules(package: str) -> list[str]:
     return [package_name for _, package_name, _ in pkgutil.walk_packages(pkg.__path__, f"xgal.{package}.")]
 
 
-def test_scorer_loads_no_torch_at_module_level():
+def test_scorer_annotate_and_cli_load_no_torch_at_module_level():
     # The eager reference engine imports torch on purpose (tests and checks only).
     modules = [m for m in _modules("scorer") if m != "xgal.scorer.engines.torch_ref"]
-    modules += _modules("core") + _modules("client") + ["xgal.scorer", "xgal.core", "xgal.client"]
+    modules += _modules("core") + _modules("client") + _modules("annotate")
+    modules += [m for m in _modules("cli") if m != "xgal.cli.__main__"]
+    modules += ["xgal.scorer", "xgal.core", "xgal.client", "xgal.annotate", "xgal.pool"]
     code = (
         "import importlib, json, sys\n"
         f"for m in {modules!r}:\n"
         "    importlib.import_module(m)\n"
         "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'"
-        " or m.startswith(('xgal.trainer', 'xgal.bench')))))\n"
+        " or m.startswith(('xgal.train', 'xgal.export', 'xgal.loop', 'xgal.bench')))))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True

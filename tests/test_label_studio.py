@@ -84,9 +84,9 @@ def test_two_rounds_through_label_studio(server, archive, tmp_path, monkeypatch)
     import label_studio_server
     from label_studio_sdk.converter.brush import decode_rle
 
+    from xgal.annotate import label_studio
+    from xgal.annotate.label_studio import pull, push
     from xgal.core.errors import InvalidArgument
-    from xgal.trainer import label_studio
-    from xgal.trainer.label_studio import pull, push
 
     monkeypatch.setattr(label_studio, "PAGE", 5)  # the in-process calls list tasks over pages
 
@@ -196,8 +196,8 @@ def test_two_rounds_through_label_studio(server, archive, tmp_path, monkeypatch)
 
 
 def test_a_bad_or_missing_token_is_refused_by_name(server, tmp_path):
+    from xgal.annotate.label_studio import pull
     from xgal.core.errors import InvalidArgument
-    from xgal.trainer.label_studio import pull
 
     run = tmp_path / "run"
     (run / "round-0").mkdir(parents=True)
@@ -216,7 +216,7 @@ def test_a_bad_or_missing_token_is_refused_by_name(server, tmp_path):
 
 
 def _round_tasks(ls, project, n):
-    from xgal.trainer.label_studio import project_tasks
+    from xgal.annotate.label_studio import project_tasks
 
     tasks = [t for t in project_tasks(ls, project) if t["data"]["round"] == n]
     return sorted(tasks, key=lambda t: t["data"]["rank"])

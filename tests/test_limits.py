@@ -18,11 +18,11 @@ import torch
 
 from xgal.client import ScorerClient, ScorerError
 from xgal.core.acquisition import AcquisitionConfig
+from xgal.export import export_scoring_graph
 from xgal.pool.synth import synth_pool
 from xgal.scorer.server import RunningServer, ServerConfig
 from xgal.scorer.stream import MAX_STREAM_BATCH, score_message
-from xgal.trainer.export import export_scoring_graph
-from xgal.trainer.nets import build_model
+from xgal.train.nets import build_model
 from xgal.v1 import scorer_pb2 as pb
 from xgal.v1 import scorer_pb2_grpc
 

@@ -9,18 +9,19 @@ import pytest
 import torch
 from helpers import run_xgal
 
+from xgal.annotate.oracle import OracleAnnotator
 from xgal.client import ScorerClient
 from xgal.core.acquisition import AcquisitionConfig, Balance, random_scores
 from xgal.core.contract import read_metadata
 from xgal.core.errors import InvalidArgument
+from xgal.loop import ActiveLearningLoop, LoopConfig
+from xgal.loop.labelled import initial_selection
 from xgal.pool.format import Pool
 from xgal.pool.synth import synth_pool
 from xgal.pool.writer import PoolWriter
 from xgal.scorer.server import RunningServer, ServerConfig
-from xgal.trainer.annotator import OracleAnnotator
-from xgal.trainer.loop import ActiveLearningLoop, LoopConfig, initial_selection
-from xgal.trainer.nets import build_model
-from xgal.trainer.train import TrainConfig, evaluate, to_input, train_classifier
+from xgal.train.fit import TrainConfig, evaluate, to_input, train_classifier
+from xgal.train.nets import build_model
 
 LAYER = "features.stage4.0"
 
@@ -101,11 +102,11 @@ def test_resume_continues_from_the_last_finished_round(world, tmp_path):
     class Flaky(OracleAnnotator):
         calls = 0
 
-        def annotate(self, ids):
+        def annotate(self, request):
             Flaky.calls += 1
             if Flaky.calls == 3:  # initial set, round 0's picks, then the annotator goes away
                 raise ConnectionError("annotation service down")
-            return super().annotate(ids)
+            return super().annotate(request)
 
     with pytest.raises(ConnectionError):
         ActiveLearningLoop(
@@ -258,7 +259,7 @@ def test_guidance_needs_rois():
 
 
 def test_authors_preset_matches_the_method():
-    from xgal.trainer.presets import preset
+    from xgal.loop.presets import preset
 
     cfg = preset("authors-brats")
     assert (cfg.arch, cfg.head, cfg.target_layer) == (
@@ -291,7 +292,7 @@ def test_authors_preset_matches_the_method():
 def test_train_cli_runs_and_resumes(world, tmp_path):
     from dataclasses import replace
 
-    from xgal.trainer.presets import preset
+    from xgal.loop.presets import preset
 
     root, pool, test, _, _ = world
     cmd = (

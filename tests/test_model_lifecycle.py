@@ -11,12 +11,12 @@ import torch
 
 from xgal.client import ScorerClient
 from xgal.core.contract import NotAScoringGraphError
+from xgal.export import export_scoring_graph
 from xgal.pool.synth import synth_pool
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
 from xgal.scorer.repository import ModelRepository
 from xgal.scorer.server import RunningServer, ServerConfig
-from xgal.trainer.export import export_scoring_graph
-from xgal.trainer.nets import build_model
+from xgal.train.nets import build_model
 
 
 @pytest.fixture(scope="module")

@@ -7,13 +7,13 @@ import torch
 
 from xgal.core.acquisition import AcquisitionConfig, criteria
 from xgal.core.ranking import merge
+from xgal.export import export_scoring_graph
 from xgal.pool.format import PoolFormatError
 from xgal.pool.synth import synth_pool
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
 from xgal.scorer.loader import PrefetchLoader
 from xgal.scorer.pipeline import score_pool
-from xgal.trainer.export import export_scoring_graph
-from xgal.trainer.nets import build_model
+from xgal.train.nets import build_model
 
 
 @pytest.fixture(scope="module")

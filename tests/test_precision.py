@@ -17,14 +17,14 @@ from xgal.client import ScorerClient
 from xgal.core.contract import graph_sha256, read_metadata
 from xgal.core.errors import InvalidArgument
 from xgal.core.ranking import ranking_agreement
+from xgal.export import export_scoring_graph
 from xgal.pool.format import PoolWriter
 from xgal.pool.synth import synth_pool
 from xgal.scorer.precision import half_scoring_graph, quantize_scoring_graph
 from xgal.scorer.repository import ModelRepository
 from xgal.scorer.server import RunningServer, ServerConfig
-from xgal.trainer.export import export_scoring_graph
-from xgal.trainer.nets import build_model, default_target_layer
-from xgal.trainer.train import to_input
+from xgal.train.fit import to_input
+from xgal.train.nets import build_model, default_target_layer
 
 SIZE = 32
 POOL = 128

@@ -11,6 +11,7 @@ import onnx
 import pytest
 import torch
 
+from xgal.export import export_scoring_graph
 from xgal.scorer.engines import ort as ort_engine
 from xgal.scorer.engines.ort import OnnxRuntimeEngine, default_providers
 from xgal.scorer.engines.providers import (
@@ -20,8 +21,7 @@ from xgal.scorer.engines.providers import (
     ProviderSettings,
     provider_options,
 )
-from xgal.trainer.export import export_scoring_graph
-from xgal.trainer.nets import build_model, default_target_layer
+from xgal.train.nets import build_model, default_target_layer
 
 
 @pytest.fixture(scope="module")

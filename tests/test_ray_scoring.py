@@ -28,8 +28,8 @@ ray = pytest.importorskip("ray", reason="Ray is xgal[ray]; scripts/setup.sh inst
 def world(tmp_path_factory):
     import torch
 
-    from xgal.trainer.export import export_scoring_graph
-    from xgal.trainer.nets import build_model
+    from xgal.export import export_scoring_graph
+    from xgal.train.nets import build_model
 
     root = tmp_path_factory.mktemp("ray")
     pool = synth_pool(root / "pool", 300, seed=3, image_size=32, shard_size=128)

@@ -13,9 +13,9 @@ import torch
 from helpers import Replica, ShardWatch, bounded, run_xgal
 
 from xgal.client import ScorerClient
+from xgal.export import export_scoring_graph
 from xgal.pool.synth import synth_pool
-from xgal.trainer.export import export_scoring_graph
-from xgal.trainer.nets import build_model
+from xgal.train.nets import build_model
 
 POOL = 2000
 
@@ -169,7 +169,8 @@ with ScorerClient(srv.address) as c:
     c.publish_model({str(onnx)!r}, "demo")
     assert c.score_pool("pool", model="demo", top_k=3, progress=False).scored == 2000
 srv.stop(1)
-bad = [m for m in sys.modules if m == "torch" or m.startswith(("torch.", "xgal.trainer"))]
+torch_parts = ("torch.", "xgal.train", "xgal.export", "xgal.loop")
+bad = [m for m in sys.modules if m == "torch" or m.startswith(torch_parts)]
 assert not bad, bad
 """
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120, env={**os.environ})

@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from helpers import blob_images, box_rois
 
-from xgal.trainer.handoff import AnnotationRequest, write_request
-from xgal.trainer.loop import LoopConfig, RoundRecord
-from xgal.trainer.report_html import write_report
+from xgal.annotate.annotator import AnnotationRequest
+from xgal.annotate.folder import write_request
+from xgal.annotate.report import write_report
+from xgal.loop import LoopConfig, RoundRecord
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable", "chrome-headless-shell")
 

@@ -10,9 +10,9 @@ import pytest
 import torch
 from helpers import wait_for
 
+from xgal.export import export_scoring_graph
 from xgal.scorer.repository import ModelRepository
-from xgal.trainer.export import export_scoring_graph
-from xgal.trainer.nets import build_model
+from xgal.train.nets import build_model
 
 # Each process says it is ready (imports done, repository open), waits for the go file, then
 # publishes its model; all start within milliseconds.

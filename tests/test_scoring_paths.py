@@ -9,12 +9,12 @@ import torch
 
 from xgal.client import ScorerClient
 from xgal.core.acquisition import AcquisitionConfig
+from xgal.export import export_scoring_graph
 from xgal.pool.format import Pool, PoolWriter
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
 from xgal.scorer.pipeline import score_pool
 from xgal.scorer.server import RunningServer, ServerConfig
-from xgal.trainer.export import export_scoring_graph
-from xgal.trainer.nets import build_model
+from xgal.train.nets import build_model
 
 N = 120
 
@@ -131,7 +131,7 @@ def test_stream_cams_follow_the_samples_kept(world):
 
 
 def test_misalignment_is_measured_against_the_body_mask(world):
-    from xgal.core.body import body_masks
+    from xgal.pool.body import body_masks
 
     pool, graphs, _, images, rois = world
     local = score_pool(

@@ -20,14 +20,14 @@ from onnx import TensorProto, helper
 from xgal.core.acquisition import AcquisitionConfig
 from xgal.core.contract import NotAScoringGraphError
 from xgal.core.ranking import ranking_agreement
+from xgal.export import export_scoring_graph
 from xgal.pool.synth import synth_pool
 from xgal.scorer.engines.engine_cache import BLOB, SIDECAR, EngineCache
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
 from xgal.scorer.engines.tensorrt import TensorRTEngine, TensorRTUnavailableError
 from xgal.scorer.pipeline import score_pool
 from xgal.scorer.precision.fp16 import half_scoring_graph
-from xgal.trainer.export import export_scoring_graph
-from xgal.trainer.nets import build_model
+from xgal.train.nets import build_model
 
 
 def _missing() -> str | None:

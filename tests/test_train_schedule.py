@@ -4,8 +4,8 @@ and a cosine decay that reaches zero at the last step."""
 import pytest
 import torch
 
-from xgal.trainer.nets import build_model
-from xgal.trainer.train import TrainConfig, train_classifier
+from xgal.train.fit import TrainConfig, train_classifier
+from xgal.train.nets import build_model
 
 
 def _data(n):

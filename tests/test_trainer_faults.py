@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from xgal.loop import LoopConfig
 from xgal.pool.synth import synth_pool
 from xgal.scorer.server import RunningServer, ServerConfig
-from xgal.trainer.loop import LoopConfig
-from xgal.trainer.train import TrainConfig
+from xgal.train.fit import TrainConfig
 
 CONFIG = LoopConfig(initial=12, per_round=6, rounds=2, train=TrainConfig(epochs=1, alpha=0.1))
 
@@ -55,8 +55,8 @@ import torch.profiler  # noqa: F401
 
 from xgal.client import ScorerClient
 from xgal.pool.format import Pool
-from xgal.trainer.annotator import OracleAnnotator
-from xgal.trainer.loop import ActiveLearningLoop, LoopConfig
+from xgal.annotate.oracle import OracleAnnotator
+from xgal.loop import ActiveLearningLoop, LoopConfig
 
 # Every run alike, and none spinning threads against the others on a busy machine.
 torch.set_num_threads(1)
@@ -81,11 +81,11 @@ class LoggingOracle(OracleAnnotator):
         super().__init__(pool)
         self.log, self.die_when_asked = log, False
 
-    def annotate(self, ids):
-        append(self.log, json.dumps(list(ids)))
+    def annotate(self, request):
+        append(self.log, json.dumps(request.ids))
         if self.die_when_asked:  # asked, and gone before answering
             die()
-        return super().annotate(ids)
+        return super().annotate(request)
 
 
 def tear_state_writes():

@@ -12,9 +12,9 @@ from helpers import run_xgal
 
 from xgal.core.contract import NotAScoringGraphError
 from xgal.core.errors import InvalidArgument
+from xgal.export import export_scoring_graph
 from xgal.scorer.triton import write_triton_entry
-from xgal.trainer.export import export_scoring_graph
-from xgal.trainer.nets import build_model, default_target_layer
+from xgal.train.nets import build_model, default_target_layer
 
 ORT_TO_TRITON = {
     "tensor(uint8)": "TYPE_UINT8",

@@ -9,13 +9,13 @@ from helpers import blob_images, box_rois
 
 from xgal.core.acquisition import AcquisitionConfig, Uncertainty, uncertainty
 from xgal.core.errors import InvalidArgument
+from xgal.export import export_scoring_graph
+from xgal.loop import LoopConfig
 from xgal.pool.synth import synth_pool
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
 from xgal.scorer.engines.torch_ref import TorchReferenceEngine
 from xgal.scorer.pipeline import score_pool
-from xgal.trainer.export import export_scoring_graph
-from xgal.trainer.loop import LoopConfig
-from xgal.trainer.nets import build_model
+from xgal.train.nets import build_model
 
 
 @pytest.fixture(scope="module")

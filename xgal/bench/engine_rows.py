@@ -18,8 +18,8 @@ def export_models(rec: Recorder) -> tuple[Any, Path, Path, str]:
     (torch model, scoring graph, forward graph, target layer)."""
     import torch
 
-    from xgal.trainer.export import export_forward_graph, export_scoring_graph
-    from xgal.trainer.nets import build_model, default_target_layer
+    from xgal.export import export_forward_graph, export_scoring_graph
+    from xgal.train.nets import build_model, default_target_layer
 
     cfg = rec.cfg
     mean, std = cfg.mean_std

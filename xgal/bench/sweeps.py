@@ -62,8 +62,8 @@ def pool_size_sweep(rec: Recorder) -> list[dict[str, Any]]:
     import torch
 
     from xgal.bench.pools import random_pool
-    from xgal.trainer.export import export_scoring_graph
-    from xgal.trainer.nets import build_model, default_target_layer
+    from xgal.export import export_scoring_graph
+    from xgal.train.nets import build_model, default_target_layer
 
     cfg = rec.cfg
     s = cfg.pool_sweep_image_size

@@ -25,7 +25,7 @@ def annotations_add(
     """Check the answers (IDs of the open round, each once, all answered, known classes, mask
     sizes) and record them; nothing is written unless all of them pass. Then run the same
     `xgal train` command again."""
-    from xgal.trainer.answers import record_answers
+    from xgal.annotate.answers import record_answers
 
     folder, n = record_answers(run, labels, masks=masks, boxes=boxes, partial=partial)
     out.print(f"recorded {n} answers for {folder.name}; run the same xgal train command to go on")
@@ -34,6 +34,6 @@ def annotations_add(
 def report(run: Path = typer.Argument(..., help="The run folder (xgal train --out).")) -> None:
     """Write RUN/report.html: one self-contained page with the run's settings, its rounds, the
     learning curves and each hand-off round's scans with their Grad-CAM hints."""
-    from xgal.trainer.report_html import write_report
+    from xgal.annotate.report import write_report
 
     out.print(f"wrote {write_report(run)}")

@@ -32,8 +32,8 @@ def push(
     the Grad-CAM hint, the predicted class pre-selected, the pool's ROI as an editable brush
     region, xgal's score as the prediction score (sort the Data Manager by it). Label Studio
     serves the pictures from the run folder (local-files storage): nothing is uploaded."""
+    from xgal.annotate.label_studio import push as push_round
     from xgal.core.errors import InvalidArgument
-    from xgal.trainer.label_studio import push as push_round
 
     root = document_root or os.environ.get("LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT")
     if not root:
@@ -61,7 +61,7 @@ def pull(
 ) -> None:
     """Record the open round's submitted annotations (the class; brush or rectangle ROIs where
     drawn) with the checks of `xgal annotations add`; then run the same `xgal train` again."""
-    from xgal.trainer.label_studio import pull as pull_round
+    from xgal.annotate.label_studio import pull as pull_round
 
     folder, n = pull_round(run, url, token_file, partial=partial)
     out.print(f"recorded {n} answers for {folder.name}; run the same xgal train command to go on")

@@ -63,13 +63,14 @@ def train(
     after `xgal annotations add`. Options not given keep the preset's values."""
     from dataclasses import replace
 
+    from xgal.annotate.annotator import WAITING_EXIT, AwaitingAnnotations
+    from xgal.annotate.folder import FolderAnnotator
+    from xgal.annotate.oracle import OracleAnnotator
     from xgal.cli.client import connect
     from xgal.core.errors import InvalidArgument
+    from xgal.loop import ActiveLearningLoop
+    from xgal.loop.presets import preset
     from xgal.pool.format import Pool
-    from xgal.trainer.annotator import OracleAnnotator
-    from xgal.trainer.handoff import WAITING_EXIT, AwaitingAnnotations, FolderAnnotator
-    from xgal.trainer.loop import ActiveLearningLoop
-    from xgal.trainer.presets import preset
 
     cfg = preset(preset_name)
     # --seed is the run's seed; the loop hands the acquisition its per-round seed.

@@ -6,15 +6,23 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import grpc
 
-from xgal.client.transport import RETRYABLE, ScorerError, Target, error
+from xgal.client.transport import RETRYABLE, RetryPolicy, ScorerError, Target, error
 from xgal.v1 import scorer_pb2 as pb
 
-if TYPE_CHECKING:
-    from xgal.client.client import ScorerClient
+
+class Replicas(Protocol):
+    """What a run needs of the client: its replicas, its retry policy and call settings."""
+
+    targets: list[Target]
+    retry: RetryPolicy
+    metadata: Sequence[tuple[str, str]]
+    timeout: float | None
+
+    def refresh_targets(self) -> list[Target]: ...
 
 
 class ShardRun:
@@ -26,7 +34,7 @@ class ShardRun:
 
     def __init__(
         self,
-        client: ScorerClient,
+        client: Replicas,
         spans: Sequence[tuple[int, int]],
         request: Callable[[int, int], pb.ScorePoolRequest],
         report: Callable[[int | None], None],

@@ -65,7 +65,7 @@ class FlatCam(StrEnum):
 
 class RoiSource(StrEnum):
     """What the misalignment is measured against: the expert's ROI, or a weak one computed from
-    the image (the body: `xgal.core.body`), everywhere or only where the expert drew nothing."""
+    the image (the body: `xgal.pool.body`), everywhere or only where the expert drew nothing."""
 
     EXPERT = "expert"
     BODY = "body"

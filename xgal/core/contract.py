@@ -138,7 +138,7 @@ class ScoringGraphInfo:
         if meta.get("xgal.format", "").split("/")[0] != FORMAT.split("/")[0]:
             raise NotAScoringGraphError(
                 f"{where} is not an xgal scoring graph (no 'xgal.format' metadata); export it with "
-                "xgal.trainer.export.export_scoring_graph"
+                "xgal.export.graph.export_scoring_graph"
             )
         try:
             norm = meta.get("xgal.normalisation")

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field, replace
 
 from xgal.core.acquisition import AcquisitionConfig, authors_acquisition
 from xgal.core.errors import InvalidArgument
-from xgal.trainer.presets import RECOMMENDED
+from xgal.loop.presets import RECOMMENDED
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from xgal.trainer.loop import RoundRecord
+from xgal.loop import RoundRecord
 
 METRICS = ("accuracy", "cam_dice")
 # Each arm's figures, in the order the tables show them: the last round and the curve's mean.

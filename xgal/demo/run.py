@@ -19,22 +19,22 @@ import numpy as np
 import torch
 from rich.console import Console
 
+from xgal.annotate.oracle import OracleAnnotator
 from xgal.client import ScorerClient
 from xgal.core.contract import MAX_VIEWS
 from xgal.demo.arms import ARMS, FULL, QUICK, QUICK_ARMS, Arm
 from xgal.demo.plots import plot_curves, plot_overlays
 from xgal.demo.report import summarise
 from xgal.demo.tables import arms_table, differences_table, round_tables
+from xgal.export import ScoringGraphExporter
+from xgal.loop import ActiveLearningLoop, RoundRecord
+from xgal.loop.presets import preset
 from xgal.pool.format import Pool
 from xgal.pool.synth import synth_pool
 from xgal.scorer.server import RunningServer, ServerConfig
-from xgal.trainer.annotator import OracleAnnotator
-from xgal.trainer.export import ScoringGraphExporter
-from xgal.trainer.gradcam import scores_and_cam
-from xgal.trainer.loop import ActiveLearningLoop, RoundRecord
-from xgal.trainer.nets.classifier import Classifier
-from xgal.trainer.presets import preset
-from xgal.trainer.train import to_input
+from xgal.train.fit import to_input
+from xgal.train.gradcam import scores_and_cam
+from xgal.train.nets.classifier import Classifier
 
 OVERLAY_IMAGES = 6
 NUM_CLASSES = 3

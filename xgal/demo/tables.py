@@ -7,7 +7,7 @@ from collections.abc import Mapping, Sequence
 from rich.table import Table
 
 from xgal.demo.report import FIGURES, stat
-from xgal.trainer.loop import RoundRecord
+from xgal.loop import RoundRecord
 
 
 def round_tables(seed: int, results: Mapping[str, Sequence[RoundRecord]]) -> list[Table]:

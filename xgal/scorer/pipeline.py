@@ -12,9 +12,9 @@ import time
 from collections.abc import Callable, Iterable
 
 from xgal.core.acquisition import AcquisitionConfig, Balance
-from xgal.core.body import rois_for
 from xgal.core.ranking import Ranked, ScoreResult, TopK, choose, exclusion_set, rescore, scored_batch
 from xgal.core.samples import OnBadSample, SkippedSample
+from xgal.pool.body import rois_for
 from xgal.pool.format import Pool, PoolFormatError
 from xgal.scorer.engines.base import Engine
 from xgal.scorer.loader import Batch, PrefetchLoader

@@ -124,8 +124,6 @@ class ModelRepository:
             raise ModelNotFoundError(f"model {name!r} has no version {version} (has {versions})")
         d = self.root / name / str(v)
         meta = json.loads((d / "meta.json").read_text())
-        if "metadata" not in meta:  # written before 0.2: the info's fields; read the graph's own
-            meta["metadata"] = _onnx_metadata(d / "model.onnx")
         info = ScoringGraphInfo.from_metadata(meta["metadata"], f"{name} version {v}")
         return StoredModel(name, v, meta["sha256"], d / "model.onnx", info)
 
@@ -252,10 +250,3 @@ class ModelRepository:
                 served.append(stored)
                 break
         return served, problems
-
-
-def _onnx_metadata(path: Path) -> dict[str, str]:
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
-    return dict(session.get_modelmeta().custom_metadata_map)

@@ -11,10 +11,10 @@ from __future__ import annotations
 import numpy as np
 
 from xgal.core.acquisition import AcquisitionConfig
-from xgal.core.body import rois_for
 from xgal.core.ranking import scored_batch
 from xgal.core.samples import sample_problems
 from xgal.core.wire import ranked_to_proto
+from xgal.pool.body import rois_for
 from xgal.scorer.batcher import BatchedEngine
 from xgal.v1 import scorer_pb2 as pb
 

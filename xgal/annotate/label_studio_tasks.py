@@ -1,6 +1,6 @@
 """What a round looks like in Label Studio, and what a radiologist's annotations there mean.
 
-A round's folder (`xgal.trainer.handoff`) becomes one task per scan: the scan itself (at the
+A round's folder (`xgal.annotate.folder`) becomes one task per scan: the scan itself (at the
 pool's size, so drawn ROIs come back in the pool's pixels), the Grad-CAM hint, and a caption
 with xgal's rank, score and prediction. Each task carries one prediction (Label Studio's word
 for a pre-annotation): the predicted class pre-selected, the pool's ROI as an editable brush
@@ -25,10 +25,10 @@ from xml.sax.saxutils import quoteattr
 
 import numpy as np
 
+from xgal.annotate.answers import request_rois
+from xgal.annotate.layout import HINTS, META, REQUEST, SCANS, file_name
 from xgal.core.errors import InvalidArgument
 from xgal.pool.importers.common import boxes_to_mask
-from xgal.trainer.answers import request_rois
-from xgal.trainer.handoff import HINTS, META, REQUEST, SCANS, file_name
 
 # The label config's control names: what `read_answers` looks for in an annotation.
 CHOICE, BRUSH, BOX, IMAGE = "label", "roi", "box", "scan"

@@ -8,7 +8,7 @@ through whatever follows the target layer), the soft Dice against the ROI and th
 the module under `make_fx`, which records the forward *and* the backward as plain ATen ops.
 The few of those the ONNX exporter cannot translate (`aten.convolution_backward`, torch.cdist's
 ops, the pooling gradients, ...) are rewritten while tracing into ops it can, by the table in
-`xgal.trainer.decompositions`. Autograd's own derivative formulas thus define the gradient
+`xgal.export.decompositions`. Autograd's own derivative formulas thus define the gradient
 path: it is exact for heads made of torch's usual layers (normalisations, activations,
 concatenation, pooling, dropout in eval, linear, L2 normalisation, prototype distances,
 further and transposed convolutions). An op that is still untranslatable is refused at export,
@@ -23,8 +23,8 @@ from torch import Tensor, nn
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from xgal.core.contract import Normalisation
-from xgal.trainer.decompositions import tracing_decompositions
-from xgal.trainer.gradcam import CAM_FUNCTIONS, PixelNormalise, scale_cam, soft_dice
+from xgal.export.decompositions import tracing_decompositions
+from xgal.train.gradcam import CAM_FUNCTIONS, PixelNormalise, scale_cam, soft_dice
 
 # The views of `view_probs`, in order: the image, flipped left-right, up-down, both.
 FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))

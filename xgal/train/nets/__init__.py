@@ -5,8 +5,8 @@
 `features.<...>` as in torchvision (e.g. DenseNet-121 `features.denseblock4.denselayer16.conv2`).
 """
 
-from xgal.trainer.nets.classifier import ARCHS, HEADS, Classifier, build_model, default_target_layer
-from xgal.trainer.nets.heads import LinearHead, MLPHead, PrototypicalHead
+from xgal.train.nets.classifier import ARCHS, HEADS, Classifier, build_model, default_target_layer
+from xgal.train.nets.heads import LinearHead, MLPHead, PrototypicalHead
 
 __all__ = [
     "ARCHS",

@@ -13,8 +13,8 @@ import json
 import math
 from pathlib import Path
 
+from xgal.annotate.layout import HINTS, REQUEST, file_name, round_folders
 from xgal.core.errors import InvalidArgument
-from xgal.trainer.handoff import HINTS, REQUEST, file_name, round_folders
 
 REPORT = "report.html"
 _STYLE = """

@@ -4,10 +4,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from xgal.core.errors import InvalidArgument
-from xgal.trainer.nets.densenet import DenseNet121Features
-from xgal.trainer.nets.heads import LinearHead, MLPHead, PrototypicalHead
-from xgal.trainer.nets.resnet import ResNet18Features
-from xgal.trainer.nets.small_cnn import SmallCNNFeatures
+from xgal.train.nets.densenet import DenseNet121Features
+from xgal.train.nets.heads import LinearHead, MLPHead, PrototypicalHead
+from xgal.train.nets.resnet import ResNet18Features
+from xgal.train.nets.small_cnn import SmallCNNFeatures
 
 ARCHS: dict[str, type[nn.Module]] = {
     "small_cnn": SmallCNNFeatures,

@@ -39,8 +39,8 @@ from xgal.core.contract import (
     write_metadata,
 )
 from xgal.core.errors import InvalidArgument
-from xgal.trainer.gradcam import PixelNormalise
-from xgal.trainer.gradpath import ScoringModule, trace_scoring_module
+from xgal.export.gradpath import ScoringModule, trace_scoring_module
+from xgal.train.gradcam import PixelNormalise
 
 _TORCH_DTYPE = {"uint8": torch.uint8, "uint16": torch.uint16}
 

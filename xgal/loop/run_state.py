@@ -4,6 +4,8 @@
                      state.json says so, and it is the last thing a round writes.
     annotations.npz  the labelled set of the last finished round, in the order it was acquired
     model.pt         the model of the last finished round
+    rankings/        each round's selection as the scorers ranked it (round-0000.json, ...): the
+                     scores a person is shown beside the scans
     answers/         the annotator's answers, one file per answer (initial.npz, round-0000.npz,
                      ...), each on disk as soon as it arrives and never rewritten: an annotator is
                      a person, and what they answered must survive anything that fails later.
@@ -25,8 +27,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from xgal.core.durable import atomic_write, fsync_dir, npz_bytes
 from xgal.core.errors import InvalidArgument
-from xgal.trainer.durable import atomic_write, fsync_dir, npz_bytes
 
 
 def _torch_bytes(obj: object) -> bytes:
@@ -42,7 +44,8 @@ class RunFolder:
         self.path = Path(path)
         self.answers = self.path / "answers"
         self.pending = self.path / "pending"
-        for d in (self.path, self.answers, self.pending):
+        self.rankings = self.path / "rankings"
+        for d in (self.path, self.answers, self.pending, self.rankings):
             d.mkdir(parents=True, exist_ok=True)
 
     @property
@@ -116,6 +119,15 @@ class RunFolder:
             return None
         model = torch.load(self._pending_model(r), weights_only=True, map_location="cpu")
         return progress, model
+
+    # -- the rankings the annotator is shown ----------------------------------------------------
+    def write_ranking(self, r: int, rows: list[dict]) -> None:
+        atomic_write(self.rankings / f"round-{r:04d}.json", json.dumps(rows).encode())
+
+    def read_ranking(self, r: int) -> list[dict]:
+        """Round `r`'s ranked selection; empty where none was kept."""
+        path = self.rankings / f"round-{r:04d}.json"
+        return json.loads(path.read_text()) if path.is_file() else []
 
     # -- the annotator's answers ----------------------------------------------------------------
     def _answer_path(self, key: str) -> Path:

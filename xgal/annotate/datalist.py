@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
+from xgal.annotate.layout import ANSWERS, META, file_name, round_folders
+from xgal.core.durable import atomic_write
 from xgal.pool.format import Pool
-from xgal.trainer.durable import atomic_write
-from xgal.trainer.handoff import ANSWERS, META, file_name, round_folders
 
 FOLDER = "dataset"
 

@@ -20,8 +20,8 @@ from torch import Tensor, nn
 
 from xgal.core.contract import Normalisation
 from xgal.core.errors import InvalidArgument
-from xgal.trainer.gradcam import PixelNormalise, scores_and_cam, soft_dice
-from xgal.trainer.nets.classifier import Classifier
+from xgal.train.gradcam import PixelNormalise, scores_and_cam, soft_dice
+from xgal.train.nets.classifier import Classifier
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ boxes `id,x_min,y_min,x_max,y_max` in the pool's pixels. A scan given no ROI kee
 pool holds. Everything is checked before anything is written: IDs the round asked about, each
 once, every one answered, known class names, masks of the pool's size. A round's answers are
 written once (`answers.npz`) and never replaced; `OUT/dataset/dataset.json` then lists every
-answer so far (`xgal.trainer.datalist`).
+answer so far (`xgal.annotate.datalist`).
 """
 
 from __future__ import annotations
@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from xgal.annotate.datalist import write_datalist
+from xgal.annotate.layout import ANSWERS, META, file_name, round_folders
+from xgal.core.durable import atomic_write, npz_bytes
 from xgal.core.errors import InvalidArgument
 from xgal.pool.format import Pool
 from xgal.pool.importers.common import BOX_COLUMNS, boxes_to_mask, read_box, read_mask
-from xgal.trainer.datalist import write_datalist
-from xgal.trainer.durable import atomic_write, npz_bytes
-from xgal.trainer.handoff import ANSWERS, META, file_name, round_folders
 
 
 def open_round(out: str | Path) -> Path:

@@ -10,116 +10,34 @@ received is never asked for again.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import cast
 
 import numpy as np
 import torch
 
+from xgal.annotate.annotator import AnnotationRequest, Annotator, PendingRequest
 from xgal.client import ScorerClient
-from xgal.core.acquisition import AcquisitionConfig, Balance, Diversity, Selection, Strategy
-from xgal.core.contract import MAX_VIEWS, PIXEL_SCALE
+from xgal.core.contract import PIXEL_SCALE
 from xgal.core.errors import InvalidArgument
 from xgal.core.ranking import rows
+from xgal.export import ScoringGraphExporter
+from xgal.loop.config import LoopConfig
+from xgal.loop.labelled import answered_part, initial_selection
+from xgal.loop.request import model_view
+from xgal.loop.run_state import RunFolder
 from xgal.pool.format import Pool
-from xgal.trainer.annotator import Annotator
-from xgal.trainer.export import ScoringGraphExporter
-from xgal.trainer.handoff import RANKING, PendingRequest, RequestAnnotator, build_request, round_folder
-from xgal.trainer.labelled import answered_part, initial_selection
-from xgal.trainer.nets import build_model, default_target_layer
-from xgal.trainer.nets.classifier import Classifier
-from xgal.trainer.run_state import RunFolder
-from xgal.trainer.train import TrainConfig, evaluate, to_input, train_classifier
-
-_FLAT_ACQUISITION = ("strategy", "lam", "uncertainty", "normalise", "missing_roi", "balance")
-
-COLD_STARTS = ("none", "typical")
+from xgal.train.fit import evaluate, to_input, train_classifier
+from xgal.train.nets import build_model
+from xgal.train.nets.classifier import Classifier
 
 # What `on_stage(round, stage)` reports, in order. "initial": the initial set goes to the
 # annotator (round 0, once per run); "recording": the round's answers are on disk and the round
 # is being written. The last round (no acquisition) is "training", "export", "publish", "recording".
 STAGES = ("initial", "training", "export", "publish", "scoring", "annotation", "recording")
-
-
-@dataclass(frozen=True)
-class LoopConfig:
-    arch: str = "small_cnn"
-    head: str = "linear"
-    target_layer: str | None = None  # None = the network's default
-    cam_method: str = "gradcam"  # the map the scoring graph ranks by (CAM_METHODS)
-    initial: int = 60
-    per_round: int = 60
-    rounds: int = 5  # acquisition rounds; the model is evaluated rounds + 1 times
-    acquisition: AcquisitionConfig = field(default_factory=AcquisitionConfig)
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    reset_each_round: bool = False
-    seed: int = 0
-    # "typical": the first acquisition (from a model trained on the initial set alone, often
-    # worse than random) picks TypiClust representatives among a random sample of the pool
-    # (20·k candidates), clustered on the embedding of the model trained on the initial set.
-    cold_start: str = "none"
-    # The initial set the user chose (IDs of the pool), instead of `initial` drawn at random.
-    initial_ids: tuple[str, ...] = ()
-    train: TrainConfig = field(default_factory=TrainConfig)
-
-    def __post_init__(self) -> None:
-        # A run has one seed: the acquisition's is the run's, so that two configurations that
-        # select alike compare equal (resuming checks that). Each round draws with
-        # `seed * 1000 + round`.
-        if self.acquisition.seed != self.seed:
-            object.__setattr__(self, "acquisition", replace(self.acquisition, seed=self.seed))
-        object.__setattr__(self, "initial_ids", tuple(str(i) for i in self.initial_ids))
-        if self.initial_ids:
-            if len(set(self.initial_ids)) != len(self.initial_ids):
-                raise InvalidArgument("the initial IDs name a scan twice")
-            object.__setattr__(self, "initial", len(self.initial_ids))
-        if self.cold_start not in COLD_STARTS:
-            raise InvalidArgument(f"cold_start must be one of {COLD_STARTS}, got {self.cold_start!r}")
-
-    @property
-    def views(self) -> int:
-        """Views the scoring graph scores: all of them for an uncertainty over views."""
-        return MAX_VIEWS if self.acquisition.uncertainty.needs_views else 1
-
-    @property
-    def layer(self) -> str:
-        return self.target_layer or default_target_layer(self.arch)
-
-    def round_acquisition(self, r: int) -> AcquisitionConfig:
-        """What round `r` asks the scorers for: a fresh random draw each round."""
-        acquisition = replace(self.acquisition, seed=self.seed * 1000 + r)
-        if r == 0 and self.cold_start == "typical":
-            # Candidates drawn at random (pointwise, so shards merge), then clustered.
-            acquisition = replace(
-                acquisition,
-                strategy=Strategy.RANDOM,
-                diversity=Diversity.TYPICAL,
-                selection=Selection.TOP,
-                balance=Balance.NONE,
-            )
-        return acquisition
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> LoopConfig:
-        known = {f.name for f in fields(cls)}
-        # state.json written before `acquisition` was one field holds these keys flat.
-        flat = {k: d[k] for k in _FLAT_ACQUISITION if k in d}
-        d = {k: v for k, v in d.items() if k in known}
-        d["acquisition"] = AcquisitionConfig(**{**flat, **d.get("acquisition", {})})
-        d["train"] = TrainConfig(**d.get("train", {}))
-        for key in ("mean", "std", "initial_ids"):
-            if d.get(key) is not None:
-                d[key] = tuple(d[key])
-        return cls(**d)
 
 
 @dataclass
@@ -144,7 +62,7 @@ class ActiveLearningLoop:
         pool: Pool,
         test_pool: Pool | None,
         client: ScorerClient,
-        annotator: Annotator | RequestAnnotator,
+        annotator: Annotator,
         out_dir: str | os.PathLike[str],
         *,
         pool_ref: str | None = None,
@@ -260,14 +178,26 @@ class ActiveLearningLoop:
         if stored is not None:
             return stored
         self._stage(r, stage)
-        if getattr(self.annotator, "wants_request", False):
-            n = 0 if model is None else r + 1
-            pending = PendingRequest(n, lambda: build_request(self, n, ids, model))
-            labels, rois = cast(RequestAnnotator, self.annotator).annotate(ids, pending)
-        else:
-            labels, rois = self.annotator.annotate(ids)
+        n = 0 if model is None else r + 1
+        labels, rois = self.annotator.annotate(PendingRequest(n, ids, lambda: self._request(n, ids, model)))
         self.folder.write_answers(key, ids, labels, rois)
         return labels, rois
+
+    def _request(self, n: int, ids: list[str], model: Classifier | None) -> AnnotationRequest:
+        """Request `n` (0: the initial set, r + 1: round r's selection): the scans, the pool's
+        ROIs and, with the model that chose them, its probabilities, Grad-CAMs and the scores
+        that ranked them."""
+        taken = self.pool.take([self.index[i] for i in ids], ("images", "rois"))
+        request = AnnotationRequest(
+            n, taken["images"], taken["rois"], tuple(self.class_names), str(self.pool.path.resolve())
+        )
+        if model is not None:
+            cfg = self.config
+            request.probs, request.cams = model_view(
+                model, taken["images"], cfg.layer, self.scale, cfg.mean, cfg.std
+            )
+            request.ranking = {row["id"]: row for row in self.folder.read_ranking(n - 1)}
+        return request
 
     # -- the loop -------------------------------------------------------------------------------
     def run(self) -> list[RoundRecord]:
@@ -367,10 +297,7 @@ class ActiveLearningLoop:
             progress=False,
             **asdict(cfg.round_acquisition(r)),
         )
-        if getattr(self.annotator, "wants_request", False):
-            # The scores a person is shown beside the scans (request.csv), kept with the round.
-            ranking = round_folder(self.out, r + 1) / RANKING
-            ranking.parent.mkdir(parents=True, exist_ok=True)
-            ranking.write_text(json.dumps(rows(result.top, tuple(self.class_names))))
+        # The scores a person is shown beside the scans, kept with the round.
+        self.folder.write_ranking(r, rows(result.top, tuple(self.class_names)))
         note = result.misalignment_note(cfg.round_acquisition(r)) or ""
         return result.top.ids.tolist(), version, note

@@ -15,8 +15,8 @@ from dataclasses import replace
 
 from xgal.core.acquisition import AcquisitionConfig, Balance, authors_acquisition
 from xgal.core.errors import InvalidArgument
-from xgal.trainer.loop import LoopConfig
-from xgal.trainer.train import TrainConfig
+from xgal.loop.config import LoopConfig
+from xgal.train.fit import TrainConfig
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from xgal.annotate.answers import open_round, save_answers
+from xgal.annotate.label_studio_tasks import MODEL_VERSION, label_config, read_answers, round_tasks
+from xgal.annotate.layout import META
+from xgal.core.durable import atomic_write
 from xgal.core.errors import InvalidArgument, UserError
-from xgal.trainer.answers import open_round, save_answers
-from xgal.trainer.durable import atomic_write
-from xgal.trainer.handoff import META
-from xgal.trainer.label_studio_tasks import MODEL_VERSION, label_config, read_answers, round_tasks
 
 if TYPE_CHECKING:
     from label_studio_sdk import LabelStudio

@@ -1,0 +1,130 @@
+"""The folder hand-off: a round's selection as files a radiologist can answer.
+
+Each round the loop asks for labels, `FolderAnnotator` writes `OUT/round-N/`:
+
+    request.csv    rank,id,score,uncertainty,misalignment,predicted,probability (round 0, the
+                   initial set, has no model yet: those cells are empty)
+    ranking.json   the same rows as the scorers returned them (probabilities included)
+    hints/<id>.png the scan, the ROI the pool holds outlined (green), the model's Grad-CAM over it
+                   and the predicted class written on it
+    scans/<id>.png the scan at the pool's size, to draw a mask on
+    labels.csv     the template to fill: id,label (a class name)
+    request.json   what `xgal annotations add` checks answers against (written last)
+
+and stops the run (`AwaitingAnnotations`). `xgal annotations add` (`answers.record_answers`)
+records the answers; running `xgal train` again reads them and goes on. Answers once recorded
+are never asked for again.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from xgal.annotate.annotator import AnnotationRequest, AwaitingAnnotations, PendingRequest
+from xgal.annotate.hints import hint_image, scan_image
+from xgal.annotate.layout import (
+    ANSWERS,
+    HINTS,
+    META,
+    RANKING,
+    REQUEST,
+    REQUEST_COLUMNS,
+    SCANS,
+    TEMPLATE,
+    file_name,
+    round_folder,
+)
+from xgal.core.durable import atomic_write
+from xgal.core.errors import InvalidArgument
+
+
+class FolderAnnotator:
+    """Annotation through files (see the module doc): the default when the pool has no labels."""
+
+    def __init__(self, out_dir: str | Path) -> None:
+        self.out = Path(out_dir)
+
+    def annotate(self, request: PendingRequest) -> tuple[np.ndarray, np.ndarray]:
+        ids, n = request.ids, request.round_index
+        folder = round_folder(self.out, n)
+        answers = folder / ANSWERS
+        if answers.is_file():
+            stored = np.load(answers, allow_pickle=False)
+            if stored["ids"].tolist() != list(ids):
+                raise InvalidArgument(f"{answers} answers other scans than round {n} asked about")
+            return stored["labels"], stored["rois"]
+        if not (folder / META).is_file():
+            write_request(folder, ids, request.build())
+        meta = json.loads((folder / META).read_text())
+        h, w = meta["image_size"]
+        raise AwaitingAnnotations(
+            f"round {n}: {len(ids)} scans wait for a radiologist in {folder}/\n"
+            f"  look at {folder / HINTS}/ (scan, ROI in green, the model's Grad-CAM), fill in "
+            f"{folder / TEMPLATE} (a class per scan: {', '.join(meta['class_names'])}),\n"
+            f"  ROIs, if you draw them: {w}x{h} masks named <id>.png, drawn on {folder / SCANS}/\n"
+            f"  then: xgal annotations add {self.out} --labels {folder / TEMPLATE} "
+            "[--masks DIR | --boxes CSV]\n"
+            "  and run the same xgal train command again to go on."
+        )
+
+
+def write_request(folder: Path, ids: Sequence[str], request: AnnotationRequest) -> None:
+    """request.csv, ranking.json, hints/, scans/, the labels.csv template and request.json
+    (written last: its presence says the request is complete)."""
+    (folder / HINTS).mkdir(parents=True, exist_ok=True)
+    predicted = request.probs.argmax(1) if request.probs is not None else None
+    if request.ranking:
+        atomic_write(folder / RANKING, json.dumps([request.ranking[i] for i in ids]).encode())
+    with open(folder / REQUEST, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(REQUEST_COLUMNS)
+        for i, sample_id in enumerate(ids):
+            row = request.ranking.get(sample_id, {})
+            pred = request.class_names[predicted[i]] if predicted is not None else ""
+            prob = f"{request.probs[i].max():.4f}" if request.probs is not None else ""
+            w.writerow(
+                [
+                    i + 1,
+                    sample_id,
+                    *(_cell(row.get(k)) for k in ("score", "uncertainty", "misalignment")),
+                    pred,
+                    prob,
+                ]
+            )
+    with open(folder / TEMPLATE, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["id", "label"])
+        w.writerows([[sample_id, ""] for sample_id in ids])
+    (folder / SCANS).mkdir(exist_ok=True)
+    for i, sample_id in enumerate(ids):
+        scan_image(request.images[i]).save(folder / SCANS / f"{file_name(sample_id)}.png")
+    for i, sample_id in enumerate(ids):
+        title = (
+            f"{request.class_names[predicted[i]]} ({request.probs[i].max():.2f})"
+            if predicted is not None and request.probs is not None
+            else "no model yet"
+        )
+        hint = hint_image(
+            request.images[i],
+            request.rois[i],
+            None if request.cams is None else request.cams[i],
+            title,
+        )
+        hint.save(folder / HINTS / f"{file_name(sample_id)}.png")
+    meta = {
+        "round": request.round_index,
+        "ids": list(ids),
+        "class_names": list(request.class_names),
+        "image_size": list(request.images.shape[-2:]),
+        "pool": request.pool,
+    }
+    atomic_write(folder / META, json.dumps(meta, indent=1).encode())
+
+
+def _cell(value: object) -> str:
+    return "" if value is None else f"{float(value):.6g}"  # type: ignore[arg-type]

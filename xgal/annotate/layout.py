@@ -1,0 +1,31 @@
+"""The files of a hand-off round, `OUT/round-N/` (N = 0 for the initial set, N = r + 1 for the
+selection made by round r's model), and the file name each scan gets there."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+REQUEST, TEMPLATE, META, ANSWERS, HINTS = "request.csv", "labels.csv", "request.json", "answers.npz", "hints"
+RANKING = "ranking.json"  # the scores of the round's selection, as the scorers returned them
+SCANS = "scans"  # each scan at the pool's size: what masks are drawn on
+REQUEST_COLUMNS = ("rank", "id", "score", "uncertainty", "misalignment", "predicted", "probability")
+
+
+def round_folder(out: str | Path, n: int) -> Path:
+    return Path(out) / f"round-{n}"
+
+
+def round_folders(out: str | Path, holding: str) -> list[Path]:
+    """The run's round folders that hold the file `holding`, in round order."""
+    found = (p for p in Path(out).glob("round-*") if (p / holding).is_file())
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def file_name(sample_id: str) -> str:
+    """A file name for an ID: the ID itself where it is safe, else its safe characters and a
+    short hash of it (so `a/b` and `a_b` do not overwrite each other)."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in sample_id)
+    if safe == sample_id and not safe.startswith("."):
+        return safe
+    return f"{safe.lstrip('.')}-{hashlib.sha1(sample_id.encode()).hexdigest()[:8]}"

@@ -1,0 +1,7 @@
+"""The scoring graph's export: a classifier and its Grad-CAM gradient path as one ONNX graph
+(`graph`), traced with forward and backward as plain ATen ops (`gradpath`), with decompositions
+for the backward ops ONNX cannot carry (`decompositions`)."""
+
+from xgal.export.graph import ScoringGraphExporter, export_forward_graph, export_scoring_graph
+
+__all__ = ["ScoringGraphExporter", "export_forward_graph", "export_scoring_graph"]

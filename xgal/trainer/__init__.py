@@ -1,1 +1,0 @@
-"""The trainer: networks, training, the active-learning loop and the ONNX export."""
