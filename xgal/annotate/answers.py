@@ -12,7 +12,6 @@ answer so far (`xgal.annotate.datalist`).
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from xgal.annotate.datalist import write_datalist
 from xgal.annotate.layout import ANSWERS, META, file_name, round_folders
 from xgal.core.durable import atomic_write, npz_bytes
 from xgal.core.errors import InvalidArgument
+from xgal.core.spreadsheet import read_rows
 from xgal.pool.format import Pool
 from xgal.pool.importers.common import BOX_COLUMNS, boxes_to_mask, read_box, read_mask
 
@@ -107,14 +107,13 @@ def request_rois(meta: dict) -> np.ndarray:
 def _read_labels(path: Path, ids: list[str], names: list[str]) -> dict[str, str]:
     if not path.is_file():
         raise FileNotFoundError(f"labels CSV not found: {path}")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_rows(path)
     if not rows or not {"id", "label"} <= set(rows[0]):
         raise InvalidArgument(f"{path}: needs the columns id,label (the round's labels.csv, filled in)")
     asked = set(ids)
     got: dict[str, str] = {}
     for line, row in enumerate(rows, start=2):
-        sample_id, label = row["id"].strip(), (row["label"] or "").strip()
+        sample_id, label = row["id"].strip(), row["label"].strip()
         if sample_id not in asked:
             raise InvalidArgument(
                 f"{path} line {line}: {sample_id!r} is not among the scans this round asked about"
@@ -144,8 +143,7 @@ def _masks(folder: Path, ids: list[str], h: int, w: int) -> dict[str, np.ndarray
 
 
 def _boxes(path: Path, ids: list[str], h: int, w: int) -> dict[str, np.ndarray]:
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_rows(path)
     if rows and not {"id", *BOX_COLUMNS} <= set(rows[0]):
         raise InvalidArgument(f"{path}: needs the columns id,{','.join(BOX_COLUMNS)}")
     per: dict[str, list[tuple[float, float, float, float]]] = {}

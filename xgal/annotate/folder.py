@@ -18,7 +18,6 @@ are never asked for again.
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -41,6 +40,7 @@ from xgal.annotate.layout import (
 )
 from xgal.core.durable import atomic_write
 from xgal.core.errors import InvalidArgument
+from xgal.core.spreadsheet import write_rows
 
 
 class FolderAnnotator:
@@ -80,26 +80,15 @@ def write_request(folder: Path, ids: Sequence[str], request: AnnotationRequest) 
     predicted = request.probs.argmax(1) if request.probs is not None else None
     if request.ranking:
         atomic_write(folder / RANKING, json.dumps([request.ranking[i] for i in ids]).encode())
-    with open(folder / REQUEST, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(REQUEST_COLUMNS)
-        for i, sample_id in enumerate(ids):
-            row = request.ranking.get(sample_id, {})
-            pred = request.class_names[predicted[i]] if predicted is not None else ""
-            prob = f"{request.probs[i].max():.4f}" if request.probs is not None else ""
-            w.writerow(
-                [
-                    i + 1,
-                    sample_id,
-                    *(_cell(row.get(k)) for k in ("score", "uncertainty", "misalignment")),
-                    pred,
-                    prob,
-                ]
-            )
-    with open(folder / TEMPLATE, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["id", "label"])
-        w.writerows([[sample_id, ""] for sample_id in ids])
+    rows = []
+    for i, sample_id in enumerate(ids):
+        row = request.ranking.get(sample_id, {})
+        pred = request.class_names[predicted[i]] if predicted is not None else ""
+        prob = f"{request.probs[i].max():.4f}" if request.probs is not None else ""
+        scores = (_cell(row.get(k)) for k in ("score", "uncertainty", "misalignment"))
+        rows.append([i + 1, sample_id, *scores, pred, prob])
+    write_rows(folder / REQUEST, REQUEST_COLUMNS, rows)
+    write_rows(folder / TEMPLATE, ["id", "label"], [[sample_id, ""] for sample_id in ids])
     (folder / SCANS).mkdir(exist_ok=True)
     for i, sample_id in enumerate(ids):
         scan_image(request.images[i]).save(folder / SCANS / f"{file_name(sample_id)}.png")

@@ -15,7 +15,6 @@ edited or deleted, is part of what the radiologist submits).
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -28,6 +27,7 @@ import numpy as np
 from xgal.annotate.answers import request_rois
 from xgal.annotate.layout import HINTS, META, REQUEST, SCANS, file_name
 from xgal.core.errors import InvalidArgument
+from xgal.core.spreadsheet import read_rows
 from xgal.pool.importers.common import boxes_to_mask
 
 # The label config's control names: what `read_answers` looks for in an annotation.
@@ -74,7 +74,7 @@ def local_url(path: Path, document_root: Path) -> str:
 def round_tasks(folder: Path, document_root: Path) -> list[dict[str, Any]]:
     """The tasks (data and one prediction each) for the round in `folder`, in rank order."""
     meta = json.loads((folder / META).read_text())
-    rows = {row["id"]: row for row in _request_rows(folder / REQUEST)}
+    rows = {row["id"]: row for row in read_rows(folder / REQUEST)}
     rois = request_rois(meta)
     tasks = []
     for i, sample_id in enumerate(meta["ids"]):
@@ -202,11 +202,6 @@ def _decode_brush(value: Mapping[str, Any], h: int, w: int, where: str) -> np.nd
     if rgba.size != h * w * 4:
         raise InvalidArgument(f"{where}: a brush region of {rgba.size // 4} pixels, not the scan's {h * w}")
     return (rgba.reshape(h, w, 4)[:, :, 3] > 127).astype(np.uint8)
-
-
-def _request_rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
 
 
 def _number(cell: str | None) -> float | None:

@@ -6,7 +6,6 @@ folder hand-off, the scans asked about with their hints (scan, ROI, Grad-CAM, pr
 from __future__ import annotations
 
 import base64
-import csv
 import html
 import io
 import json
@@ -15,6 +14,7 @@ from pathlib import Path
 
 from xgal.annotate.layout import HINTS, REQUEST, file_name, round_folders
 from xgal.core.errors import InvalidArgument
+from xgal.core.spreadsheet import read_rows
 
 REPORT = "report.html"
 _STYLE = """
@@ -61,8 +61,7 @@ def _curves(rounds: list[dict]) -> str | None:
 
 
 def _round_section(folder: Path) -> str:
-    with open(folder / REQUEST, newline="") as f:
-        rows = list(csv.DictReader(f))
+    rows = read_rows(folder / REQUEST)
     figures = []
     for row in rows:
         hint = folder / HINTS / f"{file_name(row['id'])}.png"

@@ -3,7 +3,6 @@ in this process (`xgal score`) and one made by running scorers (`xgal client sco
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 from pathlib import Path
@@ -15,6 +14,7 @@ from rich.table import Table
 from xgal.core.acquisition import AcquisitionConfig
 from xgal.core.errors import InvalidArgument
 from xgal.core.ranking import ScoreResult, rows
+from xgal.core.spreadsheet import write_rows
 
 
 def to_dict(result: ScoreResult, context: dict[str, Any]) -> dict[str, Any]:
@@ -54,12 +54,12 @@ def write(result: ScoreResult, path: str | os.PathLike[str], context: dict[str, 
         if result.all is not None
         else rows(result.top, result.class_names)
     )
-    with open(path, "w", newline="") as f:
-        fields = [k for k in table[0] if k != "probs"] if table else ["id"]
-        writer = csv.writer(f)
-        writer.writerow(fields + [f"p_{n}" for n in result.class_names])
-        for row in table:
-            writer.writerow([row[k] for k in fields] + [f"{p:.6g}" for p in row["probs"]])
+    fields = [k for k in table[0] if k != "probs"] if table else ["id"]
+    write_rows(
+        path,
+        fields + [f"p_{n}" for n in result.class_names],
+        ([row[k] for k in fields] + [f"{p:.6g}" for p in row["probs"]] for row in table),
+    )
     return path
 
 
