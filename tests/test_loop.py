@@ -11,7 +11,7 @@ from helpers import run_xgal
 
 from xgal.annotate.oracle import OracleAnnotator
 from xgal.client import ScorerClient
-from xgal.core.acquisition import AcquisitionConfig, Balance, random_scores
+from xgal.core.acquisition import AcquisitionConfig, random_scores
 from xgal.core.contract import read_metadata
 from xgal.core.errors import InvalidArgument
 from xgal.loop import ActiveLearningLoop, LoopConfig
@@ -182,33 +182,12 @@ def test_a_typical_cold_start_makes_the_first_selection_by_typiclust_then_the_sc
         assert record.selected == chosen
 
 
-def test_config_has_one_seed_and_reads_the_old_flat_state():
+def test_config_has_one_seed_and_refuses_settings_it_does_not_know():
     cfg = _config(acquisition=AcquisitionConfig(strategy="random", seed=99), seed=4)
     assert cfg.acquisition.seed == 4 and cfg.round_acquisition(2).seed == 4002
     assert LoopConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
-    # What state.json held before the acquisition options were one field.
-    old = {
-        "arch": "small_cnn",
-        "head": "linear",
-        "target_layer": None,
-        "initial": 24,
-        "per_round": 12,
-        "rounds": 2,
-        "strategy": "misalignment",
-        "lam": 0.4,
-        "uncertainty": "margin",
-        "normalise": "rank",
-        "missing_roi": "exclude",
-        "balance": "predicted",
-        "mean": None,
-        "std": None,
-        "reset_each_round": False,
-        "seed": 5,
-        "train": {"epochs": 3, "alpha": 0.1},
-    }
-    want = AcquisitionConfig("misalignment", 0.4, "margin", False, "exclude", "rank", "predicted", seed=5)
-    assert LoopConfig.from_dict(old) == _config(acquisition=want, seed=5)
-    assert LoopConfig.from_dict(old).acquisition.balance is Balance.PREDICTED
+    with pytest.raises(InvalidArgument, match=r"settings xgal does not know: \['lam', 'strategy'\]"):
+        LoopConfig.from_dict({**cfg.to_dict(), "strategy": "misalignment", "lam": 0.4})
 
 
 def test_guidance_loss_lowers_misalignment_on_a_toy_case(world):
@@ -305,6 +284,10 @@ def test_train_cli_runs_and_resumes(world, tmp_path):
     assert "round 0: 12 labelled" in first.stdout and "round 1: 18 labelled" in first.stdout
     again = run_xgal(*cmd, timeout=300)
     assert again.returncode == 0 and "round 0" not in again.stdout and "done: 18 labelled" in again.stdout
+    # The finished run on another pool: refused, naming the run's pool, not "done".
+    other = run_xgal(*[test.path if c == pool.path else c for c in cmd], timeout=300)
+    assert other.returncode == 2 and "done" not in other.stdout, other.stdout
+    assert f"holds a run on the pool {pool.path.resolve()}, not {test.path.resolve()}" in other.stderr
     # Options given replace the preset's; the others keep the preset's values.
     saved = LoopConfig.from_dict(json.loads((tmp_path / "run" / "state.json").read_text())["config"])
     demo = preset("demo")
@@ -319,7 +302,8 @@ def test_train_cli_runs_and_resumes(world, tmp_path):
 
 
 def test_the_initial_set_is_exactly_the_size_asked_for(tmp_path):
-    # 3 classes, one of them small: its share of 30 is 10, it has 4; the rest come from the others.
+    # Stratified by the pool's labels (the authors' start, asked for explicitly): 3 classes, one of
+    # them small: its share of 30 is 10, it has 4; the rest come from the others.
     labels = np.array([0] * 50 + [1] * 50 + [2] * 4)
     writer = PoolWriter(tmp_path / "p", image_shape=(1, 8, 8), class_names=["a", "b", "c"], with_labels=True)
     n = len(labels)
@@ -332,12 +316,43 @@ def test_the_initial_set_is_exactly_the_size_asked_for(tmp_path):
     writer.close()
     pool = Pool(tmp_path / "p")
     for seed in range(3):
-        chosen = initial_selection(pool, 30, seed)
+        chosen = initial_selection(pool, 30, seed, "oracle")
         assert len(chosen) == len(set(chosen)) == 30
         picked = labels[[int(c[1:]) for c in chosen]]
         assert (picked == 2).sum() == 4 and abs((picked == 0).sum() - (picked == 1).sum()) <= 1
     with pytest.raises(InvalidArgument, match="larger than the pool"):
         initial_selection(pool, n + 1, 0)
+
+
+def test_the_default_initial_set_reads_no_label(tmp_path, monkeypatch):
+    """A labelled pool's initial set is drawn without its labels unless the user asks for the
+    authors' stratified start; that start needs labels and says so on a real archive."""
+    labels = np.array([1] * 14 + [0] * 86)  # a rare class, as lesions are
+    with PoolWriter(tmp_path / "p", image_shape=(1, 8, 8), class_names=["a", "b"], with_labels=True) as w:
+        w.add(
+            [f"s{i:03d}" for i in range(100)],
+            np.zeros((100, 1, 8, 8), np.uint8),
+            np.zeros((100, 8, 8), np.uint8),
+            labels,
+        )
+    pool = Pool(tmp_path / "p")
+    oracle = initial_selection(pool, 10, 0, "oracle")
+    assert sum(labels[int(c[1:])] for c in oracle) == 5  # half the set from a 14% class
+
+    read = Pool.read
+
+    def no_labels(self, start, stop, keys=("ids", "images", "rois")):
+        assert "labels" not in keys, "the initial set read the pool's labels"
+        return read(self, start, stop, keys)
+
+    monkeypatch.setattr(Pool, "read", no_labels)
+    chosen = initial_selection(pool, 10, 0)
+    assert len(set(chosen)) == 10 and chosen != oracle
+    assert LoopConfig().initial_balance == "none"
+    with PoolWriter(tmp_path / "archive", image_shape=(1, 8, 8), class_names=["a", "b"]) as w:
+        w.add(["x", "y"], np.zeros((2, 1, 8, 8), np.uint8), np.zeros((2, 8, 8), np.uint8), None)
+    with pytest.raises(InvalidArgument, match="reads the pool's true labels"):
+        initial_selection(Pool(tmp_path / "archive"), 1, 0, "oracle")
 
 
 def test_a_test_split_without_rois_has_no_dice_and_says_n_a(world):

@@ -33,6 +33,11 @@ def train(
     initial_ids: Path | None = typer.Option(
         None, help="File of the initial set's IDs, one per line (instead of a random --initial)."
     ),
+    initial_balance: str | None = typer.Option(
+        None,
+        help="none: the initial set drawn at random, no label read (default); oracle: stratified by "
+        "the pool's true labels, as the authors did (a simulation only).",
+    ),
     per_round: int | None = typer.Option(None, min=1, help="Samples acquired per round."),
     rounds: int | None = typer.Option(None, min=0, help="Acquisition rounds."),
     epochs: int | None = typer.Option(None, help="Training epochs per round."),
@@ -86,6 +91,7 @@ def train(
         seed=seed,
         cold_start=cold_start,
         initial_ids=_initial_ids(initial_ids),
+        initial_balance=initial_balance,
     )
     overrides = {k: v for k, v in given.items() if v is not None}
     train_overrides = {

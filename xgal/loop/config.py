@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from xgal.core.acquisition import AcquisitionConfig, Balance, Diversity, Selection, Strategy
 from xgal.core.contract import MAX_VIEWS
 from xgal.core.errors import InvalidArgument
+from xgal.loop.labelled import INITIAL_BALANCES
 from xgal.train.fit import TrainConfig
 from xgal.train.nets import default_target_layer
 
@@ -34,6 +35,9 @@ class LoopConfig:
     cold_start: str = "none"
     # The initial set the user chose (IDs of the pool), instead of `initial` drawn at random.
     initial_ids: tuple[str, ...] = ()
+    # How `initial` is drawn: "none", at random without reading a label; "oracle", stratified by
+    # the pool's true labels (the authors' start: a simulation only).
+    initial_balance: str = "none"
     train: TrainConfig = field(default_factory=TrainConfig)
 
     def __post_init__(self) -> None:
@@ -47,6 +51,10 @@ class LoopConfig:
             if len(set(self.initial_ids)) != len(self.initial_ids):
                 raise InvalidArgument("the initial IDs name a scan twice")
             object.__setattr__(self, "initial", len(self.initial_ids))
+        if self.initial_balance not in INITIAL_BALANCES:
+            raise InvalidArgument(
+                f"initial_balance must be one of {INITIAL_BALANCES}, got {self.initial_balance!r}"
+            )
         if self.cold_start not in COLD_STARTS:
             raise InvalidArgument(f"cold_start must be one of {COLD_STARTS}, got {self.cold_start!r}")
 

@@ -7,18 +7,26 @@ import numpy as np
 from xgal.core.errors import InvalidArgument
 from xgal.pool.format import Pool
 
+INITIAL_BALANCES = ("none", "oracle")
 
-def initial_selection(pool: Pool, n: int, seed: int) -> list[str]:
-    """Exactly n: stratified by label when the pool is a simulation (the authors' setup; only
-    the choice uses the labels, training gets them from the annotator), a class with fewer
-    scans than its share giving them all and the others sharing the rest equally; else
-    uniformly at random."""
+
+def initial_selection(pool: Pool, n: int, seed: int, balance: str = "none") -> list[str]:
+    """Exactly n, uniformly at random without reading any label (`balance="none"`: what a real
+    archive allows), or stratified by the pool's true labels (`"oracle"`: the authors' setup, a
+    simulation only), a class with fewer scans than its share giving them all and the others
+    sharing the rest equally."""
+    if balance not in INITIAL_BALANCES:
+        raise InvalidArgument(f"initial balance must be one of {INITIAL_BALANCES}, got {balance!r}")
     rng = np.random.default_rng(seed)
     ids = pool.ids()
     if n > len(ids):
         raise InvalidArgument(f"initial set of {n} is larger than the pool ({len(ids)})")
-    if not pool.has_labels:
+    if balance == "none":
         return sorted(ids[rng.permutation(len(ids))[:n]].tolist())
+    if not pool.has_labels:
+        raise InvalidArgument(
+            f"--initial-balance oracle reads the pool's true labels; {pool.path} has none (a real archive)"
+        )
     labels = pool.labels()
     classes = np.unique(labels)
     avail = np.array([(labels == c).sum() for c in classes])

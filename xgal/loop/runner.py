@@ -21,6 +21,7 @@ import torch
 
 from xgal.annotate.annotator import AnnotationRequest, Annotator, PendingRequest
 from xgal.client import ScorerClient
+from xgal.core.checksum import sha256_file
 from xgal.core.contract import PIXEL_SCALE
 from xgal.core.errors import InvalidArgument
 from xgal.core.ranking import rows
@@ -29,7 +30,7 @@ from xgal.loop.config import LoopConfig
 from xgal.loop.labelled import answered_part, initial_selection
 from xgal.loop.request import model_view
 from xgal.loop.run_state import RunFolder
-from xgal.pool.format import Pool
+from xgal.pool.format import MANIFEST, Pool
 from xgal.train.fit import evaluate, to_input, train_classifier
 from xgal.train.nets import build_model
 from xgal.train.nets.classifier import Classifier
@@ -100,6 +101,7 @@ class ActiveLearningLoop:
             )
         self.num_classes = len(self.class_names)
         self.index = {sample_id: i for i, sample_id in enumerate(pool.ids().tolist())}
+        self.pool_sha256 = sha256_file(pool.path / MANIFEST)
         self.test: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         if test_pool is not None:
             test = test_pool.read(0, test_pool.count, ("images", "labels", "rois"))
@@ -130,6 +132,9 @@ class ActiveLearningLoop:
     def _state(self, records: list[RoundRecord]) -> dict:
         return {
             "config": self.config.to_dict(),
+            # The pool the run selects from: its manifest's hash says it is the same pool even
+            # where its folder moved; another pool would be indexed by the wrong scans.
+            "pool": {"path": str(self.pool.path.resolve()), "manifest_sha256": self.pool_sha256},
             "rounds": [asdict(r) for r in records],
             "class_names": list(self.class_names),
         }
@@ -141,6 +146,12 @@ class ActiveLearningLoop:
             # configuration, and answers kept for it are not handed to another.
             self.folder.write_state(self._state([]))
             state = self._state([])
+        ran_on = state.get("pool") or {}
+        if ran_on.get("manifest_sha256") != self.pool_sha256:
+            raise InvalidArgument(
+                f"{self.out} holds a run on the pool {ran_on.get('path', '(none recorded)')}, not "
+                f"{self.pool.path.resolve()}; resume it with that --pool, or choose another --out"
+            )
         saved = LoopConfig.from_dict(state["config"])
         if saved != self.config:
             raise InvalidArgument(
@@ -204,7 +215,9 @@ class ActiveLearningLoop:
         cfg = self.config
         records, ids, labels, rois, model = self._load_state()
         if not records:
-            ids = list(cfg.initial_ids) or initial_selection(self.pool, cfg.initial, cfg.seed)
+            ids = list(cfg.initial_ids) or initial_selection(
+                self.pool, cfg.initial, cfg.seed, cfg.initial_balance
+            )
             unknown = [i for i in ids if i not in self.index]
             if unknown:
                 raise InvalidArgument(f"initial IDs not in {self.pool.path}: {unknown[:5]}")
