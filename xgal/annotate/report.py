@@ -1,18 +1,27 @@
 """`xgal report OUT`: a run as one self-contained page, `OUT/report.html` (every picture inlined,
 nothing fetched): the settings, the per-round table, the learning curves and, per round of a
 folder hand-off, the scans asked about with their hints (scan, ROI, Grad-CAM, prediction).
+
+Everything read from the run folder is untrusted (a request.csv or state.json may have been
+edited, an ID or class name may come from anyone): every string is HTML-escaped, numbers are
+parsed and re-formatted (a cell that is not a number shows as n/a), hints are inlined only when
+they are PNG files inside the run, and the page's Content-Security-Policy allows no script and
+no fetch, so even a missed escape cannot run or load anything.
 """
 
 from __future__ import annotations
 
 import base64
+import csv
+import hashlib
 import html
 import io
 import json
 import math
+import re
 from pathlib import Path
 
-from xgal.annotate.layout import HINTS, REQUEST, file_name, round_folders
+from xgal.annotate.layout import HINTS, REQUEST, file_name
 from xgal.core.errors import InvalidArgument
 from xgal.core.spreadsheet import read_rows
 
@@ -23,14 +32,41 @@ table { border-collapse: collapse; margin: 1em 0; }
 th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
 th { background: #f3f3f3; }
 .grid { display: flex; flex-wrap: wrap; gap: 10px; }
-figure { margin: 0; width: 200px; font-size: 12px; }
+figure { margin: 0; width: 200px; font-size: 12px; overflow-wrap: anywhere; }
 figure img { width: 200px; }
 pre { background: #f7f7f7; padding: 1em; overflow-x: auto; }
 """
+# No script at all, pictures only as data: URLs, the one style block by its hash; base-uri and
+# form-action are not covered by default-src. (frame-ancestors and sandbox are ignored in a
+# <meta> and would log an error, so they are left out.)
+CSP = (
+    "default-src 'none'; img-src data:; "
+    f"style-src 'sha256-{base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()}'; "
+    "base-uri 'none'; form-action 'none'"
+)
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_ROUND = re.compile(r"round-([0-9]+)")
 
 
-def _number(value: float) -> str:
-    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+def _text(value: object) -> str:
+    """Any value as HTML text, quotes escaped too, so it is safe in an attribute as well."""
+    return html.escape(str(value), quote=True)
+
+
+def _float(value: object) -> float:
+    """A number from state.json or a CSV cell; NaN when it is not a finite number."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return math.nan
+    try:
+        x = float(value)
+    except (ValueError, OverflowError):
+        return math.nan
+    return x if math.isfinite(x) else math.nan
+
+
+def _number(value: object, digits: int = 3) -> str:
+    x = _float(value)
+    return "n/a" if math.isnan(x) else f"{x:.{digits}f}"
 
 
 def _png(data: bytes) -> str:
@@ -44,7 +80,10 @@ def _curves(rounds: list[dict]) -> str | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    points = [(r["labelled"], r["accuracy"], r["cam_dice"]) for r in rounds]
+    points = [
+        (_float(r.get("labelled")), _float(r.get("accuracy")), _float(r.get("cam_dice"))) for r in rounds
+    ]
+    points = [p for p in points if not math.isnan(p[0])]  # a round whose count is no number
     if all(math.isnan(a) and math.isnan(d) for _, a, d in points):
         return None
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
@@ -60,62 +99,117 @@ def _curves(rounds: list[dict]) -> str | None:
     return _png(buf.getvalue())
 
 
-def _round_section(folder: Path) -> str:
-    rows = read_rows(folder / REQUEST)
-    figures = []
-    for row in rows:
-        hint = folder / HINTS / f"{file_name(row['id'])}.png"
-        if not hint.is_file():
-            continue
-        caption = f"#{row['rank']} {row['id']}"
-        if row["score"]:
-            u, m = float(row["uncertainty"]), float(row["misalignment"])
-            caption += f"<br>score {float(row['score']):.3f}, U {u:.3f}, M {m:.3f}"
-        if row["predicted"]:
-            caption += f"<br>predicted {html.escape(row['predicted'])} ({float(row['probability']):.2f})"
-        figures.append(
-            f'<figure><img src="{_png(hint.read_bytes())}" alt="{html.escape(row["id"])}">'
-            f"<figcaption>{caption}</figcaption></figure>"
+def _hint(out: Path, folder: Path, sample_id: str) -> bytes | None:
+    """The scan's hint picture: a PNG file inside the run folder, else None (a symlink out of
+    the run or a file that is not a PNG is never inlined)."""
+    path = folder / HINTS / f"{file_name(sample_id)}.png"
+    if not path.is_file() or not path.resolve().is_relative_to(out.resolve()):
+        return None
+    data = path.read_bytes()
+    return data if data.startswith(_PNG_SIGNATURE) else None
+
+
+def _figure(out: Path, folder: Path, row: dict[str, str]) -> str:
+    sample_id = row.get("id", "")
+    data = _hint(out, folder, sample_id)
+    if data is None:
+        return ""
+    lines = [f"#{_text(row.get('rank', ''))} {_text(sample_id)}"]
+    if row.get("score"):
+        lines.append(
+            f"score {_number(row['score'])}, U {_number(row.get('uncertainty'))}, "
+            f"M {_number(row.get('misalignment'))}"
         )
-    n = folder.name.split("-")[1]
-    what = "the initial set" if n == "0" else f"chosen by the model of round {int(n) - 1}"
+    if row.get("predicted"):
+        lines.append(f"predicted {_text(row['predicted'])} ({_number(row.get('probability'), 2)})")
+    return (
+        f'<figure><img src="{_png(data)}" alt="{_text(sample_id)}">'
+        f"<figcaption>{'<br>'.join(lines)}</figcaption></figure>"
+    )
+
+
+def _round_section(out: Path, n: int, folder: Path) -> str:
+    try:
+        rows = read_rows(folder / REQUEST)
+    except (OSError, ValueError, csv.Error) as e:  # ValueError: not UTF-8
+        raise InvalidArgument(f"{folder / REQUEST} cannot be read as a request: {e}") from e
+    figures = "".join(_figure(out, folder, row) for row in rows)
+    what = "the initial set" if n == 0 else f"chosen by the model of round {n - 1}"
     return (
         f'<section class="round"><h2>Round {n}: {len(rows)} scans, {what}</h2>'
-        f'<div class="grid">{"".join(figures)}</div></section>'
+        f'<div class="grid">{figures}</div></section>'
     )
+
+
+def _round_folders(out: Path) -> list[tuple[int, Path]]:
+    """The hand-off rounds `round-N/` holding a request, in round order; other folders named
+    round-* are not rounds and are left out."""
+    found = []
+    for p in out.glob("round-*"):
+        m = _ROUND.fullmatch(p.name)
+        if m and (p / REQUEST).is_file():
+            found.append((int(m[1]), p))
+    return sorted(found)
+
+
+def _state(out: Path) -> dict:
+    """state.json, checked for the shape the page needs (an object whose rounds are objects)."""
+    path = out / "state.json"
+    if not path.is_file():
+        raise InvalidArgument(f"{out} holds no run (no state.json): run xgal train --out {out} first")
+    try:
+        state = json.loads(path.read_bytes())
+    except (ValueError, RecursionError) as e:
+        raise InvalidArgument(f"{path} is not a run's state: {e}") from e
+    rounds = state.get("rounds", []) if isinstance(state, dict) else None
+    if not isinstance(rounds, list) or not all(isinstance(r, dict) for r in rounds):
+        raise InvalidArgument(f"{path} is not a run's state: no list of rounds")
+    return state
+
+
+def _table(rounds: list[dict]) -> str:
+    cells = (
+        "".join(
+            f"<td>{c}</td>"
+            for c in (
+                _text(r.get("round", "")),
+                _text(r.get("labelled", "")),
+                _number(r.get("accuracy")),
+                _number(r.get("macro_f1")),
+                _number(r.get("cam_dice")),
+                _text(r.get("model_version", "")),
+                _number(r.get("seconds", 0), 1),
+            )
+        )
+        for r in rounds
+    )
+    return "".join(f"<tr>{row}</tr>" for row in cells)
 
 
 def write_report(out: str | Path) -> Path:
     """Write `OUT/report.html` from the run folder `out`; returns its path."""
     out = Path(out)
-    state_path = out / "state.json"
-    if not state_path.is_file():
-        raise InvalidArgument(f"{out} holds no run (no state.json): run xgal train --out {out} first")
-    state = json.loads(state_path.read_text())
+    state = _state(out)
     rounds = state["rounds"]
-    table = "".join(
-        f"<tr><td>{r['round']}</td><td>{r['labelled']}</td><td>{_number(r['accuracy'])}</td>"
-        f"<td>{_number(r['macro_f1'])}</td><td>{_number(r['cam_dice'])}</td>"
-        f"<td>{r.get('model_version', '')}</td><td>{r.get('seconds', 0):.1f}</td></tr>"
-        for r in rounds
-    )
     curves = _curves(rounds) if rounds else None
-    classes = html.escape(", ".join(state.get("class_names", [])))
-    sections = round_folders(out, REQUEST)
+    names = state.get("class_names", [])
+    classes = _text(", ".join(map(str, names)) if isinstance(names, list) else names)
+    name = _text(out.resolve().name)
     page = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>xgal run {html.escape(out.name)}</title>",
+        f'<!doctype html><html lang="en"><head><meta http-equiv="Content-Security-Policy" content="{CSP}">',
+        f'<meta charset="utf-8"><title>xgal run {name}</title>',
         f"<style>{_STYLE}</style></head><body>",
-        f"<h1>xgal run <code>{html.escape(out.name)}</code></h1>",
+        f"<h1>xgal run <code>{name}</code></h1>",
         f"<p>{len(rounds)} rounds recorded; classes: {classes}.</p>",
         "<h2>Rounds</h2><table><tr><th>round</th><th>labelled</th><th>accuracy</th><th>macro-F1</th>"
-        f"<th>CAM-ROI Dice</th><th>model version</th><th>seconds</th></tr>{table}</table>",
+        f"<th>CAM-ROI Dice</th><th>model version</th><th>seconds</th></tr>{_table(rounds)}</table>",
         f'<img alt="learning curves" src="{curves}">'
         if curves
         else "<p>No test split: no learning curves.</p>",
-        *(_round_section(p) for p in sections),
-        "<h2>Settings</h2><pre>" + html.escape(json.dumps(state["config"], indent=1)) + "</pre>",
+        *(_round_section(out, n, p) for n, p in _round_folders(out)),
+        "<h2>Settings</h2><pre>" + _text(json.dumps(state.get("config", {}), indent=1)) + "</pre>",
         "</body></html>",
     ]
     path = out / REPORT
-    path.write_text("\n".join(page))
+    path.write_text("\n".join(page), encoding="utf-8")
     return path
