@@ -4,6 +4,7 @@ selection made by round r's model), and the file name each scan gets there."""
 from __future__ import annotations
 
 import hashlib
+import re
 from pathlib import Path
 
 REQUEST, TEMPLATE, META, ANSWERS, HINTS = "request.csv", "labels.csv", "request.json", "answers.npz", "hints"
@@ -16,10 +17,17 @@ def round_folder(out: str | Path, n: int) -> Path:
     return Path(out) / f"round-{n}"
 
 
+def round_number(folder: Path) -> int | None:
+    """N of a folder named `round-N`; None for any other name (`round-old`, `round-<b>x`)."""
+    m = re.fullmatch(r"round-([0-9]+)", folder.name)
+    return int(m[1]) if m else None
+
+
 def round_folders(out: str | Path, holding: str) -> list[Path]:
-    """The run's round folders that hold the file `holding`, in round order."""
-    found = (p for p in Path(out).glob("round-*") if (p / holding).is_file())
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+    """The run's round folders that hold the file `holding`, in round order; other folders whose
+    names start with round- are not rounds and are left out."""
+    found = [p for p in Path(out).glob("round-*") if round_number(p) is not None and (p / holding).is_file()]
+    return sorted(found, key=lambda p: round_number(p) or 0)
 
 
 def file_name(sample_id: str) -> str:

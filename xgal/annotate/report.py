@@ -18,10 +18,9 @@ import html
 import io
 import json
 import math
-import re
 from pathlib import Path
 
-from xgal.annotate.layout import HINTS, REQUEST, file_name
+from xgal.annotate.layout import HINTS, REQUEST, file_name, round_folders, round_number
 from xgal.core.errors import InvalidArgument
 from xgal.core.spreadsheet import read_rows
 
@@ -45,7 +44,6 @@ CSP = (
     "base-uri 'none'; form-action 'none'"
 )
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_ROUND = re.compile(r"round-([0-9]+)")
 
 
 def _text(value: object) -> str:
@@ -141,17 +139,6 @@ def _round_section(out: Path, n: int, folder: Path) -> str:
     )
 
 
-def _round_folders(out: Path) -> list[tuple[int, Path]]:
-    """The hand-off rounds `round-N/` holding a request, in round order; other folders named
-    round-* are not rounds and are left out."""
-    found = []
-    for p in out.glob("round-*"):
-        m = _ROUND.fullmatch(p.name)
-        if m and (p / REQUEST).is_file():
-            found.append((int(m[1]), p))
-    return sorted(found)
-
-
 def _state(out: Path) -> dict:
     """state.json, checked for the shape the page needs (an object whose rounds are objects)."""
     path = out / "state.json"
@@ -206,7 +193,7 @@ def write_report(out: str | Path) -> Path:
         f'<img alt="learning curves" src="{curves}">'
         if curves
         else "<p>No test split: no learning curves.</p>",
-        *(_round_section(out, n, p) for n, p in _round_folders(out)),
+        *(_round_section(out, round_number(p) or 0, p) for p in round_folders(out, REQUEST)),
         "<h2>Settings</h2><pre>" + _text(json.dumps(state.get("config", {}), indent=1)) + "</pre>",
         "</body></html>",
     ]
