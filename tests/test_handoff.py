@@ -69,11 +69,12 @@ def test_two_rounds_through_the_folder_hand_off(archive, tmp_path):
         asked += ids
         assert sorted(p.stem for p in (folder / "hints").iterdir()) == sorted(ids)
         hint = Image.open(folder / "hints" / f"{ids[0]}.png")
-        assert hint.size[0] == 256
+        assert hint.size == (296, 292)  # 256 px of scan, the colour scale, a line above and below
         scan = np.asarray(Image.open(folder / "scans" / f"{ids[0]}.png"))  # what masks are drawn on
         assert scan.shape == (32, 32)
-        if n == 0:  # the initial set: no model yet
+        if n == 0:  # the initial set: no model yet, drawn without the pool's labels
             assert all(r["score"] == "" and r["predicted"] == "" for r in rows)
+            assert {r["chosen_by"] for r in rows} == {"the initial set: drawn at random, no label read"}
         else:  # the model that chose them: the scores that ranked them, its predicted class
             ranking = json.loads((folder / "ranking.json").read_text())
             assert ids == [r["id"] for r in ranking]
@@ -160,5 +161,5 @@ def test_file_names_of_ids_never_collide_and_16_bit_hints_are_visible():
     ct = np.full((1, 32, 32), 24, np.uint16)
     ct[0, 8:24, 8:24] = 1064
     ct[0, 12:16, 12:16] = 2024
-    hint = np.asarray(hint_image(ct, np.zeros((32, 32), np.uint8), None, "no model yet"))[18:]
+    hint = np.asarray(hint_image(ct, np.zeros((32, 32), np.uint8), None, "no model yet"))[18:274, :256]
     assert hint.max() == 255 and hint.min() == 0

@@ -34,6 +34,12 @@ class AnnotationRequest:
     cams: np.ndarray | None = None  # [n, H, W] in [0, 1]; None before the first model
     probs: np.ndarray | None = None  # [n, K]
     ranking: dict[str, dict] = field(default_factory=dict)  # id -> score, uncertainty, misalignment
+    ranked_by: str = ""  # what chose these scans, in words (xgal.core.selection_text)
+    cold_start: bool = False  # chosen by the cold start: the score is not U or M
+    # The ROIs the hints outline: those the misalignment was measured against (None: `rois`),
+    # and which of them are the body found in the scan rather than an expert's.
+    hint_rois: np.ndarray | None = None
+    body_rois: np.ndarray | None = None
 
 
 class PendingRequest:

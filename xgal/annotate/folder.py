@@ -62,9 +62,10 @@ class FolderAnnotator:
             write_request(folder, ids, request.build())
         meta = json.loads((folder / META).read_text())
         h, w = meta["image_size"]
+        chosen = f"  {meta['ranked_by']}\n" if meta.get("ranked_by") else ""
         raise AwaitingAnnotations(
-            f"round {n}: {len(ids)} scans wait for a radiologist in {folder}/\n"
-            f"  look at {folder / HINTS}/ (scan, ROI in green, the model's Grad-CAM), fill in "
+            f"round {n}: {len(ids)} scans wait for a radiologist in {folder}/\n{chosen}"
+            f"  look at {folder / HINTS}/ (the scan, the ROI outlined, the model's Grad-CAM), fill in "
             f"{folder / TEMPLATE} (a class per scan: {', '.join(meta['class_names'])}),\n"
             f"  ROIs, if you draw them: {w}x{h} masks named <id>.png, drawn on {folder / SCANS}/\n"
             f"  then: xgal annotations add {self.out} --labels {folder / TEMPLATE} "
@@ -86,7 +87,7 @@ def write_request(folder: Path, ids: Sequence[str], request: AnnotationRequest) 
         pred = request.class_names[predicted[i]] if predicted is not None else ""
         prob = f"{request.probs[i].max():.4f}" if request.probs is not None else ""
         scores = (_cell(row.get(k)) for k in ("score", "uncertainty", "misalignment"))
-        rows.append([i + 1, sample_id, *scores, pred, prob])
+        rows.append([i + 1, sample_id, *scores, pred, prob, request.ranked_by])
     write_rows(folder / REQUEST, REQUEST_COLUMNS, rows)
     write_rows(folder / TEMPLATE, ["id", "label"], [[sample_id, ""] for sample_id in ids])
     (folder / SCANS).mkdir(exist_ok=True)
@@ -94,16 +95,16 @@ def write_request(folder: Path, ids: Sequence[str], request: AnnotationRequest) 
         scan_image(request.images[i]).save(folder / SCANS / f"{file_name(sample_id)}.png")
     for i, sample_id in enumerate(ids):
         title = (
-            f"{request.class_names[predicted[i]]} ({request.probs[i].max():.2f})"
+            f"predicted {request.class_names[predicted[i]]} ({request.probs[i].max():.2f})"
             if predicted is not None and request.probs is not None
             else "no model yet"
         )
-        hint = hint_image(
-            request.images[i],
-            request.rois[i],
-            None if request.cams is None else request.cams[i],
-            title,
-        )
+        if request.cold_start:
+            title = f"cold start: {title}"
+        outlined = request.rois if request.hint_rois is None else request.hint_rois
+        body = request.body_rois is not None and bool(request.body_rois[i])
+        cam = None if request.cams is None else request.cams[i]
+        hint = hint_image(request.images[i], outlined[i], cam, title, body=body)
         hint.save(folder / HINTS / f"{file_name(sample_id)}.png")
     meta = {
         "round": request.round_index,
@@ -111,6 +112,8 @@ def write_request(folder: Path, ids: Sequence[str], request: AnnotationRequest) 
         "class_names": list(request.class_names),
         "image_size": list(request.images.shape[-2:]),
         "pool": request.pool,
+        "ranked_by": request.ranked_by,
+        "cold_start": request.cold_start,
     }
     atomic_write(folder / META, json.dumps(meta, indent=1).encode())
 

@@ -6,11 +6,17 @@ from __future__ import annotations
 import numpy as np
 
 HINT_SIDE = 256  # pixels: a 64x64 scan is too small to judge on a screen
+_BAR = 40  # the colour scale's strip at the right
+_LINE = 18  # a line of text above (the prediction) and below (what the outline is)
+EXPERT_COLOUR, BODY_COLOUR = (0.0, 1.0, 0.0), (0.0, 1.0, 1.0)  # outline: green, cyan
 
 
-def hint_image(image: np.ndarray, roi: np.ndarray, cam: np.ndarray | None, title: str):  # noqa: ANN201
-    """The scan (first channel) in gray, the Grad-CAM blended over it in jet, the ROI's outline
-    in green and `title` on top: a PIL image HINT_SIDE wide."""
+def hint_image(  # noqa: ANN201 - a PIL image
+    image: np.ndarray, roi: np.ndarray, cam: np.ndarray | None, title: str, *, body: bool = False
+):
+    """The scan (first channel) in gray, the Grad-CAM blended over it in jet with its colour
+    scale beside it, the outline of the ROI the misalignment was measured against (green: the
+    expert's, cyan: the body found in the scan, `body`) and `title` on top."""
     import matplotlib
     from PIL import Image, ImageDraw
 
@@ -21,11 +27,24 @@ def hint_image(image: np.ndarray, roi: np.ndarray, cam: np.ndarray | None, title
         rgb = 0.6 * rgb + 0.4 * heat
     inside = roi > 0
     edge = inside & ~_eroded(inside)
-    rgb[edge] = (0.0, 1.0, 0.0)
+    rgb[edge] = BODY_COLOUR if body else EXPERT_COLOUR
     img = Image.fromarray((rgb * 255).astype(np.uint8)).resize((HINT_SIDE, HINT_SIDE), Image.NEAREST)
-    canvas = Image.new("RGB", (HINT_SIDE, HINT_SIDE + 18), "black")
-    canvas.paste(img, (0, 18))
-    ImageDraw.Draw(canvas).text((4, 3), title, fill="white")
+    canvas = Image.new("RGB", (HINT_SIDE + _BAR, HINT_SIDE + 2 * _LINE), "black")
+    canvas.paste(img, (0, _LINE))
+    draw = ImageDraw.Draw(canvas)
+    draw.text((4, 3), title, fill="white")
+    if not inside.any():
+        outline = "no ROI to outline"
+    else:
+        outline = "cyan: the body found in the scan" if body else "green: the expert's ROI"
+    draw.text((4, HINT_SIDE + _LINE + 3), outline, fill="white")
+    if cam is not None:  # the scale: Grad-CAM 1 (top) to 0 (bottom), the blend's colours
+        ramp = matplotlib.colormaps["jet"](np.linspace(1, 0, HINT_SIDE - 24))[:, :3]
+        bar = np.repeat((0.6 * 0.5 + 0.4 * ramp)[:, None, :], 10, axis=1)
+        canvas.paste(Image.fromarray((bar * 255).astype(np.uint8)), (HINT_SIDE + 6, _LINE + 12))
+        draw.text((HINT_SIDE + 18, _LINE + 8), "1", fill="white")
+        draw.text((HINT_SIDE + 18, HINT_SIDE + _LINE - 18), "0", fill="white")
+        draw.text((HINT_SIDE + 4, _LINE - 14), "CAM", fill="white")
     return canvas
 
 

@@ -10,7 +10,9 @@ from pathlib import Path
 REQUEST, TEMPLATE, META, ANSWERS, HINTS = "request.csv", "labels.csv", "request.json", "answers.npz", "hints"
 RANKING = "ranking.json"  # the scores of the round's selection, as the scorers returned them
 SCANS = "scans"  # each scan at the pool's size: what masks are drawn on
-REQUEST_COLUMNS = ("rank", "id", "score", "uncertainty", "misalignment", "predicted", "probability")
+REQUEST_COLUMNS = (
+    "rank", "id", "score", "uncertainty", "misalignment", "predicted", "probability", "chosen_by",
+)  # fmt: skip
 
 
 def round_folder(out: str | Path, n: int) -> Path:

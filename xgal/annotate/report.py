@@ -20,7 +20,7 @@ import json
 import math
 from pathlib import Path
 
-from xgal.annotate.layout import HINTS, REQUEST, file_name, round_folders, round_number
+from xgal.annotate.layout import HINTS, META, REQUEST, file_name, round_folders, round_number
 from xgal.core.errors import InvalidArgument
 from xgal.core.spreadsheet import read_rows
 
@@ -107,13 +107,15 @@ def _hint(out: Path, folder: Path, sample_id: str) -> bytes | None:
     return data if data.startswith(_PNG_SIGNATURE) else None
 
 
-def _figure(out: Path, folder: Path, row: dict[str, str]) -> str:
+def _figure(out: Path, folder: Path, row: dict[str, str], cold_start: bool) -> str:
     sample_id = row.get("id", "")
     data = _hint(out, folder, sample_id)
     if data is None:
         return ""
     lines = [f"#{_text(row.get('rank', ''))} {_text(sample_id)}"]
-    if row.get("score"):
+    if row.get("score") and cold_start:  # the cold start's score is a random draw's key
+        lines.append(f"cold start (draw key {_number(row['score'])})")
+    elif row.get("score"):
         lines.append(
             f"score {_number(row['score'])}, U {_number(row.get('uncertainty'))}, "
             f"M {_number(row.get('misalignment'))}"
@@ -131,12 +133,24 @@ def _round_section(out: Path, n: int, folder: Path) -> str:
         rows = read_rows(folder / REQUEST)
     except (OSError, ValueError, csv.Error) as e:  # ValueError: not UTF-8
         raise InvalidArgument(f"{folder / REQUEST} cannot be read as a request: {e}") from e
-    figures = "".join(_figure(out, folder, row) for row in rows)
+    cold_start = _cold_start(folder)
+    figures = "".join(_figure(out, folder, row, cold_start) for row in rows)
     what = "the initial set" if n == 0 else f"chosen by the model of round {n - 1}"
+    chosen_by = rows[0].get("chosen_by", "") if rows else ""
     return (
         f'<section class="round"><h2>Round {n}: {len(rows)} scans, {what}</h2>'
-        f'<div class="grid">{figures}</div></section>'
+        + (f"<p>{_text(chosen_by[:1].upper() + chosen_by[1:])}.</p>" if chosen_by else "")
+        + f'<div class="grid">{figures}</div></section>'
     )
+
+
+def _cold_start(folder: Path) -> bool:
+    """Whether the round's request.json says the cold start chose it (False when unreadable)."""
+    try:
+        meta = json.loads((folder / META).read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(meta, dict) and meta.get("cold_start") is True
 
 
 def _state(out: Path) -> dict:

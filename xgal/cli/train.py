@@ -149,6 +149,10 @@ def train(
                     + (f"\n  [yellow]note:[/] {r.note}" if r.note else "")
                 ),
                 on_stage=lambda r, stage: status.update(f"round {r}: {stage}"),
+                on_trained=lambda r: out.print(
+                    f"round {r.round} trained on {r.labelled} scans: accuracy {number(r.accuracy)}, "
+                    f"macro-F1 {number(r.macro_f1)}, CAM-ROI Dice {number(r.cam_dice)}"
+                ),
             )
             try:
                 records = loop.run()

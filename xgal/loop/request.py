@@ -1,10 +1,13 @@
-"""What the choosing model says of the scans a person is asked about: its probabilities and its
-Grad-CAM at the pool's size, for the hints (torch; the hand-off that draws them is not)."""
+"""What a person is told about the scans they are asked about: what chose them, and what the
+choosing model says of them (its probabilities and its Grad-CAM at the pool's size, for the
+hints; torch, where the hand-off that draws them is not)."""
 
 from __future__ import annotations
 
 import numpy as np
 
+from xgal.core.selection_text import describe_selection
+from xgal.loop.config import LoopConfig
 from xgal.train.fit import to_input
 from xgal.train.gradcam import scores_and_cam
 from xgal.train.nets.classifier import Classifier
@@ -32,3 +35,18 @@ def model_view(
         probs.append(scores.softmax(1).cpu().numpy())
         cams.append(cam.cpu().numpy())
     return np.concatenate(probs), np.concatenate(cams)
+
+
+def chosen_by(config: LoopConfig, n: int) -> str:
+    """What chose request `n`'s scans: the initial set's draw (n = 0), the cold start, or the
+    round's acquisition."""
+    if n == 0:
+        if config.initial_ids:
+            return "the initial set: the scans the user listed (--initial-ids)"
+        if config.initial_balance == "oracle":
+            return (
+                "the initial set: drawn at random, stratified by the pool's labels (--initial-balance oracle)"
+            )
+        return "the initial set: drawn at random, no label read"
+    cold = n == 1 and config.cold_start == "typical"  # round 0's selection: the cold start
+    return describe_selection(config.round_acquisition(n - 1), config.per_round, cold_start=cold)

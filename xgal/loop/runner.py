@@ -28,8 +28,9 @@ from xgal.core.ranking import rows
 from xgal.export import ScoringGraphExporter
 from xgal.loop.config import LoopConfig
 from xgal.loop.labelled import answered_part, initial_selection
-from xgal.loop.request import model_view
+from xgal.loop.request import chosen_by, model_view
 from xgal.loop.run_state import RunFolder
+from xgal.pool.body import rois_for
 from xgal.pool.format import MANIFEST, Pool
 from xgal.train.fit import evaluate, to_input, train_classifier
 from xgal.train.nets import build_model
@@ -71,12 +72,15 @@ class ActiveLearningLoop:
         log: Callable[[RoundRecord, Classifier], None] | None = None,
         exporter: ScoringGraphExporter | None = None,
         on_stage: Callable[[int, str], None] | None = None,
+        on_trained: Callable[[RoundRecord], None] | None = None,
     ) -> None:
         """`pool_ref` is the pool's path as the scorers see it (under their data root);
         default: the pool folder's name. `exporter`: one to share between runs of the same
         network (it traces once); by default the run makes its own. `log` gets each round once
         it is recorded; `on_stage(round, stage)` as each of `STAGES` begins, once what came
-        before it is on disk (a resumed round reports only the stages it still has to do).
+        before it is on disk (a resumed round reports only the stages it still has to do);
+        `on_trained` gets each round's metrics as soon as its model is trained and evaluated
+        (with the folder hand-off, long before the round is recorded).
         Without a `test_pool` the rounds are not evaluated (their metrics are NaN)."""
         if test_pool is not None and not test_pool.has_labels:
             raise InvalidArgument(f"the test pool {test_pool.path} needs labels to measure accuracy")
@@ -91,7 +95,7 @@ class ActiveLearningLoop:
         self.folder = RunFolder(self.out)
         self.pool_ref = pool_ref or pool.path.name
         self.model_name = model_name
-        self.log, self.on_stage = log, on_stage
+        self.log, self.on_stage, self.on_trained = log, on_stage, on_trained
         self.scale = PIXEL_SCALE[pool.pixel_dtype]
         self.class_names = pool.class_names or (test_pool.class_names if test_pool is not None else [])
         if len(self.class_names) < 2:
@@ -106,7 +110,8 @@ class ActiveLearningLoop:
         if test_pool is not None:
             test = test_pool.read(0, test_pool.count, ("images", "labels", "rois"))
             x = to_input(test["images"], self.scale, config.mean, config.std)
-            self.test = (x, torch.from_numpy(test["labels"]), torch.from_numpy(test["rois"]))
+            labels = labels_by_name(test["labels"], list(test_pool.class_names), list(self.class_names))
+            self.test = (x, torch.from_numpy(labels), torch.from_numpy(test["rois"]))
         # The first round traces the network, later rounds only swap the weights.
         own = ScoringGraphExporter(
             config.layer,
@@ -198,16 +203,21 @@ class ActiveLearningLoop:
         """Request `n` (0: the initial set, r + 1: round r's selection): the scans, the pool's
         ROIs and, with the model that chose them, its probabilities, Grad-CAMs and the scores
         that ranked them."""
+        cfg = self.config
         taken = self.pool.take([self.index[i] for i in ids], ("images", "rois"))
         request = AnnotationRequest(
             n, taken["images"], taken["rois"], tuple(self.class_names), str(self.pool.path.resolve())
         )
+        request.ranked_by = chosen_by(cfg, n)
+        request.cold_start = n == 1 and cfg.cold_start == "typical"
         if model is not None:
-            cfg = self.config
+            acquisition = cfg.round_acquisition(n - 1)
             request.probs, request.cams = model_view(
                 model, taken["images"], cfg.layer, self.scale, cfg.mean, cfg.std
             )
             request.ranking = {row["id"]: row for row in self.folder.read_ranking(n - 1)}
+            # The hints outline the ROI the misalignment was measured against.
+            request.hint_rois, request.body_rois = rois_for(taken["images"], taken["rois"], acquisition.roi)
         return request
 
     # -- the loop -------------------------------------------------------------------------------
@@ -285,6 +295,8 @@ class ActiveLearningLoop:
         record = RoundRecord(round=r, labelled=len(ids), train_loss=history[-1]["loss"], **metrics)
         record.seconds = time.perf_counter() - t0
         self.folder.save_progress(r, {"record": asdict(record)}, model.state_dict())
+        if self.on_trained is not None:
+            self.on_trained(record)
         return record, model
 
     def _publish(self, model: Classifier, r: int) -> int:
@@ -314,3 +326,16 @@ class ActiveLearningLoop:
         self.folder.write_ranking(r, rows(result.top, tuple(self.class_names)))
         note = result.misalignment_note(cfg.round_acquisition(r)) or ""
         return result.top.ids.tolist(), version, note
+
+
+def labels_by_name(labels: np.ndarray, test_names: list[str], names: list[str]) -> np.ndarray:
+    """A test pool's labels as the training pool's class indices: matched by name (the same
+    classes in another order are mapped); other classes are refused, naming both lists."""
+    if not test_names or test_names == names:
+        return labels
+    if sorted(test_names) != sorted(names):
+        raise InvalidArgument(
+            f"the test pool's classes {test_names} are not the pool's {names}: accuracy would compare "
+            "different things; import the test pool with the same class names"
+        )
+    return np.array([names.index(n) for n in test_names], dtype=labels.dtype)[labels]
