@@ -60,6 +60,8 @@ def test_two_rounds_through_the_folder_hand_off(archive, tmp_path):
         folder = run / f"round-{n}"
         assert f"round {n}: {12 if n == 0 else 6} scans wait for a radiologist" in res.stdout
         assert "xgal annotations add" in res.stdout and "32x32 masks named <id>.png" in res.stdout
+        if n == 1:  # round 0's model was evaluated as soon as it was trained, and said so
+            assert "round 0 trained on 12 scans: accuracy n/a" in res.stdout
         if n == 1:  # the archive has no ROIs: the round says that M could not count
             assert "none of the 160 scored samples has an ROI, so M = 1" in res.stdout + res.stderr
         rows = _request(folder)
