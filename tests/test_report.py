@@ -36,7 +36,7 @@ HOSTILE_FOLDER = "run<img src=x onerror=alert(3)>"
 HOSTILE_CLASSES = ("<b onmouseover=alert(4)>round</b>", "<script>alert(5)</script>")
 # What the page may hold: anything else came from the run's data.
 TAGS = {"html", "head", "meta", "title", "style", "body", "h1", "h2", "code", "p", "table", "tr", "th", "td"}
-TAGS |= {"img", "section", "div", "figure", "figcaption", "br", "pre"}
+TAGS |= {"img", "section", "div", "figure", "figcaption", "br", "b"}
 ATTRIBUTES = {"lang", "http-equiv", "content", "charset", "class", "src", "alt"}
 
 
@@ -49,9 +49,14 @@ class _Page(HTMLParser):
         self.headings: list[str] = []
         self.text: list[str] = []
         self.cells: list[str] = []
+        self.headers: list[str] = []
         self.style = ""
         self.rows = 0
+        self.tables = 0
         self._in: str | None = None
+
+    def handle_endtag(self, tag):
+        self.tables += tag == "table"
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
@@ -60,7 +65,7 @@ class _Page(HTMLParser):
             self.images.append(a.get("src", ""))
         if tag in ("script", "link", "iframe") or (tag == "a" and a.get("href")):
             self.links.append(tag)
-        if tag == "tr":
+        if tag == "tr" and not self.tables:  # the rounds' table, the page's first
             self.rows += 1
         self._in = tag
 
@@ -70,6 +75,8 @@ class _Page(HTMLParser):
             self.headings.append(data)
         if self._in == "td":
             self.cells.append(data)
+        if self._in == "th":
+            self.headers.append(data)
         if self._in == "style":
             self.style += data
         self._in = None
@@ -145,7 +152,7 @@ def _check_only_the_reports_own_markup(page, ids):
         if tag == "img":
             assert attrs["src"].startswith("data:image/png;base64,")
             assert attrs["alt"] in (*ids, "learning curves")
-        assert attrs.get("class") in (None, "round", "grid")
+        assert attrs.get("class") in (None, "round", "grid", "settings")
 
 
 def test_the_report_is_one_self_contained_page_of_the_rounds(run):
@@ -157,6 +164,33 @@ def test_the_report_is_one_self_contained_page_of_the_rounds(run):
     assert any(h.startswith("Round 1: 3 scans, chosen by the model of round 0") for h in page.headings)
     assert page.rows == 1 + 2  # header and the two rounds
     assert "n/a" in path.read_text()  # a Dice not measured says so
+
+
+def test_the_report_shows_the_answers_the_settings_as_a_table_and_says_when_dice_was_not_measured(run):
+    """Each answered scan's caption says what the radiologist answered (or that it was left
+    unanswered); the settings are a table of dotted names; a test split without ROIs is said in
+    words, not shown as an empty Dice plot."""
+    ids = [f"scan-0-{i}" for i in range(4)]
+    labels = np.array([1, 2, 0, -1])  # the last left unanswered (a round closed with --partial)
+    np.savez(
+        run / "round-0" / "answers.npz",
+        ids=np.array(ids),
+        labels=labels,
+        rois=np.zeros((4, 32, 32), np.uint8),
+    )
+    page = _Page()
+    page.feed(write_report(run).read_text())
+    text = " ".join(page.text)
+    for sample_id, answer in zip(ids, ("striated", "spiculated", "round", "left unanswered"), strict=True):
+        assert f"answered: {answer}" in text.split(sample_id, 1)[1].split("#", 1)[0]
+    settings = dict(zip(page.headers, page.cells[-len(page.headers) :], strict=True))
+    assert settings["acquisition.lam"] == "0.3" and settings["train.alpha"] == "0.1"
+    assert "No CAM-ROI Dice" not in text  # round 0 measured it
+    state = json.loads((run / "state.json").read_text())
+    for r in state["rounds"]:
+        r["cam_dice"] = math.nan
+    (run / "state.json").write_text(json.dumps(state))
+    assert "No CAM-ROI Dice: the test split has no ROI." in write_report(run).read_text()
 
 
 def test_hostile_ids_class_names_and_folder_show_as_text_under_a_csp_without_script(hostile_run):

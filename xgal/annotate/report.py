@@ -1,6 +1,7 @@
 """`xgal report OUT`: a run as one self-contained page, `OUT/report.html` (every picture inlined,
-nothing fetched): the settings, the per-round table, the learning curves and, per round of a
-folder hand-off, the scans asked about with their hints (scan, ROI, Grad-CAM, prediction).
+nothing fetched): the per-round table, the learning curves, per round of a folder hand-off the
+scans asked about with their hints (scan, ROI, Grad-CAM, prediction), what chose them and what
+the radiologist answered, and the settings as a table.
 
 Everything read from the run folder is untrusted (a request.csv or state.json may have been
 edited, an ID or class name may come from anyone): every string is HTML-escaped, numbers are
@@ -20,7 +21,7 @@ import json
 import math
 from pathlib import Path
 
-from xgal.annotate.layout import HINTS, META, REQUEST, file_name, round_folders, round_number
+from xgal.annotate.layout import ANSWERS, HINTS, META, REQUEST, file_name, round_folders, round_number
 from xgal.core.errors import InvalidArgument
 from xgal.core.spreadsheet import read_rows
 
@@ -33,7 +34,7 @@ th { background: #f3f3f3; }
 .grid { display: flex; flex-wrap: wrap; gap: 10px; }
 figure { margin: 0; width: 200px; font-size: 12px; overflow-wrap: anywhere; }
 figure img { width: 200px; }
-pre { background: #f7f7f7; padding: 1em; overflow-x: auto; }
+.settings th, .settings td { text-align: left; font-family: monospace; }
 """
 # No script at all, pictures only as data: URLs, the one style block by its hash; base-uri and
 # form-action are not covered by default-src. (frame-ancestors and sandbox are ignored in a
@@ -86,6 +87,10 @@ def _curves(rounds: list[dict]) -> str | None:
         return None
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
     for ax, k, name in ((axes[0], 1, "test accuracy"), (axes[1], 2, "CAM-ROI Dice (test)")):
+        if all(math.isnan(p[k]) for p in points):  # e.g. a test split without ROIs: say so
+            ax.text(0.5, 0.5, f"no {name}:\nthe test split has no ROI", ha="center", va="center")
+            ax.set_axis_off()
+            continue
         ax.plot([p[0] for p in points], [p[k] for p in points], "o-")
         ax.set_xlabel("labelled scans")
         ax.set_ylabel(name)
@@ -95,6 +100,10 @@ def _curves(rounds: list[dict]) -> str | None:
     fig.savefig(buf, format="png", dpi=90)
     plt.close(fig)
     return _png(buf.getvalue())
+
+
+def _no_dice(rounds: list[dict]) -> bool:
+    return all(math.isnan(_float(r.get("cam_dice"))) for r in rounds)
 
 
 def _hint(out: Path, folder: Path, sample_id: str) -> bytes | None:
@@ -107,7 +116,7 @@ def _hint(out: Path, folder: Path, sample_id: str) -> bytes | None:
     return data if data.startswith(_PNG_SIGNATURE) else None
 
 
-def _figure(out: Path, folder: Path, row: dict[str, str], cold_start: bool) -> str:
+def _figure(out: Path, folder: Path, row: dict[str, str], cold_start: bool, answers: dict[str, str]) -> str:
     sample_id = row.get("id", "")
     data = _hint(out, folder, sample_id)
     if data is None:
@@ -122,6 +131,8 @@ def _figure(out: Path, folder: Path, row: dict[str, str], cold_start: bool) -> s
         )
     if row.get("predicted"):
         lines.append(f"predicted {_text(row['predicted'])} ({_number(row.get('probability'), 2)})")
+    if sample_id in answers:
+        lines.append(f"<b>answered: {_text(answers[sample_id])}</b>")
     return (
         f'<figure><img src="{_png(data)}" alt="{_text(sample_id)}">'
         f"<figcaption>{'<br>'.join(lines)}</figcaption></figure>"
@@ -133,8 +144,8 @@ def _round_section(out: Path, n: int, folder: Path) -> str:
         rows = read_rows(folder / REQUEST)
     except (OSError, ValueError, csv.Error) as e:  # ValueError: not UTF-8
         raise InvalidArgument(f"{folder / REQUEST} cannot be read as a request: {e}") from e
-    cold_start = _cold_start(folder)
-    figures = "".join(_figure(out, folder, row, cold_start) for row in rows)
+    cold_start, answers = _cold_start(folder), _answers(folder)
+    figures = "".join(_figure(out, folder, row, cold_start, answers) for row in rows)
     what = "the initial set" if n == 0 else f"chosen by the model of round {n - 1}"
     chosen_by = rows[0].get("chosen_by", "") if rows else ""
     return (
@@ -142,6 +153,40 @@ def _round_section(out: Path, n: int, folder: Path) -> str:
         + (f"<p>{_text(chosen_by[:1].upper() + chosen_by[1:])}.</p>" if chosen_by else "")
         + f'<div class="grid">{figures}</div></section>'
     )
+
+
+def _answers(folder: Path) -> dict[str, str]:
+    """What the radiologist answered for each scan of the round (a class name, or "left
+    unanswered"); empty while the round is open or when its files cannot be read."""
+    import numpy as np
+
+    try:
+        meta = json.loads((folder / META).read_text())
+        names = [str(n) for n in meta["class_names"]]
+        with np.load(folder / ANSWERS, allow_pickle=False) as stored:
+            ids, labels = stored["ids"].tolist(), stored["labels"].tolist()
+    except (OSError, ValueError, KeyError, TypeError):
+        return {}
+    return {
+        str(i): names[k] if 0 <= k < len(names) else "left unanswered"
+        for i, k in zip(ids, labels, strict=False)
+    }
+
+
+def _settings(config: object, prefix: str = "") -> list[tuple[str, str]]:
+    """The run's settings as (name, value) rows, nested settings as dotted names."""
+    if not isinstance(config, dict):
+        return [(prefix or "settings", json.dumps(config))]
+    rows: list[tuple[str, str]] = []
+    for key, value in config.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        rows += _settings(value, name) if isinstance(value, dict) else [(name, json.dumps(value))]
+    return rows
+
+
+def _settings_table(config: object) -> str:
+    rows = "".join(f"<tr><th>{_text(k)}</th><td>{_text(v)}</td></tr>" for k, v in _settings(config))
+    return f'<table class="settings">{rows}</table>'
 
 
 def _cold_start(folder: Path) -> bool:
@@ -207,8 +252,9 @@ def write_report(out: str | Path) -> Path:
         f'<img alt="learning curves" src="{curves}">'
         if curves
         else "<p>No test split: no learning curves.</p>",
+        "<p>No CAM-ROI Dice: the test split has no ROI.</p>" if curves and _no_dice(rounds) else "",
         *(_round_section(out, round_number(p) or 0, p) for p in round_folders(out, REQUEST)),
-        "<h2>Settings</h2><pre>" + _text(json.dumps(state.get("config", {}), indent=1)) + "</pre>",
+        "<h2>Settings</h2>" + _settings_table(state.get("config", {})),
         "</body></html>",
     ]
     path = out / REPORT
