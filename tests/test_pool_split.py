@@ -8,7 +8,7 @@ from helpers import blob_images, run_xgal
 
 from xgal.core.errors import InvalidArgument
 from xgal.pool.format import Pool, PoolFormatError
-from xgal.pool.split import shared_groups, split_by_group
+from xgal.pool.split import shared_groups, split_by_group, split_by_sample
 from xgal.pool.writer import PoolWriter
 
 
@@ -99,7 +99,38 @@ def test_the_cli_splits_and_train_refuses_shared_patients(tmp_path):
                "--out-train", tmp_path / "train", "--out-test", tmp_path / "test")  # fmt: skip
     assert res.returncode == 0 and "patients" in res.stdout, res.stderr
     assert shared_groups(Pool(tmp_path / "train"), Pool(tmp_path / "test")) == []
+    for part in ("train", "test"):  # which patients went where, by name
+        names = sorted(set(Pool(tmp_path / part).groups().tolist()))
+        assert f"of {len(names)} patients: {', '.join(names)}" in res.stdout
     assert "patients: 30" in xgal("pool", "info", pool.path).stdout
     res = xgal("train", "--pool", tmp_path / "train", "--test-pool", pool.path, "--out", tmp_path / "run")
     assert res.returncode == 2 and "patients are in both the pool and the test pool" in res.stderr
     assert "--allow-shared-patients" in res.stderr
+
+
+def test_a_pool_without_patients_splits_by_sample_stratified_by_class(tmp_path):
+    """One scan per patient (no groups): a seeded random split that keeps each class's share."""
+    labels = np.array([0] * 80 + [1] * 20)
+    with PoolWriter(tmp_path / "p", image_shape=(1, 8, 8), class_names=["no", "yes"], with_labels=True) as w:
+        w.add(
+            [f"s{i:03d}" for i in range(100)],
+            np.zeros((100, 1, 8, 8), np.uint8),
+            np.zeros((100, 8, 8), np.uint8),
+            labels,
+        )
+    pool = Pool(tmp_path / "p")
+    train, test = split_by_sample(pool, tmp_path / "train", tmp_path / "test", test_fraction=0.25, seed=2)
+    assert np.bincount(test.labels()).tolist() == [20, 5] and np.bincount(train.labels()).tolist() == [60, 15]
+    assert not set(train.ids().tolist()) & set(test.ids().tolist())
+    again, _ = split_by_sample(pool, tmp_path / "t2", tmp_path / "s2", test_fraction=0.25, seed=2)
+    assert again.ids().tolist() == train.ids().tolist()  # a seed reproduces it
+    with pytest.raises(InvalidArgument, match="--by sample"):
+        split_by_group(pool, tmp_path / "a", tmp_path / "b")
+    res = run_xgal("pool", "split", pool.path, "--by", "sample", "--test-fraction", 0.25,
+                   "--out-train", tmp_path / "c", "--out-test", tmp_path / "d", timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert (
+        "wrote" in res.stdout
+        and "75 samples (60 no, 15 yes)" in res.stdout
+        and "25 samples (20 no, 5 yes)" in res.stdout
+    )

@@ -268,20 +268,44 @@ def pool_verify(path: Path = typer.Argument(..., help="Pool folder.")) -> None:
 
 @app.command("split")
 def pool_split(
-    path: Path = typer.Argument(..., help="Pool to split (it must record a patient per sample)."),
-    by: str = typer.Option("patient", help="What must not be cut: patient (the pool's groups)."),
-    test_fraction: float = typer.Option(0.2, help="Least share of the samples in the test pool."),
-    seed: int = typer.Option(0, help="Seed of the patients' order."),
+    path: Path = typer.Argument(..., help="Pool to split."),
+    by: str = typer.Option(
+        "patient",
+        help="patient: no patient in both parts (the pool's groups); sample: samples at random, "
+        "stratified by class where the pool has labels (one scan per patient).",
+    ),
+    test_fraction: float = typer.Option(
+        0.2, help="Share of the samples in the test pool (least, by patient)."
+    ),
+    seed: int = typer.Option(0, help="Seed of the draw."),
     out_train: Path = typer.Option(..., help="Training pool to create."),
     out_test: Path = typer.Option(..., help="Test pool to create."),
 ) -> None:
-    """Split a pool into a training and a test pool with no patient in both."""
+    """Split a pool into a training and a test pool: with no patient in both (--by patient), or
+    by sample, stratified by class (--by sample). Says which patients, or how many of each
+    class, went where."""
     from xgal.pool.format import Pool
-    from xgal.pool.split import split_by_group
+    from xgal.pool.split import split_by_group, split_by_sample
 
-    if by != "patient":
-        raise InvalidArgument(f"--by must be patient, got {by!r}")
-    train, test = split_by_group(Pool(path), out_train, out_test, test_fraction=test_fraction, seed=seed)
-    patients = {p.path: len(set(p.groups().tolist())) for p in (train, test)}
+    if by not in ("patient", "sample"):
+        raise InvalidArgument(f"--by must be patient or sample, got {by!r}")
+    split = split_by_group if by == "patient" else split_by_sample
+    train, test = split(Pool(path), out_train, out_test, test_fraction=test_fraction, seed=seed)
     for part in (train, test):
-        out.print(f"wrote {part.path}: {part.count} samples of {patients[part.path]} patients")
+        out.print(f"wrote {part.path}: {part.count} samples{_split_detail(part)}", markup=False)
+
+
+def _split_detail(part: Any, shown: int = 50) -> str:
+    """A split part's patients (the first `shown` by name), or its samples per class."""
+    import numpy as np
+
+    if part.has_groups:
+        names = sorted(set(part.groups().tolist()))
+        listed = ", ".join(names[:shown]) + (
+            f", ... and {len(names) - shown} more" if len(names) > shown else ""
+        )
+        return f" of {len(names)} patients: {listed}"
+    if part.has_labels:
+        counts = np.bincount(part.labels(), minlength=len(part.class_names))
+        return " (" + ", ".join(f"{n} {name}" for n, name in zip(counts, part.class_names, strict=True)) + ")"
+    return ""
