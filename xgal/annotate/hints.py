@@ -26,18 +26,17 @@ def hint_image(  # noqa: ANN201 - a PIL image
         heat = matplotlib.colormaps["jet"](np.clip(cam, 0, 1))[..., :3]
         rgb = 0.6 * rgb + 0.4 * heat
     inside = roi > 0
-    edge = inside & ~_eroded(inside)
-    rgb[edge] = BODY_COLOUR if body else EXPERT_COLOUR
+    rgb[outline(inside)] = BODY_COLOUR if body else EXPERT_COLOUR
     img = Image.fromarray((rgb * 255).astype(np.uint8)).resize((HINT_SIDE, HINT_SIDE), Image.NEAREST)
     canvas = Image.new("RGB", (HINT_SIDE + _BAR, HINT_SIDE + 2 * _LINE), "black")
     canvas.paste(img, (0, _LINE))
     draw = ImageDraw.Draw(canvas)
     draw.text((4, 3), title, fill="white")
     if not inside.any():
-        outline = "no ROI to outline"
+        legend = "no ROI to outline"
     else:
-        outline = "cyan: the body found in the scan" if body else "green: the expert's ROI"
-    draw.text((4, HINT_SIDE + _LINE + 3), outline, fill="white")
+        legend = "cyan: the body found in the scan" if body else "green: the expert's ROI"
+    draw.text((4, HINT_SIDE + _LINE + 3), legend, fill="white")
     if cam is not None:  # the scale: Grad-CAM 1 (top) to 0 (bottom), the blend's colours
         ramp = matplotlib.colormaps["jet"](np.linspace(1, 0, HINT_SIDE - 24))[:, :3]
         bar = np.repeat((0.6 * 0.5 + 0.4 * ramp)[:, None, :], 10, axis=1)
@@ -63,6 +62,7 @@ def stretch(channel: np.ndarray) -> np.ndarray:
     return np.clip((v - lo) / (hi - lo), 0, 1) if hi > lo else np.zeros_like(v)
 
 
-def _eroded(mask: np.ndarray) -> np.ndarray:
-    m = np.pad(mask, 1)
-    return m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:]
+def outline(inside: np.ndarray) -> np.ndarray:
+    """The pixels of a bool mask that touch its outside (4-neighbours): its one-pixel outline."""
+    m = np.pad(inside, 1)
+    return inside & ~(m[1:-1, 1:-1] & m[:-2, 1:-1] & m[2:, 1:-1] & m[1:-1, :-2] & m[1:-1, 2:])

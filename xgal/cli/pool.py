@@ -266,6 +266,21 @@ def pool_verify(path: Path = typer.Argument(..., help="Pool folder.")) -> None:
     out.print(f"{path}: all checksums match, {pool.count} samples, none bad")
 
 
+@app.command("show")
+def pool_show(
+    path: Path = typer.Argument(..., help="Pool folder."),
+    out_png: Path = typer.Option(Path("pool.png"), "--out", help="PNG to write."),
+    count: int = typer.Option(48, min=1, help="Scans on the sheet (a seeded draw; all of a smaller pool)."),
+    seed: int = typer.Option(0, help="Seed of the draw."),
+) -> None:
+    """A contact sheet of the pool's scans, each with its ROI outlined in green, its ID and its
+    class: look at it before training."""
+    from xgal.annotate.contact_sheet import contact_sheet
+    from xgal.pool.format import Pool
+
+    out.print(f"wrote {contact_sheet(Pool(path), out_png, count=count, seed=seed)}")
+
+
 @app.command("split")
 def pool_split(
     path: Path = typer.Argument(..., help="Pool to split."),
