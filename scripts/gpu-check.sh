@@ -12,7 +12,8 @@
 #
 # Steps, each with its own time limit, each writing its log and JSON under OUT:
 #   env      the GPU, the versions, which ONNX Runtime providers start   env.json
-#   tests    the GPU tests (CUDA sessions, FP16, the trainer on CUDA, TensorRT when installed)
+#   tests    the GPU tests (CUDA sessions, FP16, the trainer on CUDA), the TensorRT provider's
+#            options and engine cache key                                   tests.xml
 #   demo     `xgal demo --quick`, trained (and scored) on the GPU          demo.json
 #   parity   CUDA fp32 and FP16 against ONNX Runtime on the CPU, on the demo's trained graph
 #            and its pool                                                   parity.json
@@ -84,24 +85,21 @@ export PYTHONUNBUFFERED=1
 step env 30 "$PY" - "$out/env.json" <<'EOF'
 import json, platform, subprocess, sys
 import numpy, onnxruntime as ort, torch
-from xgal.scorer.engines.engine_cache import gpu_identity
 from xgal.scorer.engines.ort import default_providers
+from xgal.scorer.engines.providers import gpu_identity, tensorrt_version
 doc = {
     "python": platform.python_version(), "torch": torch.__version__, "torch_cuda": torch.version.cuda,
     "cuda_available": torch.cuda.is_available(), "onnxruntime": ort.__version__, "numpy": numpy.__version__,
     "installed_providers": ort.get_available_providers(), "default_providers": default_providers(),
     "gpu": gpu_identity(), "device_name": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+    # The TensorRT library the TensorRT provider would load (libnvinfer), or None.
+    "tensorrt": tensorrt_version(),
 }
-try:
-    import tensorrt
-    doc["tensorrt"] = tensorrt.__version__
-except Exception as exc:
-    doc["tensorrt"] = f"not importable: {type(exc).__name__}: {exc}"
 print(json.dumps(doc, indent=1))
 open(sys.argv[1], "w").write(json.dumps(doc, indent=1))
 EOF
 
-step tests 120 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py tests/test_tensorrt.py \
+step tests 120 "$PY" -m pytest -q -rs -p no:cacheprovider tests/test_gpu.py \
     tests/test_providers.py tests/test_engine_cache.py --junitxml="$out/tests.xml"
 
 demo=${TMPDIR:-/tmp}/xgal-gpu-demo

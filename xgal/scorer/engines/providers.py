@@ -4,17 +4,25 @@ ONNX Runtime takes providers as (name, options) pairs; the options that matter f
 graph live here once, so that `xgal serve`, `xgal score` and `xgal bench` open the same session:
 - CUDA: the device, and the pixels copied once per batch into a buffer that stays on the GPU
   (see OnnxRuntimeEngine's IO binding);
-- TensorRT: FP16 kernels when asked, and the engines it builds kept on disk under a key made of
-  the model's SHA-256, the GPU and the library versions (xgal.scorer.engines.engine_cache), so
-  that a replica restarted on the same GPU does not spend minutes rebuilding them, and one
-  moved to another GPU or library version does not trust them.
+- TensorRT: FP16 kernels when asked, one optimisation profile over the batch, and the engines
+  it builds kept on disk in one folder per key (`cache_key`: the model's SHA-256, the GPU as
+  `gpu_identity` names it, the precision and the library versions), so that a replica restarted
+  on the same GPU does not spend minutes rebuilding them, and one moved to another GPU or
+  library version does not trust them. The provider writes and reads its own files there.
+
+ONNX Runtime's TensorRT provider is xgal's only TensorRT path. No torch and no tensorrt here:
+the scorer imports this without either.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
-from collections.abc import Sequence
+import re
+import subprocess
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,12 +121,9 @@ def tensorrt_options(
     model: str | os.PathLike[str] | bytes,
     input_shapes: dict[str, Sequence[int]] | None = None,
 ) -> dict[str, Any]:
-    import hashlib
-
     import onnxruntime as ort
 
     from xgal.core.checksum import sha256_file
-    from xgal.scorer.engines.engine_cache import EngineCache, cache_key, default_root, gpu_identity
 
     opts: dict[str, Any] = {"device_id": settings.device_id, "trt_fp16_enable": settings.fp16}
     gpu = gpu_identity(settings.device_id)
@@ -135,14 +140,13 @@ def tensorrt_options(
             "max_batch": str(settings.max_batch),
         }
         precision = "fp16" if settings.fp16 else "fp32"
-        folder = os.fspath(
-            EngineCache(root).folder(cache_key(sha, gpu=gpu, precision=precision, versions=versions))
-        )
+        folder = root / cache_key(sha, gpu=gpu, precision=precision, versions=versions)
+        folder.mkdir(parents=True, exist_ok=True)  # one folder per key, the provider's files in it
         opts.update(
             trt_engine_cache_enable=True,
-            trt_engine_cache_path=folder,
+            trt_engine_cache_path=os.fspath(folder),
             trt_timing_cache_enable=True,
-            trt_timing_cache_path=folder,
+            trt_timing_cache_path=os.fspath(folder),
         )
     input_shapes = input_shapes or _graph_input_shapes(model)
     if input_shapes:
@@ -173,3 +177,72 @@ def _graph_input_shapes(model: str | os.PathLike[str] | bytes) -> dict[str, list
             return {}
         shapes[value.name] = [d.dim_value for d in dims]
     return shapes
+
+
+# --- the TensorRT provider's engine cache key -------------------------------------------------
+
+NVIDIA_SMI_TIMEOUT_S = 5.0
+
+
+def default_root(model: str | os.PathLike[str] | bytes) -> Path:
+    """Where built engines go when no folder is given: `.engines` beside a model file (in a
+    model repository on a shared volume, replicas on the same kind of GPU share them; the key
+    keeps other GPUs apart), the user's cache folder for a model given as bytes."""
+    if not isinstance(model, bytes):
+        return Path(model).parent / ".engines"
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "xgal" / "engines"
+
+
+def gpu_identity(device_id: int = 0) -> str | None:
+    """What a cached engine is valid for, e.g. "NVIDIA H200, compute 9.0, driver 580.159.04";
+    None when nvidia-smi is absent, fails or does not list `device_id`.
+
+    `device_id` is nvidia-smi's index (PCI bus order), which is CUDA's order only when
+    CUDA_DEVICE_ORDER=PCI_BUS_ID and CUDA_VISIBLE_DEVICES is unset."""
+    cmd = ["nvidia-smi", "--query-gpu=name,compute_cap,driver_version", "--format=csv,noheader"]
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=NVIDIA_SMI_TIMEOUT_S, check=False)
+    except (OSError, subprocess.SubprocessError):  # absent, not executable, or hung
+        return None
+    if done.returncode != 0:
+        return None
+    lines = [line.strip() for line in done.stdout.splitlines() if line.strip()]
+    if not 0 <= device_id < len(lines):
+        return None
+    # A GPU's name could hold a comma; the last two fields cannot.
+    parts = [p.strip() for p in lines[device_id].rsplit(",", 2)]
+    if len(parts) != 3 or not all(parts):
+        return None
+    name, compute, driver = parts
+    return f"{name}, compute {compute}, driver {driver}"
+
+
+def key_inputs(
+    model_sha256: str, *, gpu: str, precision: str, versions: Mapping[str, str]
+) -> dict[str, object]:
+    """The inputs of `cache_key` as a JSON-ready dict."""
+    return {
+        "model_sha256": str(model_sha256),
+        "gpu": str(gpu),
+        "precision": str(precision),
+        "versions": {str(k): str(v) for k, v in versions.items()},
+    }
+
+
+def cache_key(model_sha256: str, *, gpu: str, precision: str, versions: Mapping[str, str]) -> str:
+    """A folder-safe key that changes when any input changes: the first 12 characters of the
+    model's hash (so a person can tell entries apart) and a digest of all inputs. An engine is
+    only valid for the model, GPU (model, compute capability, driver), precision and library
+    versions that built it."""
+    if not model_sha256:
+        raise ValueError("model_sha256 is empty")
+    if not gpu:
+        raise ValueError("gpu is empty; an engine is only valid for the GPU that built it")
+    if not precision:
+        raise ValueError("precision is empty")
+    inputs = key_inputs(model_sha256, gpu=gpu, precision=precision, versions=versions)
+    canonical = json.dumps(inputs, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+    digest = hashlib.sha256(canonical.encode()).hexdigest()[:24]
+    prefix = re.sub(r"[^A-Za-z0-9]", "", model_sha256)[:12] or "model"
+    return f"{prefix}-{digest}"
