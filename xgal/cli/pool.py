@@ -53,6 +53,15 @@ def pool_synth(
 ALLOW_SKIPS = typer.Option(
     False, help="Accept an import that skipped sources (listed); without it that is an error (exit 2)."
 )
+MAX_PIXELS = typer.Option(
+    None,
+    min=1,
+    help="Skip a file declaring more pixels (width x height, x frames or slices), before decoding it. "
+    "Default: $XGAL_MAX_IMAGE_PIXELS, else 100000000.",
+)
+ALLOW_OUTSIDE_PATHS = typer.Option(
+    False, help="Read list paths that leave the list's folder (absolute, .., symlinks out); refused without."
+)
 
 
 def _import_done(pool: Any, report: Any, allow_skips: bool) -> None:
@@ -63,6 +72,10 @@ def _import_done(pool: Any, report: Any, allow_skips: bool) -> None:
         console.print(f"  skipped {line}", markup=False)
     if len(report.skipped) > 20:
         console.print(f"  ... and {len(report.skipped) - 20} more")
+    for line in report.notes[:20]:
+        console.print(f"  note: {line}", markup=False)
+    if len(report.notes) > 20:
+        console.print(f"  ... and {len(report.notes) - 20} more notes")
     if getattr(report, "stretched", 0):
         out.print(
             f"[yellow]warning:[/] {report.stretched} non-square images were stretched to square "
@@ -95,6 +108,8 @@ def import_images_cmd(
     classes: str | None = typer.Option(None, help="Comma-separated class order (default: sorted)."),
     overwrite: bool = typer.Option(False),
     allow_skips: bool = ALLOW_SKIPS,
+    max_pixels: int | None = MAX_PIXELS,
+    allow_outside_paths: bool = ALLOW_OUTSIDE_PATHS,
 ) -> None:
     """Import a folder of PNG/JPEG images with labels and ROI masks or boxes."""
     from xgal.pool.importers.images import import_images
@@ -112,6 +127,8 @@ def import_images_cmd(
             window=_window(window),
             class_names=_names(classes),
             overwrite=overwrite,
+            max_pixels=max_pixels,
+            allow_outside_paths=allow_outside_paths,
             progress=bar.update,
         )
     _import_done(pool, report, allow_skips)
@@ -138,6 +155,8 @@ def import_dicom_cmd(
     uint16: bool = typer.Option(False, help="Store 16-bit pixels instead of 8-bit."),
     overwrite: bool = typer.Option(False),
     allow_skips: bool = ALLOW_SKIPS,
+    max_pixels: int | None = MAX_PIXELS,
+    allow_outside_paths: bool = ALLOW_OUTSIDE_PATHS,
 ) -> None:
     """Import DICOM images with a VinDr-CXR / SIIM-style box CSV."""
     from xgal.pool.importers.dicom import import_dicom
@@ -153,6 +172,8 @@ def import_dicom_cmd(
             classes=_names(classes),
             pixel_dtype="uint16" if uint16 else "uint8",
             overwrite=overwrite,
+            max_pixels=max_pixels,
+            allow_outside_paths=allow_outside_paths,
             progress=bar.update,
         )
     _import_done(pool, report, allow_skips)
@@ -172,6 +193,8 @@ def import_volumes_cmd(
     uint16: bool = typer.Option(False, help="Store 16-bit pixels."),
     overwrite: bool = typer.Option(False),
     allow_skips: bool = ALLOW_SKIPS,
+    max_pixels: int | None = MAX_PIXELS,
+    allow_outside_paths: bool = ALLOW_OUTSIDE_PATHS,
 ) -> None:
     """Import NIfTI, NRRD or MHA volumes (with label maps) as 2-D slices, each with its patient."""
     from xgal.pool.importers.volumes import import_volumes
@@ -195,6 +218,8 @@ def import_volumes_cmd(
             names=mapping,
             pixel_dtype="uint16" if uint16 else "uint8",
             overwrite=overwrite,
+            max_pixels=max_pixels,
+            allow_outside_paths=allow_outside_paths,
             progress=bar.update,
         )
     _import_done(pool, report, allow_skips)
@@ -209,6 +234,7 @@ def import_brats_cmd(
     min_area: int = typer.Option(100, help="Least tumour voxels for a slice to be kept."),
     overwrite: bool = typer.Option(False),
     allow_skips: bool = ALLOW_SKIPS,
+    max_pixels: int | None = MAX_PIXELS,
 ) -> None:
     """Import NIfTI volumes in the BraTS layout as axial slices (class = dominant region)."""
     from xgal.pool.importers.brats import import_brats
@@ -221,6 +247,7 @@ def import_brats_cmd(
             modalities=_names(modalities) or [],
             min_area=min_area,
             overwrite=overwrite,
+            max_pixels=max_pixels,
             progress=bar.update,
         )
     _import_done(pool, report, allow_skips)

@@ -9,6 +9,8 @@ however the file stores them. Per subject the chosen modalities are stacked as c
 the brain. Axial slices with at least `min_area` tumour voxels are kept; the class is the
 dominant tumour region of the slice (edema = label 2, necrotic / non-enhancing core = 1,
 enhancing tumour = 4) and the ROI that region's mask. Images and ROIs are resized to `size`.
+A segmentation with fractional values is not a BraTS label map and is skipped, never rounded; a
+volume whose header declares more voxels than the pixel limit (`safety`) is skipped unread.
 """
 
 from __future__ import annotations
@@ -24,25 +26,34 @@ from xgal.pool.importers.common import (
     ImportError_,
     ImportReport,
     Sample,
+    integral,
     resize_image,
     resize_mask,
     robust_scale,
     to_pixels,
     write_pool,
 )
+from xgal.pool.importers.safety import check_pixels, pixel_limit
 
 REGIONS = (("edema", 2), ("necrotic", 1), ("enhancing", 4))
 
 
-def _volume(subject: Path, suffix: str) -> np.ndarray:
+def _volume(subject: Path, suffix: str, limit: int | None = None) -> tuple[Path, np.ndarray]:
+    """The file of a modality (or `seg`) and its voxels in RAS+; the header's shape is checked
+    against the pixel limit before the data is read (nibabel loads lazily)."""
     import nibabel as nib
 
     for ext in (".nii.gz", ".nii"):
         path = subject / f"{subject.name}_{suffix}{ext}"
         if path.is_file():
             try:
-                return np.asarray(nib.as_closest_canonical(nib.load(path)).get_fdata(dtype=np.float32))
+                image = nib.load(path)
             except Exception as exc:  # nibabel raises several types for damaged files
+                raise ImportError_(f"{path}: not a readable NIfTI volume ({exc})") from None
+            check_pixels(path, image.shape, limit)
+            try:
+                return path, np.asarray(nib.as_closest_canonical(image).get_fdata(dtype=np.float32))
+            except Exception as exc:
                 raise ImportError_(f"{path}: not a readable NIfTI volume ({exc})") from None
     raise ImportError_(f"{subject}: no {subject.name}_{suffix}.nii(.gz)")
 
@@ -56,17 +67,25 @@ def import_brats(
     min_area: int = 100,
     shard_size: int = 4096,
     overwrite: bool = False,
+    max_pixels: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Pool, ImportReport]:
+    """Import the BraTS subjects under `folder` as axial slices into a pool (module doc)."""
     folder = Path(folder)
+    max_pixels = pixel_limit(max_pixels)  # read once: a bad $XGAL_MAX_IMAGE_PIXELS fails before writing
     subjects = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
     if not subjects:
         raise FileNotFoundError(f"no subject folders under {folder}")
 
     def convert(item: object) -> Iterator[Sample]:
         subject = Path(str(item))
-        seg = np.rint(_volume(subject, "seg")).astype(np.int16)
-        vols = [_volume(subject, m) for m in modalities]
+        seg_path, seg_values = _volume(subject, "seg", max_pixels)
+        if not integral(seg_values):
+            raise ImportError_(
+                f"{seg_path}: fractional values; a BraTS segmentation holds the labels 0, 1, 2, 4"
+            )
+        seg = seg_values.astype(np.int16)
+        vols = [_volume(subject, m, max_pixels)[1] for m in modalities]
         for m, v in zip(modalities, vols, strict=True):
             if v.shape != seg.shape:
                 raise ImportError_(f"{subject}: {m} is {v.shape}, the segmentation is {seg.shape}")

@@ -1,5 +1,6 @@
-"""Shared pieces of the importers: resizing, masks from boxes, intensity scaling, the writer
-loop with progress and resume."""
+"""Shared pieces of the importers: list CSVs, masks (files, label maps, boxes), resizing,
+intensity scaling, the writer loop with progress and resume. What an import refuses before
+reading (the pixel limit, paths outside the list's folder) is in `safety`."""
 
 from __future__ import annotations
 
@@ -12,11 +13,25 @@ import numpy as np
 from PIL import Image
 
 from xgal.core.errors import InvalidArgument
+from xgal.core.spreadsheet import read_rows
 from xgal.pool.format import Pool, PoolWriter
+from xgal.pool.importers.safety import ImportError_, decode_image
 
 
-class ImportError_(InvalidArgument):  # noqa: N801 - not the builtin ImportError
-    """Source data that cannot become a pool; the message names the file and the problem."""
+def read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
+    """A list CSV's rows (`spreadsheet.read_rows`: a byte-order mark as Excel's "CSV UTF-8" writes
+    it is read, a missing cell is ''); no rows, a missing column or another encoding than UTF-8
+    is an InvalidArgument naming the file."""
+    if not path.is_file():
+        raise FileNotFoundError(f"CSV not found: {path}")
+    try:
+        rows = read_rows(path)
+    except UnicodeDecodeError:
+        raise InvalidArgument(f"{path}: not UTF-8 text; save it as CSV UTF-8") from None
+    missing = [c for c in required if rows and c not in rows[0]]
+    if not rows or missing:
+        raise InvalidArgument(f"{path}: {'no rows' if not rows else 'missing columns ' + ', '.join(missing)}")
+    return rows
 
 
 @dataclass
@@ -32,6 +47,7 @@ class Sample:
 class ImportReport:
     written: int = 0
     skipped: list[str] = field(default_factory=list)  # "source: reason"
+    notes: list[str] = field(default_factory=list)  # "source: what was done instead" (imported)
     stretched: int = 0  # non-square images resized to square without keeping their aspect
 
 
@@ -55,29 +71,59 @@ def fit_square(arr: np.ndarray, fit: str) -> np.ndarray:
     return out
 
 
-LABEL_MAP_VALUES = 8  # a mask with at most this many distinct values is a label map
+LABEL_MAP_VALUES = 8  # a 2-D mask with at most this many distinct whole values is a label map
+
+
+def integral(values: np.ndarray) -> bool:
+    """Whether every value is a whole number (a label map, whatever its dtype)."""
+    if np.issubdtype(values.dtype, np.integer) or values.dtype == bool:
+        return True
+    return bool(np.all(np.isfinite(values)) and np.all(values == np.round(values)))
+
+
+def soft_mask(values: np.ndarray) -> np.ndarray:
+    """A mask of fractional values (a probability map, or a mask resampled with interpolation)
+    as 0/1: above 0.5 when every value lies in [0, 1], else above half its range (NaN outside)."""
+    v = values.astype(np.float64)
+    finite = v[np.isfinite(v)]
+    if finite.size == 0:
+        return np.zeros(v.shape, np.uint8)
+    lo, hi = float(finite.min()), float(finite.max())
+    cut = 0.5 if lo >= 0 and hi <= 1 else (lo + hi) / 2
+    return (v > cut).astype(np.uint8)
 
 
 def binary_mask(values: np.ndarray) -> np.ndarray:
-    """A mask image as 0/1. A label map (a few distinct values: 0/255, 0/1, or 0/1/2/4 regions)
-    counts every non-zero pixel; a mask with many values (a JPEG, whose compression left faint
-    values around the edges) is thresholded at half its range."""
+    """A 2-D mask image as 0/1. A label map (whole values, at most 8 distinct: 0/255, 0/1, or
+    0/1/2/4 regions) counts every pixel above 0; one with many whole values (a JPEG, whose
+    compression left faint values around the edges; a 16-bit mask) is thresholded at half its
+    range; fractional values (a float TIFF) by `soft_mask`: above 0.5 for a probability map."""
+    if values.size == 0:
+        return np.zeros(values.shape, np.uint8)
+    if not integral(values):
+        return soft_mask(values)
     v = values.astype(np.float64)
-    if v.size == 0 or len(np.unique(v)) <= LABEL_MAP_VALUES:
+    if len(np.unique(v)) <= LABEL_MAP_VALUES:
         return (v > 0).astype(np.uint8)
     lo, hi = float(v.min()), float(v.max())
     return (v > (lo + hi) / 2).astype(np.uint8)
 
 
-def read_mask(path: Path, height: int, width: int, image: str) -> np.ndarray:
-    """A mask file as 0/1 (`binary_mask`), checked against the `image`'s size `width`x`height`;
-    an unreadable file or another size is an ImportError_ naming the file."""
-    try:
-        with Image.open(path) as m:
-            values = np.asarray(m if m.mode.startswith("I") else m.convert("L"))
-    except (OSError, ValueError) as exc:
-        raise ImportError_(f"{path}: not a readable mask ({exc})") from None
-    if values.shape != (height, width):
+def read_mask(
+    path: Path, height: int, width: int, image: str, *, max_pixels: int | None = None
+) -> np.ndarray:
+    """A mask file as 0/1 (`binary_mask`), checked against the `image`'s size `width`x`height`
+    before it is decoded; an unreadable file, another size or one above the pixel limit
+    (`safety.pixel_limit`) is an ImportError_ naming the file."""
+
+    def decode(m: Image.Image) -> np.ndarray:
+        if m.size != (width, height):
+            raise ImportError_(f"{path}: mask is {m.size[0]}x{m.size[1]}, {image} is {width}x{height}")
+        # Integer and float modes (I;16, I, F) keep their values; "L" would cut 0.6 to 0.
+        return np.asarray(m if m.mode.startswith(("I", "F")) else m.convert("L"))
+
+    values = decode_image(path, decode, "mask", max_pixels)
+    if values.shape != (height, width):  # a frame other than the header said
         raise ImportError_(
             f"{path}: mask is {values.shape[1]}x{values.shape[0]}, {image} is {width}x{height}"
         )

@@ -6,15 +6,22 @@ image is kept when it has a box of one of the chosen classes; its class is the c
 the largest boxed area, and its ROI the union of that class's boxes, filled. Pixels: modality
 LUT, then the VOI window (the file's own, or `window=(centre, width)`), MONOCHROME1 inverted so
 that bone is bright, scaled to the pool's dtype and resized.
+
+A file's own window that DICOM does not allow (WindowWidth below 1, e.g. the 0 some devices
+write when they set none, or not a number) is ignored as a viewer ignores it: the image is
+scaled by its 0.5-99.5 percentiles, as a file without a window, and the report notes the file.
+Rows × Columns × frames × samples above the pixel limit (`safety`) is skipped before the pixel
+data is decoded; an `image_id` whose file leaves the folder is refused unless
+`allow_outside_paths`.
 """
 
 from __future__ import annotations
 
-import csv
 import math
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -27,33 +34,62 @@ from xgal.pool.importers.common import (
     Sample,
     boxes_to_mask,
     read_box,
+    read_csv,
     resize_image,
     resize_mask,
     to_pixels,
     window_unit,
     write_pool,
 )
+from xgal.pool.importers.safety import check_pixels, pixel_limit, refuse_outside
+
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
 
 NO_FINDING = {"no finding", "none", ""}
 
 
-def dicom_to_unit(path: Path, window: tuple[float, float] | None = None) -> np.ndarray:
-    """A DICOM file's pixels as float [H, W] in [0, 1], windowed, MONOCHROME1 inverted."""
+def dicom_to_unit(
+    path: Path,
+    window: tuple[float, float] | None = None,
+    *,
+    max_pixels: int | None = None,
+    notes: list[str] | None = None,
+) -> np.ndarray:
+    """A DICOM file's pixels as float [H, W] in [0, 1], windowed, MONOCHROME1 inverted; its
+    declared size is checked against the pixel limit before the pixel data is decoded. A note
+    on what was done instead of an unusable window of the file's own goes to `notes`."""
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     try:
-        ds = pydicom.dcmread(path)
-        raw = ds.pixel_array
+        ds = pydicom.dcmread(path)  # the pixel data's bytes, not yet decoded
     except Exception as exc:  # pydicom raises many types for bad or unsupported files
+        raise ImportError_(f"{path}: not a readable DICOM image ({exc})") from None
+    dims = [ds.get("Columns"), ds.get("Rows")]
+    dims += [n for n in (ds.get("NumberOfFrames"), ds.get("SamplesPerPixel")) if n not in (None, "", 1, "1")]
+    try:
+        dims = [int(d) for d in dims]
+    except (TypeError, ValueError):
+        raise ImportError_(f"{path}: Rows, Columns or NumberOfFrames is missing or not a number") from None
+    check_pixels(path, dims, max_pixels)
+    try:
+        raw = ds.pixel_array
+    except Exception as exc:
         raise ImportError_(f"{path}: not a readable DICOM image ({exc})") from None
     if raw.ndim != 2:
         raise ImportError_(f"{path}: {raw.ndim}-D pixel data; only single-frame 2-D images are supported")
     arr = apply_modality_lut(raw, ds).astype(np.float64)
+    unusable = None if window is not None else _unusable_window(ds)
+    if unusable is not None and notes is not None:
+        notes.append(f"{path}: {unusable}; scaled by its 0.5-99.5 percentiles as a file without a window")
     if window is not None:
         unit = window_unit(arr, window)
-    elif "WindowCenter" in ds or "VOILUTSequence" in ds:
-        arr = apply_voi_lut(arr, ds).astype(np.float64)
+    elif unusable is None and ("WindowCenter" in ds or "VOILUTSequence" in ds):
+        try:
+            arr = apply_voi_lut(arr, ds).astype(np.float64)
+        except Exception as exc:  # a malformed VOI LUT: pydicom raises several types
+            raise ImportError_(f"{path}: its VOI window or LUT cannot be applied ({exc})") from None
         lo, hi = arr.min(), arr.max()
         unit = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
     else:
@@ -64,12 +100,29 @@ def dicom_to_unit(path: Path, window: tuple[float, float] | None = None) -> np.n
     return unit
 
 
-def _find(folder: Path, image_id: str) -> Path | None:
+def _unusable_window(ds: Dataset) -> str | None:
+    """Why the file's own window cannot be used (WindowWidth under 1 or not a number: DICOM
+    PS3.3 C.11.2.1.2 requires at least 1), or None (a usable window, a VOI LUT, or none)."""
+    from pydicom.multival import MultiValue
+
+    if "VOILUTSequence" in ds or "WindowCenter" not in ds:
+        return None
+    width = ds.get("WindowWidth")
+    first = width[0] if isinstance(width, MultiValue) and len(width) else width  # the default window
+    try:
+        value = float(first)
+    except (TypeError, ValueError):
+        return f"WindowWidth {width!r} is not a number"
+    return None if value >= 1 else f"WindowWidth {value:g} (DICOM requires at least 1)"
+
+
+def _find(folder: Path, image_id: str) -> tuple[Path | None, str]:
+    """The file of `image_id` and the extension it has ('' when none is found)."""
     for ext in (".dicom", ".dcm", ""):
         p = folder / f"{image_id}{ext}"
         if p.is_file():
-            return p
-    return None
+            return p, ext
+    return None, ""
 
 
 def import_dicom(
@@ -83,20 +136,23 @@ def import_dicom(
     pixel_dtype: str = "uint8",
     shard_size: int = 4096,
     overwrite: bool = False,
+    max_pixels: int | None = None,
+    allow_outside_paths: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Pool, ImportReport]:
+    """Import the DICOM files under `folder` that `boxes_csv` boxes into a pool (module doc)."""
     folder = Path(folder)
-    with open(boxes_csv, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        raise InvalidArgument(f"{boxes_csv}: no rows")
+    max_pixels = pixel_limit(max_pixels)  # read once: a bad $XGAL_MAX_IMAGE_PIXELS fails before writing
+    rows = read_csv(Path(boxes_csv), [])
     cls_col = "class_name" if "class_name" in rows[0] else "class"
     need = ["image_id", cls_col, *BOX_COLUMNS]
     missing = [c for c in need if c not in rows[0]]
     if missing:
         raise InvalidArgument(f"{boxes_csv}: missing columns {', '.join(missing)}")
     per_image: dict[str, dict[str, list[tuple[float, float, float, float]]]] = {}
+    first_line: dict[str, int] = {}
     for line, r in enumerate(rows, start=2):
+        first_line.setdefault(r["image_id"], line)
         name = r[cls_col].strip()
         if name.lower() in NO_FINDING or any(r[k] in ("", "nan", "NaN") for k in need[2:]):
             continue
@@ -108,12 +164,19 @@ def import_dicom(
     if not names:
         raise InvalidArgument(f"{boxes_csv}: no boxes of any class")
     sources = sorted(i for i, b in per_image.items() if set(b) & set(names))
+    located = {i: _find(folder, i) for i in sources}
+    refuse_outside(
+        folder,
+        ((f"{boxes_csv} line {first_line[i]} image_id", f"{i}{ext}") for i, (_, ext) in located.items()),
+        allow_outside_paths,
+    )
+    notes: list[str] = []
 
     def convert(image_id: object) -> Iterator[Sample]:
-        path = _find(folder, str(image_id))
+        path = located[str(image_id)][0]
         if path is None:
             raise ImportError_(f"{folder}/{image_id}(.dicom|.dcm): file not found")
-        unit = dicom_to_unit(path, window)
+        unit = dicom_to_unit(path, window, max_pixels=max_pixels, notes=notes)
         h, w = unit.shape
         boxes = {c: b for c, b in per_image[str(image_id)].items() if c in names}
         area = {c: float(boxes_to_mask(b, h, w, str(path)).sum()) for c, b in boxes.items()}
@@ -122,7 +185,7 @@ def import_dicom(
         img = resize_image(unit.astype(np.float32), size)[None]
         yield Sample(str(image_id), to_pixels(img, pixel_dtype), resize_mask(mask, size), names.index(label))
 
-    return write_pool(
+    pool, report = write_pool(
         out,
         sources,
         convert,
@@ -134,3 +197,5 @@ def import_dicom(
         description=f"imported from DICOM in {folder}",
         progress=progress,
     )
+    report.notes = notes
+    return pool, report

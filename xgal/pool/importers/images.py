@@ -2,10 +2,13 @@
 
 labels CSV: `image` (path relative to the folder), `label` (class name; without the column, or
 with it empty on every row, the pool is unlabelled: an archive before its annotation), optional
-`id` (default: the file name without extension) and optional `mask` (path of a mask image; any
-pixel above half the mask's range is inside the ROI). Boxes CSV instead of masks: `image` or
+`id` (default: the file name without extension) and optional `mask` (path of a mask image, read
+by `common.binary_mask`: a label map's non-zero pixels, else those above half the mask's range;
+a float mask's values above 0.5 when they lie in [0, 1]). Boxes CSV instead of masks: `image` or
 `id`, `x_min`, `y_min`, `x_max`, `y_max` in the original image's pixels; several boxes of an
-image are filled into one mask. An image with neither has no ROI (an all-zero mask).
+image are filled into one mask. An image with neither has no ROI (an all-zero mask). A path
+that leaves the folder (absolute, `..`, a symlink out) is refused unless `allow_outside_paths`;
+a file declaring more pixels than `max_pixels` (`safety`) is skipped before it is decoded.
 
 16-bit images (a CT slice saved as HU + 1024, say) keep their values in a uint16 pool
 (`pixel_dtype="uint16"`), or are mapped to 8 bits through an explicit `window` (centre, width);
@@ -16,7 +19,6 @@ counts those.
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -35,6 +37,7 @@ from xgal.pool.importers.common import (
     boxes_to_mask,
     fit_square,
     read_box,
+    read_csv,
     read_mask,
     resize_image,
     resize_mask,
@@ -42,17 +45,7 @@ from xgal.pool.importers.common import (
     window_unit,
     write_pool,
 )
-
-
-def _read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
-    if not path.is_file():
-        raise FileNotFoundError(f"CSV not found: {path}")
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    missing = [c for c in required if rows and c not in rows[0]]
-    if not rows or missing:
-        raise InvalidArgument(f"{path}: {'no rows' if not rows else 'missing columns ' + ', '.join(missing)}")
-    return rows
+from xgal.pool.importers.safety import decode_image, pixel_limit, refuse_outside
 
 
 def import_images(
@@ -69,16 +62,29 @@ def import_images(
     window: tuple[float, float] | None = None,
     shard_size: int = 4096,
     overwrite: bool = False,
+    max_pixels: int | None = None,
+    allow_outside_paths: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Pool, ImportReport]:
+    """Import the images `labels_csv` lists under `folder` into a pool at `out` (module doc)."""
     folder = Path(folder)
+    max_pixels = pixel_limit(max_pixels)  # read once: a bad $XGAL_MAX_IMAGE_PIXELS fails before writing
     if channels not in (1, 3):
         raise InvalidArgument(f"channels must be 1 or 3, got {channels}")
     if fit not in FITS:
         raise InvalidArgument(f"fit must be one of {', '.join(FITS)}; got {fit!r}")
     if pixel_dtype not in ("uint8", "uint16"):
         raise InvalidArgument(f"pixel_dtype must be uint8 or uint16, got {pixel_dtype!r}")
-    rows = _read_csv(Path(labels_csv), ["image"])
+    rows = read_csv(Path(labels_csv), ["image"])
+    refuse_outside(
+        folder,
+        (
+            (f"{labels_csv} line {line} {column}", r.get(column, ""))
+            for line, r in enumerate(rows, start=2)
+            for column in ("image", "mask")
+        ),
+        allow_outside_paths,
+    )
     given = [(r.get("label") or "").strip() for r in rows]
     labelled = any(given)
     if labelled and not all(given):
@@ -97,7 +103,7 @@ def import_images(
         raise InvalidArgument(f"{labels_csv}: duplicate IDs {dupes[:5]}")
     boxes: dict[str, list[tuple[float, float, float, float]]] = {}
     if boxes_csv is not None:
-        for line, b in enumerate(_read_csv(Path(boxes_csv), BOX_COLUMNS), start=2):
+        for line, b in enumerate(read_csv(Path(boxes_csv), BOX_COLUMNS), start=2):
             key = b.get("id") or Path(b.get("image", "")).stem
             boxes.setdefault(key, []).append(read_box(b, f"{boxes_csv} line {line}"))
 
@@ -106,10 +112,10 @@ def import_images(
     def convert(item: object) -> Iterator[Sample]:
         row, sample_id = item  # type: ignore[misc]
         path = folder / row["image"]
-        arr = _read_unit(path, channels, pixel_dtype, window)
+        arr = _read_unit(path, channels, pixel_dtype, window, max_pixels)
         h, w = arr.shape[:2]
         if row.get("mask"):
-            mask = read_mask(folder / row["mask"], h, w, "the image")
+            mask = read_mask(folder / row["mask"], h, w, "the image", max_pixels=max_pixels)
         else:
             mask = boxes_to_mask(boxes.get(sample_id, []), h, w, str(path))
         if fit == "stretch" and h != w:
@@ -137,19 +143,18 @@ def import_images(
     return pool, report
 
 
-def _read_unit(path: Path, channels: int, pixel_dtype: str, window: tuple[float, float] | None) -> np.ndarray:
+def _read_unit(
+    path: Path, channels: int, pixel_dtype: str, window: tuple[float, float] | None, limit: int | None
+) -> np.ndarray:
     """The image as float [H, W(, C)] in [0, 1]: 8-bit images / 255; 16-bit ones through the
     window, or / 65535 into a uint16 pool, never clipped to 8 bits."""
-    try:
-        with Image.open(path) as im:
-            if im.mode.startswith("I"):  # I;16, I;16B, I: 16-bit (or 32-bit integer) grayscale
-                values = np.asarray(im).astype(np.float64)
-                sixteen = True
-            else:
-                values = np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.float64)
-                sixteen = False
-    except (OSError, ValueError) as exc:
-        raise ImportError_(f"{path}: not a readable image ({exc})") from None
+
+    def decode(im: Image.Image) -> tuple[np.ndarray, bool]:
+        if im.mode.startswith("I"):  # I;16, I;16B, I: 16-bit (or 32-bit integer) grayscale
+            return np.asarray(im).astype(np.float64), True
+        return np.asarray(im.convert("L" if channels == 1 else "RGB"), dtype=np.float64), False
+
+    values, sixteen = decode_image(path, decode, "image", limit)
     if window is not None:
         arr = window_unit(values, window)
     elif not sixteen:

@@ -1,10 +1,11 @@
 """3-D volumes (NIfTI, NRRD, MHA/MHD: whatever SimpleITK reads) sliced into a 2-D pool, each
 slice keeping its patient.
 
-LIST.csv: `patient,image[,label]` (paths relative to the CSV's folder); `label` is a label map
-of the same grid (0 = background). Each volume is turned to one orientation first (LPS, from its
-direction matrix: `SimpleITK.DICOMOrient`), so slices along `axis` ("axial", the default) are
-axial however the file stores them; rows run anterior to posterior, columns patient right to
+LIST.csv: `patient,image[,label]` (paths relative to the CSV's folder; one that leaves it, by an
+absolute path, `..` or a symlink, is refused unless `allow_outside_paths`); `label` is a label
+map of the same grid (0 = background). Each volume is turned to one orientation first (LPS, from
+its direction matrix: `SimpleITK.DICOMOrient`), so slices along `axis` ("axial", the default)
+are axial however the file stores them; rows run anterior to posterior, columns patient right to
 left, as radiologists view them. Intensities: a window (`window=(centre, width)`, in the file's
 units, e.g. HU) or the volume's 0.5–99.5 percentiles over its non-zero voxels. Slices are padded
 to square and resized to `size`. Which slices are kept (`keep`): `all`, or `lesion` (at least
@@ -13,11 +14,16 @@ to square and resized to `size`. Which slices are kept (`keep`): `all`, or `lesi
 non-zero label value, named `label-<v>` or by `names`, e.g. {1: "necrosis", 2: "edema"}); the
 ROI is the lesion (every non-zero label) or, with `dominant`, that value's region. Without a
 `label` column the pool is unlabelled and has no ROIs.
+
+A label map of whole values, whatever its dtype (0.0, 1.0, 2.0 in a float file), is labels; one
+with fractional values (a probability map, a mask resampled with interpolation) is not rounded
+but thresholded by `common.soft_mask`: above 0.5 when its values lie in [0, 1], else above half
+its range; it has no label values, so `classes="dominant"` skips it by name. A volume whose
+voxels (× components) exceed the pixel limit (`safety`) is skipped from its header, unread.
 """
 
 from __future__ import annotations
 
-import csv
 import os
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -31,31 +37,58 @@ from xgal.pool.importers.common import (
     ImportReport,
     Sample,
     fit_square,
+    integral,
+    read_csv,
     resize_image,
     resize_mask,
     robust_scale,
+    soft_mask,
     to_pixels,
     window_unit,
     write_pool,
 )
+from xgal.pool.importers.safety import check_pixels, pixel_limit, refuse_outside
 
 AXES = {"axial": 0, "coronal": 1, "sagittal": 2}  # array axes of an LPS volume (z, y, x)
 KEEPS = ("all", "lesion")
 CLASS_RULES = ("lesion", "dominant")
 
 
-def _read(path: Path) -> np.ndarray:
+def _read(path: Path, limit: int | None) -> np.ndarray:
+    """The volume as an array (z, y, x) turned to LPS; its header is checked first (3-D, within
+    the pixel limit), so an oversized volume is never read."""
     import SimpleITK as sitk
 
     if not path.is_file():
         raise ImportError_(f"{path}: file not found")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
     try:
-        image = sitk.ReadImage(str(path))
+        reader.ReadImageInformation()
+        dims = reader.GetDimension()
+        if dims == 3:
+            components = reader.GetNumberOfComponents()
+            check_pixels(path, [*reader.GetSize(), *([components] if components > 1 else [])], limit)
+            image = reader.Execute()
     except RuntimeError as exc:
         raise ImportError_(f"{path}: not a volume SimpleITK can read ({str(exc).splitlines()[-1]})") from None
-    if image.GetDimension() != 3:
-        raise ImportError_(f"{path}: a {image.GetDimension()}-D image, not a 3-D volume")
+    if dims != 3:
+        raise ImportError_(f"{path}: a {dims}-D image, not a 3-D volume")
     return sitk.GetArrayFromImage(sitk.DICOMOrient(image, "LPS"))
+
+
+def _label_map(path: Path, values: np.ndarray, classes: str) -> np.ndarray:
+    """A label map as whole labels (int64); fractional values (a probability map) as 0/1 by
+    `soft_mask`, never rounded; refused for `dominant`, which needs label values."""
+    if integral(values):
+        return values.astype(np.int64)
+    if classes == "dominant":
+        odd = values[~np.isfinite(values) | (values != np.round(values))]
+        raise ImportError_(
+            f"{path}: a label map with fractional values (e.g. {float(odd.flat[0]):g}): a probability "
+            "map has no label values; import it with classes 'lesion'"
+        )
+    return soft_mask(values).astype(np.int64)
 
 
 def import_volumes(
@@ -72,17 +105,20 @@ def import_volumes(
     pixel_dtype: str = "uint8",
     shard_size: int = 4096,
     overwrite: bool = False,
+    max_pixels: int | None = None,
+    allow_outside_paths: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Pool, ImportReport]:
+    """Import the volumes `list_csv` lists as 2-D slices into a pool at `out` (module doc)."""
     list_csv = Path(list_csv)
+    max_pixels = pixel_limit(max_pixels)  # read once: a bad $XGAL_MAX_IMAGE_PIXELS fails before writing
     if axis not in AXES or keep not in KEEPS or classes not in CLASS_RULES:
         raise InvalidArgument(
             f"axis must be one of {list(AXES)}, keep one of {KEEPS}, classes one of {CLASS_RULES}; "
             f"got {axis!r}, {keep!r}, {classes!r}"
         )
-    with open(list_csv, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows or not {"patient", "image"} <= set(rows[0]):
+    rows = read_csv(list_csv, [])
+    if not {"patient", "image"} <= set(rows[0]):
         raise InvalidArgument(f"{list_csv}: needs the columns patient,image[,label] and at least one row")
     labelled = "label" in rows[0] and any((r.get("label") or "").strip() for r in rows)
     if labelled and not all((r.get("label") or "").strip() for r in rows):
@@ -101,14 +137,23 @@ def import_volumes(
         raise InvalidArgument("classes 'dominant' needs the label values and their names (names={1: ...})")
     base = list_csv.parent
     ax = AXES[axis]
+    refuse_outside(
+        base,
+        (
+            (f"{list_csv} line {line} {column}", r.get(column, ""))
+            for line, r in enumerate(rows, start=2)
+            for column in ("image", "label")
+        ),
+        allow_outside_paths,
+    )
 
     def convert(item: object) -> Iterator[Sample]:
         row = dict(item)  # type: ignore[call-overload]
         patient = row["patient"].strip()
-        vol = _read(base / row["image"]).astype(np.float64)
+        vol = _read(base / row["image"], max_pixels).astype(np.float64)
         seg = None
         if labelled:
-            seg = np.rint(_read(base / row["label"])).astype(np.int64)
+            seg = _label_map(base / row["label"], _read(base / row["label"], max_pixels), classes)
             if seg.shape != vol.shape:
                 raise ImportError_(
                     f"{base / row['label']}: label map {seg.shape} is not the image's {vol.shape}"
