@@ -20,7 +20,7 @@ import nibabel as nib
 import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import ExplicitVRLittleEndian, RLELossless, generate_uid
+from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian, RLELossless, generate_uid
 
 from xgal.pool.importers.safety import ENV_MAX_PIXELS
 
@@ -83,13 +83,17 @@ def capped(code: str, *args: object) -> dict:
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def write_dicom(path, pixels=None, *, rows=None, columns=None, frames=None, window=None, rle=False):
-    """A DICOM file: `pixels` (uint16) stored plainly, or a header declaring `rows` x `columns`
-    (x `frames`) over one tiny RLE fragment (`rle`)."""
+def write_dicom(
+    path, pixels=None, *, rows=None, columns=None, frames=None, window=None, rle=False, deflated=False
+):
+    """A DICOM file: `pixels` (uint16) stored plainly (the whole dataset zipped with `deflated`),
+    or a header declaring `rows` x `columns` (x `frames`) over one tiny RLE fragment (`rle`)."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
     meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = RLELossless if rle else ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = (
+        RLELossless if rle else DeflatedExplicitVRLittleEndian if deflated else ExplicitVRLittleEndian
+    )
     ds = Dataset()
     ds.file_meta = meta
     ds.SOPClassUID = meta.MediaStorageSOPClassUID

@@ -15,7 +15,7 @@ from PIL import Image
 from xgal.core.errors import InvalidArgument
 from xgal.pool.importers.common import read_mask
 from xgal.pool.importers.images import import_images
-from xgal.pool.importers.safety import DEFAULT_MAX_PIXELS, ENV_MAX_PIXELS
+from xgal.pool.importers.safety import DEFAULT_MAX_PIXELS, DEFAULT_MAX_VOXELS, ENV_MAX_PIXELS, ENV_MAX_VOXELS
 
 
 def test_png_bombs_are_skipped_by_name_before_a_pixel_is_decoded(tmp_path):
@@ -56,7 +56,8 @@ def test_png_bombs_are_skipped_by_name_before_a_pixel_is_decoded(tmp_path):
     assert got["skipped"][1].startswith(f"{src / 'bomb20k.png'}: ") and limit in got["skipped"][1]
     assert got["skipped"][2].startswith(f"{src / 'bombmask.png'}: ") and limit in got["skipped"][2]
     assert got["bomb13k.png"] == f"{src / 'bomb13k.png'}: 169,000,000 pixels, {limit}"
-    assert got["trick.png"] == f"{src / 'trick.png'}: 169,000,000 pixels, {limit}"
+    # An ICO is no kind a scan or mask comes in: PIL is not let open it at all.
+    assert got["trick.png"] == f"{src / 'trick.png'}: not a readable mask (not a PNG, JPEG, TIFF, BMP file)"
     assert all("\n" not in line for line in got["skipped"])
     assert got["rss_mb"] < 300, got  # about 205 MB; decoding any of these bombs adds 169 MB or more
 
@@ -87,6 +88,25 @@ def test_dicom_bombs_are_skipped_by_name_before_the_pixel_data_is_decoded(tmp_pa
     assert got["rss_mb"] < 300, got
 
 
+def test_a_deflated_dicom_is_inflated_within_the_limit_before_pydicom_reads_it(tmp_path):
+    """A deflated dataset is inflated whole by pydicom, before any header can be checked: xgal
+    inflates it first, bounded, and refuses it by name past 8 bytes a pixel of the limit."""
+    src = tmp_path / "dcm"
+    src.mkdir()
+    write_dicom(src / "ok.dicom", scan(), deflated=True)
+    write_dicom(src / "zip.dicom", np.zeros((3000, 3000), np.uint16), deflated=True)  # 18 MB of zeros
+    assert (src / "zip.dicom").stat().st_size < 100_000
+    write_csv(src / "boxes.csv", ["image_id", "class_name", "x_min", "y_min", "x_max", "y_max"],
+              [[n, "Nodule", 8, 8, 24, 24] for n in ("ok", "zip")])  # fmt: skip
+    from xgal.pool.importers.dicom import import_dicom
+
+    pool, report = import_dicom(src, src / "boxes.csv", tmp_path / "pool", size=16, max_pixels=100_000)
+    assert pool.count == 1 and report.skipped == [
+        f"{src / 'zip.dicom'}: a deflated DICOM inflating past 17,577,216 bytes, beyond the pixel limit "
+        f"of 100,000 ({ENV_MAX_PIXELS}, or --max-pixels at import)"
+    ]
+
+
 def test_volume_bombs_are_skipped_by_name_from_their_header(tmp_path):
     vol = np.zeros((4, 8, 8), np.float32)
     vol[:, 2:6, 2:6] = 100
@@ -111,9 +131,9 @@ def test_volume_bombs_are_skipped_by_name_from_their_header(tmp_path):
         """,
         tmp_path,
     )
-    limit = f"1000x1000x1000 = 1,000,000,000 pixels, above the limit of {DEFAULT_MAX_PIXELS:,}"
+    limit = f"1000x1000x1000 = 1,000,000,000 voxels, above the limit of {DEFAULT_MAX_VOXELS:,}"
     assert got["written"] == 4 and got["skipped"] == [
-        f"{tmp_path / 'huge.nii'}: {limit} ({ENV_MAX_PIXELS}, or --max-pixels at import)"
+        f"{tmp_path / 'huge.nii'}: {limit} ({ENV_MAX_VOXELS}, or --max-voxels at import)"
     ]
     assert got["brats"] == 0 and got["brats_skipped"][0].startswith(f"{subject / 'S1_seg.nii'}: {limit}")
     assert got["rss_mb"] < 300, got
@@ -142,13 +162,14 @@ def test_the_pixel_limit_comes_from_the_argument_the_environment_or_the_cli(tmp_
     with pytest.raises(InvalidArgument, match=f"{ENV_MAX_PIXELS} must be a whole number"):
         import_images(src, src / "labels.csv", tmp_path / "c", size=16)
     monkeypatch.delenv(ENV_MAX_PIXELS)
-    # A frame larger than its header (an ICO posing as a PNG, 16x16 in its directory) is refused by
-    # PIL's guard set to the limit, before the frame is decoded: PIL's default guard (89 M) lets it
-    # decode, and xgal's own check would only see 1200x1200 afterwards (its message gives the size).
+    # A frame larger than its header (an ICO posing as a PNG, 16x16 in its directory) would be
+    # caught by PIL's guard set to the limit; PIL is not let open an ICO at all.
     big = io.BytesIO()
     Image.fromarray(np.zeros((1200, 1200), np.uint8)).save(big, "PNG")
     (src / "trick.png").write_bytes(ico_holding(big.getvalue()))
-    with pytest.raises(InvalidArgument, match=r"trick.png: 1,440,000 pixels, above the limit of 1,000,000"):
+    with pytest.raises(
+        InvalidArgument, match=r"trick.png: not a readable mask \(not a PNG, JPEG, TIFF, BMP file\)"
+    ):
         read_mask(src / "trick.png", 16, 16, "each scan", max_pixels=1_000_000)
     common = ("pool", "import", "images", src, "--labels", src / "labels.csv", "--size", 16)
     res = run_xgal(*common[:4], tmp_path / "cli", *common[4:], "--max-pixels", 1000, timeout=120)

@@ -53,6 +53,12 @@ def pool_synth(
 ALLOW_SKIPS = typer.Option(
     False, help="Accept an import that skipped sources (listed); without it that is an error (exit 2)."
 )
+MAX_VOXELS = typer.Option(
+    None,
+    min=1,
+    help="Skip a volume declaring more voxels, before reading it. Default: $XGAL_MAX_VOLUME_VOXELS, "
+    "else 600000000.",
+)
 MAX_PIXELS = typer.Option(
     None,
     min=1,
@@ -193,7 +199,7 @@ def import_volumes_cmd(
     uint16: bool = typer.Option(False, help="Store 16-bit pixels."),
     overwrite: bool = typer.Option(False),
     allow_skips: bool = ALLOW_SKIPS,
-    max_pixels: int | None = MAX_PIXELS,
+    max_voxels: int | None = MAX_VOXELS,
     allow_outside_paths: bool = ALLOW_OUTSIDE_PATHS,
 ) -> None:
     """Import NIfTI, NRRD or MHA volumes (with label maps) as 2-D slices, each with its patient."""
@@ -218,7 +224,7 @@ def import_volumes_cmd(
             names=mapping,
             pixel_dtype="uint16" if uint16 else "uint8",
             overwrite=overwrite,
-            max_pixels=max_pixels,
+            max_voxels=max_voxels,
             allow_outside_paths=allow_outside_paths,
             progress=bar.update,
         )
@@ -234,7 +240,7 @@ def import_brats_cmd(
     min_area: int = typer.Option(100, help="Least tumour voxels for a slice to be kept."),
     overwrite: bool = typer.Option(False),
     allow_skips: bool = ALLOW_SKIPS,
-    max_pixels: int | None = MAX_PIXELS,
+    max_voxels: int | None = MAX_VOXELS,
 ) -> None:
     """Import NIfTI volumes in the BraTS layout as axial slices (class = dominant region)."""
     from xgal.pool.importers.brats import import_brats
@@ -247,7 +253,7 @@ def import_brats_cmd(
             modalities=_names(modalities) or [],
             min_area=min_area,
             overwrite=overwrite,
-            max_pixels=max_pixels,
+            max_voxels=max_voxels,
             progress=bar.update,
         )
     _import_done(pool, report, allow_skips)

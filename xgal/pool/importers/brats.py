@@ -10,7 +10,7 @@ the brain. Axial slices with at least `min_area` tumour voxels are kept; the cla
 dominant tumour region of the slice (edema = label 2, necrotic / non-enhancing core = 1,
 enhancing tumour = 4) and the ROI that region's mask. Images and ROIs are resized to `size`.
 A segmentation with fractional values is not a BraTS label map and is skipped, never rounded; a
-volume whose header declares more voxels than the pixel limit (`safety`) is skipped unread.
+volume whose header declares more voxels than the voxel limit (`safety`) is skipped unread.
 """
 
 from __future__ import annotations
@@ -33,14 +33,14 @@ from xgal.pool.importers.common import (
     to_pixels,
     write_pool,
 )
-from xgal.pool.importers.safety import check_pixels, pixel_limit
+from xgal.pool.importers.safety import check_voxels, voxel_limit
 
 REGIONS = (("edema", 2), ("necrotic", 1), ("enhancing", 4))
 
 
 def _volume(subject: Path, suffix: str, limit: int | None = None) -> tuple[Path, np.ndarray]:
     """The file of a modality (or `seg`) and its voxels in RAS+; the header's shape is checked
-    against the pixel limit before the data is read (nibabel loads lazily)."""
+    against the voxel limit before the data is read (nibabel loads lazily)."""
     import nibabel as nib
 
     for ext in (".nii.gz", ".nii"):
@@ -50,7 +50,7 @@ def _volume(subject: Path, suffix: str, limit: int | None = None) -> tuple[Path,
                 image = nib.load(path)
             except Exception as exc:  # nibabel raises several types for damaged files
                 raise ImportError_(f"{path}: not a readable NIfTI volume ({exc})") from None
-            check_pixels(path, image.shape, limit)
+            check_voxels(path, image.shape, limit)
             try:
                 return path, np.asarray(nib.as_closest_canonical(image).get_fdata(dtype=np.float32))
             except Exception as exc:
@@ -67,25 +67,25 @@ def import_brats(
     min_area: int = 100,
     shard_size: int = 4096,
     overwrite: bool = False,
-    max_pixels: int | None = None,
+    max_voxels: int | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Pool, ImportReport]:
     """Import the BraTS subjects under `folder` as axial slices into a pool (module doc)."""
     folder = Path(folder)
-    max_pixels = pixel_limit(max_pixels)  # read once: a bad $XGAL_MAX_IMAGE_PIXELS fails before writing
+    max_voxels = voxel_limit(max_voxels)  # read once: a bad $XGAL_MAX_VOLUME_VOXELS fails before writing
     subjects = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
     if not subjects:
         raise FileNotFoundError(f"no subject folders under {folder}")
 
     def convert(item: object) -> Iterator[Sample]:
         subject = Path(str(item))
-        seg_path, seg_values = _volume(subject, "seg", max_pixels)
+        seg_path, seg_values = _volume(subject, "seg", max_voxels)
         if not integral(seg_values):
             raise ImportError_(
                 f"{seg_path}: fractional values; a BraTS segmentation holds the labels 0, 1, 2, 4"
             )
         seg = seg_values.astype(np.int16)
-        vols = [_volume(subject, m, max_pixels)[1] for m in modalities]
+        vols = [_volume(subject, m, max_voxels)[1] for m in modalities]
         for m, v in zip(modalities, vols, strict=True):
             if v.shape != seg.shape:
                 raise ImportError_(f"{subject}: {m} is {v.shape}, the segmentation is {seg.shape}")

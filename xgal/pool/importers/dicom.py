@@ -41,7 +41,7 @@ from xgal.pool.importers.common import (
     window_unit,
     write_pool,
 )
-from xgal.pool.importers.safety import check_pixels, pixel_limit, refuse_outside
+from xgal.pool.importers.safety import RAISE_IT, check_pixels, pixel_limit, refuse_outside
 
 if TYPE_CHECKING:
     from pydicom.dataset import Dataset
@@ -62,6 +62,7 @@ def dicom_to_unit(
     import pydicom
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+    _check_deflated(path, max_pixels)
     try:
         ds = pydicom.dcmread(path)  # the pixel data's bytes, not yet decoded
     except Exception as exc:  # pydicom raises many types for bad or unsupported files
@@ -199,3 +200,38 @@ def import_dicom(
     )
     report.notes = notes
     return pool, report
+
+
+DEFLATED = "1.2.840.10008.1.2.1.99"  # Deflated Explicit VR Little Endian: the whole dataset zipped
+
+
+def _check_deflated(path: Path, max_pixels: int | None) -> None:
+    """A deflated file is inflated whole by pydicom before any header can be read: inflate it
+    here first, at most 8 bytes a pixel of the limit (and 16 MB of header), and refuse it by
+    name beyond that, before pydicom sees it."""
+    import zlib
+
+    from pydicom.filereader import read_file_meta_info
+
+    try:
+        meta = read_file_meta_info(path)
+    except Exception:  # not DICOM, or no file meta: dcmread says what is wrong
+        return
+    if str(meta.get("TransferSyntaxUID", "")) != DEFLATED:
+        return
+    length = meta.get("FileMetaInformationGroupLength")
+    if length is None:
+        raise ImportError_(f"{path}: a deflated DICOM without its file meta group length; not read")
+    bound = 8 * pixel_limit(max_pixels) + (16 << 20)
+    inflate, size = zlib.decompressobj(-zlib.MAX_WBITS), 0
+    with open(path, "rb") as f:
+        f.seek(132 + 12 + int(length))  # preamble, "DICM", the group length element, group 2
+        while (chunk := f.read(1 << 20)) and size <= bound:
+            size += len(inflate.decompress(chunk, bound + 1 - size))
+            while inflate.unconsumed_tail and size <= bound:
+                size += len(inflate.decompress(inflate.unconsumed_tail, bound + 1 - size))
+    if size > bound:
+        raise ImportError_(
+            f"{path}: a deflated DICOM inflating past {bound:,} bytes, beyond the pixel limit of "
+            f"{pixel_limit(max_pixels):,} ({RAISE_IT})"
+        )

@@ -19,7 +19,7 @@ A label map of whole values, whatever its dtype (0.0, 1.0, 2.0 in a float file),
 with fractional values (a probability map, a mask resampled with interpolation) is not rounded
 but thresholded by `common.soft_mask`: above 0.5 when its values lie in [0, 1], else above half
 its range; it has no label values, so `classes="dominant"` skips it by name. A volume whose
-voxels (× components) exceed the pixel limit (`safety`) is skipped from its header, unread.
+voxels (× components) exceed the voxel limit (`safety`) is skipped from its header, unread.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from xgal.pool.importers.common import (
     window_unit,
     write_pool,
 )
-from xgal.pool.importers.safety import check_pixels, pixel_limit, refuse_outside
+from xgal.pool.importers.safety import check_voxels, refuse_outside, voxel_limit
 
 AXES = {"axial": 0, "coronal": 1, "sagittal": 2}  # array axes of an LPS volume (z, y, x)
 KEEPS = ("all", "lesion")
@@ -56,7 +56,7 @@ CLASS_RULES = ("lesion", "dominant")
 
 def _read(path: Path, limit: int | None) -> np.ndarray:
     """The volume as an array (z, y, x) turned to LPS; its header is checked first (3-D, within
-    the pixel limit), so an oversized volume is never read."""
+    the voxel limit), so an oversized volume is never read."""
     import SimpleITK as sitk
 
     if not path.is_file():
@@ -68,7 +68,7 @@ def _read(path: Path, limit: int | None) -> np.ndarray:
         dims = reader.GetDimension()
         if dims == 3:
             components = reader.GetNumberOfComponents()
-            check_pixels(path, [*reader.GetSize(), *([components] if components > 1 else [])], limit)
+            check_voxels(path, [*reader.GetSize(), *([components] if components > 1 else [])], limit)
             image = reader.Execute()
     except RuntimeError as exc:
         raise ImportError_(f"{path}: not a volume SimpleITK can read ({str(exc).splitlines()[-1]})") from None
@@ -105,13 +105,13 @@ def import_volumes(
     pixel_dtype: str = "uint8",
     shard_size: int = 4096,
     overwrite: bool = False,
-    max_pixels: int | None = None,
+    max_voxels: int | None = None,
     allow_outside_paths: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Pool, ImportReport]:
     """Import the volumes `list_csv` lists as 2-D slices into a pool at `out` (module doc)."""
     list_csv = Path(list_csv)
-    max_pixels = pixel_limit(max_pixels)  # read once: a bad $XGAL_MAX_IMAGE_PIXELS fails before writing
+    max_voxels = voxel_limit(max_voxels)  # read once: a bad $XGAL_MAX_VOLUME_VOXELS fails before writing
     if axis not in AXES or keep not in KEEPS or classes not in CLASS_RULES:
         raise InvalidArgument(
             f"axis must be one of {list(AXES)}, keep one of {KEEPS}, classes one of {CLASS_RULES}; "
@@ -150,10 +150,10 @@ def import_volumes(
     def convert(item: object) -> Iterator[Sample]:
         row = dict(item)  # type: ignore[call-overload]
         patient = row["patient"].strip()
-        vol = _read(base / row["image"], max_pixels).astype(np.float64)
+        vol = _read(base / row["image"], max_voxels).astype(np.float64)
         seg = None
         if labelled:
-            seg = _label_map(base / row["label"], _read(base / row["label"], max_pixels), classes)
+            seg = _label_map(base / row["label"], _read(base / row["label"], max_voxels), classes)
             if seg.shape != vol.shape:
                 raise ImportError_(
                     f"{base / row['label']}: label map {seg.shape} is not the image's {vol.shape}"
