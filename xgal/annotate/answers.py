@@ -6,8 +6,10 @@ non-zero pixels, or a JPEG-like mask's above half its range, are inside) or a CS
 boxes `id,x_min,y_min,x_max,y_max` in the pool's pixels. A scan given no ROI keeps the one the
 pool holds. Everything is checked before anything is written: IDs the round asked about, each
 once, every one answered, known class names, masks of the pool's size. A round's answers are
-written once (`answers.npz`) and never replaced; `OUT/dataset/dataset.json` then lists every
-answer so far (`xgal.annotate.datalist`).
+written once (`answers.npz`, whole or not at all) and never replaced: one writer at a time holds
+the round's lock, and the file is linked into place, which fails if it exists. It is the record:
+`OUT/dataset/dataset.json` then lists every answer so far (`xgal.annotate.datalist`), and is
+caught up by the next command if one was killed in between.
 """
 
 from __future__ import annotations
@@ -17,17 +19,21 @@ from pathlib import Path
 
 import numpy as np
 
-from xgal.annotate.datalist import write_datalist
+from xgal.annotate.datalist import ensure_current
 from xgal.annotate.layout import ANSWERS, META, file_name, round_folders
-from xgal.core.durable import atomic_write, npz_bytes
+from xgal.core.durable import held, npz_bytes, write_once
 from xgal.core.errors import InvalidArgument
 from xgal.core.spreadsheet import read_rows
 from xgal.pool.format import Pool
 from xgal.pool.importers.common import BOX_COLUMNS, boxes_to_mask, read_box, read_mask
 
+LOCK = ".answers.lock"  # in a round's folder: held by the one process recording its answers
+
 
 def open_round(out: str | Path) -> Path:
-    """The round folder waiting for answers (request written, no answers yet)."""
+    """The round folder waiting for answers (request written, no answers yet). Catches the
+    run's dataset.json up with its answers first (`datalist.ensure_current`)."""
+    ensure_current(out)
     rounds = round_folders(out, META)
     waiting = [p for p in rounds if not (p / ANSWERS).is_file()]
     if not waiting:
@@ -78,7 +84,34 @@ def save_answers(
     """Record the open round's answers (`answered`: ID -> class name, `drawn`: ID -> ROI mask,
     both already checked against the request) once every scan asked about has one, or with
     `partial` at least one; `source` names where they came from in the error. Returns how many
-    were answered. Shared by the CSV answers and Label Studio's (`xgal label-studio pull`)."""
+    were answered. Shared by the CSV answers and Label Studio's (`xgal label-studio pull`).
+    Of two processes recording one round, one records and the other is refused by name."""
+    with held(folder / LOCK, wait=False) as mine:
+        if not mine:
+            raise InvalidArgument(
+                f"{folder.name} of {out} is being recorded right now by another xgal annotations add "
+                f"or xgal label-studio pull; nothing was recorded from {source}: once it has finished, "
+                "run xgal train to go on (or, if it was refused, record these answers again)"
+            )
+        if (folder / ANSWERS).exists():
+            raise _answered_meanwhile(out, folder, source)
+        for stale in folder.glob(f".{ANSWERS}.*.tmp"):  # a killed writer's, half written or not
+            stale.unlink(missing_ok=True)
+        n = _save(folder, answered, drawn, partial=partial, source=source)
+    ensure_current(out)
+    return n
+
+
+def _answered_meanwhile(out: str | Path, folder: Path, source: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"{folder.name} of {out} was answered meanwhile (by another xgal annotations add or xgal "
+        f"label-studio pull); nothing was recorded from {source}: its answers are never replaced"
+    )
+
+
+def _save(
+    folder: Path, answered: dict[str, str], drawn: dict[str, np.ndarray], *, partial: bool, source: str
+) -> int:
     meta = json.loads((folder / META).read_text())
     ids, names = list(meta["ids"]), list(meta["class_names"])
     missing = [s for s in ids if s not in answered]
@@ -92,8 +125,11 @@ def save_answers(
     for sample_id, roi in drawn.items():
         rois[ids.index(sample_id)] = roi
     labels = np.array([names.index(answered[s]) if s in answered else -1 for s in ids], dtype=np.int64)
-    atomic_write(folder / ANSWERS, npz_bytes(True, ids=np.array(ids, dtype=str), labels=labels, rois=rois))
-    write_datalist(out)
+    data = npz_bytes(True, ids=np.array(ids, dtype=str), labels=labels, rois=rois)
+    try:
+        write_once(folder / ANSWERS, data)
+    except FileExistsError:  # only a writer that ignores the lock gets here
+        raise _answered_meanwhile(folder.parent, folder, source) from None
     return len(answered)
 
 

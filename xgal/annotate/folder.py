@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from xgal.annotate.annotator import AnnotationRequest, AwaitingAnnotations, PendingRequest
+from xgal.annotate.datalist import ensure_current
 from xgal.annotate.hints import hint_image, scan_image
 from xgal.annotate.layout import (
     ANSWERS,
@@ -50,6 +51,7 @@ class FolderAnnotator:
         self.out = Path(out_dir)
 
     def annotate(self, request: PendingRequest) -> tuple[np.ndarray, np.ndarray]:
+        ensure_current(self.out)  # a command killed after recording left dataset.json behind
         ids, n = request.ids, request.round_index
         folder = round_folder(self.out, n)
         answers = folder / ANSWERS

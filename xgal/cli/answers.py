@@ -34,6 +34,8 @@ def annotations_add(
 def report(run: Path = typer.Argument(..., help="The run folder (xgal train --out).")) -> None:
     """Write RUN/report.html: one self-contained page with the run's settings, its rounds, the
     learning curves and each hand-off round's scans with their Grad-CAM hints."""
+    from xgal.annotate.datalist import ensure_current
     from xgal.annotate.report import write_report
 
+    ensure_current(run)
     out.print(f"wrote {write_report(run)}")

@@ -5,7 +5,8 @@
 - `ranking`: a scored batch, bounded top-k, class balancing, exact merging, pool-level rescoring;
 - `wire`: the mapping between these types and the service's messages (xgal.v1), both ways;
 - `errors`: the base class of errors a user can fix;
-- `durable`: files written so that a kill or a power cut leaves the old or the new one;
+- `durable`: files written so that a kill or a power cut leaves the old or the new one, files
+  written once, and locks that a killed process drops;
 - `spreadsheet`: CSV cells a spreadsheet shows as text and xgal reads back unchanged.
 
 It imports numpy, the standard library and (in `wire` only) the generated messages: never

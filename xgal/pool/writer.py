@@ -143,6 +143,7 @@ class PoolWriter:
             groups = np.asarray(groups, dtype=str)
             if groups.shape != (n,) or not all(groups):
                 raise PoolFormatError(f"groups must be {n} non-empty names, got shape {list(groups.shape)}")
+        _check_ids(ids_arr.tolist())
         new = set(ids_arr.tolist())
         if len(new) != n or new & self._seen_ids:
             raise PoolFormatError("sample IDs must be unique across the pool")
@@ -226,3 +227,17 @@ class PoolWriter:
         (self.path / PARTIAL).unlink(missing_ok=True)
         self._closed = True
         return self.path
+
+
+def _check_ids(ids: list[str]) -> None:
+    """Refuse an empty ID, or one with whitespace around it: spreadsheets and `xgal annotations
+    add` read IDs stripped, so such a scan could be asked about and never answered."""
+    bad = [s for s in ids if not s or s != s.strip()]
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        what = "is empty" if not bad[0] else "has spaces (or other whitespace) before or after it"
+        raise InvalidArgument(
+            f"sample ID {bad[0]!r}{more} {what}: answers are read with IDs stripped, so that scan "
+            "could never be answered. Give every scan an ID without them (rename the file, or fix "
+            "the ID in the CSV) and run the import again"
+        )
