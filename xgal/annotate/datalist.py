@@ -22,6 +22,7 @@ import numpy as np
 from xgal.annotate.layout import ANSWERS, META, file_name, round_folders
 from xgal.core.checksum import sha256_file
 from xgal.core.durable import atomic_write, held
+from xgal.core.errors import InvalidArgument
 from xgal.pool.format import Pool
 
 FOLDER = "dataset"
@@ -114,3 +115,27 @@ def _pictures(
             buf = io.BytesIO()
             Image.fromarray(picture).save(buf, format="PNG")
             atomic_write(target / folder / name, buf.getvalue())
+
+
+def map_back(out: str | Path, id_map: str | Path, dest: str | Path) -> Path:
+    """A copy of the run's dataset.json at `dest` whose entries also name their source: the
+    scan's ID and image path before anonymisation, from the pool's ID map (`xgal.pool.id_map`).
+    Kept apart from the run folder, which the radiologist may see."""
+    from xgal.pool.id_map import IdMap
+
+    path = ensure_current(out)
+    if path is None:
+        raise InvalidArgument(f"{out} has no answered round yet: nothing to map back")
+    sources = IdMap.read(id_map).sources
+    doc = json.loads(path.read_text())
+    unknown = [e["id"] for e in doc["training"] if e["id"] not in sources]
+    if unknown:
+        raise InvalidArgument(
+            f"{id_map} does not know {len(unknown)} of the run's scans (e.g. {unknown[0]}): another pool's?"
+        )
+    for entry in doc["training"]:
+        entry["source_id"], entry["source_image"] = sources[entry["id"]]["id"], sources[entry["id"]]["image"]
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.write_text(json.dumps(doc, indent=1))
+    return dest

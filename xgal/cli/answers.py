@@ -31,6 +31,23 @@ def annotations_add(
     out.print(f"recorded {n} answers for {folder.name}; run the same xgal train command to go on")
 
 
+@app.command("map-back")
+def annotations_map_back(
+    run: Path = typer.Argument(..., help="The run folder (xgal train --out)."),
+    ids: Path = typer.Option(
+        ..., help="The pool's ID map, POOL.ids.json (written by an --anonymise import)."
+    ),
+    out_json: Path = typer.Option(
+        ..., "--out", help="Where to write the mapped dataset.json (not in the run)."
+    ),
+) -> None:
+    """A copy of the run's dataset.json whose entries also name each scan's source ID and image
+    file before anonymisation (the radiologist never sees them)."""
+    from xgal.annotate.datalist import map_back
+
+    out.print(f"wrote {map_back(run, ids, out_json)}")
+
+
 def report(run: Path = typer.Argument(..., help="The run folder (xgal train --out).")) -> None:
     """Write RUN/report.html: one self-contained page with the run's settings, its rounds, the
     learning curves and each hand-off round's scans with their Grad-CAM hints."""

@@ -82,6 +82,8 @@ def _import_done(pool: Any, report: Any, allow_skips: bool) -> None:
         console.print(f"  note: {line}", markup=False)
     if len(report.notes) > 20:
         console.print(f"  ... and {len(report.notes) - 20} more notes")
+    for line in report.warnings:
+        out.print(f"[yellow]warning:[/] {line}")
     if getattr(report, "stretched", 0):
         out.print(
             f"[yellow]warning:[/] {report.stretched} non-square images were stretched to square "
@@ -104,7 +106,9 @@ def _names(text: str | None) -> list[str] | None:
 def import_images_cmd(
     folder: Path = typer.Argument(..., help="Folder of PNG/JPEG images."),
     out_dir: Path = typer.Argument(..., help="Pool to create (an unfinished one is resumed)."),
-    labels: Path = typer.Option(..., help="CSV: image[, label][, id][, mask] (no label: unlabelled)."),
+    labels: Path | None = typer.Option(
+        None, help="CSV: image[, label][, id][, mask] (no label: unlabelled); or --class-from-folder."
+    ),
     boxes: Path | None = typer.Option(None, help="CSV of ROI boxes: image|id, x_min, y_min, x_max, y_max."),
     size: int = typer.Option(224, help="Side of the pool's square images."),
     channels: int = typer.Option(1, help="1 (grayscale) or 3 (RGB)."),
@@ -116,6 +120,14 @@ def import_images_cmd(
     allow_skips: bool = ALLOW_SKIPS,
     max_pixels: int | None = MAX_PIXELS,
     allow_outside_paths: bool = ALLOW_OUTSIDE_PATHS,
+    class_from_folder: bool = typer.Option(
+        False, help="No CSV: every image in FOLDER/<class>/, its class the subfolder's name."
+    ),
+    anonymise: bool = typer.Option(
+        False,
+        help="IDs that tell nothing (keyed hashes); the key and the map back to the files go to "
+        "OUT_DIR.ids.json beside the pool, never shown to the radiologist.",
+    ),
 ) -> None:
     """Import a folder of PNG/JPEG images with labels and ROI masks or boxes."""
     from xgal.pool.importers.images import import_images
@@ -135,9 +147,17 @@ def import_images_cmd(
             overwrite=overwrite,
             max_pixels=max_pixels,
             allow_outside_paths=allow_outside_paths,
+            class_from_folder=class_from_folder,
+            anonymise=anonymise,
             progress=bar.update,
         )
     _import_done(pool, report, allow_skips)
+    if anonymise:
+        from xgal.pool.id_map import id_map_path
+
+        out.print(
+            f"anonymised IDs; the key and the map back to the files: {id_map_path(out_dir)} (keep it private)"
+        )
 
 
 def _window(text: str | None) -> tuple[float, float] | None:

@@ -11,6 +11,7 @@ import numpy as np
 
 from xgal.core.errors import InvalidArgument
 from xgal.pool.format import Pool
+from xgal.pool.id_map import IdMap, id_map_path
 from xgal.pool.writer import PoolWriter
 
 CHUNK = 2048
@@ -45,6 +46,7 @@ def split_by_group(
     where = f"split of {pool.path.name} by patient (seed {seed}, test fraction {test_fraction})"
     train = _copy(pool, np.flatnonzero(~in_test), out_train, f"{where}: training part")
     test = _copy(pool, np.flatnonzero(in_test), out_test, f"{where}: test part")
+    _share_key(pool, train, test)
     return train, test
 
 
@@ -75,7 +77,17 @@ def split_by_sample(
     where = f"split of {pool.path.name} by sample, {how} (seed {seed}, test fraction {test_fraction})"
     train = _copy(pool, np.flatnonzero(~in_test), out_train, f"{where}: training part")
     test = _copy(pool, np.flatnonzero(in_test), out_test, f"{where}: test part")
+    _share_key(pool, train, test)
     return train, test
+
+
+def _share_key(pool: Pool, *parts: Pool) -> None:
+    """Each part gets the pool's anonymisation key, with the map back of its own scans."""
+    path = id_map_path(pool.path)
+    if path.is_file():
+        id_map = IdMap.read(path)
+        for part in parts:
+            id_map.restricted(part.ids().tolist()).write(part.path)
 
 
 def _check_fraction(test_fraction: float) -> None:

@@ -48,6 +48,7 @@ class ImportReport:
     written: int = 0
     skipped: list[str] = field(default_factory=list)  # "source: reason"
     notes: list[str] = field(default_factory=list)  # "source: what was done instead" (imported)
+    warnings: list[str] = field(default_factory=list)  # about the whole import (IDs that tell the class)
     stretched: int = 0  # non-square images resized to square without keeping their aspect
 
 

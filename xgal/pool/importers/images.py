@@ -8,7 +8,11 @@ a float mask's values above 0.5 when they lie in [0, 1]). Boxes CSV instead of m
 `id`, `x_min`, `y_min`, `x_max`, `y_max` in the original image's pixels; several boxes of an
 image are filled into one mask. An image with neither has no ROI (an all-zero mask). A path
 that leaves the folder (absolute, `..`, a symlink out) is refused unless `allow_outside_paths`;
-a file declaring more pixels than `max_pixels` (`safety`) is skipped before it is decoded.
+a file declaring more pixels than `max_pixels` (`safety`) is skipped before it is decoded. A
+column that looks like one of these (`class`, `lable`) while that one is missing is refused
+(`columns`). Instead of a CSV, `class_from_folder` takes every image of `folder/<class>/` with the
+subfolder's name as its class. `anonymise` gives each scan an ID that tells nothing
+(`xgal.pool.id_map`); without it, IDs that give the class away are warned about.
 
 16-bit images (a CT slice saved as HU + 1024, say) keep their values in a uint16 pool
 (`pixel_dtype="uint16"`), or are mapped to 8 bits through an explicit `window` (centre, width);
@@ -20,6 +24,7 @@ counts those.
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -28,6 +33,8 @@ from PIL import Image
 
 from xgal.core.errors import InvalidArgument
 from xgal.pool.format import Pool
+from xgal.pool.id_map import IdMap, revealing
+from xgal.pool.importers.columns import check_columns
 from xgal.pool.importers.common import (
     BOX_COLUMNS,
     FITS,
@@ -47,10 +54,13 @@ from xgal.pool.importers.common import (
 )
 from xgal.pool.importers.safety import decode_image, pixel_limit, refuse_outside
 
+LIST_COLUMNS = ("image", "label", "id", "mask")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
+
 
 def import_images(
     folder: str | os.PathLike[str],
-    labels_csv: str | os.PathLike[str],
+    labels_csv: str | os.PathLike[str] | None,
     out: str | os.PathLike[str],
     *,
     size: int = 224,
@@ -64,9 +74,13 @@ def import_images(
     overwrite: bool = False,
     max_pixels: int | None = None,
     allow_outside_paths: bool = False,
+    class_from_folder: bool = False,
+    anonymise: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Pool, ImportReport]:
-    """Import the images `labels_csv` lists under `folder` into a pool at `out` (module doc)."""
+    """Import the images `labels_csv` lists under `folder` into a pool at `out` (module doc); with
+    `class_from_folder`, every image in `folder/<class>/` instead, its class the subfolder's name;
+    with `anonymise`, IDs that give nothing away (`xgal.pool.id_map`)."""
     folder = Path(folder)
     max_pixels = pixel_limit(max_pixels)  # read once: a bad $XGAL_MAX_IMAGE_PIXELS fails before writing
     if channels not in (1, 3):
@@ -75,7 +89,19 @@ def import_images(
         raise InvalidArgument(f"fit must be one of {', '.join(FITS)}; got {fit!r}")
     if pixel_dtype not in ("uint8", "uint16"):
         raise InvalidArgument(f"pixel_dtype must be uint8 or uint16, got {pixel_dtype!r}")
-    rows = read_csv(Path(labels_csv), ["image"])
+    if class_from_folder == (labels_csv is not None):
+        raise InvalidArgument("give a labels CSV, or take each class from its folder (--class-from-folder)")
+    if labels_csv is None:
+        rows, labels_csv = folder_rows(folder), folder
+    else:
+        rows = read_csv(Path(labels_csv), ["image"])
+        check_columns(Path(labels_csv), list(rows[0]), LIST_COLUMNS)
+    missing = [r["image"] for r in rows if not (folder / r["image"]).is_file()]
+    if len(missing) == len(rows):
+        raise InvalidArgument(
+            f"none of the {len(rows)} images {labels_csv} lists is under {folder} (e.g. "
+            f"{folder / missing[0]}): is the images folder right?"
+        )
     refuse_outside(
         folder,
         (
@@ -99,8 +125,14 @@ def import_images(
         raise InvalidArgument(f"labels not among the classes {names}: {unknown}")
     ids = [r.get("id") or Path(r["image"]).stem for r in rows]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
-    if dupes:
-        raise InvalidArgument(f"{labels_csv}: duplicate IDs {dupes[:5]}")
+    if dupes and not anonymise:
+        raise InvalidArgument(f"{labels_csv}: duplicate IDs {dupes[:5]} (--anonymise names scans by path)")
+    reveal = None if anonymise else revealing(ids, given)
+    sources = ids  # what a boxes CSV names the scans by
+    if anonymise:  # the key first: a resumed import gives every scan the same ID again
+        id_map = IdMap(secrets.token_bytes(32)) if overwrite else IdMap.for_pool(out)
+        ids = [id_map.anonymise(r["image"], r["image"]) for r in rows]
+        id_map.write(out)
     boxes: dict[str, list[tuple[float, float, float, float]]] = {}
     if boxes_csv is not None:
         for line, b in enumerate(read_csv(Path(boxes_csv), BOX_COLUMNS), start=2):
@@ -110,14 +142,14 @@ def import_images(
     report_stretched = [0]  # counted by `convert`, which runs inside write_pool
 
     def convert(item: object) -> Iterator[Sample]:
-        row, sample_id = item  # type: ignore[misc]
+        row, sample_id, source_id = item  # type: ignore[misc]
         path = folder / row["image"]
         arr = _read_unit(path, channels, pixel_dtype, window, max_pixels)
         h, w = arr.shape[:2]
         if row.get("mask"):
             mask = read_mask(folder / row["mask"], h, w, "the image", max_pixels=max_pixels)
         else:
-            mask = boxes_to_mask(boxes.get(sample_id, []), h, w, str(path))
+            mask = boxes_to_mask(boxes.get(source_id, []), h, w, str(path))
         if fit == "stretch" and h != w:
             report_stretched[0] += 1
         img = resize_image(fit_square(arr, fit), size)
@@ -128,7 +160,7 @@ def import_images(
 
     pool, report = write_pool(
         out,
-        list(zip(rows, ids, strict=True)),
+        list(zip(rows, ids, sources, strict=True)),
         convert,
         image_shape=(channels, size, size),
         class_names=names,
@@ -140,7 +172,22 @@ def import_images(
         progress=progress,
     )
     report.stretched = report_stretched[0]
+    if reveal:
+        report.warnings.append(f"{reveal}: the radiologist sees them; import with --anonymise to hide it")
     return pool, report
+
+
+def folder_rows(folder: Path) -> list[dict[str, str]]:
+    """Every image in `folder/<class>/`, as list rows whose label is the subfolder's name."""
+    rows = [
+        {"image": f"{d.name}/{f.name}", "label": d.name}
+        for d in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        for f in sorted(d.iterdir())
+        if f.suffix.lower() in IMAGE_SUFFIXES and not f.name.startswith(".")
+    ] if folder.is_dir() else []  # fmt: skip
+    if not rows:
+        raise InvalidArgument(f"{folder} has no class folders of images (<class>/<image>.png|jpg|...)")
+    return rows
 
 
 def _read_unit(
