@@ -25,7 +25,7 @@ START_TIMEOUT = 240  # seconds for /health to answer (a copied, migrated databas
 @dataclass
 class LabelStudioServer:
     url: str
-    token_file: Path  # a Personal Access Token, made as a user makes one
+    token_file: Path  # a Personal Access Token, made as a user makes one (mode 0600)
     document_root: Path  # LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT: runs live under it
     email: str
     password: str
@@ -79,6 +79,7 @@ def start(root: Path) -> LabelStudioServer:
     server = LabelStudioServer(url, root / "token", docs, email, password, process, log)
     try:
         _wait_healthy(server)
+        server.token_file.touch(mode=0o600)  # xgal refuses a token file others may read, as ssh does
         server.token_file.write_text(personal_access_token(server))
     except BaseException:
         server.stop()

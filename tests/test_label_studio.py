@@ -3,9 +3,14 @@
 project (the scan and hint served from the run folder, the predicted class pre-selected, the
 pool's ROI as an editable brush region, xgal's score as the prediction's score), a script
 annotates through Label Studio's API as the radiologist's browser does, and `xgal label-studio
-pull` records the answers as `xgal annotations add` would, for two rounds."""
+pull` records the answers as `xgal annotations add` would, for two rounds. Label Studio serves the
+pictures from RUN/label-studio only, never the run's models, answers or state; a project made
+over the whole run folder is moved there; a long run name fits the project title; annotations
+that cannot be read are named by task and count as not answered. Checks that need no server:
+tests/test_label_studio_checks.py."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -40,6 +45,20 @@ def archive(server):
         w.add(d["ids"].tolist(), d["images"], rois, None)
     truth = dict(zip(d["ids"].tolist(), (labelled.class_names[i] for i in d["labels"]), strict=True))
     return Pool(root / "archive"), truth, dict(zip(d["ids"].tolist(), rois, strict=True))
+
+
+@pytest.fixture(scope="module")
+def waiting(server, archive):
+    """A run stopped at round 0 (no Label Studio project yet), for the tests to copy."""
+    run = server.document_root / "waiting"
+    res = xgal("train", "--pool", archive[0].path, "--initial", ROUNDS[0], "--per-round", ROUNDS[1],
+               "--rounds", 1, "--epochs", 2, "--out", run)  # fmt: skip
+    assert res.returncode == 3, res.stdout + res.stderr
+    return run
+
+
+def _copy(run, name):
+    return shutil.copytree(run, run.parent / name, symlinks=True)
 
 
 def _client(server):
@@ -81,7 +100,6 @@ def _painted(mask):
 
 
 def test_two_rounds_through_label_studio(server, archive, tmp_path, monkeypatch):
-    import label_studio_server
     from label_studio_sdk.converter.brush import decode_rle
 
     from xgal.annotate import label_studio
@@ -113,11 +131,10 @@ def test_two_rounds_through_label_studio(server, archive, tmp_path, monkeypatch)
         assert [t["data"]["id"] for t in tasks] == request  # in rank order
         assert not set(request) & set(asked)
         asked += request
-        with label_studio_server.login(server) as browser:  # the pictures, served from the run folder
-            scan = browser.get(tasks[0]["data"]["scan"])
-            assert scan.status_code == 200 and scan.content[:4] == b"\x89PNG"
-            assert browser.get(tasks[0]["data"]["hint"]).status_code == 200
-            assert browser.get("/data/local-files/?d=truth/manifest.json").status_code == 404  # not the run's
+        others = {p.relative_to(run).as_posix() for p in _served_only(server, run, project, ls, tasks)}
+        if n == 1:  # what the first round left: its answers, the model trained on them
+            assert {"state.json", "round-0/answers.npz"} <= others, sorted(others)
+            assert any(o.endswith(".onnx") for o in others) and any(o.endswith(".pt") for o in others)
         for task in tasks:
             full = ls.tasks.get(task["id"])
             sample_id = task["data"]["id"]
@@ -195,6 +212,34 @@ def test_two_rounds_through_label_studio(server, archive, tmp_path, monkeypatch)
     assert ls.projects.get(project).model_version == "xgal"  # what Label Studio pre-fills from
 
 
+def _served_only(server, run, project, ls, tasks):
+    """Label Studio serves the tasks' pictures, from RUN/label-studio (the only storage), and no
+    other file of the run (models, answers, state, the round folders' own files) nor outside it."""
+    import label_studio_server
+
+    served = run / "label-studio"
+    others = [p for p in run.rglob("*") if p.is_file() and served not in p.parents]
+    names = {p.name for p in others}
+    assert {"label-studio.json", "request.json", "labels.csv"} <= names and any(".png" in n for n in names)
+    with label_studio_server.login(server) as browser:  # a signed-in radiologist's browser
+        for task in tasks:
+            for key in ("scan", "hint"):
+                url = task["data"][key]
+                assert url.startswith(f"/data/local-files/?d={run.name}/label-studio/round-"), url
+                got = browser.get(url)
+                assert got.status_code == 200 and got.content[:4] == b"\x89PNG", url
+        # Label Studio grants a file by its folder: every file at the run's top (state, models,
+        # label-studio.json), the answers, and one file of each other folder.
+        probe = {p.parent: p for p in sorted(others, reverse=True)}.values()
+        probe = {*probe, *(p for p in others if p.parent == run or p.suffix in (".npz", ".pt", ".onnx"))}
+        for path in sorted(probe) + [server.document_root / "truth" / "manifest.json"]:
+            rel = path.relative_to(server.document_root).as_posix()
+            got = browser.get("/data/local-files/", params={"d": rel})
+            assert got.status_code in (403, 404), f"{rel} served ({got.status_code})"
+    assert [s.path for s in ls.import_storage.local.list(project=project)] == [str(served.resolve())]
+    return others
+
+
 def test_a_bad_or_missing_token_is_refused_by_name(server, tmp_path):
     from xgal.annotate.label_studio import pull
     from xgal.core.errors import InvalidArgument
@@ -204,6 +249,7 @@ def test_a_bad_or_missing_token_is_refused_by_name(server, tmp_path):
     (run / "round-0" / "request.json").write_text(json.dumps({"ids": [], "class_names": [], "round": 0}))
     empty = tmp_path / "empty"
     empty.write_text("\n")
+    empty.chmod(0o600)
     with pytest.raises(InvalidArgument, match="has no Label Studio project yet"):
         pull(run, server.url, empty)
     (run / "label-studio.json").write_text(json.dumps({"url": server.url, "project": 1}))
@@ -211,8 +257,102 @@ def test_a_bad_or_missing_token_is_refused_by_name(server, tmp_path):
     assert res.returncode == 2 and f"{empty} is empty" in res.stderr
     wrong = tmp_path / "wrong"
     wrong.write_text("0123456789abcdef")
+    wrong.chmod(0o600)
     with pytest.raises(InvalidArgument, match="refused the token in"):
         pull(run, server.url, wrong)
+
+
+LONG = "brats2021-densenet121-prototypical-lambda0.3-alpha0.1-initial150-per-round120-seed7"
+
+
+def test_a_long_run_folder_name_fits_the_project_title(server, waiting):
+    run = _copy(waiting, LONG)
+    res = xgal("label-studio", "push", run, "--url", server.url, "--token-file", server.token_file,
+               "--document-root", server.document_root)  # fmt: skip
+    assert res.returncode == 0 and f"round 0: {ROUNDS[0]} tasks added" in res.stdout, res.stdout + res.stderr
+    project = _client(server).projects.get(json.loads((run / "label-studio.json").read_text())["project"])
+    assert len(LONG) > 80 and len(project.title) == 50  # Label Studio's limit
+    assert project.title == f"xgal …{LONG[-44:]}"  # the end, where run names differ
+    assert project.description == f"xgal run {run.resolve()}"  # the whole path
+
+
+def test_unreadable_annotations_are_named_and_count_as_unanswered(server, waiting):
+    """Through the server and the CLI: a truncated brush RLE, a rectangle without x and a class
+    choice sent as a string, each named by task in one line; without --partial the round is
+    refused, nothing recorded; with it the other answers are recorded."""
+    from xgal.annotate.label_studio import push
+
+    run = _copy(waiting, "unreadable")
+    project = push(run, server.url, server.token_file, server.document_root).project
+    ls = _client(server)
+    tasks = _round_tasks(ls, project, 0)
+    names = json.loads((run / "round-0" / "request.json").read_text())["class_names"]
+    rle = _painted(np.ones((32, 32), np.uint8))["value"]["rle"]
+    truncated = _painted(np.ones((32, 32), np.uint8))
+    truncated["value"]["rle"] = rle[: len(rle) // 2]
+    no_x = {
+        "from_name": "box",
+        "to_name": "scan",
+        "type": "rectanglelabels",
+        "original_width": 32,
+        "original_height": 32,
+        "value": {"y": 10, "width": 20, "height": 20, "rectanglelabels": ["ROI"]},
+    }
+    chosen = {"from_name": "label", "to_name": "scan", "type": "choices", "value": {"choices": [names[1]]}}
+    as_string = {**chosen, "value": {"choices": names[0]}}
+    for task, result in zip(tasks[:3], [[chosen, truncated], [chosen, no_x], [as_string]], strict=True):
+        ls.annotations.create(task["id"], result=result)
+    for task in tasks[3:]:
+        _annotate(ls, task, names[0])
+    reasons = ["a brush region whose RLE is truncated or corrupt", "a rectangle whose x is None",
+               f"the class choice '{names[0]}' is not a list"]  # fmt: skip
+    lines = [f"Label Studio task {t['id']} ({t['data']['id']}): {why}"
+             for t, why in zip(tasks[:3], reasons, strict=True)]  # fmt: skip
+    ls_args = ["--url", server.url, "--token-file", server.token_file]
+
+    res = xgal("label-studio", "pull", run, *ls_args)
+    assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+    err = res.stderr.strip().splitlines()
+    assert len(err) == 4 and f"3 of {ROUNDS[0]} scans have no label" in err[0], res.stderr
+    assert all(line in got for line, got in zip(lines, err[1:], strict=True)), res.stderr
+    assert not (run / "round-0" / "answers.npz").exists()
+
+    res = xgal("label-studio", "pull", run, *ls_args, "--partial")
+    assert res.returncode == 0 and f"recorded {ROUNDS[0] - 3} answers for round-0" in res.stdout, res.stderr
+    warnings = [line for line in res.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 3 and all(line in w for line, w in zip(lines, warnings, strict=True)), res.stderr
+    answers = np.load(run / "round-0" / "answers.npz")
+    labels = dict(zip(answers["ids"].tolist(), answers["labels"].tolist(), strict=True))
+    assert [labels[t["data"]["id"]] for t in tasks] == [-1] * 3 + [0] * (ROUNDS[0] - 3)
+
+
+def test_a_project_served_from_the_whole_run_folder_is_moved(server, waiting):
+    """A project pushed before RUN/label-studio (its storage over the run folder, its tasks'
+    pictures in the round folder): the next push removes that storage and points the tasks at
+    RUN/label-studio; the run's other files are no longer served."""
+    import label_studio_server
+
+    from xgal.annotate.label_studio import push
+    from xgal.annotate.label_studio_tasks import MODEL_VERSION, label_config, round_tasks
+
+    run = _copy(waiting, "old-layout")
+    folder = run / "round-0"
+    names = json.loads((folder / "request.json").read_text())["class_names"]
+    ls = _client(server)
+    project = ls.projects.create(title="xgal old-layout", label_config=label_config(names),
+                                 model_version=MODEL_VERSION).id  # fmt: skip
+    ls.import_storage.local.create(project=project, path=str(run.resolve()), use_blob_urls=False)
+    ls.projects.import_tasks(project, request=round_tasks(folder, server.document_root, folder))
+    state = {"url": server.url, "project": project, "run": str(run.resolve())}
+    (run / "label-studio.json").write_text(json.dumps(state))
+    with label_studio_server.login(server) as browser:  # the hole that was
+        assert (
+            browser.get("/data/local-files/", params={"d": "old-layout/label-studio.json"}).status_code == 200
+        )
+
+    again = push(run, server.url, server.token_file, server.document_root)
+    assert (again.project, again.added, again.present) == (project, 0, ROUNDS[0])
+    _served_only(server, run, project, ls, _round_tasks(ls, project, 0))
 
 
 def _round_tasks(ls, project, n):

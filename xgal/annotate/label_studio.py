@@ -1,35 +1,53 @@
 """`xgal label-studio push|pull`: a run's open round in Label Studio, and the answers back.
 
 `push` creates the run's project the first time (its labelling interface from the run's class
-names, and a local-files storage over the run folder so that Label Studio serves the scans and
-hints from disk) and remembers it in `RUN/label-studio.json`; later pushes update the same
-project and add the open round's tasks (a task already there is not added twice). `pull` reads
-the submitted annotations of the open round and records them exactly as `xgal annotations
-add` records a filled-in labels.csv (`answers.save_answers`): the same checks, the same
-`answers.npz`, the same partial-round rule. What the tasks look like: `label_studio_tasks`.
-
-Authentication is a Personal Access Token (Label Studio: Account & Settings), read from a file
-so that it never appears in a shell history or a process list.
+names) and remembers it in `RUN/label-studio.json`; later pushes update the same project and
+add the open round's tasks (a task already there is not added twice). Label Studio serves the
+pictures from `RUN/label-studio/round-N/{scans,hints}/` (hard links to the round's pictures, or
+copies across file systems) through a local-files storage over `RUN/label-studio` only: the
+run's models, answers and state are never under it. A project made over the whole run folder
+(before this layout) is moved to it on the next push: the old storage removed, its tasks'
+URLs rewritten. `pull` reads the submitted annotations of the open round and records them
+exactly as `xgal annotations add` records a filled-in labels.csv (`answers.save_answers`): the
+same checks, the same `answers.npz`, the same partial-round rule; a task whose annotation
+cannot be read counts as not answered and is named with the reason. What the tasks look like:
+`label_studio_tasks`; the connection and the token's checks: `label_studio_client`.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from xgal.annotate.answers import open_round, save_answers
-from xgal.annotate.label_studio_tasks import MODEL_VERSION, label_config, read_answers, round_tasks
-from xgal.annotate.layout import META
+from xgal.annotate.label_studio_client import check_url, connect, read_token
+from xgal.annotate.label_studio_tasks import (
+    MODEL_VERSION,
+    label_config,
+    picture_urls,
+    read_answers,
+    round_tasks,
+)
+from xgal.annotate.layout import HINTS, META, SCANS, file_name, round_folder
 from xgal.core.durable import atomic_write
-from xgal.core.errors import InvalidArgument, UserError
+from xgal.core.errors import InvalidArgument
 
 if TYPE_CHECKING:
     from label_studio_sdk import LabelStudio
 
+__all__ = ["Pushed", "connect", "project_tasks", "project_title", "pull", "push", "serve_round"]
+
+log = logging.getLogger(__name__)
+
 STATE = "label-studio.json"  # in the run folder: the Label Studio URL and project of this run
-TITLE_MAX = 50  # Label Studio's limit on a project title
+SERVED = "label-studio"  # in the run folder: the pictures Label Studio may serve, round by round
+TITLE_MIN, TITLE_MAX = 3, 50  # Label Studio's limits on a project title
 PAGE = 100  # tasks per page when listing a project
 
 
@@ -42,62 +60,51 @@ class Pushed:
     link: str  # the project's Data Manager
 
 
-def connect(url: str, token_file: str | Path) -> LabelStudio:
-    """A client for the Label Studio at `url`, checked: reachable and the token accepted."""
-    try:
-        import httpx
-        from label_studio_sdk import LabelStudio
-        from label_studio_sdk.core.api_error import ApiError
-    except ImportError:
-        raise UserError("xgal label-studio needs label-studio-sdk: pip install 'xgal[annotate]'") from None
-
-    path = Path(token_file)
-    if not path.is_file():
-        raise FileNotFoundError(f"token file not found: {path}")
-    token = path.read_text().strip()
-    if not token:
-        raise InvalidArgument(f"{path} is empty: put a Label Studio Personal Access Token in it")
-    try:
-        # A Personal Access Token is exchanged for an access token as the client is made.
-        client = LabelStudio(base_url=url.rstrip("/"), api_key=token, timeout=120)
-        client.users.whoami()
-    except httpx.HTTPError as e:
-        raise InvalidArgument(f"cannot reach Label Studio at {url}: {e}") from None
-    except ApiError as e:
-        if e.status_code in (401, 403):
-            raise InvalidArgument(
-                f"Label Studio at {url} refused the token in {path} ({e.status_code}): give a "
-                "Personal Access Token (Account & Settings > Personal Access Token)"
-            ) from None
-        raise InvalidArgument(f"Label Studio at {url} answered {e.status_code}: {e.body}") from None
-    return client
-
-
 def push(
-    run: str | Path, url: str, token_file: str | Path, document_root: str | Path, *, title: str | None = None
+    run: str | Path,
+    url: str,
+    token_file: str | Path,
+    document_root: str | Path,
+    *,
+    title: str | None = None,
+    allow_http: bool = False,
 ) -> Pushed:
     """Put the open round of `run` into its Label Studio project (see the module doc)."""
+    url = check_url(url, allow_http)  # before anything else: the token goes nowhere it should not
+    read_token(token_file)  # and is for its owner's eyes only: checked before any file is linked
     run = Path(run)
+    title = project_title(run, title)
     folder = open_round(run)
     meta = json.loads((folder / META).read_text())
     root = Path(document_root)
-    tasks = round_tasks(folder, root)  # checks every file lies under the document root first
-    client = connect(url, token_file)
-    project = _project(client, run, url, meta["class_names"], title or f"xgal {run.resolve().name}", root)
-    present = {
-        t["data"].get("id") for t in project_tasks(client, project) if t["data"].get("round") == meta["round"]
-    }
+    served = _served(run) / folder.name
+    tasks = round_tasks(folder, root, served)  # checks every file lies under the document root first
+    serve_round(folder, served, meta["ids"])
+    client = connect(url, token_file, allow_http=allow_http)
+    project = _project(client, run, url, meta["class_names"], title)
+    existing = project_tasks(client, project)
+    _repoint(client, run, existing, root)
+    present = {t["data"].get("id") for t in existing if t["data"].get("round") == meta["round"]}
     new = [t for t in tasks if t["data"]["id"] not in present]
     if new:
         client.projects.import_tasks(project, request=new)
-    return Pushed(
-        project, meta["round"], len(new), len(tasks) - len(new), f"{url.rstrip('/')}/projects/{project}/data"
-    )
+    return Pushed(project, meta["round"], len(new), len(tasks) - len(new), f"{url}/projects/{project}/data")
 
 
-def pull(run: str | Path, url: str, token_file: str | Path, *, partial: bool = False) -> tuple[Path, int]:
+def pull(
+    run: str | Path,
+    url: str,
+    token_file: str | Path,
+    *,
+    partial: bool = False,
+    allow_http: bool = False,
+    warn: Callable[[str], None] = log.warning,
+) -> tuple[Path, int]:
     """Record the open round's submitted annotations from the run's project; returns the round
-    folder and how many scans were answered (all of them, unless `partial`)."""
+    folder and how many scans were answered (all of them, unless `partial`). A task whose
+    annotation cannot be read counts as not answered: the refusal names it and why, or, with
+    `partial`, `warn` gets one line for each."""
+    url = check_url(url, allow_http)
     run = Path(run)
     folder = open_round(run)
     meta = json.loads((folder / META).read_text())
@@ -105,10 +112,54 @@ def pull(run: str | Path, url: str, token_file: str | Path, *, partial: bool = F
     if state is None:
         raise InvalidArgument(f"{run} has no Label Studio project yet: run xgal label-studio push first")
     _check_state(run, state, url)
-    client = connect(url, token_file)
-    answered, drawn = read_answers(project_tasks(client, state["project"]), meta)
+    client = connect(url, token_file, allow_http=allow_http)
+    answered, drawn, unreadable = read_answers(project_tasks(client, state["project"]), meta)
     source = f"Label Studio project {state['project']} at {state['url']}"
-    return folder, save_answers(run, folder, answered, drawn, partial=partial, source=source)
+    try:
+        n = save_answers(run, folder, answered, drawn, partial=partial, source=source)
+    except InvalidArgument as e:
+        if not unreadable:
+            raise
+        why = "\n".join(f"  unreadable: {line}" for line in unreadable.values())
+        raise InvalidArgument(f"{e}\n{why}") from None
+    for line in unreadable.values():
+        warn(f"recorded as unanswered: {line}")
+    return folder, n
+
+
+def project_title(run: Path, title: str | None = None) -> str:
+    """`title` once within Label Studio's limits, or `xgal <run folder name>`, its start cut
+    (`xgal …<end>`: run names usually differ at the end) to fit."""
+    if title is not None:
+        if not TITLE_MIN <= len(title) <= TITLE_MAX:
+            raise InvalidArgument(
+                f"--title is {len(title)} characters; Label Studio takes {TITLE_MIN} to {TITLE_MAX}"
+            )
+        return title
+    name = run.resolve().name
+    title = f"xgal {name}"
+    return title if len(title) <= TITLE_MAX else f"xgal …{name[-(TITLE_MAX - len('xgal …')) :]}"
+
+
+def serve_round(folder: Path, served: Path, ids: list[str]) -> None:
+    """Put the round's scan and hint of each of `ids` into `served` (`{scans,hints}/`): hard
+    links where the file system allows, copies otherwise; a file already there is kept."""
+    for sub in (SCANS, HINTS):
+        (served / sub).mkdir(parents=True, exist_ok=True)
+        for sample_id in ids:
+            name = f"{file_name(sample_id)}.png"
+            src, dst = folder / sub / name, served / sub / name
+            if not src.is_file():
+                raise FileNotFoundError(f"{src} is missing: the round's pictures are incomplete")
+            if dst.is_file() and os.path.samefile(src, dst):
+                continue
+            tmp = dst.with_name(f".{name}.tmp")
+            tmp.unlink(missing_ok=True)
+            try:
+                os.link(src, tmp)
+            except OSError:  # another file system, or links not allowed: a copy
+                shutil.copyfile(src, tmp)
+            os.replace(tmp, dst)
 
 
 def project_tasks(client: LabelStudio, project: int) -> list[dict[str, Any]]:
@@ -125,12 +176,18 @@ def project_tasks(client: LabelStudio, project: int) -> list[dict[str, Any]]:
         raise
 
 
-def _project(
-    client: LabelStudio, run: Path, url: str, class_names: list[str], title: str, document_root: Path
-) -> int:
+def _served(run: Path) -> Path:
+    """RUN/label-studio, a real folder inside the run (never a link that could widen what the
+    storage over it serves)."""
+    served = run / SERVED
+    if served.is_symlink() or (served.exists() and not served.is_dir()):
+        raise InvalidArgument(f"{served} must be a folder of its own (xgal makes it), not a link or a file")
+    return served
+
+
+def _project(client: LabelStudio, run: Path, url: str, class_names: list[str], title: str) -> int:
     from label_studio_sdk.core.api_error import ApiError
 
-    url = url.rstrip("/")
     state = _state(run)
     if state is not None:
         _check_state(run, state, url)
@@ -138,28 +195,69 @@ def _project(
     if state is not None:
         try:  # the title is the user's to change in Label Studio; the interface and version are ours
             client.projects.update(state["project"], label_config=config, model_version=MODEL_VERSION)
-            return int(state["project"])
         except ApiError as e:
             if e.status_code != 404:
                 raise
+        else:
+            _storage(client, int(state["project"]), run)
+            return int(state["project"])
     about = f"xgal run {run.resolve()}"
     project = client.projects.create(
         title=title, label_config=config, description=about, model_version=MODEL_VERSION
     )
-    try:  # what lets Label Studio serve the run folder's pictures
-        client.import_storage.local.create(
-            project=project.id, path=str(run.resolve()), title="xgal run folder", use_blob_urls=False
-        )
-    except ApiError as e:
+    try:
+        _storage(client, project.id, run)
+    except BaseException:
         client.projects.delete(project.id)  # no half-made project left behind for each retry
-        raise InvalidArgument(
-            f"Label Studio cannot serve files from {run.resolve()} ({e.status_code}: {e.body}); start it "
-            "with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT "
-            "set to a folder above the run, as seen from where Label Studio runs"
-        ) from None
+        raise
     state = {"url": url, "project": project.id, "run": str(run.resolve())}
     atomic_write(run / STATE, json.dumps(state, indent=1).encode())
     return int(project.id)
+
+
+def _storage(client: LabelStudio, project: int, run: Path) -> None:
+    """The project's local-files storage over RUN/label-studio, what lets Label Studio serve the
+    rounds' pictures and nothing else of the run; one over the whole run folder (made by an
+    earlier xgal) is removed."""
+    from label_studio_sdk.core.api_error import ApiError
+
+    served = os.path.normpath(_served(run).resolve())
+    whole = os.path.normpath(run.resolve())
+    storages = client.import_storage.local.list(project=project)
+    if not any(os.path.normpath(s.path or "") == served for s in storages):
+        try:
+            client.import_storage.local.create(
+                project=project, path=served, title="xgal round pictures", use_blob_urls=False
+            )
+        except ApiError as e:
+            raise InvalidArgument(
+                f"Label Studio cannot serve files from {served} ({e.status_code}: {e.body}); start it "
+                "with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true and "
+                "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT set to a folder above the run, as seen from where "
+                "Label Studio runs"
+            ) from None
+    for s in storages:
+        if s.id is not None and os.path.normpath(s.path or "") == whole:
+            client.import_storage.local.delete(s.id)
+
+
+def _repoint(client: LabelStudio, run: Path, tasks: list[dict[str, Any]], root: Path) -> None:
+    """Tasks whose pictures are not served from RUN/label-studio (pushed by an earlier xgal,
+    from the round folders) pointed there, their round's pictures put there first."""
+    served: set[int] = set()
+    for task in tasks:
+        data = task["data"]
+        n, sample_id = data.get("round"), data.get("id")
+        folder = round_folder(run, n) if isinstance(n, int) else None
+        if folder is None or not isinstance(sample_id, str) or not (folder / META).is_file():
+            continue
+        urls = picture_urls(_served(run) / folder.name, sample_id, root)
+        if all(data.get(k) == v for k, v in urls.items()):
+            continue
+        if n not in served:
+            serve_round(folder, _served(run) / folder.name, json.loads((folder / META).read_text())["ids"])
+            served.add(n)
+        client.tasks.update(str(task["id"]), data={**data, **urls})
 
 
 def _check_state(run: Path, state: dict[str, Any], url: str) -> None:

@@ -5,12 +5,15 @@ pool's size, so drawn ROIs come back in the pool's pixels), the Grad-CAM hint, a
 with xgal's rank, score and prediction. Each task carries one prediction (Label Studio's word
 for a pre-annotation): the predicted class pre-selected, the pool's ROI as an editable brush
 region, and xgal's score as the prediction's score, by which Label Studio's Data Manager sorts.
-Pictures are served by Label Studio's local-files storage from the run folder itself: nothing
-is uploaded, nothing leaves the machine.
+Pictures are served by Label Studio's local-files storage from a folder of their own,
+`RUN/label-studio/round-N/{scans,hints}/` (links to the round's pictures, never the models,
+answers or state beside them): nothing is uploaded, nothing leaves the machine.
 
 Annotations come back as the same records as the folder hand-off's answers: a class name per
 scan and its ROI mask (brush regions and rectangles united; the pre-filled pool ROI, kept,
-edited or deleted, is part of what the radiologist submits).
+edited or deleted, is part of what the radiologist submits). An annotation that cannot be read
+(a corrupt brush RLE, a rectangle without coordinates, a malformed choice) is reported by task
+and reason, and its scan counts as not answered: one bad task never hides the others' answers.
 """
 
 from __future__ import annotations
@@ -71,15 +74,23 @@ def local_url(path: Path, document_root: Path) -> str:
     return "/data/local-files/?d=" + quote(rel.as_posix())
 
 
-def round_tasks(folder: Path, document_root: Path) -> list[dict[str, Any]]:
-    """The tasks (data and one prediction each) for the round in `folder`, in rank order."""
+def picture_urls(served: Path, sample_id: str, document_root: Path) -> dict[str, str]:
+    """A task's `scan` and `hint` URLs: its pictures in `served` (RUN/label-studio/round-N)."""
+    name = f"{file_name(sample_id)}.png"
+    return {
+        key: local_url(served / sub / name, document_root) for key, sub in (("scan", SCANS), ("hint", HINTS))
+    }
+
+
+def round_tasks(folder: Path, document_root: Path, served: Path) -> list[dict[str, Any]]:
+    """The tasks (data and one prediction each) for the round in `folder`, in rank order; their
+    pictures are the copies in `served` (RUN/label-studio/round-N)."""
     meta = json.loads((folder / META).read_text())
     rows = {row["id"]: row for row in read_rows(folder / REQUEST)}
     rois = request_rois(meta)
     tasks = []
     for i, sample_id in enumerate(meta["ids"]):
         row = rows.get(sample_id, {})
-        name = f"{file_name(sample_id)}.png"
         predicted = row.get("predicted") or ""
         score = _number(row.get("score"))
         parts = [f"round {meta['round']}", f"rank {i + 1}", sample_id]
@@ -87,8 +98,7 @@ def round_tasks(folder: Path, document_root: Path) -> list[dict[str, Any]]:
         if score is not None:
             parts.append(f"xgal score {score:.4g}")
         data = {
-            "scan": local_url(folder / SCANS / name, document_root),
-            "hint": local_url(folder / HINTS / name, document_root),
+            **picture_urls(served, sample_id, document_root),
             "caption": " · ".join(parts),
             "id": sample_id,
             "round": meta["round"],
@@ -134,73 +144,142 @@ def brush_result(mask: np.ndarray, region_id: str) -> dict[str, Any]:
 
 def read_answers(
     tasks: Iterable[Mapping[str, Any]], meta: Mapping[str, Any]
-) -> tuple[dict[str, str], dict[str, np.ndarray]]:
+) -> tuple[dict[str, str], dict[str, np.ndarray], dict[str, str]]:
     """The round's answers in Label Studio's tasks (dicts with `data` and `annotations`): each
     scan's newest submitted annotation (skips ignored; a scan only skipped is unanswered) gives
     its class and its ROI: brush regions and rectangles united, or none when the pre-filled ROI
-    was deleted. Tasks of other rounds are ignored; a class name or an ROI size the request does
-    not know is an error naming the task."""
-    ids, names = list(meta["ids"]), list(meta["class_names"])
+    was deleted. Tasks of other rounds are ignored. Returns the classes and ROIs by ID, and the
+    scans whose annotation cannot be read (a class or an ROI size the request does not know,
+    a corrupt region), each with one line naming the task and why: those count as not
+    answered, and the others are read as usual."""
+    ids, names = set(meta["ids"]), list(meta["class_names"])
     h, w = meta["image_size"]
     answered: dict[str, str] = {}
     drawn: dict[str, np.ndarray] = {}
+    unreadable: dict[str, str] = {}
     for task in tasks:
-        data = task.get("data") or {}
+        data = task.get("data")
+        if not isinstance(data, Mapping):
+            continue
         sample_id = data.get("id")
-        if data.get("round") != meta["round"] or sample_id not in ids:
+        if data.get("round") != meta["round"] or not isinstance(sample_id, str) or sample_id not in ids:
             continue
-        done = [a for a in task.get("annotations") or [] if not a.get("was_cancelled")]
-        if not done:
-            continue
-        latest = max(done, key=lambda a: (str(a.get("updated_at") or ""), a.get("id") or 0))
         where = f"Label Studio task {task.get('id')} ({sample_id})"
-        label, roi = _one_annotation(latest.get("result") or [], names, h, w, where)
+        try:
+            latest = _latest(task.get("annotations"))
+            if latest is None:
+                continue
+            result = latest.get("result")
+            label, roi = _one_annotation([] if result is None else result, names, h, w)
+        except (_Unreadable, KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as e:
+            reason = (
+                str(e) if isinstance(e, _Unreadable) else f"unreadable annotation ({type(e).__name__}: {e})"
+            )
+            unreadable[sample_id] = f"{where}: {' '.join(reason.split())}"  # one line, whatever it held
+            answered.pop(sample_id, None)
+            drawn.pop(sample_id, None)
+            continue
+        unreadable.pop(sample_id, None)
         if label is not None:
             answered[sample_id] = label
         # The task showed the pool's ROI pre-filled: what was submitted (kept, edited or deleted)
         # is the radiologist's ROI, none at all included.
         drawn[sample_id] = roi if roi is not None else np.zeros((h, w), np.uint8)
-    return answered, drawn
+    return answered, drawn, unreadable
 
 
-def _one_annotation(
-    result: list[Mapping[str, Any]], names: list[str], h: int, w: int, where: str
-) -> tuple[str | None, np.ndarray | None]:
+class _Unreadable(Exception):
+    """An annotation that does not say what it should; the message says why."""
+
+
+def _latest(annotations: Any) -> Mapping[str, Any] | None:
+    if not isinstance(annotations, list) or not all(isinstance(a, Mapping) for a in annotations):
+        raise _Unreadable("its annotations are not a list of annotations")
+    done = [a for a in annotations if not a.get("was_cancelled")]
+    if not done:
+        return None
+    return max(done, key=lambda a: (str(a.get("updated_at") or ""), str(a.get("id") or "").zfill(20)))
+
+
+def _one_annotation(result: Any, names: list[str], h: int, w: int) -> tuple[str | None, np.ndarray | None]:
+    if not isinstance(result, list) or not all(isinstance(r, Mapping) for r in result):
+        raise _Unreadable("its result is not a list of regions")
     label, roi = None, None
     boxes = []
     for region in result:
-        kind, value = region.get("type"), region.get("value") or {}
+        kind, value = region.get("type"), region.get("value")
+        if not isinstance(value, Mapping):
+            raise _Unreadable(f"a {kind!r} region without a value")
         if kind == "choices" and region.get("from_name") == CHOICE:
-            chosen = value.get("choices") or []
+            chosen = value.get("choices")
+            if not isinstance(chosen, list):
+                raise _Unreadable(f"the class choice {chosen!r} is not a list")
             if len(chosen) != 1 or chosen[0] not in names:
-                raise InvalidArgument(f"{where}: class {chosen} is not one of {', '.join(names)}")
+                raise _Unreadable(f"class {chosen!r} is not one of {', '.join(names)}")
             label = chosen[0]
         elif kind in ("brushlabels", "rectanglelabels"):
             size = (region.get("original_height"), region.get("original_width"))
             if size != (h, w):
-                raise InvalidArgument(
-                    f"{where}: an ROI drawn on a {size[1]}x{size[0]} image, not the scan's {w}x{h}"
-                )
+                raise _Unreadable(f"an ROI drawn on a {size[1]}x{size[0]} image, not the scan's {w}x{h}")
             if kind == "brushlabels":
-                mask = _decode_brush(value, h, w, where)
+                mask = _decode_brush(value, h, w)
                 roi = mask if roi is None else roi | mask
             else:
-                x0, y0 = value["x"] * w / 100, value["y"] * h / 100
-                boxes.append((x0, y0, x0 + value["width"] * w / 100, y0 + value["height"] * h / 100))
+                x, y, bw, bh = (_percent(value, k) for k in ("x", "y", "width", "height"))
+                x0, y0 = x * w / 100, y * h / 100
+                boxes.append((x0, y0, x0 + bw * w / 100, y0 + bh * h / 100))
     if boxes:
-        mask = boxes_to_mask(boxes, h, w, where)
+        try:
+            mask = boxes_to_mask(boxes, h, w, "a rectangle")
+        except InvalidArgument as e:
+            raise _Unreadable(str(e)) from None
         roi = mask if roi is None else roi | mask
     return label, roi
 
 
-def _decode_brush(value: Mapping[str, Any], h: int, w: int, where: str) -> np.ndarray:
+def _percent(value: Mapping[str, Any], key: str) -> float:
+    v = value.get(key)
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not np.isfinite(v):
+        raise _Unreadable(f"a rectangle whose {key} is {v!r}, not a number (percent of the image)")
+    return float(v)
+
+
+# An RLE's header: 32 bits of value count, 5 of word size, 4 x 4 of run-length sizes (7 bytes).
+RLE_HEADER_BYTES = 7
+# Most bits one value can take in the RLE (a run of one: 1 + 2 + 16 length bits, a 32-bit word).
+RLE_BITS_PER_VALUE = 51
+
+
+def _decode_brush(value: Mapping[str, Any], h: int, w: int) -> np.ndarray:
+    """A brush region's mask, its RLE checked before decoding: bytes, the value count its header
+    declares equal to the scan's (RGBA) size, no longer than such an RLE can be, and complete."""
     from label_studio_sdk.converter.brush import decode_rle
 
-    if value.get("format") != "rle" or not value.get("rle"):
-        raise InvalidArgument(f"{where}: a brush region in format {value.get('format')!r}, not rle")
-    rgba = decode_rle(value["rle"])
+    rle = value.get("rle")
+    if value.get("format") != "rle":
+        raise _Unreadable(f"a brush region in format {value.get('format')!r}, not rle")
+    if not isinstance(rle, list) or not rle:
+        raise _Unreadable(f"a brush region whose RLE is {type(rle).__name__}, not a list of bytes")
+    if not all(type(b) is int and 0 <= b <= 255 for b in rle):
+        raise _Unreadable("a brush region whose RLE is not a list of bytes")
+    if len(rle) < RLE_HEADER_BYTES:
+        raise _Unreadable(
+            f"a brush region whose RLE is truncated ({len(rle)} bytes, shorter than its header)"
+        )
+    declared = int.from_bytes(bytes(rle[:4]), "big")
+    if declared != h * w * 4:
+        raise _Unreadable(
+            f"a brush region whose RLE declares {declared} values, not the {h * w * 4} of the scan's "
+            f"{w}x{h} RGBA pixels: refused before decoding"
+        )
+    if len(rle) > RLE_HEADER_BYTES + declared * RLE_BITS_PER_VALUE // 8 + 1:
+        raise _Unreadable(f"a brush region whose RLE is longer ({len(rle)} bytes) than {h * w} pixels need")
+    try:
+        rgba = decode_rle(rle)
+    except (ValueError, IndexError, OverflowError):  # the bits ran out, or a value or run overflows
+        raise _Unreadable("a brush region whose RLE is truncated or corrupt") from None
     if rgba.size != h * w * 4:
-        raise InvalidArgument(f"{where}: a brush region of {rgba.size // 4} pixels, not the scan's {h * w}")
+        raise _Unreadable(f"a brush region of {rgba.size // 4} pixels, not the scan's {h * w}")
     return (rgba.reshape(h, w, 4)[:, :, 3] > 127).astype(np.uint8)
 
 

@@ -7,13 +7,23 @@ import os
 from pathlib import Path
 
 import typer
+from rich.markup import escape
 
-from xgal.cli.common import App, out
+from xgal.cli.common import App, console, out
 
 app = App(help="Annotate a run's rounds in Label Studio (push the open round, pull the answers).")
 
-URL = typer.Option("http://127.0.0.1:8080", help="Label Studio's address.")
-TOKEN = typer.Option(..., help="A file holding a Label Studio Personal Access Token (Account & Settings).")
+URL = typer.Option(
+    "http://127.0.0.1:8080", help="Label Studio's address: https://, or http:// on this machine (localhost)."
+)
+TOKEN = typer.Option(
+    ...,
+    help="A file holding a Label Studio Personal Access Token (Account & Settings), readable by you "
+    "only (chmod 600).",
+)
+ALLOW_HTTP = typer.Option(
+    False, help="Send the token over plain http to another machine (a network you trust); off: https only."
+)
 
 
 @app.command("push")
@@ -26,12 +36,16 @@ def push(
         help="Label Studio's LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT, a folder above the run "
         "(default: that variable here).",
     ),
-    title: str | None = typer.Option(None, help="The project's title (default: xgal <run folder name>)."),
+    title: str | None = typer.Option(
+        None, help="The project's title, 3 to 50 characters (default: xgal <run folder name>, cut to fit)."
+    ),
+    allow_http: bool = ALLOW_HTTP,
 ) -> None:
     """Create or update the run's project and add the open round's scans as tasks: the scan,
     the Grad-CAM hint, the predicted class pre-selected, the pool's ROI as an editable brush
     region, xgal's score as the prediction score (sort the Data Manager by it). Label Studio
-    serves the pictures from the run folder (local-files storage): nothing is uploaded."""
+    serves the pictures from RUN/label-studio (local-files storage over links to the round's
+    pictures, nothing else of the run): nothing is uploaded."""
     from xgal.annotate.label_studio import push as push_round
     from xgal.core.errors import InvalidArgument
 
@@ -41,12 +55,12 @@ def push(
             "say where Label Studio serves local files from: --document-root, the folder its "
             "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT names (it must hold the run folder)"
         )
-    done = push_round(run, url, token_file, Path(root), title=title)
+    done = push_round(run, url, token_file, Path(root), title=title, allow_http=allow_http)
     out.print(
         f"round {done.round_index}: {done.added} tasks added to project {done.project}"
         + (f" ({done.present} already there)" if done.present else "")
         + f"; annotate them at {done.link}, then: xgal label-studio pull {run} --url {url} "
-        f"--token-file {token_file}"
+        f"--token-file {token_file}" + (" --allow-http" if allow_http else "")
     )
 
 
@@ -58,10 +72,15 @@ def pull(
     partial: bool = typer.Option(
         False, help="Close the round with the scans annotated; the rest stay unlabelled (asked again later)."
     ),
+    allow_http: bool = ALLOW_HTTP,
 ) -> None:
     """Record the open round's submitted annotations (the class; brush or rectangle ROIs where
-    drawn) with the checks of `xgal annotations add`; then run the same `xgal train` again."""
+    drawn) with the checks of `xgal annotations add`; then run the same `xgal train` again. A task
+    whose annotation cannot be read is named, with why, and counts as not answered."""
     from xgal.annotate.label_studio import pull as pull_round
 
-    folder, n = pull_round(run, url, token_file, partial=partial)
+    def warn(line: str) -> None:
+        console.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False)
+
+    folder, n = pull_round(run, url, token_file, partial=partial, allow_http=allow_http, warn=warn)
     out.print(f"recorded {n} answers for {folder.name}; run the same xgal train command to go on")

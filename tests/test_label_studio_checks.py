@@ -1,0 +1,274 @@
+"""What `xgal label-studio` checks without a server: the token file's permissions and where the
+token may go (both before any connection), the project title of a long run name, and annotations
+that cannot be read (each named by task, the others read; a brush RLE declaring more pixels than
+the scan has is refused before it is decoded). The same through a real server:
+tests/test_label_studio.py."""
+
+import json
+import re
+import socket
+import tracemalloc
+
+import numpy as np
+import pytest
+from helpers import run_xgal as xgal
+
+from xgal.annotate.label_studio_tasks import brush_result, read_answers
+
+META = {"ids": ["a", "b", "c", "d", "e", "f"], "class_names": ["benign", "malignant"], "image_size": [32, 32],
+        "round": 0}  # fmt: skip
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every name lookup and connection this process tries is recorded and refused."""
+    tried = []
+
+    def connect(sock, address):
+        tried.append(address)
+        raise ConnectionRefusedError(f"no network in this test ({address})")
+
+    def getaddrinfo(host, *args, **kwargs):
+        tried.append(host)
+        raise socket.gaierror(socket.EAI_NONAME, f"no network in this test ({host})")
+
+    monkeypatch.setattr(socket.socket, "connect", connect)
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    return tried
+
+
+def _run(tmp_path, url):
+    """A run folder waiting for answers, already pushed to a project on `url`."""
+    run = tmp_path / "run"
+    (run / "round-0").mkdir(parents=True)
+    (run / "round-0" / "request.json").write_text(json.dumps({"ids": [], "class_names": [], "round": 0}))
+    (run / "label-studio.json").write_text(json.dumps({"url": url, "project": 1}))
+    return run
+
+
+def _token(tmp_path, mode=0o600):
+    path = tmp_path / "ls.token"
+    path.write_text("0123456789abcdef\n")
+    path.chmod(mode)
+    return path
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
+def test_a_token_file_others_may_read_is_refused(tmp_path, mode, no_network):
+    from xgal.annotate.label_studio import pull, push
+    from xgal.core.errors import InvalidArgument
+
+    token = _token(tmp_path, mode)
+    run = _run(tmp_path, "http://127.0.0.1:9")
+    fix = rf"permissions {mode:04o} for the token file .* are too open: .*chmod 600 {token}$"
+    with pytest.raises(InvalidArgument, match=fix):
+        pull(run, "http://127.0.0.1:9", token)
+    with pytest.raises(InvalidArgument, match=fix):
+        push(run, "http://127.0.0.1:9", token, tmp_path)
+    assert not no_network
+
+
+def test_the_token_permission_refusal_through_the_cli(tmp_path):
+    token = _token(tmp_path, 0o644)
+    run = _run(tmp_path, "http://127.0.0.1:9")
+    res = xgal("label-studio", "pull", run, "--url", "http://127.0.0.1:9", "--token-file", token, timeout=60)
+    assert res.returncode == 2, res.stderr
+    assert res.stderr.strip().count("\n") == 0 and "Traceback" not in res.stderr, res.stderr
+    assert "are too open" in res.stderr and f"chmod 600 {token}" in res.stderr
+    token.chmod(0o600)  # the same command, the file made private: on to the (absent) server
+    res = xgal("label-studio", "pull", run, "--url", "http://127.0.0.1:9", "--token-file", token, timeout=60)
+    assert res.returncode == 2 and "cannot reach Label Studio at http://127.0.0.1:9" in res.stderr, res.stderr
+
+
+@pytest.mark.parametrize(
+    "url", ["http://10.1.2.3:8080", "http://labelstudio.hospital.example:8080", "http://[fe80::1]:8080",
+            "http://127.0.0.1.example.org", "http://0.0.0.0:8080"]
+)  # fmt: skip
+def test_the_token_never_goes_over_plain_http_to_another_machine(tmp_path, url, no_network):
+    from xgal.annotate.label_studio import pull, push
+    from xgal.core.errors import InvalidArgument
+
+    token = _token(tmp_path)
+    run = _run(tmp_path, url)
+    with pytest.raises(InvalidArgument, match=r"refusing to send the Label Studio token over plain http"):
+        pull(run, url, token)
+    with pytest.raises(InvalidArgument, match=r"use https://, or --allow-http"):
+        push(run, url, token, tmp_path)
+    assert not no_network  # refused before any connection
+    with pytest.raises(InvalidArgument, match="cannot reach Label Studio"):  # allowed: it connects
+        pull(run, url, token, allow_http=True)
+    assert no_network
+
+
+@pytest.mark.parametrize(
+    "url", ["http://127.0.0.1:8080", "http://127.8.9.10:8080/", "http://localhost:8080", "http://[::1]:8080",
+            "https://10.1.2.3:8443", "https://labelstudio.hospital.example"]
+)  # fmt: skip
+def test_https_anywhere_and_http_on_this_machine_go_ahead(tmp_path, url, no_network):
+    from xgal.annotate.label_studio import pull
+    from xgal.core.errors import InvalidArgument
+
+    run = _run(tmp_path, url.rstrip("/"))
+    with pytest.raises(InvalidArgument, match="cannot reach Label Studio"):
+        pull(run, url, _token(tmp_path))
+    assert no_network
+
+
+def test_plain_http_to_another_machine_through_the_cli(tmp_path):
+    """Refused at once (an unroutable address would otherwise hang until the client's timeout)."""
+    token = _token(tmp_path)
+    run = _run(tmp_path, "http://10.1.2.3:8080")
+    for command in (["pull", run], ["push", run, "--document-root", tmp_path]):
+        res = xgal(
+            "label-studio", *command, "--url", "http://10.1.2.3:8080", "--token-file", token, timeout=60
+        )
+        assert res.returncode == 2 and "Traceback" not in res.stderr, res.stderr
+        assert res.stderr.strip().count("\n") == 0 and "--allow-http" in res.stderr, res.stderr
+
+
+def test_a_long_run_name_keeps_its_end_in_the_title(tmp_path):
+    from xgal.annotate.label_studio import TITLE_MAX, project_title
+    from xgal.core.errors import InvalidArgument
+
+    name = "brats2021-densenet121-prototypical-lambda0.3-alpha0.1-initial150-per-round120-seed7"
+    title = project_title(tmp_path / name)
+    assert len(name) > 80 and len(title) == TITLE_MAX
+    assert title.startswith("xgal …") and name.endswith(title.removeprefix("xgal …"))
+    assert project_title(tmp_path / "r1") == "xgal r1"
+    assert project_title(tmp_path / name, "my project") == "my project"
+    for bad in ("ab", "x" * (TITLE_MAX + 1)):
+        with pytest.raises(InvalidArgument, match="Label Studio takes 3 to 50"):
+            project_title(tmp_path, bad)
+
+
+# -- annotations that cannot be read ---------------------------------------------------------------
+def _task(task_id, sample_id, *regions, round_index=0):
+    return {"id": task_id, "data": {"id": sample_id, "round": round_index},
+            "annotations": [{"id": task_id, "result": list(regions)}]}  # fmt: skip
+
+
+def _choice(label):
+    return {"from_name": "label", "to_name": "scan", "type": "choices", "value": {"choices": label}}
+
+
+def _box(**value):
+    return {"from_name": "box", "to_name": "scan", "type": "rectanglelabels", "original_width": 32,
+            "original_height": 32, "value": {**value, "rectanglelabels": ["ROI"]}}  # fmt: skip
+
+
+def _brush(rle):
+    mask = np.zeros((32, 32), np.uint8)
+    region = brush_result(mask, "r")
+    region["value"]["rle"] = rle
+    return region
+
+
+def _mask():
+    mask = np.zeros((32, 32), np.uint8)
+    mask[4:10, 8:20] = 1
+    return mask
+
+
+def test_an_unreadable_annotation_is_named_and_the_others_are_read(monkeypatch):
+    good = brush_result(_mask(), "good")
+    rle = good["value"]["rle"]
+    tasks = [
+        _task(11, "a", _choice(["benign"]), good),
+        _task(12, "b", _choice(["malignant"]), _brush(rle[: len(rle) // 2])),  # a truncated RLE
+        _task(13, "c", _choice(["benign"]), _box(y=10, width=20, height=20)),  # a rectangle without x
+        _task(14, "d", _choice("benign")),  # choices as a string
+        _task(15, "e", _choice(["malignant"]), _box(x=25.0, y=50.0, width=25.0, height=12.5)),
+        _task(16, "f", _choice(["benign"]), _brush([0, 0, 16, 0, 1])),  # shorter than its header
+        _task(17, "a", _choice("benign"), round_index=1),  # another round's: not read at all
+    ]
+    answered, drawn, unreadable = read_answers(tasks, META)
+    assert answered == {"a": "benign", "e": "malignant"}
+    np.testing.assert_array_equal(drawn["a"], _mask())
+    box = np.zeros((32, 32), np.uint8)
+    box[16:20, 8:16] = 1
+    np.testing.assert_array_equal(drawn["e"], box)
+    assert set(drawn) == {"a", "e"}
+    assert unreadable == {
+        "b": "Label Studio task 12 (b): a brush region whose RLE is truncated or corrupt",
+        "c": "Label Studio task 13 (c): a rectangle whose x is None, not a number (percent of the image)",
+        "d": "Label Studio task 14 (d): the class choice 'benign' is not a list",
+        "f": "Label Studio task 16 (f): a brush region whose RLE is truncated (5 bytes, shorter than its "
+        "header)",
+    }
+
+
+@pytest.mark.parametrize(
+    "region, reason",
+    [
+        (_box(x="10", y=1, width=5, height=5), "a rectangle whose x is '10', not a number"),
+        (_box(x=float("nan"), y=1, width=5, height=5), "a rectangle whose x is nan, not a number"),
+        (_box(x=90, y=1, width=50, height=5), "lies outside the 32x32 image"),
+        ({**_box(x=1, y=1, width=5, height=5), "original_width": 64}, "an ROI drawn on a 64x32 image"),
+        (
+            {"from_name": "roi", "type": "brushlabels", "value": None},
+            "a 'brushlabels' region without a value",
+        ),
+        (_brush("AAAA"), "a brush region whose RLE is str, not a list of bytes"),
+        ({**_brush([1]), "value": {"format": "png"}}, "a brush region in format 'png', not rle"),
+        (_brush([0, 0, 16, 0, 57, 27, 300, 1]), "a brush region whose RLE is not a list of bytes"),
+        (_brush([0, 0, 16, 0, 57, 27, 255] + [0] * 40000), "a brush region whose RLE is longer"),
+        (
+            _choice(["benign", "malignant"]),
+            "class \\['benign', 'malignant'\\] is not one of benign, malignant",
+        ),
+        (_choice(["healthy\nbenign"]), "class \\['healthy\\\\nbenign'\\] is not one of"),
+    ],
+)
+def test_each_malformed_region_is_one_line_naming_the_task(region, reason):
+    answered, drawn, unreadable = read_answers([_task(7, "c", _choice(["benign"]), region)], META)
+    assert not answered and not drawn
+    [line] = unreadable.values()
+    assert line.startswith("Label Studio task 7 (c): ") and "\n" not in line
+    assert re.search(reason, line), line
+
+
+def test_malformed_tasks_and_annotations_are_named_too():
+    tasks = [
+        {"id": 1, "data": {"id": "a", "round": 0}, "annotations": "not a list"},
+        {"id": 2, "data": {"id": "b", "round": 0}, "annotations": [{"result": {"not": "a list"}}]},
+        {"id": 3, "data": {"id": "c", "round": 0}, "annotations": [{"result": ["not a region"]}]},
+        {"id": 4, "data": "not a mapping", "annotations": []},
+        {"id": 5, "data": {"id": "d", "round": 0}, "annotations": [{"result": None}]},  # submitted empty
+    ]
+    answered, drawn, unreadable = read_answers(tasks, META)
+    assert not answered and set(drawn) == {"d"} and not drawn["d"].any()
+    assert sorted(unreadable) == ["a", "b", "c"]
+
+
+def test_a_brush_rle_declaring_more_pixels_than_the_scan_is_refused_before_decoding(monkeypatch):
+    """A tiny RLE whose header declares 2^32 - 1 values (the most 32 bits hold, ~10^9 pixels)
+    is refused by its header: the decoder is never called, nothing the size it declares is
+    allocated."""
+    import label_studio_sdk.converter.brush as brush
+
+    decoded = []
+    real = brush.decode_rle
+    monkeypatch.setattr(
+        brush, "decode_rle", lambda rle, *a, **k: decoded.append(len(rle)) or real(rle, *a, **k)
+    )
+    header = [0xFF, 0xFF, 0xFF, 0xFF, 0x3F, 0x00, 0x00, 0x00]  # 2^32 - 1 values of 8 bits, then nothing
+    too_few = list((4 * 16 * 16).to_bytes(4, "big")) + [0x3F, 0, 0, 0]  # a 16x16 image's count
+    tracemalloc.start()
+    try:
+        answered, _, unreadable = read_answers(
+            [_task(21, "a", _choice(["benign"]), _brush(header)), _task(22, "b", _choice(["benign"]),
+                                                                        _brush(too_few))], META
+        )  # fmt: skip
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert not answered and not decoded
+    assert peak < 10 * 2**20, f"{peak} bytes allocated"
+    assert unreadable["a"] == (
+        "Label Studio task 21 (a): a brush region whose RLE declares 4294967295 values, not the 4096 of "
+        "the scan's 32x32 RGBA pixels: refused before decoding"
+    )
+    assert "declares 1024 values, not the 4096" in unreadable["b"]
+    answered, drawn, _ = read_answers([_task(23, "a", _choice(["benign"]), brush_result(_mask(), "r"))], META)
+    assert decoded and answered == {"a": "benign"}  # a well-formed one is decoded
+    np.testing.assert_array_equal(drawn["a"], _mask())
