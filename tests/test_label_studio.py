@@ -326,35 +326,6 @@ def test_unreadable_annotations_are_named_and_count_as_unanswered(server, waitin
     assert [labels[t["data"]["id"]] for t in tasks] == [-1] * 3 + [0] * (ROUNDS[0] - 3)
 
 
-def test_a_project_served_from_the_whole_run_folder_is_moved(server, waiting):
-    """A project pushed before RUN/label-studio (its storage over the run folder, its tasks'
-    pictures in the round folder): the next push removes that storage and points the tasks at
-    RUN/label-studio; the run's other files are no longer served."""
-    import label_studio_server
-
-    from xgal.annotate.label_studio import push
-    from xgal.annotate.label_studio_tasks import MODEL_VERSION, label_config, round_tasks
-
-    run = _copy(waiting, "old-layout")
-    folder = run / "round-0"
-    names = json.loads((folder / "request.json").read_text())["class_names"]
-    ls = _client(server)
-    project = ls.projects.create(title="xgal old-layout", label_config=label_config(names),
-                                 model_version=MODEL_VERSION).id  # fmt: skip
-    ls.import_storage.local.create(project=project, path=str(run.resolve()), use_blob_urls=False)
-    ls.projects.import_tasks(project, request=round_tasks(folder, server.document_root, folder))
-    state = {"url": server.url, "project": project, "run": str(run.resolve())}
-    (run / "label-studio.json").write_text(json.dumps(state))
-    with label_studio_server.login(server) as browser:  # the hole that was
-        assert (
-            browser.get("/data/local-files/", params={"d": "old-layout/label-studio.json"}).status_code == 200
-        )
-
-    again = push(run, server.url, server.token_file, server.document_root)
-    assert (again.project, again.added, again.present) == (project, 0, ROUNDS[0])
-    _served_only(server, run, project, ls, _round_tasks(ls, project, 0))
-
-
 def _round_tasks(ls, project, n):
     from xgal.annotate.label_studio import project_tasks
 

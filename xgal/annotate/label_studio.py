@@ -5,12 +5,11 @@ names) and remembers it in `RUN/label-studio.json`; later pushes update the same
 add the open round's tasks (a task already there is not added twice). Label Studio serves the
 pictures from `RUN/label-studio/round-N/{scans,hints}/` (hard links to the round's pictures, or
 copies across file systems) through a local-files storage over `RUN/label-studio` only: the
-run's models, answers and state are never under it. A project made over the whole run folder
-(before this layout) is moved to it on the next push: the old storage removed, its tasks'
-URLs rewritten. `pull` reads the submitted annotations of the open round and records them
-exactly as `xgal annotations add` records a filled-in labels.csv (`answers.save_answers`): the
-same checks, the same `answers.npz`, the same partial-round rule; a task whose annotation
-cannot be read counts as not answered and is named with the reason. What the tasks look like:
+run's models, answers and state are never under it. `pull` reads the submitted annotations of
+the open round and records them exactly as `xgal annotations add` records a filled-in
+labels.csv (`answers.save_answers`): the same checks, the same `answers.npz`, the same
+partial-round rule; a task whose annotation cannot be read counts as not answered and is named
+with the reason. What the tasks look like:
 `label_studio_tasks`; the connection and the token's checks: `label_studio_client`.
 """
 
@@ -30,11 +29,10 @@ from xgal.annotate.label_studio_client import check_url, connect, read_token
 from xgal.annotate.label_studio_tasks import (
     MODEL_VERSION,
     label_config,
-    picture_urls,
     read_answers,
     round_tasks,
 )
-from xgal.annotate.layout import HINTS, META, SCANS, file_name, round_folder
+from xgal.annotate.layout import HINTS, META, SCANS, file_name
 from xgal.core.durable import atomic_write
 from xgal.core.errors import InvalidArgument
 
@@ -83,7 +81,6 @@ def push(
     client = connect(url, token_file, allow_http=allow_http)
     project = _project(client, run, url, meta["class_names"], title)
     existing = project_tasks(client, project)
-    _repoint(client, run, existing, root)
     present = {t["data"].get("id") for t in existing if t["data"].get("round") == meta["round"]}
     new = [t for t in tasks if t["data"]["id"] not in present]
     if new:
@@ -217,12 +214,10 @@ def _project(client: LabelStudio, run: Path, url: str, class_names: list[str], t
 
 def _storage(client: LabelStudio, project: int, run: Path) -> None:
     """The project's local-files storage over RUN/label-studio, what lets Label Studio serve the
-    rounds' pictures and nothing else of the run; one over the whole run folder (made by an
-    earlier xgal) is removed."""
+    rounds' pictures and nothing else of the run."""
     from label_studio_sdk.core.api_error import ApiError
 
     served = os.path.normpath(_served(run).resolve())
-    whole = os.path.normpath(run.resolve())
     storages = client.import_storage.local.list(project=project)
     if not any(os.path.normpath(s.path or "") == served for s in storages):
         try:
@@ -236,28 +231,6 @@ def _storage(client: LabelStudio, project: int, run: Path) -> None:
                 "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT set to a folder above the run, as seen from where "
                 "Label Studio runs"
             ) from None
-    for s in storages:
-        if s.id is not None and os.path.normpath(s.path or "") == whole:
-            client.import_storage.local.delete(s.id)
-
-
-def _repoint(client: LabelStudio, run: Path, tasks: list[dict[str, Any]], root: Path) -> None:
-    """Tasks whose pictures are not served from RUN/label-studio (pushed by an earlier xgal,
-    from the round folders) pointed there, their round's pictures put there first."""
-    served: set[int] = set()
-    for task in tasks:
-        data = task["data"]
-        n, sample_id = data.get("round"), data.get("id")
-        folder = round_folder(run, n) if isinstance(n, int) else None
-        if folder is None or not isinstance(sample_id, str) or not (folder / META).is_file():
-            continue
-        urls = picture_urls(_served(run) / folder.name, sample_id, root)
-        if all(data.get(k) == v for k, v in urls.items()):
-            continue
-        if n not in served:
-            serve_round(folder, _served(run) / folder.name, json.loads((folder / META).read_text())["ids"])
-            served.add(n)
-        client.tasks.update(str(task["id"]), data={**data, **urls})
 
 
 def _check_state(run: Path, state: dict[str, Any], url: str) -> None:
