@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import typer
@@ -55,7 +57,8 @@ def push(
             "say where Label Studio serves local files from: --document-root, the folder its "
             "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT names (it must hold the run folder)"
         )
-    done = push_round(run, url, token_file, Path(root), title=title, allow_http=allow_http)
+    with api_errors(url):
+        done = push_round(run, url, token_file, Path(root), title=title, allow_http=allow_http)
     out.print(
         f"round {done.round_index}: {done.added} tasks added to project {done.project}"
         + (f" ({done.present} already there)" if done.present else "")
@@ -82,5 +85,24 @@ def pull(
     def warn(line: str) -> None:
         console.print(f"[yellow]warning:[/yellow] {escape(line)}", highlight=False)
 
-    folder, n = pull_round(run, url, token_file, partial=partial, allow_http=allow_http, warn=warn)
+    with api_errors(url):
+        folder, n = pull_round(run, url, token_file, partial=partial, allow_http=allow_http, warn=warn)
     out.print(f"recorded {n} answers for {folder.name}; run the same xgal train command to go on")
+
+
+@contextmanager
+def api_errors(url: str) -> Iterator[None]:
+    """Label Studio's refusals as one line (its status and message), never a traceback: the
+    SDK's exceptions carry the response's headers, a session cookie among them."""
+    from xgal.core.errors import InvalidArgument
+
+    try:
+        from label_studio_sdk.core.api_error import ApiError
+    except ImportError:  # connect() says how to install it
+        yield
+        return
+    try:
+        yield
+    except ApiError as e:
+        body = e.body if isinstance(e.body, str | dict | list) else ""
+        raise InvalidArgument(f"Label Studio at {url} answered {e.status_code}: {str(body)[:300]}") from None
