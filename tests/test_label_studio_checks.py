@@ -272,3 +272,33 @@ def test_a_brush_rle_declaring_more_pixels_than_the_scan_is_refused_before_decod
     answered, drawn, _ = read_answers([_task(23, "a", _choice(["benign"]), brush_result(_mask(), "r"))], META)
     assert decoded and answered == {"a": "benign"}  # a well-formed one is decoded
     np.testing.assert_array_equal(drawn["a"], _mask())
+
+
+def test_a_cold_start_task_says_so_instead_of_showing_the_draws_key_as_a_score(tmp_path):
+    import numpy as np
+    from helpers import blob_images
+
+    from xgal.annotate.annotator import AnnotationRequest
+    from xgal.annotate.folder import write_request
+    from xgal.annotate.label_studio_tasks import round_tasks
+    from xgal.pool.writer import PoolWriter
+
+    ids = ["a1", "b2"]
+    with PoolWriter(tmp_path / "pool", image_shape=(1, 16, 16), class_names=["x", "y"]) as w:
+        w.add(ids, blob_images(2, 1, 16, seed=0), np.zeros((2, 16, 16), np.uint8), None)
+    captions = {}
+    for cold in (True, False):
+        request = AnnotationRequest(
+            1,
+            blob_images(2, 1, 16, seed=0),
+            np.zeros((2, 16, 16), np.uint8),
+            ("x", "y"),
+            str(tmp_path / "pool"),
+        )
+        request.probs, request.cold_start = np.array([[0.7, 0.3], [0.4, 0.6]]), cold
+        request.ranking = {i: {"score": 0.123, "uncertainty": 0.5, "misalignment": 1.0} for i in ids}
+        folder = tmp_path / f"run-{cold}" / "round-1"
+        write_request(folder, ids, request)
+        captions[cold] = round_tasks(folder, tmp_path, folder)[0]["data"]["caption"]
+    assert "chosen by the cold start" in captions[True] and "0.123" not in captions[True]
+    assert "xgal score 0.123" in captions[False]

@@ -95,7 +95,9 @@ def round_tasks(folder: Path, document_root: Path, served: Path) -> list[dict[st
         score = _number(row.get("score"))
         parts = [f"round {meta['round']}", f"rank {i + 1}", sample_id]
         parts.append(f"predicted {predicted} ({row.get('probability')})" if predicted else "no model yet")
-        if score is not None:
+        if score is not None and meta.get("cold_start"):  # the score is a random draw's key
+            parts.append("chosen by the cold start")
+        elif score is not None:
             parts.append(f"xgal score {score:.4g}")
         data = {
             **picture_urls(served, sample_id, document_root),
