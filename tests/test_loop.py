@@ -1,7 +1,6 @@
 """The active-learning loop against a real local scorer, resume, the oracle's discipline, and
 the guidance loss on a toy case."""
 
-import csv
 import json
 
 import numpy as np
@@ -181,57 +180,6 @@ def test_a_typical_cold_start_makes_the_first_selection_by_typiclust_then_the_sc
     assert asked == [("random", "typical", cfg.seed * 1000), ("xgal", "spread", cfg.seed * 1000 + 1)]
     for (_, chosen), record in zip(spy.calls, records, strict=False):
         assert record.selected == chosen
-
-
-def test_a_cold_start_round_says_so_and_hints_outline_the_roi_m_was_measured_against(world, tmp_path):
-    """With the folder hand-off, round 1 (chosen by the cold start) says in its request, its
-    hints and the report that the cold start chose it, not U and M; with `roi="body"` the hints
-    outline the body found in each scan (cyan), the ROI the misalignment is measured against."""
-    from PIL import Image
-
-    from xgal.annotate.annotator import AwaitingAnnotations
-    from xgal.annotate.answers import record_answers
-    from xgal.annotate.folder import FolderAnnotator
-    from xgal.annotate.hints import BODY_COLOUR
-    from xgal.annotate.report import write_report
-
-    _, pool, test, client, _ = world
-    cfg = _config(
-        initial=8, per_round=4, rounds=1, cold_start="typical", acquisition=AcquisitionConfig(roi="body"),
-        train=TrainConfig(epochs=1),
-    )  # fmt: skip
-    run = tmp_path / "run"
-    truth = dict(zip(pool.ids().tolist(), (pool.class_names[i] for i in pool.labels()), strict=True))
-    trained = []
-    for n in (0, 1):
-        loop = ActiveLearningLoop(
-            cfg, pool, test, client, FolderAnnotator(run), run, pool_ref="pool", on_trained=trained.append
-        )
-        with pytest.raises(AwaitingAnnotations) as waiting:
-            loop.run()
-        rows = list(csv.DictReader(open(run / f"round-{n}" / "request.csv")))
-        if n == 0:
-            record_answers_for(run, rows, truth, record_answers)
-    assert "the cold start: TypiClust" in str(waiting.value)
-    # Round 0's accuracy was reported when its model was trained, before round 1's answers.
-    assert [r.round for r in trained] == [0] and 0 <= trained[0].accuracy <= 1
-    assert {r["chosen_by"] for r in rows} == {
-        "the cold start: TypiClust: the most typical scan of each of 4 clusters of the model's embedding, "
-        "among 80 candidates ranked by a random draw (the score is the draw's key, not U or M)"
-    }
-    assert json.loads((run / "round-1" / "request.json").read_text())["cold_start"] is True
-    cyan = (np.array(BODY_COLOUR) * 255).astype(np.uint8)
-    for row in rows:
-        hint = np.asarray(Image.open(run / "round-1" / "hints" / f"{row['id']}.png"))[18:274, :256]
-        assert (hint == cyan).all(axis=-1).any(), row["id"]  # the body's outline is drawn
-    page = write_report(run).read_text()
-    assert "The cold start: TypiClust" in page and "cold start (draw key" in page
-
-
-def record_answers_for(run, rows, truth, record_answers):
-    with open(run / "answers.csv", "w", newline="") as f:
-        csv.writer(f).writerows([["id", "label"], *([r["id"], truth[r["id"]]] for r in rows)])
-    record_answers(run, run / "answers.csv")
 
 
 def test_a_test_pool_is_read_by_class_name_not_index(world, tmp_path):
