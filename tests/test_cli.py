@@ -334,6 +334,8 @@ def test_demo_quick(tmp_path):
     assert "final round" in res.stdout and "xgal - uncertainty" in res.stdout
     doc = json.loads((tmp_path / "demo" / "results.json").read_text())
     assert set(doc["summary"]["arms"]) == {"random", "uncertainty", "xgal"}
+    # Which initial set it used, said and recorded: drawn without the pool's labels by default.
+    assert "initial set: drawn at random, no label read" in res.stdout and doc["initial_balance"] == "none"
     for arm in ("random", "uncertainty", "xgal"):
         rounds = doc["rounds"]["0"][arm]
         assert [r["labelled"] for r in rounds] == [30, 60, 90, 120]

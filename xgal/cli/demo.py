@@ -24,6 +24,11 @@ def demo(
         help="--no-shortcut: the control, where the burned-in tag is independent of the class in the "
         "pool too, so nothing rewards looking outside the lesion.",
     ),
+    initial_balance: str = typer.Option(
+        "none",
+        help="none: each arm's initial set drawn at random without the pool's labels; oracle: "
+        "stratified by the true labels, as the authors did.",
+    ),
     arms: str = typer.Option(
         "",
         help="Comma-separated arms to run instead of the default ones; all: random, uncertainty, "
@@ -38,4 +43,17 @@ def demo(
     from xgal.demo import pick_arms, run_demo
 
     chosen = pick_arms([a.strip() for a in arms.split(",") if a.strip()]) if arms else None
-    run_demo(out_dir, quick=quick, seeds=seeds, first_seed=seed, arms=chosen, shortcut=shortcut, console=out)
+    if initial_balance not in ("none", "oracle"):
+        from xgal.core.errors import InvalidArgument
+
+        raise InvalidArgument(f"--initial-balance must be none or oracle, got {initial_balance!r}")
+    run_demo(
+        out_dir,
+        quick=quick,
+        seeds=seeds,
+        first_seed=seed,
+        arms=chosen,
+        shortcut=shortcut,
+        console=out,
+        initial_balance=initial_balance,
+    )

@@ -37,6 +37,10 @@ from xgal.train.gradcam import scores_and_cam
 from xgal.train.nets.classifier import Classifier
 
 OVERLAY_IMAGES = 6
+INITIAL_WORDS = {
+    "none": "drawn at random, no label read",
+    "oracle": "stratified by the pool's true labels (--initial-balance oracle, the authors' start)",
+}
 NUM_CLASSES = 3
 
 
@@ -95,6 +99,7 @@ def run_demo(
     arms: tuple[Arm, ...] | None = None,
     shortcut: bool = True,
     console: Console | None = None,
+    initial_balance: str = "none",
 ) -> dict:
     """Run every arm for every seed; print and write what they show (see the module doc)."""
     console = console or Console()
@@ -109,7 +114,8 @@ def run_demo(
     console.print(
         f"{data_name}; budget: {budget.initial} initial + {budget.rounds} x {budget.per_round} acquired "
         f"from a pool of {budget.pool}; test split {budget.test}; {budget.epochs} epochs per round; "
-        f"arms: {', '.join(a.name for a in arms)}; seeds: {', '.join(map(str, seed_list))}"
+        f"arms: {', '.join(a.name for a in arms)}; seeds: {', '.join(map(str, seed_list))}; "
+        f"initial set: {INITIAL_WORDS[initial_balance]}"
     )
     all_results: dict[int, dict[str, list[RoundRecord]]] = {}
     overlay_cams: dict[str, np.ndarray] = {}
@@ -146,6 +152,7 @@ def run_demo(
                         acquisition=arm.acquisition,
                         seed=seed,
                         cold_start=arm.cold_start,
+                        initial_balance=initial_balance,
                         train=replace(base.train, epochs=budget.epochs, alpha=arm.alpha),
                     )
                     capture = seed == first_seed and arm.name in ("random", "uncertainty", "xgal")
@@ -183,6 +190,7 @@ def run_demo(
         "data": data_name,
         "shortcut": shortcut,
         "budget": asdict(budget),
+        "initial_balance": initial_balance,  # none: drawn without the labels; oracle: stratified
         "train": asdict(replace(base.train, epochs=budget.epochs)),
         "arms": [{**asdict(a), "acquisition": asdict(a.acquisition)} for a in arms],
         "seeds": list(all_results),
