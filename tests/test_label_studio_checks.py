@@ -302,3 +302,25 @@ def test_a_cold_start_task_says_so_instead_of_showing_the_draws_key_as_a_score(t
         captions[cold] = round_tasks(folder, tmp_path, folder)[0]["data"]["caption"]
     assert "chosen by the cold start" in captions[True] and "0.123" not in captions[True]
     assert "xgal score 0.123" in captions[False]
+
+
+def test_an_error_label_studio_answers_is_one_line_without_its_headers(monkeypatch):
+    """The SDK's ApiError carries the response's headers (a session cookie among them): the CLI
+    says the status and Label Studio's message only."""
+    from label_studio_sdk.core.api_error import ApiError
+    from typer.testing import CliRunner
+
+    import xgal.annotate.label_studio as ls
+    from xgal.cli import app
+
+    def refused(*args, **kwargs):
+        raise ApiError(
+            status_code=400, headers={"set-cookie": "sessionid=SECRET"}, body={"title": ["too long"]}
+        )
+
+    monkeypatch.setattr(ls, "push", refused)
+    res = CliRunner().invoke(
+        app, ["label-studio", "push", "run", "--token-file", "t", "--document-root", "/"]
+    )
+    assert res.exit_code == 2 and "answered 400: {'title': ['too long']}" in res.output
+    assert "SECRET" not in res.output and "Traceback" not in res.output
