@@ -58,7 +58,7 @@ def start(root: Path) -> LabelStudioServer:
         raise RuntimeError(f"scripts/label-studio-env.sh failed:\n{tail}")
     data, docs = root / "label-studio-data", root / "files"
     shutil.copytree(VENV / "template", data)
-    docs.mkdir()
+    docs.mkdir(exist_ok=True)  # a run may be made there while the server starts
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     email, password = "radiologist@xgal.test", "xgal-test-password"
@@ -68,6 +68,9 @@ def start(root: Path) -> LabelStudioServer:
         "LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED": "true",
         "LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT": str(docs),
         "COLLECT_ANALYTICS": "false",
+        # Its defaults send the server's and the web page's errors to HumanSignal's Sentry.
+        "SENTRY_DSN": "",
+        "FRONTEND_SENTRY_DSN": "",
     }
     log = root / "label-studio.log"
     with open(log, "w") as f:
