@@ -157,7 +157,7 @@ def test_a_radiologist_labels_the_round_in_label_studios_web_page(browser, tmp_p
         if len(seen) == 1:  # the first: another class, a stroke painted and one erased
             task["label"] = next(c for c in pool.class_names if c != task["predicted"])
             task["paint"], task["erase"] = _edit(page, pool_rois[task["id"]], task["label"])
-            _scroll_to_row(page, min(r for r, _ in [*task["paint"], *task["erase"]]) - 3)
+            page.evaluate("window.scrollTo(0, 0)")  # the caption, scan, hint and classes: one screen
             page.screenshot(path=tmp_path / "labelling.png")
         else:  # accepted as pre-filled
             task["label"] = task["predicted"]
@@ -295,21 +295,3 @@ def _drag(page, pixels: list[tuple[int, int]]) -> None:
     for p in pixels[1:]:
         page.mouse.move(*at(p), steps=4)
     page.mouse.up()
-
-
-def _scroll_to_row(page, row: int) -> None:
-    """Scroll the labelling area so that the scan's `row` is at its top: the edits, the classes
-    and the hint's top in one screen (the scan alone is nearly a screen high)."""
-    page.locator(IMAGES).first.evaluate(
-        """(scan, fraction) => {
-            let area = scan.parentElement;
-            while (area && !(area.scrollHeight > area.clientHeight
-                             && /(auto|scroll)/.test(getComputedStyle(area).overflowY))) {
-                area = area.parentElement;
-            }
-            area = area || document.scrollingElement;
-            const box = scan.getBoundingClientRect();
-            area.scrollBy(0, box.top + fraction * box.height - area.getBoundingClientRect().top);
-        }""",
-        max(row, 0) / SIZE,
-    )

@@ -39,15 +39,25 @@ CHOICE, BRUSH, BOX, IMAGE = "label", "roi", "box", "scan"
 # Manager's score column from the project's model version only.
 MODEL_VERSION = "xgal"
 ROI_LABEL = "ROI"
+HINT_TITLE = "xgal's hint: the model's Grad-CAM over the scan and the ROI it was measured against"
 
 
 def label_config(class_names: Iterable[str]) -> str:
-    """The labelling interface: the scan with a brush and a rectangle tool for the ROI, one
-    required class choice, and the Grad-CAM hint below for reference."""
+    """The labelling interface: the scan with a brush and a rectangle tool for the ROI, and the
+    Grad-CAM hint beside it (both in one screen, so a click does not scroll the page), then one
+    required class choice."""
     choices = "\n".join(f"    <Choice value={quoteattr(name)}/>" for name in class_names)
     return f"""<View>
   <Header value="$caption"/>
-  <Image name="{IMAGE}" value="$scan" zoom="true" zoomControl="true"/>
+  <View style="display: flex; gap: 16px; align-items: flex-start">
+    <View style="flex: 3">
+      <Image name="{IMAGE}" value="$scan" zoom="true" zoomControl="true" maxHeight="60vh"/>
+    </View>
+    <View style="flex: 2">
+      <Header size="5" value="{HINT_TITLE}"/>
+      <Image name="hint" value="$hint" maxHeight="50vh"/>
+    </View>
+  </View>
   <Choices name="{CHOICE}" toName="{IMAGE}" choice="single" showInline="true" required="true">
 {choices}
   </Choices>
@@ -57,8 +67,6 @@ def label_config(class_names: Iterable[str]) -> str:
   <RectangleLabels name="{BOX}" toName="{IMAGE}">
     <Label value="{ROI_LABEL}" background="#00cc00"/>
   </RectangleLabels>
-  <Header value="xgal's hint: the model's Grad-CAM over the scan, the pool's ROI outlined in green"/>
-  <Image name="hint" value="$hint"/>
 </View>"""
 
 
