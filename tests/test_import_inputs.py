@@ -201,3 +201,39 @@ def test_csvs_saved_by_excel_as_csv_utf8_import(tmp_path):
     write_csv(src / "latin.csv", ["image", "label"], [["a.png", "bénin"]], encoding="latin-1")
     with pytest.raises(InvalidArgument, match=r"latin.csv: not UTF-8 text; save it as CSV UTF-8"):
         import_images(src, src / "latin.csv", tmp_path / "l", size=16)
+
+
+@pytest.mark.parametrize(
+    ("header", "named", "meant"),
+    [(["image", "class"], "class", "label"), (["image", "lable"], "lable", "label"),
+     (["file", "label"], "file", "image"), (["image", "label", "roi"], "roi", "mask")],
+)  # fmt: skip
+def test_a_misspelt_or_renamed_column_is_refused_by_name(tmp_path, header, named, meant):
+    """Today `image,class` imports an unlabelled pool with exit 0: a column that looks like one
+    xgal reads, while that one is missing, is refused naming both and the expected names."""
+    Image.fromarray(np.full((8, 8), 90, np.uint8)).save(tmp_path / "a.png")
+    Image.fromarray(np.full((8, 8), 90, np.uint8)).save(tmp_path / "m.png")
+    cells = {
+        "image": "a.png",
+        "file": "a.png",
+        "class": "yes",
+        "lable": "yes",
+        "label": "yes",
+        "roi": "m.png",
+    }
+    write_csv(tmp_path / "labels.csv", header, [[cells[h] for h in header]])
+    with pytest.raises(InvalidArgument, match=f"column '{named}' looks like '{meant}', which is missing"):
+        import_images(tmp_path, tmp_path / "labels.csv", tmp_path / "pool", size=8)
+    write_csv(tmp_path / "extra.csv", ["image", "label", "notes", "reader"], [["a.png", "yes", "ok", "dr a"]])
+    pool, _ = import_images(tmp_path, tmp_path / "extra.csv", tmp_path / "pool2", size=8)  # extras stay fine
+    assert pool.count == 1 and pool.has_labels
+
+
+def test_a_wrong_images_folder_is_one_error_not_a_skip_per_file(tmp_path):
+    write_csv(tmp_path / "labels.csv", ["image", "label"], [[f"scan{i}.png", "yes"] for i in range(2400)])
+    (tmp_path / "elsewhere").mkdir()
+    res = run_xgal("pool", "import", "images", tmp_path / "elsewhere", tmp_path / "pool",
+                   "--labels", tmp_path / "labels.csv", timeout=120)  # fmt: skip
+    assert res.returncode == 2 and res.stderr.strip().count("\n") == 0, res.stderr
+    assert "none of the 2400 images" in res.stderr and "is the images folder right?" in res.stderr
+    assert "skipped" not in res.stdout + res.stderr

@@ -15,19 +15,23 @@ from PIL import Image
 from xgal.core.errors import InvalidArgument
 from xgal.core.spreadsheet import read_rows
 from xgal.pool.format import Pool, PoolWriter
+from xgal.pool.importers.columns import check_columns
 from xgal.pool.importers.safety import ImportError_, decode_image
 
 
-def read_csv(path: Path, required: Sequence[str]) -> list[dict[str, str]]:
+def read_csv(path: Path, required: Sequence[str], known: Sequence[str] = ()) -> list[dict[str, str]]:
     """A list CSV's rows (`spreadsheet.read_rows`: a byte-order mark as Excel's "CSV UTF-8" writes
     it is read, a missing cell is ''); no rows, a missing column or another encoding than UTF-8
-    is an InvalidArgument naming the file."""
+    is an InvalidArgument naming the file, and so is a column that looks like one of the `known`
+    ones the importer reads while that one is missing (`columns.check_columns`)."""
     if not path.is_file():
         raise FileNotFoundError(f"CSV not found: {path}")
     try:
         rows = read_rows(path)
     except UnicodeDecodeError:
         raise InvalidArgument(f"{path}: not UTF-8 text; save it as CSV UTF-8") from None
+    if rows and known:
+        check_columns(path, list(rows[0]), known)
     missing = [c for c in required if rows and c not in rows[0]]
     if not rows or missing:
         raise InvalidArgument(f"{path}: {'no rows' if not rows else 'missing columns ' + ', '.join(missing)}")

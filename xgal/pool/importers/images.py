@@ -34,7 +34,6 @@ from PIL import Image
 from xgal.core.errors import InvalidArgument
 from xgal.pool.format import Pool
 from xgal.pool.id_map import IdMap, revealing
-from xgal.pool.importers.columns import check_columns
 from xgal.pool.importers.common import (
     BOX_COLUMNS,
     FITS,
@@ -94,8 +93,7 @@ def import_images(
     if labels_csv is None:
         rows, labels_csv = folder_rows(folder), folder
     else:
-        rows = read_csv(Path(labels_csv), ["image"])
-        check_columns(Path(labels_csv), list(rows[0]), LIST_COLUMNS)
+        rows = read_csv(Path(labels_csv), ["image"], LIST_COLUMNS)
     missing = [r["image"] for r in rows if not (folder / r["image"]).is_file()]
     if len(missing) == len(rows):
         raise InvalidArgument(

@@ -117,7 +117,7 @@ def import_volumes(
             f"axis must be one of {list(AXES)}, keep one of {KEEPS}, classes one of {CLASS_RULES}; "
             f"got {axis!r}, {keep!r}, {classes!r}"
         )
-    rows = read_csv(list_csv, [])
+    rows = read_csv(list_csv, [], ("patient", "image", "label"))
     if not {"patient", "image"} <= set(rows[0]):
         raise InvalidArgument(f"{list_csv}: needs the columns patient,image[,label] and at least one row")
     labelled = "label" in rows[0] and any((r.get("label") or "").strip() for r in rows)
