@@ -85,6 +85,23 @@ def test_a_patient_split_of_imported_volumes(study, tmp_path):
     assert shared_groups(train, test) == [] and (train.count, test.count) == (12, 6)
 
 
+def test_anonymised_slices_name_no_patient_and_their_splits_share_the_key(study, tmp_path):
+    """IDs a radiologist sees tell no patient; the patient stays each slice's group (splits
+    read it); the key and the map back sit beside the pool and each split part."""
+    from xgal.pool.id_map import IdMap, id_map_path
+
+    pool, _ = import_volumes(study, tmp_path / "pool", size=16, anonymise=True)
+    ids = pool.ids().tolist()
+    assert all(i.startswith("scan-") and "patient" not in i for i in ids) and len(set(ids)) == 18
+    sources = IdMap.read(id_map_path(pool.path)).sources
+    assert sources[ids[0]] == {"id": "patient0_a000", "image": "p0.nii.gz"}
+    train, test = split_by_group(pool, tmp_path / "train", tmp_path / "test", test_fraction=0.3, seed=0)
+    for part in (train, test):
+        part_map = IdMap.read(id_map_path(part.path))
+        assert part_map.key == IdMap.read(id_map_path(pool.path)).key
+        assert sorted(part_map.sources) == sorted(part.ids().tolist())
+
+
 def test_bad_volume_lists_are_refused_or_skipped_by_name(study, tmp_path):
     with open(tmp_path / "half.csv", "w") as f:
         f.write("patient,image,label\npatient0,p0.nii.gz,p0-seg.nii.gz\npatient1,p1.nrrd,\n")

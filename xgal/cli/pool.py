@@ -53,6 +53,11 @@ def pool_synth(
 ALLOW_SKIPS = typer.Option(
     False, help="Accept an import that skipped sources (listed); without it that is an error (exit 2)."
 )
+ANONYMISE = typer.Option(
+    False,
+    help="IDs that tell nothing (keyed hashes); the key and the map back to the files go to "
+    "OUT_DIR.ids.json beside the pool, never shown to the radiologist.",
+)
 MAX_VOXELS = typer.Option(
     None,
     min=1,
@@ -123,11 +128,7 @@ def import_images_cmd(
     class_from_folder: bool = typer.Option(
         False, help="No CSV: every image in FOLDER/<class>/, its class the subfolder's name."
     ),
-    anonymise: bool = typer.Option(
-        False,
-        help="IDs that tell nothing (keyed hashes); the key and the map back to the files go to "
-        "OUT_DIR.ids.json beside the pool, never shown to the radiologist.",
-    ),
+    anonymise: bool = ANONYMISE,
 ) -> None:
     """Import a folder of PNG/JPEG images with labels and ROI masks or boxes."""
     from xgal.pool.importers.images import import_images
@@ -152,12 +153,14 @@ def import_images_cmd(
             progress=bar.update,
         )
     _import_done(pool, report, allow_skips)
+    _anonymised(anonymise, out_dir)
+
+
+def _anonymised(anonymise: bool, out_dir: Path) -> None:
     if anonymise:
         from xgal.pool.id_map import id_map_path
 
-        out.print(
-            f"anonymised IDs; the key and the map back to the files: {id_map_path(out_dir)} (keep it private)"
-        )
+        out.print(f"anonymised IDs; the key and the map back to the files: {id_map_path(out_dir)} (private)")
 
 
 def _window(text: str | None) -> tuple[float, float] | None:
@@ -221,6 +224,7 @@ def import_volumes_cmd(
     allow_skips: bool = ALLOW_SKIPS,
     max_voxels: int | None = MAX_VOXELS,
     allow_outside_paths: bool = ALLOW_OUTSIDE_PATHS,
+    anonymise: bool = ANONYMISE,
 ) -> None:
     """Import NIfTI, NRRD or MHA volumes (with label maps) as 2-D slices, each with its patient."""
     from xgal.pool.importers.volumes import import_volumes
@@ -246,9 +250,11 @@ def import_volumes_cmd(
             overwrite=overwrite,
             max_voxels=max_voxels,
             allow_outside_paths=allow_outside_paths,
+            anonymise=anonymise,
             progress=bar.update,
         )
     _import_done(pool, report, allow_skips)
+    _anonymised(anonymise, out_dir)
 
 
 @import_app.command("brats")

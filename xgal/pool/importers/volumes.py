@@ -25,6 +25,7 @@ voxels (× components) exceed the voxel limit (`safety`) is skipped from its hea
 from __future__ import annotations
 
 import os
+import secrets
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
@@ -32,6 +33,7 @@ import numpy as np
 
 from xgal.core.errors import InvalidArgument
 from xgal.pool.format import Pool
+from xgal.pool.id_map import IdMap
 from xgal.pool.importers.common import (
     ImportError_,
     ImportReport,
@@ -107,9 +109,12 @@ def import_volumes(
     overwrite: bool = False,
     max_voxels: int | None = None,
     allow_outside_paths: bool = False,
+    anonymise: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> tuple[Pool, ImportReport]:
-    """Import the volumes `list_csv` lists as 2-D slices into a pool at `out` (module doc)."""
+    """Import the volumes `list_csv` lists as 2-D slices into a pool at `out` (module doc); with
+    `anonymise`, slice IDs that name no patient (`xgal.pool.id_map`; the patient stays the
+    sample's group, which splits read and the radiologist never sees)."""
     list_csv = Path(list_csv)
     max_voxels = voxel_limit(max_voxels)  # read once: a bad $XGAL_MAX_VOLUME_VOXELS fails before writing
     if axis not in AXES or keep not in KEEPS or classes not in CLASS_RULES:
@@ -147,6 +152,10 @@ def import_volumes(
         allow_outside_paths,
     )
 
+    id_map = (IdMap(secrets.token_bytes(32)) if overwrite else IdMap.for_pool(out)) if anonymise else None
+    if id_map is not None:
+        id_map.write(out)  # the key before any sample: a resumed import names slices alike
+
     def convert(item: object) -> Iterator[Sample]:
         row = dict(item)  # type: ignore[call-overload]
         patient = row["patient"].strip()
@@ -178,18 +187,26 @@ def import_volumes(
             pixels = to_pixels(
                 resize_image(fit_square(img.astype(np.float32), "pad"), size)[None], pixel_dtype
             )
+            sample_id = f"{patient}_{axis[0]}{k:03d}"
+            if id_map is not None:
+                sample_id = id_map.anonymise(sample_id, row["image"])
             yield Sample(
-                f"{patient}_{axis[0]}{k:03d}",
+                sample_id,
                 pixels,
                 resize_mask(fit_square(roi, "pad"), size),
                 label,
                 patient,
             )
 
+    def convert_and_record(item: object) -> Iterator[Sample]:
+        yield from convert(item)
+        if id_map is not None:  # the map back, as each volume's slices are made
+            id_map.write(out)
+
     return write_pool(
         out,
         rows,
-        convert,
+        convert_and_record,
         image_shape=(1, size, size),
         class_names=class_names,
         pixel_dtype=pixel_dtype,
