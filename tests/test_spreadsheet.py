@@ -2,6 +2,7 @@
 formula (`=`, `+`, `-` not a number, `@`), and reading the answers back gives the original ID."""
 
 import csv
+import re
 
 import numpy as np
 from helpers import blob_images
@@ -27,11 +28,10 @@ HOSTILE = [
 
 
 def _looks_like_formula(cell: str) -> bool:
-    try:
-        float(cell)
-        return False
-    except ValueError:
-        return cell.startswith(FORMULA_START)
+    return (
+        cell.startswith(FORMULA_START)
+        and re.fullmatch(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?", cell) is None
+    )
 
 
 @given(st.text())
@@ -44,6 +44,8 @@ def test_numbers_stay_numbers_and_formulas_become_text():
     assert to_cell("-0.5") == "-0.5" and to_cell("+3") == "+3" and to_cell("1e-3") == "1e-3"
     assert to_cell("=1+1") == "'=1+1" and to_cell("@x") == "'@x" and to_cell("-x") == "'-x"
     assert to_cell("it's") == "it's" and to_cell("'=x") == "''=x"
+    # Python's float() reads these; a spreadsheet does not (they would show as #NAME? errors)
+    assert to_cell("-inf") == "'-inf" and to_cell("-nan") == "'-nan" and to_cell("+1_0") == "'+1_0"
 
 
 def test_a_hand_off_round_of_hostile_ids_is_safe_to_open_and_reads_back(tmp_path):

@@ -12,13 +12,13 @@ run calls it. Pictures are written, whole, before the dataset.json that lists th
 
 from __future__ import annotations
 
-import io
 import json
 from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
+from xgal.annotate.hints import png_bytes
 from xgal.annotate.layout import ANSWERS, META, file_name, round_folders
 from xgal.core.checksum import sha256_file
 from xgal.core.durable import atomic_write, held
@@ -112,9 +112,7 @@ def _pictures(
         pixels = image[0] if image.shape[0] == 1 else np.moveaxis(image, 0, -1)
         roi = answers["rois"][i].astype(np.uint8)
         for folder, picture in (("images", pixels), ("labels", roi)):
-            buf = io.BytesIO()
-            Image.fromarray(picture).save(buf, format="PNG")
-            atomic_write(target / folder / name, buf.getvalue())
+            atomic_write(target / folder / name, png_bytes(Image.fromarray(picture)))
 
 
 def map_back(out: str | Path, id_map: str | Path, dest: str | Path) -> Path:
@@ -136,6 +134,10 @@ def map_back(out: str | Path, id_map: str | Path, dest: str | Path) -> Path:
     for entry in doc["training"]:
         entry["source_id"], entry["source_image"] = sources[entry["id"]]["id"], sources[entry["id"]]["image"]
     dest = Path(dest)
+    if dest.resolve().is_relative_to(Path(out).resolve()):
+        raise InvalidArgument(
+            f"{dest} is inside the run folder, which the radiologist may see: write the sources elsewhere"
+        )
     dest.parent.mkdir(parents=True, exist_ok=True)
-    dest.write_text(json.dumps(doc, indent=1))
+    atomic_write(dest, json.dumps(doc, indent=1).encode(), mode=0o600)
     return dest

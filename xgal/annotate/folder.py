@@ -26,7 +26,7 @@ import numpy as np
 
 from xgal.annotate.annotator import AnnotationRequest, AwaitingAnnotations, PendingRequest
 from xgal.annotate.datalist import ensure_current
-from xgal.annotate.hints import hint_image, scan_image
+from xgal.annotate.hints import hint_image, png_bytes, scan_image
 from xgal.annotate.layout import (
     ANSWERS,
     HINTS,
@@ -94,7 +94,7 @@ def write_request(folder: Path, ids: Sequence[str], request: AnnotationRequest) 
     write_rows(folder / TEMPLATE, ["id", "label"], [[sample_id, ""] for sample_id in ids])
     (folder / SCANS).mkdir(exist_ok=True)
     for i, sample_id in enumerate(ids):
-        scan_image(request.images[i]).save(folder / SCANS / f"{file_name(sample_id)}.png")
+        atomic_write(folder / SCANS / f"{file_name(sample_id)}.png", png_bytes(scan_image(request.images[i])))
     for i, sample_id in enumerate(ids):
         title = (
             f"predicted {request.class_names[predicted[i]]} ({request.probs[i].max():.2f})"
@@ -107,7 +107,7 @@ def write_request(folder: Path, ids: Sequence[str], request: AnnotationRequest) 
         body = request.body_rois is not None and bool(request.body_rois[i])
         cam = None if request.cams is None else request.cams[i]
         hint = hint_image(request.images[i], outlined[i], cam, title, body=body)
-        hint.save(folder / HINTS / f"{file_name(sample_id)}.png")
+        atomic_write(folder / HINTS / f"{file_name(sample_id)}.png", png_bytes(hint))
     meta = {
         "round": request.round_index,
         "ids": list(ids),

@@ -3,7 +3,13 @@ the scan itself at the pool's size, to draw a mask on."""
 
 from __future__ import annotations
 
+import io
+from typing import TYPE_CHECKING
+
 import numpy as np
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 HINT_SIDE = 256  # pixels: a 64x64 scan is too small to judge on a screen
 _BAR = 40  # the colour scale's strip at the right
@@ -11,9 +17,9 @@ _LINE = 18  # a line of text above (the prediction) and below (what the outline 
 EXPERT_COLOUR, BODY_COLOUR = (0.0, 1.0, 0.0), (0.0, 1.0, 1.0)  # outline: green, cyan
 
 
-def hint_image(  # noqa: ANN201 - a PIL image
+def hint_image(
     image: np.ndarray, roi: np.ndarray, cam: np.ndarray | None, title: str, *, body: bool = False
-):
+) -> Image.Image:
     """The scan (first channel) in gray, the Grad-CAM blended over it in jet with its colour
     scale beside it, the outline of the ROI the misalignment was measured against (green: the
     expert's, cyan: the body found in the scan, `body`) and `title` on top."""
@@ -47,7 +53,15 @@ def hint_image(  # noqa: ANN201 - a PIL image
     return canvas
 
 
-def scan_image(image: np.ndarray):  # noqa: ANN201 - a PIL image
+def png_bytes(picture: Image.Image) -> bytes:
+    """A PIL picture as PNG bytes, to be written with `durable.atomic_write` (never through a
+    link someone planted in the run folder)."""
+    buf = io.BytesIO()
+    picture.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def scan_image(image: np.ndarray) -> Image.Image:
     """The scan at its own size, for drawing a mask on: 8 bits, its first channel stretched."""
     from PIL import Image
 

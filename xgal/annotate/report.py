@@ -22,6 +22,7 @@ import math
 from pathlib import Path
 
 from xgal.annotate.layout import ANSWERS, HINTS, META, REQUEST, file_name, round_folders, round_number
+from xgal.core.durable import atomic_write
 from xgal.core.errors import InvalidArgument
 from xgal.core.spreadsheet import read_rows
 
@@ -258,5 +259,5 @@ def write_report(out: str | Path) -> Path:
         "</body></html>",
     ]
     path = out / REPORT
-    path.write_text("\n".join(page), encoding="utf-8")
+    atomic_write(path, "\n".join(page).encode("utf-8"))
     return path

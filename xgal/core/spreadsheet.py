@@ -11,19 +11,22 @@ mark that spreadsheets write when they save "CSV UTF-8".
 from __future__ import annotations
 
 import csv
+import io
+import re
 from collections.abc import Iterable
 from pathlib import Path
+
+from xgal.core.durable import atomic_write
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _QUOTE = "'"
 
 
+_NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")  # as a spreadsheet reads one
+
+
 def _is_number(text: str) -> bool:
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
+    return _NUMBER.fullmatch(text) is not None
 
 
 def to_cell(value: object) -> str:
@@ -44,11 +47,12 @@ def from_cell(text: str) -> str:
 
 
 def write_rows(path: str | Path, header: Iterable[str], rows: Iterable[Iterable[object]]) -> None:
-    """A CSV of `header` and `rows`, every cell through `to_cell`."""
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow([to_cell(h) for h in header])
-        w.writerows([to_cell(c) for c in row] for row in rows)
+    """A CSV of `header` and `rows`, every cell through `to_cell`, written whole (`atomic_write`)."""
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow([to_cell(h) for h in header])
+    w.writerows([to_cell(c) for c in row] for row in rows)
+    atomic_write(Path(path), text.getvalue().encode("utf-8"))
 
 
 def read_rows(path: str | Path) -> list[dict[str, str]]:

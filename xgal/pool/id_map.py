@@ -66,8 +66,9 @@ class IdMap:
         """Write beside `pool`, readable by its owner only."""
         path = id_map_path(pool)
         path.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write(path, json.dumps({"key": self.key.hex(), "ids": self.sources}, indent=1).encode())
-        os.chmod(path, 0o600)
+        atomic_write(
+            path, json.dumps({"key": self.key.hex(), "ids": self.sources}, indent=1).encode(), mode=0o600
+        )
         return path
 
 
