@@ -324,3 +324,44 @@ def test_an_error_label_studio_answers_is_one_line_without_its_headers(monkeypat
     )
     assert res.exit_code == 2 and "answered 400: {'title': ['too long']}" in res.output
     assert "SECRET" not in res.output and "Traceback" not in res.output
+
+
+def test_the_token_goes_through_no_proxy_nor_redirect_and_keeps_a_path_prefix(tmp_path, monkeypatch):
+    """HTTP_PROXY in the environment would carry the token in clear text, even to 127.0.0.1; a
+    redirect could take it elsewhere; a Label Studio under https://host/ls/ gets its refresh there."""
+    import httpx
+
+    from xgal.annotate.label_studio_client import connect
+
+    seen, handler_access = [], [""]
+
+    def handler(request):
+        seen.append(str(request.url))
+        if request.url.path.endswith("/token/refresh/"):
+            return httpx.Response(200, json={"access": handler_access[0]})
+        return httpx.Response(307, headers={"location": "http://evil.example/steal"})
+
+    class Client(httpx.Client):  # what xgal hands the SDK, answered by `handler`
+        def __init__(self, **kwargs):
+            assert kwargs.get("trust_env") is False and kwargs.get("follow_redirects") is False
+            super().__init__(transport=httpx.MockTransport(handler), **kwargs)
+
+    import time
+
+    import jwt
+
+    from xgal.core.errors import InvalidArgument
+
+    monkeypatch.setattr(httpx, "Client", Client)
+    monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
+    token = tmp_path / "pat"  # a Personal Access Token is a refresh JWT
+    token.write_text(jwt.encode({"token_type": "refresh", "exp": int(time.time()) + 3600}, "k"))
+    token.chmod(0o600)
+    access = jwt.encode({"token_type": "access", "exp": int(time.time()) + 3600}, "k")
+    seen.clear()
+    handler_access[0] = access
+    with pytest.raises(InvalidArgument, match="answered 307"):  # the redirect is not followed
+        connect("https://labelstudio.example/ls", token)
+    assert seen[0] == "https://labelstudio.example/ls/api/token/refresh/"
+    assert seen[1] == "https://labelstudio.example/ls/api/current-user/whoami"
+    assert not any("evil" in u for u in seen)

@@ -86,8 +86,12 @@ def connect(url: str, token_file: str | Path, *, allow_http: bool = False) -> La
         raise UserError("xgal label-studio needs label-studio-sdk: pip install 'xgal[annotate]'") from None
 
     try:
-        # A Personal Access Token is exchanged for an access token as the client is made.
-        client = LabelStudio(base_url=url, api_key=token, timeout=120)
+        # A Personal Access Token is exchanged for an access token as the client is made. The
+        # client ignores the environment's proxies (HTTP_PROXY would carry the token in clear text,
+        # even to 127.0.0.1) and follows no redirect (one could take the token elsewhere, or to
+        # http); the trailing slash keeps a path prefix (https://host/ls/) in the token's refresh URL.
+        http = httpx.Client(trust_env=False, follow_redirects=False, timeout=120)
+        client = LabelStudio(base_url=url + "/", api_key=token, timeout=120, httpx_client=http)
         client.users.whoami()
     except httpx.HTTPError as e:
         raise InvalidArgument(f"cannot reach Label Studio at {url}: {e}") from None
