@@ -237,3 +237,26 @@ def test_a_wrong_images_folder_is_one_error_not_a_skip_per_file(tmp_path):
     assert res.returncode == 2 and res.stderr.strip().count("\n") == 0, res.stderr
     assert "none of the 2400 images" in res.stderr and "is the images folder right?" in res.stderr
     assert "skipped" not in res.stdout + res.stderr
+
+
+def test_a_detached_header_whose_data_file_leaves_the_folder_is_refused(tmp_path):
+    """A MetaImage (.mhd) or NRRD (.nhdr) header names its data file, which SimpleITK reads
+    wherever it is: that file must stay in the list's folder as the list's own paths must."""
+    secret = tmp_path / "secret.raw"
+    secret.write_bytes(bytes(range(256)) * 16)  # 4096 bytes: a 16x16x16 volume of uint8
+    folder = tmp_path / "list"
+    folder.mkdir()
+    (folder / "vol.mhd").write_text(
+        "ObjectType = Image\nNDims = 3\nDimSize = 16 16 16\nElementType = MET_UCHAR\n"
+        "ElementDataFile = ../secret.raw\n"
+    )
+    (folder / "vol.nhdr").write_text(
+        "NRRD0004\ntype: uint8\ndimension: 3\nsizes: 16 16 16\nencoding: raw\n"
+        "data file: ../secret.raw\n"
+    )
+    for name in ("vol.mhd", "vol.nhdr"):
+        write_csv(folder / "list.csv", ["patient", "image"], [["p1", name]])
+        with pytest.raises(InvalidArgument, match=r"\(its data file\): '\.\./secret.raw' is outside"):
+            import_volumes(folder / "list.csv", tmp_path / f"pool-{name}", size=16)
+    pool, _ = import_volumes(folder / "list.csv", tmp_path / "allowed", size=16, allow_outside_paths=True)
+    assert pool.count == 16  # read, when the user says so

@@ -25,6 +25,7 @@ voxels (× components) exceed the voxel limit (`safety`) is skipped from its hea
 from __future__ import annotations
 
 import os
+import re
 import secrets
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -151,6 +152,17 @@ def import_volumes(
         ),
         allow_outside_paths,
     )
+    refuse_outside(  # a detached header (.mhd, .nhdr) names its data file: that must stay inside too
+        base,
+        (
+            (f"{base / r[column]} (its data file)", data)
+            for r in rows
+            for column in ("image", "label")
+            if r.get(column) and (base / r[column]).is_file()
+            for data in detached_data(base / r[column], base)
+        ),
+        allow_outside_paths,
+    )
 
     id_map = (IdMap(secrets.token_bytes(32)) if overwrite else IdMap.for_pool(out)) if anonymise else None
     if id_map is not None:
@@ -217,3 +229,28 @@ def import_volumes(
         description=f"{axis} slices of the volumes in {list_csv.name}, turned to LPS; class by {classes}",
         progress=progress,
     )
+
+
+def detached_data(header: Path, base: Path) -> list[str]:
+    """The data files a detached header names (MetaImage `ElementDataFile`, NRRD `data file`),
+    relative to `base`, for the same outside-the-folder check as the list's own paths; none for
+    a file that holds its data. A list of files or a pattern is refused: xgal cannot check it."""
+    suffix = header.name.lower()
+    if not suffix.endswith((".mhd", ".nhdr")):
+        return []
+    key = re.compile(r"^\s*(ElementDataFile\s*=|data\s*file\s*:|datafile\s*:)\s*(.*?)\s*$", re.IGNORECASE)
+    with open(header, "rb") as f:
+        head = f.read(1 << 16).decode("latin-1")
+    for line in head.splitlines():
+        m = key.match(line)
+        if m is None:
+            continue
+        value = m.group(2)
+        if value.upper() in ("LOCAL", ""):
+            return []
+        if value.upper().startswith("LIST") or " " in value or "%" in value:
+            raise ImportError_(
+                f"{header}: a data file list or pattern ({value!r}); save the volume as one file"
+            )
+        return [os.path.relpath(header.parent / value, base) if not os.path.isabs(value) else value]
+    return []
