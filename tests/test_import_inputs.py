@@ -251,8 +251,7 @@ def test_a_detached_header_whose_data_file_leaves_the_folder_is_refused(tmp_path
         "ElementDataFile = ../secret.raw\n"
     )
     (folder / "vol.nhdr").write_text(
-        "NRRD0004\ntype: uint8\ndimension: 3\nsizes: 16 16 16\nencoding: raw\n"
-        "data file: ../secret.raw\n"
+        "NRRD0004\ntype: uint8\ndimension: 3\nsizes: 16 16 16\nencoding: raw\ndata file: ../secret.raw\n"
     )
     for name in ("vol.mhd", "vol.nhdr"):
         write_csv(folder / "list.csv", ["patient", "image"], [["p1", name]])

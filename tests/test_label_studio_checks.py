@@ -365,3 +365,38 @@ def test_the_token_goes_through_no_proxy_nor_redirect_and_keeps_a_path_prefix(tm
     assert seen[0] == "https://labelstudio.example/ls/api/token/refresh/"
     assert seen[1] == "https://labelstudio.example/ls/api/current-user/whoami"
     assert not any("evil" in u for u in seen)
+
+
+def test_a_link_among_the_rounds_pictures_is_never_put_where_label_studio_serves(tmp_path):
+    """Label Studio's local-files view serves what a link in its folder points to: a planted link
+    among the round's hints, or anywhere under RUN/label-studio, is refused by name, never copied."""
+    from PIL import Image
+
+    from xgal.annotate.label_studio import serve_round
+    from xgal.core.errors import InvalidArgument
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the run's token")
+    folder = tmp_path / "run" / "round-1"
+    for sub in ("scans", "hints"):
+        (folder / sub).mkdir(parents=True)
+        Image.new("L", (4, 4)).save(folder / sub / "a.png")
+    served = tmp_path / "run" / "label-studio" / "round-1"
+    serve_round(folder, served, ["a"])
+    assert (served / "hints" / "a.png").read_bytes()[:4] == b"\x89PNG" and not (
+        served / "hints" / "a.png"
+    ).is_symlink()
+    (folder / "hints" / "b.png").symlink_to(secret)
+    Image.new("L", (4, 4)).save(folder / "scans" / "b.png")
+    with pytest.raises(InvalidArgument, match=r"hints/b.png is a link, not one of the round's pictures"):
+        serve_round(folder, served, ["a", "b"])
+    assert not (served / "hints" / "b.png").exists()
+    (folder / "hints" / "b.png").unlink()
+    (folder / "hints" / "b.png").write_text("not a picture")
+    with pytest.raises(InvalidArgument, match="is not a PNG picture"):
+        serve_round(folder, served, ["b"])
+    (served.parent / "round-9").symlink_to(tmp_path)  # a link planted in the served folder itself
+    with pytest.raises(
+        InvalidArgument, match="round-9 is a link: Label Studio would serve what it points to"
+    ):
+        serve_round(folder, served, ["a"])

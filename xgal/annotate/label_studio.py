@@ -3,10 +3,11 @@
 `push` creates the run's project the first time (its labelling interface from the run's class
 names) and remembers it in `RUN/label-studio.json`; later pushes update the same project and
 add the open round's tasks (a task already there is not added twice). Label Studio serves the
-pictures from `RUN/label-studio/round-N/{scans,hints}/` (hard links to the round's pictures, or
-copies across file systems) through a local-files storage over `RUN/label-studio` only: the
-run's models, answers and state are never under it. `pull` reads the submitted annotations of
-the open round and records them exactly as `xgal annotations add` records a filled-in
+pictures from `RUN/label-studio/round-N/{scans,hints}/` (copies of the round's PNG pictures,
+never a link: Label Studio would serve what a link points to) through a local-files storage
+over `RUN/label-studio` only: the run's models, answers and state are never under it. `pull`
+reads the submitted annotations of the open round and records them exactly as `xgal annotations
+add` records a filled-in
 labels.csv (`answers.save_answers`): the same checks, the same `answers.npz`, the same
 partial-round rule; a task whose annotation cannot be read counts as not answered and is named
 with the reason. What the tasks look like:
@@ -18,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +32,7 @@ from xgal.annotate.label_studio_tasks import (
     read_answers,
     round_tasks,
 )
-from xgal.annotate.layout import HINTS, META, SCANS, file_name
+from xgal.annotate.layout import HINTS, META, PNG_SIGNATURE, SCANS, file_name
 from xgal.core.durable import atomic_write
 from xgal.core.errors import InvalidArgument
 
@@ -139,24 +139,41 @@ def project_title(run: Path, title: str | None = None) -> str:
 
 
 def serve_round(folder: Path, served: Path, ids: list[str]) -> None:
-    """Put the round's scan and hint of each of `ids` into `served` (`{scans,hints}/`): hard
-    links where the file system allows, copies otherwise; a file already there is kept."""
+    """Copy the round's scan and hint of each of `ids` into `served` (`{scans,hints}/`): the
+    bytes of a PNG file, read without following a link (Label Studio serves whatever a link in
+    its folder points to, so a link planted among the round's pictures must never get there)."""
+    _no_links(served.parent)  # the whole of RUN/label-studio: what the storage covers
     for sub in (SCANS, HINTS):
         (served / sub).mkdir(parents=True, exist_ok=True)
         for sample_id in ids:
             name = f"{file_name(sample_id)}.png"
-            src, dst = folder / sub / name, served / sub / name
-            if not src.is_file():
-                raise FileNotFoundError(f"{src} is missing: the round's pictures are incomplete")
-            if dst.is_file() and os.path.samefile(src, dst):
-                continue
-            tmp = dst.with_name(f".{name}.tmp")
-            tmp.unlink(missing_ok=True)
-            try:
-                os.link(src, tmp)
-            except OSError:  # another file system, or links not allowed: a copy
-                shutil.copyfile(src, tmp)
-            os.replace(tmp, dst)
+            atomic_write(served / sub / name, _png_file(folder / sub / name))
+
+
+def _png_file(path: Path) -> bytes:
+    """The bytes of `path`, a PNG file and not a link; else an InvalidArgument naming it."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing: the round's pictures are incomplete") from None
+    except OSError:  # ELOOP: a link
+        raise InvalidArgument(f"{path} is a link, not one of the round's pictures; not served") from None
+    with os.fdopen(fd, "rb") as f:
+        data = f.read()
+    if not data.startswith(PNG_SIGNATURE):
+        raise InvalidArgument(f"{path} is not a PNG picture; not served")
+    return data
+
+
+def _no_links(served: Path) -> None:
+    """Refuse a link anywhere under RUN/label-studio: Label Studio would serve what it points to."""
+    for root, dirs, files in os.walk(served):
+        for name in dirs + files:
+            if os.path.islink(os.path.join(root, name)):
+                raise InvalidArgument(
+                    f"{os.path.join(root, name)} is a link: Label Studio would serve what it points to; "
+                    f"remove it (only xgal writes under {served})"
+                )
 
 
 def project_tasks(client: LabelStudio, project: int) -> list[dict[str, Any]]:

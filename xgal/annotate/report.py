@@ -21,7 +21,16 @@ import json
 import math
 from pathlib import Path
 
-from xgal.annotate.layout import ANSWERS, HINTS, META, REQUEST, file_name, round_folders, round_number
+from xgal.annotate.layout import (
+    ANSWERS,
+    HINTS,
+    META,
+    PNG_SIGNATURE,
+    REQUEST,
+    file_name,
+    round_folders,
+    round_number,
+)
 from xgal.core.durable import atomic_write
 from xgal.core.errors import InvalidArgument
 from xgal.core.spreadsheet import read_rows
@@ -45,7 +54,6 @@ CSP = (
     f"style-src 'sha256-{base64.b64encode(hashlib.sha256(_STYLE.encode()).digest()).decode()}'; "
     "base-uri 'none'; form-action 'none'"
 )
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _text(value: object) -> str:
@@ -114,7 +122,7 @@ def _hint(out: Path, folder: Path, sample_id: str) -> bytes | None:
     if not path.is_file() or not path.resolve().is_relative_to(out.resolve()):
         return None
     data = path.read_bytes()
-    return data if data.startswith(_PNG_SIGNATURE) else None
+    return data if data.startswith(PNG_SIGNATURE) else None
 
 
 def _figure(out: Path, folder: Path, row: dict[str, str], cold_start: bool, answers: dict[str, str]) -> str:
