@@ -69,12 +69,14 @@ def _client(server):
 
 def _annotate(ls, task, label, roi=None, box=None, prefill=True, cancelled=False):
     """What the labelling page sends when the radiologist submits (or skips) a task: the
-    pre-filled regions (the pool's ROI) unless deleted, plus what was drawn."""
+    pre-filled regions (the pool's ROI) unless deleted, plus what was drawn, and the prediction it
+    started from (`parent_prediction`, as the page sends it: test_label_studio_browser sees it)."""
     result = [] if label is None else [
         {"from_name": "label", "to_name": "scan", "type": "choices", "value": {"choices": [label]}}
     ]  # fmt: skip
-    if prefill:
-        [prediction] = ls.tasks.get(task["id"]).predictions or [None]
+    [prediction] = ls.tasks.get(task["id"]).predictions or [None]
+    parent = {"parent_prediction": prediction.id} if prediction else {}  # the page starts from it
+    if prefill:  # kept, else deleted by the radiologist
         result += [r for r in (prediction.result if prediction else []) if r["type"] == "brushlabels"]
     if roi is not None:
         result.append(_painted(roi))
@@ -85,7 +87,10 @@ def _annotate(ls, task, label, roi=None, box=None, prefill=True, cancelled=False
              "original_height": 32, "value": {"x": x, "y": y, "width": bw, "height": bh, "rotation": 0,
                                               "rectanglelabels": ["ROI"]}}
         )  # fmt: skip
-    ls.annotations.create(task["id"], result=result, was_cancelled=cancelled, lead_time=4.0)
+    ls.annotations.create(
+        task["id"], result=result, was_cancelled=cancelled, lead_time=4.0,
+        request_options={"additional_body_parameters": parent},
+    )  # fmt: skip
 
 
 def _painted(mask):

@@ -152,6 +152,7 @@ def test_a_radiologist_labels_the_round_in_label_studios_web_page(browser, tmp_p
     page.get_by_text(LABEL_ALL).click()
 
     seen: dict[str, dict] = {}
+    parents: list[object] = []
     for _ in asked:
         task = _open_task(page, seen, run)
         if len(seen) == 1:  # the first: another class, a stroke painted and one erased
@@ -166,7 +167,10 @@ def test_a_radiologist_labels_the_round_in_label_studios_web_page(browser, tmp_p
         ) as submitted:
             page.get_by_test_id(SUBMIT).click()
         assert submitted.value.status == 201, submitted.value.text()
+        # Started from xgal's pre-filled prediction: Label Studio says so (pull reads it).
+        parents.append(submitted.value.request.post_data_json.get("parent_prediction"))
     assert sorted(seen) == sorted(asked)
+    assert all(isinstance(p, int) for p in parents), parents
     assert not elsewhere, elsewhere
 
     shot = tmp_path / "labelling.png"

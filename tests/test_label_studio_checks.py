@@ -236,7 +236,7 @@ def test_malformed_tasks_and_annotations_are_named_too():
         {"id": 5, "data": {"id": "d", "round": 0}, "annotations": [{"result": None}]},  # submitted empty
     ]
     answered, drawn, unreadable = read_answers(tasks, META)
-    assert not answered and set(drawn) == {"d"} and not drawn["d"].any()
+    assert not answered and not drawn  # d: empty, never shown the pre-filled ROI: the pool's stays
     assert sorted(unreadable) == ["a", "b", "c"]
 
 
@@ -400,3 +400,23 @@ def test_a_link_among_the_rounds_pictures_is_never_put_where_label_studio_serves
         InvalidArgument, match="round-9 is a link: Label Studio would serve what it points to"
     ):
         serve_round(folder, served, ["a"])
+
+
+def test_a_blank_annotation_keeps_the_pools_roi_and_a_deleted_prefill_removes_it():
+    """No ROI in an annotation started from xgal's pre-filled prediction means the radiologist
+    deleted it; in one that never showed it (predictions hidden, a blank annotation) it means
+    nothing was drawn, and the pool's ROI stays (it is not in `drawn`)."""
+    deleted = _task(21, "a", _choice(["benign"]))
+    deleted["annotations"][0]["parent_prediction"] = 7
+    blank = _task(22, "b", _choice(["benign"]))
+    answered, drawn, _ = read_answers([deleted, blank], META)
+    assert answered == {"a": "benign", "b": "benign"}
+    assert set(drawn) == {"a"} and not drawn["a"].any()
+
+
+def test_a_scan_in_two_tasks_is_answered_by_its_newest_annotation_whichever_task_holds_it():
+    old = _task(31, "a", _choice(["benign"]))
+    new = _task(32, "a", _choice(["malignant"]))
+    old["annotations"][0]["updated_at"], new["annotations"][0]["updated_at"] = "2026-12-01", "2026-12-02"
+    for order in ([old, new], [new, old]):
+        assert read_answers(order, META)[0] == {"a": "malignant"}

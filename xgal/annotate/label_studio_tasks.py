@@ -156,17 +156,20 @@ def read_answers(
     tasks: Iterable[Mapping[str, Any]], meta: Mapping[str, Any]
 ) -> tuple[dict[str, str], dict[str, np.ndarray], dict[str, str]]:
     """The round's answers in Label Studio's tasks (dicts with `data` and `annotations`): each
-    scan's newest submitted annotation (skips ignored; a scan only skipped is unanswered) gives
-    its class and its ROI: brush regions and rectangles united, or none when the pre-filled ROI
-    was deleted. Tasks of other rounds are ignored. Returns the classes and ROIs by ID, and the
-    scans whose annotation cannot be read (a class or an ROI size the request does not know,
-    a corrupt region), each with one line naming the task and why: those count as not
-    answered, and the others are read as usual."""
+    scan's newest submitted annotation, across every task of that scan (skips ignored; a scan
+    only skipped is unanswered), gives its class and its ROI: brush regions and rectangles
+    united. One started from xgal's pre-filled prediction (`parent_prediction`) with no ROI left
+    means the radiologist deleted it: none; one that never showed the pre-filled ROI (a blank
+    annotation, predictions hidden) and draws none keeps the pool's. Tasks of other rounds are
+    ignored. Returns the classes and ROIs by ID, and the scans whose annotation cannot be read
+    (a class or an ROI size the request does not know, a corrupt region), each with one line
+    naming the task and why: those count as not answered, and the others are read as usual."""
     ids, names = set(meta["ids"]), list(meta["class_names"])
     h, w = meta["image_size"]
     answered: dict[str, str] = {}
     drawn: dict[str, np.ndarray] = {}
     unreadable: dict[str, str] = {}
+    submitted: dict[str, list[tuple[Mapping[str, Any], str]]] = {}
     for task in tasks:
         data = task.get("data")
         if not isinstance(data, Mapping):
@@ -176,9 +179,16 @@ def read_answers(
             continue
         where = f"Label Studio task {task.get('id')} ({sample_id})"
         try:
-            latest = _latest(task.get("annotations"))
-            if latest is None:
-                continue
+            done = _submitted(task.get("annotations"))
+        except _Unreadable as e:
+            unreadable[sample_id] = f"{where}: {e}"
+            continue
+        submitted.setdefault(sample_id, []).extend((a, where) for a in done)
+    for sample_id, candidates in submitted.items():
+        if not candidates:
+            continue
+        latest, where = max(candidates, key=lambda c: _newest_key(c[0]))
+        try:
             result = latest.get("result")
             label, roi = _one_annotation([] if result is None else result, names, h, w)
         except (_Unreadable, KeyError, TypeError, ValueError, AttributeError, IndexError, OverflowError) as e:
@@ -186,15 +196,14 @@ def read_answers(
                 str(e) if isinstance(e, _Unreadable) else f"unreadable annotation ({type(e).__name__}: {e})"
             )
             unreadable[sample_id] = f"{where}: {' '.join(reason.split())}"  # one line, whatever it held
-            answered.pop(sample_id, None)
-            drawn.pop(sample_id, None)
             continue
         unreadable.pop(sample_id, None)
         if label is not None:
             answered[sample_id] = label
-        # The task showed the pool's ROI pre-filled: what was submitted (kept, edited or deleted)
-        # is the radiologist's ROI, none at all included.
-        drawn[sample_id] = roi if roi is not None else np.zeros((h, w), np.uint8)
+        if roi is not None:
+            drawn[sample_id] = roi
+        elif latest.get("parent_prediction"):  # the pre-filled ROI was shown, and deleted
+            drawn[sample_id] = np.zeros((h, w), np.uint8)
     return answered, drawn, unreadable
 
 
@@ -202,13 +211,14 @@ class _Unreadable(Exception):
     """An annotation that does not say what it should; the message says why."""
 
 
-def _latest(annotations: Any) -> Mapping[str, Any] | None:
+def _submitted(annotations: Any) -> list[Mapping[str, Any]]:
     if not isinstance(annotations, list) or not all(isinstance(a, Mapping) for a in annotations):
         raise _Unreadable("its annotations are not a list of annotations")
-    done = [a for a in annotations if not a.get("was_cancelled")]
-    if not done:
-        return None
-    return max(done, key=lambda a: (str(a.get("updated_at") or ""), str(a.get("id") or "").zfill(20)))
+    return [a for a in annotations if not a.get("was_cancelled")]
+
+
+def _newest_key(annotation: Mapping[str, Any]) -> tuple[str, str]:
+    return str(annotation.get("updated_at") or ""), str(annotation.get("id") or "").zfill(20)
 
 
 def _one_annotation(result: Any, names: list[str], h: int, w: int) -> tuple[str | None, np.ndarray | None]:
