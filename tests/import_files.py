@@ -61,7 +61,9 @@ def capped(code: str, *args: object) -> dict:
     a dict in `result`, returned with the process's peak resident memory (`rss_mb`)."""
     prelude = "import json, resource, sys\nresult = {}\n"
     coda = (
-        "\nresult['rss_mb'] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024\n"
+        # VmHWM: this process's own peak (ru_maxrss keeps the forking parent's across exec).
+        "\nresult['rss_mb'] = next(int(l.split()[1]) for l in open('/proc/self/status')"
+        " if l.startswith('VmHWM:')) / 1024\n"
         "print(json.dumps(result))\n"
     )
 
