@@ -206,22 +206,16 @@ def test_csvs_saved_by_excel_as_csv_utf8_import(tmp_path):
 @pytest.mark.parametrize(
     ("header", "named", "meant"),
     [(["image", "class"], "class", "label"), (["image", "lable"], "lable", "label"),
-     (["file", "label"], "file", "image"), (["image", "label", "roi"], "roi", "mask")],
+     (["file", "label"], "file", "image"), (["image", "label", "roi"], "roi", "mask"),
+     (["image", "Label"], "Label", "label"), (["image", " label"], " label", "label")],
 )  # fmt: skip
 def test_a_misspelt_or_renamed_column_is_refused_by_name(tmp_path, header, named, meant):
     """Today `image,class` imports an unlabelled pool with exit 0: a column that looks like one
     xgal reads, while that one is missing, is refused naming both and the expected names."""
     Image.fromarray(np.full((8, 8), 90, np.uint8)).save(tmp_path / "a.png")
     Image.fromarray(np.full((8, 8), 90, np.uint8)).save(tmp_path / "m.png")
-    cells = {
-        "image": "a.png",
-        "file": "a.png",
-        "class": "yes",
-        "lable": "yes",
-        "label": "yes",
-        "roi": "m.png",
-    }
-    write_csv(tmp_path / "labels.csv", header, [[cells[h] for h in header]])
+    cells = {"image": "a.png", "file": "a.png", "roi": "m.png"}  # any other column: a class
+    write_csv(tmp_path / "labels.csv", header, [[cells.get(h, "yes") for h in header]])
     with pytest.raises(InvalidArgument, match=f"column '{named}' looks like '{meant}', which is missing"):
         import_images(tmp_path, tmp_path / "labels.csv", tmp_path / "pool", size=8)
     write_csv(tmp_path / "extra.csv", ["image", "label", "notes", "reader"], [["a.png", "yes", "ok", "dr a"]])

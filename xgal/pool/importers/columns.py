@@ -24,13 +24,13 @@ SYNONYMS = {
 def check_columns(path: Path, header: Sequence[str], expected: Sequence[str]) -> None:
     """Refuse a CSV with a column that looks like an expected one (a near miss in spelling, or a
     usual other name) while that expected column is missing; naming both and the expected names."""
-    have = {h.strip().lower() for h in header}
+    have = set(header)  # the importers read columns by their exact names
     for column in header:
-        name = column.strip().lower()
-        if name in expected:
+        if column in expected:
             continue
+        name = column.strip().lower()  # `Label`, ` label`: the name, not the column read
         close = difflib.get_close_matches(name, expected, n=1, cutoff=0.75)
-        meant = SYNONYMS.get(name) or (close[0] if close else None)
+        meant = name if name in expected else SYNONYMS.get(name) or (close[0] if close else None)
         if meant is not None and meant in expected and meant not in have:
             raise InvalidArgument(
                 f"{path}: column {column!r} looks like {meant!r}, which is missing; the columns read are "
