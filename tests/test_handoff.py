@@ -59,7 +59,7 @@ def test_two_rounds_through_the_folder_hand_off(archive, tmp_path):
         assert res.returncode == 3, res.stderr  # waiting: neither an error (2) nor done (0)
         folder = run / f"round-{n}"
         assert f"round {n}: {12 if n == 0 else 6} scans wait for a radiologist" in res.stdout
-        assert "xgal annotations add" in res.stdout and "32x32 masks named <id>.png" in res.stdout
+        assert "xgal annotations add" in res.stdout and "32x32 masks named as the scans in" in res.stdout
         if n == 1:  # round 0's model was evaluated as soon as it was trained, and said so
             assert "round 0 trained on 12 scans: accuracy n/a" in res.stdout
         if n == 1:  # the archive has no ROIs: the round says that M could not count
@@ -159,6 +159,11 @@ def test_file_names_of_ids_never_collide_and_16_bit_hints_are_visible():
     assert file_name("scan-0001") == "scan-0001"  # a safe ID is its own name
     names = {file_name(i) for i in ("a/b", "a_b", "a:b", ".hidden", "a b")}
     assert len(names) == 5 and not any(n.startswith(".") or "/" in n for n in names)
+    # Case-insensitive file systems: `A` and `a` get two names that differ not only in case;
+    # an ID too long for a file name is cut, the hash keeping it apart from its neighbours.
+    assert file_name("A").lower() != file_name("a").lower()
+    long = ["x" * 300 + "1", "x" * 300 + "2"]
+    assert len({file_name(i) for i in long}) == 2 and all(len(file_name(i)) < 120 for i in long)
     # A CT stored as HU + 1024 in a uint16 pool: the hint spans black to white, not 0–3%.
     ct = np.full((1, 32, 32), 24, np.uint16)
     ct[0, 8:24, 8:24] = 1064

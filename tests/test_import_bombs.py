@@ -175,3 +175,28 @@ def test_the_pixel_limit_comes_from_the_argument_the_environment_or_the_cli(tmp_
     res = run_xgal(*common[:4], tmp_path / "cli", *common[4:], "--max-pixels", 1000, timeout=120)
     assert res.returncode == 2 and "--allow-skips" in res.stderr
     assert "big.png: 2,400 pixels, above the limit of 1,000" in res.stdout + res.stderr
+
+
+def test_a_dicom_far_larger_than_its_declared_pixels_is_not_read_whole(tmp_path):
+    """pydicom reads a file whole, pixel data included: a file of many MB declaring 64x48 is
+    refused by name from its header and its size, and so is a multi-frame file."""
+    src = tmp_path / "dcm"
+    src.mkdir()
+    write_dicom(src / "ok.dicom", scan())
+    write_dicom(src / "fat.dicom", scan())
+    with open(src / "fat.dicom", "ab") as f:
+        f.write(bytes(20 << 20))  # 20 MB after the pixel data
+    write_dicom(src / "frames.dicom", rows=8, columns=8, frames=3, rle=True)
+    write_csv(src / "boxes.csv", ["image_id", "class_name", "x_min", "y_min", "x_max", "y_max"],
+              [[n, "Nodule", 1, 1, 4, 4] for n in ("ok", "fat", "frames")])  # fmt: skip
+    from xgal.pool.importers.dicom import import_dicom
+
+    pool, report = import_dicom(src, src / "boxes.csv", tmp_path / "pool", size=16)
+    assert pool.count == 1
+    assert (
+        report.skipped[0].startswith(f"{src / 'fat.dicom'}: 20,")
+        and "far more than its 48x64" in report.skipped[0]
+    )
+    assert (
+        report.skipped[1] == f"{src / 'frames.dicom'}: 3 frames; only single-frame 2-D images are supported"
+    )

@@ -42,7 +42,7 @@ def _run(tmp_path, url):
     run = tmp_path / "run"
     (run / "round-0").mkdir(parents=True)
     (run / "round-0" / "request.json").write_text(json.dumps({"ids": [], "class_names": [], "round": 0}))
-    (run / "label-studio.json").write_text(json.dumps({"url": url, "project": 1}))
+    (run / "label-studio.json").write_text(json.dumps({"url": url, "project": 1, "run": str(run.resolve())}))
     return run
 
 
@@ -420,3 +420,23 @@ def test_a_scan_in_two_tasks_is_answered_by_its_newest_annotation_whichever_task
     old["annotations"][0]["updated_at"], new["annotations"][0]["updated_at"] = "2026-12-01", "2026-12-02"
     for order in ([old, new], [new, old]):
         assert read_answers(order, META)[0] == {"a": "malignant"}
+
+
+def test_a_project_that_serves_another_folder_too_is_refused(tmp_path):
+    """Label Studio serves whatever a project's local-files storages cover: a project that also
+    has one over another folder (the whole run, say) is refused, naming that folder."""
+    from types import SimpleNamespace
+
+    from xgal.annotate.label_studio import _storage
+    from xgal.core.errors import InvalidArgument
+
+    run = tmp_path / "run"
+    (run / "label-studio").mkdir(parents=True)
+    served = SimpleNamespace(path=str((run / "label-studio").resolve()), id=1)
+    whole = SimpleNamespace(path=str(run.resolve()), id=2)
+    local = SimpleNamespace(list=lambda project: [served, whole], create=None)
+    client = SimpleNamespace(import_storage=SimpleNamespace(local=local))
+    with pytest.raises(InvalidArgument, match=f"also serves local files from {run.resolve()}"):
+        _storage(client, 5, run)
+    local.list = lambda project: [served]
+    _storage(client, 5, run)  # its own storage only: fine

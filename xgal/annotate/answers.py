@@ -164,13 +164,14 @@ def _read_labels(path: Path, ids: list[str], names: list[str]) -> dict[str, str]
 
 
 def _masks(folder: Path, ids: list[str], h: int, w: int) -> dict[str, np.ndarray]:
-
+    """The masks in `folder`, named as the round's scans (`<file name>.png`, any case of .png);
+    other files are ignored, a PNG named for no scan of the round is an error naming it."""
     if not folder.is_dir():
         raise FileNotFoundError(f"masks folder not found: {folder}")
     by_file = {file_name(s): s for s in ids}
     out = {}
-    for path in sorted(folder.glob("*.png")):
-        if path.name.startswith("."):
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.suffix.lower() != ".png":
             continue
         if path.stem not in by_file:
             raise InvalidArgument(f"{path}: no scan of this round is called {path.stem!r}")

@@ -41,7 +41,7 @@ def contact_sheet(pool: Pool, out: str | os.PathLike[str], *, count: int = 48, s
         grid.paste(tile, (x, y))
         label = pool.class_names[int(data["labels"][k])] if pool.has_labels else "unlabelled"
         roi = "ROI" if data["rois"][k].any() else "no ROI"
-        draw.text((x + 2, y + TILE + 1), str(data["ids"][k])[:20], fill="white")
+        draw.text((x + 2, y + TILE + 1), str(data["ids"][k])[:22], fill="white")
         draw.text((x + 2, y + TILE + 12), f"{label[:12]} · {roi}", fill="white")
     path = Path(out)
     path.parent.mkdir(parents=True, exist_ok=True)

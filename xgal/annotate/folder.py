@@ -2,11 +2,13 @@
 
 Each round the loop asks for labels, `FolderAnnotator` writes `OUT/round-N/`:
 
-    request.csv    rank,id,score,uncertainty,misalignment,predicted,probability (round 0, the
-                   initial set, has no model yet: those cells are empty)
+    request.csv    rank,id,score,uncertainty,misalignment,predicted,probability,chosen_by (round
+                   0, the initial set, has no model yet: those cells are empty; chosen_by says
+                   what chose the scans: the initial draw, the cold start or the round's formula)
     ranking.json   the same rows as the scorers returned them (probabilities included)
-    hints/<id>.png the scan, the ROI the pool holds outlined (green), the model's Grad-CAM over it
-                   and the predicted class written on it
+    hints/<id>.png the scan, the ROI the misalignment was measured against outlined (green: the
+                   expert's, cyan: the body found in the scan), the model's Grad-CAM over it with its
+                   colour scale, and the predicted class written on it
     scans/<id>.png the scan at the pool's size, to draw a mask on
     labels.csv     the template to fill: id,label (a class name)
     request.json   what `xgal annotations add` checks answers against (written last)
@@ -56,10 +58,10 @@ class FolderAnnotator:
         folder = round_folder(self.out, n)
         answers = folder / ANSWERS
         if answers.is_file():
-            stored = np.load(answers, allow_pickle=False)
-            if stored["ids"].tolist() != list(ids):
-                raise InvalidArgument(f"{answers} answers other scans than round {n} asked about")
-            return stored["labels"], stored["rois"]
+            with np.load(answers, allow_pickle=False) as stored:
+                if stored["ids"].tolist() != list(ids):
+                    raise InvalidArgument(f"{answers} answers other scans than round {n} asked about")
+                return stored["labels"], stored["rois"]
         if not (folder / META).is_file():
             write_request(folder, ids, request.build())
         meta = json.loads((folder / META).read_text())
@@ -69,7 +71,7 @@ class FolderAnnotator:
             f"round {n}: {len(ids)} scans wait for a radiologist in {folder}/\n{chosen}"
             f"  look at {folder / HINTS}/ (the scan, the ROI outlined, the model's Grad-CAM), fill in "
             f"{folder / TEMPLATE} (a class per scan: {', '.join(meta['class_names'])}),\n"
-            f"  ROIs, if you draw them: {w}x{h} masks named <id>.png, drawn on {folder / SCANS}/\n"
+            f"  ROIs, if you draw them: {w}x{h} masks named as the scans in {folder / SCANS}/\n"
             f"  then: xgal annotations add {self.out} --labels {folder / TEMPLATE} "
             "[--masks DIR | --boxes CSV]\n"
             "  and run the same xgal train command again to go on."

@@ -236,6 +236,12 @@ def _storage(client: LabelStudio, project: int, run: Path) -> None:
 
     served = os.path.normpath(_served(run).resolve())
     storages = client.import_storage.local.list(project=project)
+    other = [s.path for s in storages if os.path.normpath(s.path or "") != served]
+    if other:
+        raise InvalidArgument(
+            f"Label Studio project {project} also serves local files from {other[0]}: anything there can "
+            "be read through it; remove that storage (project settings, Cloud Storage) and push again"
+        )
     if not any(os.path.normpath(s.path or "") == served for s in storages):
         try:
             client.import_storage.local.create(
@@ -256,7 +262,7 @@ def _check_state(run: Path, state: dict[str, Any], url: str) -> None:
             f"{run}'s rounds go to project {state['project']} on {state['url']}, not {url}; "
             f"remove {run / STATE} to start a new project there"
         )
-    if state.get("run", str(run.resolve())) != str(run.resolve()):
+    if state["run"] != str(run.resolve()):
         raise InvalidArgument(
             f"{run}'s project {state['project']} serves the pictures of {state['run']}, where the run "
             f"was when it was first pushed; move it back, or remove {run / STATE} to start a new project"

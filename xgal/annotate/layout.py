@@ -33,10 +33,17 @@ def round_folders(out: str | Path, holding: str) -> list[Path]:
     return sorted(found, key=lambda p: round_number(p) or 0)
 
 
+NAME_MAX = 100  # characters of an ID kept in its file name (file systems allow about 255 bytes)
+
+
 def file_name(sample_id: str) -> str:
-    """A file name for an ID: the ID itself where it is safe, else its safe characters and a
-    short hash of it (so `a/b` and `a_b` do not overwrite each other)."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in sample_id)
+    """A file name for an ID: the ID itself where it is safe (lowercase ASCII letters, digits,
+    `-_.`, not starting with a dot, at most NAME_MAX long), else its safe characters, lowercased,
+    cut, and a short hash of it: `a/b` and `a_b` never share a file, nor `A` and `a` on a file
+    system that ignores case (macOS, Windows)."""
+    safe = "".join(c.lower() if c.isascii() and (c.isalnum() or c in "-_.") else "_" for c in sample_id)[
+        :NAME_MAX
+    ]
     if safe == sample_id and not safe.startswith("."):
         return safe
     return f"{safe.lstrip('.')}-{hashlib.sha1(sample_id.encode()).hexdigest()[:8]}"

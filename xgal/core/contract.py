@@ -38,7 +38,7 @@ ONNX_PIXEL_TYPES = {"uint8": "tensor(uint8)", "uint16": "tensor(uint16)"}
 # Added to the CAM's min-max range as pytorch-grad-cam does: a flat map scales to exactly zero.
 CAM_EPS = 1e-7
 PRECISIONS = ("fp32", "fp16", "int8")
-# How the map is made from the target layer's activations A and gradient g (trainer/gradcam.py).
+# How the map is made from the target layer's activations A and gradient g (train/gradcam.py).
 CAM_METHODS = ("gradcam", "gradcam++", "hirescam", "layercam")
 _KEYS = frozenset(
     "xgal." + k

@@ -63,17 +63,27 @@ def dicom_to_unit(
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
     _check_deflated(path, max_pixels)
-    try:
-        ds = pydicom.dcmread(path)  # the pixel data's bytes, not yet decoded
+    try:  # the header alone first: a file of gigabytes declaring 16x16 is not read whole
+        header = pydicom.dcmread(path, stop_before_pixels=True)
     except Exception as exc:  # pydicom raises many types for bad or unsupported files
         raise ImportError_(f"{path}: not a readable DICOM image ({exc})") from None
-    dims = [ds.get("Columns"), ds.get("Rows")]
-    dims += [n for n in (ds.get("NumberOfFrames"), ds.get("SamplesPerPixel")) if n not in (None, "", 1, "1")]
+    dims = [header.get("Columns"), header.get("Rows")]
+    frames, samples = header.get("NumberOfFrames"), header.get("SamplesPerPixel")
+    dims += [n for n in (frames, samples) if n not in (None, "", 1, "1")]
     try:
         dims = [int(d) for d in dims]
     except (TypeError, ValueError):
         raise ImportError_(f"{path}: Rows, Columns or NumberOfFrames is missing or not a number") from None
     check_pixels(path, dims, max_pixels)
+    if frames not in (None, "", 1, "1"):
+        raise ImportError_(f"{path}: {frames} frames; only single-frame 2-D images are supported")
+    size, bits = os.path.getsize(path), int(header.get("BitsAllocated") or 16)
+    if size > 2 * dims[0] * dims[1] * max(1, bits // 8) * int(samples or 1) + (16 << 20):
+        raise ImportError_(f"{path}: {size:,} bytes, far more than its {dims[0]}x{dims[1]} pixels need")
+    try:
+        ds = pydicom.dcmread(path)  # the pixel data's bytes, not yet decoded
+    except Exception as exc:
+        raise ImportError_(f"{path}: not a readable DICOM image ({exc})") from None
     try:
         raw = ds.pixel_array
     except Exception as exc:
