@@ -19,6 +19,7 @@ and reason, and its scan counts as not answered: one bad task never hides the ot
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -304,4 +305,9 @@ def _decode_brush(value: Mapping[str, Any], h: int, w: int) -> np.ndarray:
 
 
 def _number(cell: str | None) -> float | None:
-    return float(cell) if cell not in (None, "") else None
+    """A request.csv cell as a finite number, else None (an edited cell never breaks a push)."""
+    try:
+        x = float(cell or "")
+    except ValueError:
+        return None
+    return x if math.isfinite(x) else None

@@ -67,10 +67,14 @@ class LoopConfig:
     def layer(self) -> str:
         return self.target_layer or default_target_layer(self.arch)
 
+    def cold(self, r: int) -> bool:
+        """Whether round `r`'s selection is the cold start (round 0's, with `typical`)."""
+        return r == 0 and self.cold_start == "typical"
+
     def round_acquisition(self, r: int) -> AcquisitionConfig:
         """What round `r` asks the scorers for: a fresh random draw each round."""
         acquisition = replace(self.acquisition, seed=self.seed * 1000 + r)
-        if r == 0 and self.cold_start == "typical":
+        if self.cold(r):
             # Candidates drawn at random (pointwise, so shards merge), then clustered.
             acquisition = replace(
                 acquisition,

@@ -48,5 +48,6 @@ def chosen_by(config: LoopConfig, n: int) -> str:
                 "the initial set: drawn at random, stratified by the pool's labels (--initial-balance oracle)"
             )
         return "the initial set: drawn at random, no label read"
-    cold = n == 1 and config.cold_start == "typical"  # round 0's selection: the cold start
-    return describe_selection(config.round_acquisition(n - 1), config.per_round, cold_start=cold)
+    return describe_selection(
+        config.round_acquisition(n - 1), config.per_round, cold_start=config.cold(n - 1)
+    )

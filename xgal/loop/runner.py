@@ -209,7 +209,7 @@ class ActiveLearningLoop:
             n, taken["images"], taken["rois"], tuple(self.class_names), str(self.pool.path.resolve())
         )
         request.ranked_by = chosen_by(cfg, n)
-        request.cold_start = n == 1 and cfg.cold_start == "typical"
+        request.cold_start = n > 0 and cfg.cold(n - 1)
         if model is not None:
             acquisition = cfg.round_acquisition(n - 1)
             request.probs, request.cams = model_view(
