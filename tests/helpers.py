@@ -62,6 +62,22 @@ def spoil_rois(path: Path, bad: dict[int, int]) -> None:
     (path / "manifest.json").write_text(json.dumps(manifest))
 
 
+def labelled_pool(path: Path, labels: np.ndarray | list[int], class_names: list[str]) -> Pool:
+    """A pool of blank 8x8 scans `s000`, `s001`, ... with these labels and no ROIs."""
+    from xgal.pool.format import Pool
+    from xgal.pool.writer import PoolWriter
+
+    n = len(labels)
+    with PoolWriter(path, image_shape=(1, 8, 8), class_names=class_names, with_labels=True) as w:
+        w.add(
+            [f"s{i:03d}" for i in range(n)],
+            np.zeros((n, 1, 8, 8), np.uint8),
+            np.zeros((n, 8, 8), np.uint8),
+            labels,
+        )
+    return Pool(path)
+
+
 def blob_images(n: int, c: int, size: int, seed: int, dtype: str = "uint8") -> np.ndarray:
     """Noise plus one bright blob per image at a random place: CAMs with structure."""
     rng = np.random.default_rng(seed)

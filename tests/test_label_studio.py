@@ -4,10 +4,10 @@ project (the scan and hint served from the run folder, the predicted class pre-s
 pool's ROI as an editable brush region, xgal's score as the prediction's score), a script
 annotates through Label Studio's API as the radiologist's browser does, and `xgal label-studio
 pull` records the answers as `xgal annotations add` would, for two rounds. Label Studio serves the
-pictures from RUN/label-studio only, never the run's models, answers or state; a project made
-over the whole run folder is moved there; a long run name fits the project title; annotations
+pictures from RUN/label-studio only, never the run's models, answers or state; a long run name
+fits the project title; annotations
 that cannot be read are named by task and count as not answered. Checks that need no server:
-tests/test_label_studio_checks.py."""
+tests/test_label_studio_access.py and tests/test_label_studio_answers.py."""
 
 import json
 import shutil

@@ -328,60 +328,6 @@ def test_train_cli_runs_and_resumes(world, tmp_path):
     assert (saved.train.lr, saved.train.batch_size) == (0.002, 16)
 
 
-def test_the_initial_set_is_exactly_the_size_asked_for(tmp_path):
-    # Stratified by the pool's labels (the authors' start, asked for explicitly): 3 classes, one of
-    # them small: its share of 30 is 10, it has 4; the rest come from the others.
-    labels = np.array([0] * 50 + [1] * 50 + [2] * 4)
-    writer = PoolWriter(tmp_path / "p", image_shape=(1, 8, 8), class_names=["a", "b", "c"], with_labels=True)
-    n = len(labels)
-    writer.add(
-        [f"s{i:03d}" for i in range(n)],
-        np.zeros((n, 1, 8, 8), np.uint8),
-        np.zeros((n, 8, 8), np.uint8),
-        labels,
-    )
-    writer.close()
-    pool = Pool(tmp_path / "p")
-    for seed in range(3):
-        chosen = initial_selection(pool, 30, seed, "oracle")
-        assert len(chosen) == len(set(chosen)) == 30
-        picked = labels[[int(c[1:]) for c in chosen]]
-        assert (picked == 2).sum() == 4 and abs((picked == 0).sum() - (picked == 1).sum()) <= 1
-    with pytest.raises(InvalidArgument, match="larger than the pool"):
-        initial_selection(pool, n + 1, 0)
-
-
-def test_the_default_initial_set_reads_no_label(tmp_path, monkeypatch):
-    """A labelled pool's initial set is drawn without its labels unless the user asks for the
-    authors' stratified start; that start needs labels and says so on a real archive."""
-    labels = np.array([1] * 14 + [0] * 86)  # a rare class, as lesions are
-    with PoolWriter(tmp_path / "p", image_shape=(1, 8, 8), class_names=["a", "b"], with_labels=True) as w:
-        w.add(
-            [f"s{i:03d}" for i in range(100)],
-            np.zeros((100, 1, 8, 8), np.uint8),
-            np.zeros((100, 8, 8), np.uint8),
-            labels,
-        )
-    pool = Pool(tmp_path / "p")
-    oracle = initial_selection(pool, 10, 0, "oracle")
-    assert sum(labels[int(c[1:])] for c in oracle) == 5  # half the set from a 14% class
-
-    read = Pool.read
-
-    def no_labels(self, start, stop, keys=("ids", "images", "rois")):
-        assert "labels" not in keys, "the initial set read the pool's labels"
-        return read(self, start, stop, keys)
-
-    monkeypatch.setattr(Pool, "read", no_labels)
-    chosen = initial_selection(pool, 10, 0)
-    assert len(set(chosen)) == 10 and chosen != oracle
-    assert LoopConfig().initial_balance == "none"
-    with PoolWriter(tmp_path / "archive", image_shape=(1, 8, 8), class_names=["a", "b"]) as w:
-        w.add(["x", "y"], np.zeros((2, 1, 8, 8), np.uint8), np.zeros((2, 8, 8), np.uint8), None)
-    with pytest.raises(InvalidArgument, match="reads the pool's true labels"):
-        initial_selection(Pool(tmp_path / "archive"), 1, 0, "oracle")
-
-
 def test_a_test_split_without_rois_has_no_dice_and_says_n_a(world):
     import warnings
 

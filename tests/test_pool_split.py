@@ -4,7 +4,7 @@ patient in both, and `xgal train` refuses a test pool that shares patients with 
 
 import numpy as np
 import pytest
-from helpers import blob_images, run_xgal
+from helpers import blob_images, labelled_pool, run_xgal
 
 from xgal.core.errors import InvalidArgument
 from xgal.pool.format import Pool, PoolFormatError
@@ -111,14 +111,7 @@ def test_the_cli_splits_and_train_refuses_shared_patients(tmp_path):
 def test_a_pool_without_patients_splits_by_sample_stratified_by_class(tmp_path):
     """One scan per patient (no groups): a seeded random split that keeps each class's share."""
     labels = np.array([0] * 80 + [1] * 20)
-    with PoolWriter(tmp_path / "p", image_shape=(1, 8, 8), class_names=["no", "yes"], with_labels=True) as w:
-        w.add(
-            [f"s{i:03d}" for i in range(100)],
-            np.zeros((100, 1, 8, 8), np.uint8),
-            np.zeros((100, 8, 8), np.uint8),
-            labels,
-        )
-    pool = Pool(tmp_path / "p")
+    pool = labelled_pool(tmp_path / "p", labels, ["no", "yes"])
     train, test = split_by_sample(pool, tmp_path / "train", tmp_path / "test", test_fraction=0.25, seed=2)
     assert np.bincount(test.labels()).tolist() == [20, 5] and np.bincount(train.labels()).tolist() == [60, 15]
     assert not set(train.ids().tolist()) & set(test.ids().tolist())

@@ -51,7 +51,7 @@ from xgal.pool.importers.common import (
     window_unit,
     write_pool,
 )
-from xgal.pool.importers.safety import decode_image, pixel_limit, refuse_outside
+from xgal.pool.importers.safety import decode_image, list_cells, pixel_limit, refuse_outside
 
 LIST_COLUMNS = ("image", "label", "id", "mask")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp")
@@ -100,15 +100,7 @@ def import_images(
             f"none of the {len(rows)} images {labels_csv} lists is under {folder} (e.g. "
             f"{folder / missing[0]}): is the images folder right?"
         )
-    refuse_outside(
-        folder,
-        (
-            (f"{labels_csv} line {line} {column}", r.get(column, ""))
-            for line, r in enumerate(rows, start=2)
-            for column in ("image", "mask")
-        ),
-        allow_outside_paths,
-    )
+    refuse_outside(folder, list_cells(labels_csv, rows, ("image", "mask")), allow_outside_paths)
     given = [(r.get("label") or "").strip() for r in rows]
     labelled = any(given)
     if labelled and not all(given):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import os
 import re
 import warnings
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -129,6 +129,15 @@ def outside(folder: Path, cell: str) -> Path | None:
     root = folder.resolve()
     target = (folder / cell).resolve()
     return None if target.is_relative_to(root) else target
+
+
+def list_cells(
+    list_csv: Path | str, rows: Sequence[dict[str, str]], columns: Sequence[str]
+) -> Iterator[tuple[str, str]]:
+    """The path cells of a list's `columns`, as `refuse_outside` takes them: (where, path)."""
+    for line, row in enumerate(rows, start=2):
+        for column in columns:
+            yield f"{list_csv} line {line} {column}", row.get(column, "")
 
 
 def refuse_outside(

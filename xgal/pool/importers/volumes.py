@@ -50,7 +50,7 @@ from xgal.pool.importers.common import (
     window_unit,
     write_pool,
 )
-from xgal.pool.importers.safety import check_voxels, refuse_outside, voxel_limit
+from xgal.pool.importers.safety import check_voxels, list_cells, refuse_outside, voxel_limit
 
 AXES = {"axial": 0, "coronal": 1, "sagittal": 2}  # array axes of an LPS volume (z, y, x)
 KEEPS = ("all", "lesion")
@@ -143,15 +143,7 @@ def import_volumes(
         raise InvalidArgument("classes 'dominant' needs the label values and their names (names={1: ...})")
     base = list_csv.parent
     ax = AXES[axis]
-    refuse_outside(
-        base,
-        (
-            (f"{list_csv} line {line} {column}", r.get(column, ""))
-            for line, r in enumerate(rows, start=2)
-            for column in ("image", "label")
-        ),
-        allow_outside_paths,
-    )
+    refuse_outside(base, list_cells(list_csv, rows, ("image", "label")), allow_outside_paths)
     refuse_outside(  # a detached header (.mhd, .nhdr) names its data file: that must stay inside too
         base,
         (
