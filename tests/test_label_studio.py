@@ -257,7 +257,9 @@ def test_a_bad_or_missing_token_is_refused_by_name(server, tmp_path):
     empty.chmod(0o600)
     with pytest.raises(InvalidArgument, match="has no Label Studio project yet"):
         pull(run, server.url, empty)
-    (run / "label-studio.json").write_text(json.dumps({"url": server.url, "project": 1}))
+    (run / "label-studio.json").write_text(
+        json.dumps({"url": server.url, "project": 1, "run": str(run.resolve())})
+    )
     res = xgal("label-studio", "pull", run, "--url", server.url, "--token-file", empty)
     assert res.returncode == 2 and f"{empty} is empty" in res.stderr
     wrong = tmp_path / "wrong"

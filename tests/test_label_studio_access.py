@@ -250,3 +250,13 @@ def test_a_project_that_serves_another_folder_too_is_refused(tmp_path):
         _storage(client, 5, run)
     local.list = lambda project: [served]
     _storage(client, 5, run)  # its own storage only: fine
+
+
+def test_a_damaged_project_file_is_refused_by_name(tmp_path, no_network):
+    from xgal.annotate.label_studio import pull
+    from xgal.core.errors import InvalidArgument
+
+    run = _run(tmp_path, "http://127.0.0.1:9")
+    (run / "label-studio.json").write_text(json.dumps({"url": "http://127.0.0.1:9", "project": 1}))
+    with pytest.raises(InvalidArgument, match=r"label-studio.json is damaged \(no run\)"):
+        pull(run, "http://127.0.0.1:9", _token(tmp_path))

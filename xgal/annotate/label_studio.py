@@ -270,8 +270,20 @@ def _check_state(run: Path, state: dict[str, Any], url: str) -> None:
 
 
 def _state(run: Path) -> dict[str, Any] | None:
+    """RUN/label-studio.json as push wrote it (URL, project, run folder), None before a push."""
     path = run / STATE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        state = json.loads(path.read_text())
+        missing = [k for k in ("url", "project", "run") if k not in state]
+    except (ValueError, TypeError):
+        state, missing = None, ["url", "project", "run"]
+    if missing:
+        raise InvalidArgument(
+            f"{path} is damaged (no {', '.join(missing)}): remove it to start a new project"
+        )
+    return state
 
 
 def _plain(task: Any) -> dict[str, Any]:
