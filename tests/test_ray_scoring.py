@@ -19,7 +19,7 @@ from xgal.pool.format import PoolFormatError
 from xgal.pool.synth import synth_pool
 from xgal.scorer.engines import OnnxRuntimeEngine
 from xgal.scorer.pipeline import score_pool
-from xgal.scorer.ray_pool import RayOptions, blocks, score_pool_ray
+from xgal.scorer.ray_pool import RayOptions, blocks, score_pool_ray, start_local
 
 ray = pytest.importorskip("ray", reason="Ray is xgal[ray]; scripts/setup.sh installs it")
 
@@ -45,8 +45,7 @@ def world(tmp_path_factory):
         "worker_process_setup_hook": _die_once_when_armed,
         "env_vars": {"XGAL_TEST_RAY_FAULTS": str(root / "faults")},
     }
-    quiet = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-    ray.init(num_cpus=2, runtime_env=runtime_env, **quiet)
+    start_local(2, runtime_env=runtime_env)
     yield root, pool, graph
     ray.shutdown()
     ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])

@@ -19,12 +19,12 @@ def ray_rows(rec: Recorder, scoring: Path, pool: Any, engine: Any) -> dict[str, 
 
     from xgal.core.acquisition import AcquisitionConfig
     from xgal.scorer.pipeline import score_pool
-    from xgal.scorer.ray_pool import RayOptions, score_pool_ray
+    from xgal.scorer.ray_pool import RayOptions, score_pool_ray, start_local
 
     cfg = rec.cfg
     config = AcquisitionConfig()
     out: dict[str, float] = {}
-    ray.init(num_cpus=cfg.n_threads, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    start_local(cfg.n_threads)
     try:
         for n in cfg.ray_actors:
             options = RayOptions(

@@ -12,6 +12,7 @@ that dies is restarted and its blocks are tried again by Ray (`max_restarts`, `m
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -199,6 +200,21 @@ class _Merge:
         )
 
 
+# Seconds a local Ray head may take to start its GCS: Ray's 30 s elapsed on a busy 2-core machine
+# (the CI's) and the run failed before scoring began; RAY_gcs_server_port_wait_time_s overrides.
+GCS_START_WAIT_S = "120"
+
+
+def start_local(num_cpus: int, **kwargs: object) -> None:
+    """Start a local Ray cluster of `num_cpus` quietly, its head given GCS_START_WAIT_S to start."""
+    import ray
+
+    os.environ.setdefault("RAY_gcs_server_port_wait_time_s", GCS_START_WAIT_S)
+    ray.init(
+        num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, configure_logging=False, **kwargs
+    )
+
+
 def _connect(opts: RayOptions) -> bool:
     """Join or start Ray; True when this call started it (and so stops it)."""
     import ray
@@ -208,7 +224,7 @@ def _connect(opts: RayOptions) -> bool:
     if opts.address == LOCAL:
         cpus = opts.actors * opts.threads_per_actor
         gpus = {"num_gpus": int(opts.actors * opts.gpus_per_actor + 0.999)} if opts.gpus_per_actor else {}
-        ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, configure_logging=False, **gpus)
+        start_local(cpus, **gpus)
     else:
         ray.init(address=opts.address, log_to_driver=False, configure_logging=False)
     return True
