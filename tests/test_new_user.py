@@ -84,7 +84,8 @@ def test_a_new_users_first_round_on_a_folder_of_jpegs(tmp_path):
 
     xgal("report", run)
     page = (run / "report.html").read_text()
-    assert "The cold start: TypiClust" in page
+    assert "The cold start: TypiClust" in page and "cold start (draw key" in page  # not "score, U, M"
+    assert json.loads((run / "round-1" / "request.json").read_text())["cold_start"] is True
     captions = {r["id"]: page.split(f"{r['id']}<br>")[1].split("</figcaption>")[0] for r in rows}
     assert all(f"answered: {truth[i]}" in caption for i, caption in captions.items())
     assert not any(s["image"] in page for s in sources.values())  # no file name reaches the radiologist
