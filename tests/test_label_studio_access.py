@@ -185,9 +185,10 @@ def test_the_token_goes_through_no_proxy_nor_redirect_and_keeps_a_path_prefix(tm
     monkeypatch.setattr(httpx, "Client", Client)
     monkeypatch.setenv("HTTP_PROXY", "http://proxy.example:3128")
     token = tmp_path / "pat"  # a Personal Access Token is a refresh JWT
-    token.write_text(jwt.encode({"token_type": "refresh", "exp": int(time.time()) + 3600}, "k"))
+    key = "k" * 32  # HS256 wants 32 bytes
+    token.write_text(jwt.encode({"token_type": "refresh", "exp": int(time.time()) + 3600}, key))
     token.chmod(0o600)
-    access = jwt.encode({"token_type": "access", "exp": int(time.time()) + 3600}, "k")
+    access = jwt.encode({"token_type": "access", "exp": int(time.time()) + 3600}, key)
     seen.clear()
     handler_access[0] = access
     with pytest.raises(InvalidArgument, match="answered 307"):  # the redirect is not followed
