@@ -100,26 +100,32 @@ class DynamicBatcher:
                 return
             items, stop = self._gather(first)
             live = [it for it in items if it.future.set_running_or_notify_cancel()]
-            if not live:
-                continue
+            if live:
+                self._serve(live)
+
+    def _serve(self, live: list[_Item]) -> None:
+        """One engine call for `live`. Whatever fails on the way (the engine, splitting its rows,
+        the observer) is handed to every waiter of the batch: escaping, it would end the thread
+        and leave every later waiter blocked for good."""
+        try:
             start = time.perf_counter()
-            try:
-                out = self.engine.run(
-                    np.concatenate([it.image for it in live]), np.concatenate([it.roi for it in live])
-                )
-            except BaseException as exc:  # every waiter learns why its batch failed
-                for it in live:
-                    it.future.set_exception(exc)
-                continue
+            out = self.engine.run(
+                np.concatenate([it.image for it in live]), np.concatenate([it.roi for it in live])
+            )
             done = time.perf_counter()
-            lo = 0
+            results, lo = [], 0
             for it in live:
                 hi = lo + len(it.image)
-                it.future.set_result(out.rows(lo, hi))
+                results.append(out.rows(lo, hi))
                 lo = hi
             if self._observe is not None:
-                waited = max(start - it.queued_at for it in live)
-                self._observe(lo, waited, done - start)
+                self._observe(lo, max(start - it.queued_at for it in live), done - start)
+        except BaseException as exc:  # every waiter learns why its batch failed
+            for it in live:
+                it.future.set_exception(exc)
+            return
+        for it, rows in zip(live, results, strict=True):
+            it.future.set_result(rows)
 
 
 class BatchedEngine(Engine):

@@ -3,6 +3,9 @@ in tests must not collide)."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 _TIME_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -40,6 +43,20 @@ class Metrics:
             ["name", "version", "provider"],
             registry=r,
         )
+        self._loaded_lock = threading.Lock()
+        self._loaded: set[tuple[str, str, str]] = set()
+
+    def set_models_loaded(self, loaded: Iterable[tuple[str, str, str]]) -> None:
+        """Make the loaded-models gauge hold exactly `loaded` ((name, version, provider) labels).
+        The new label sets are set before those that went away are removed, never cleared and
+        refilled, so a scrape meanwhile never misses a model that is loaded."""
+        new = set(loaded)
+        with self._loaded_lock:
+            for labels in new:
+                self.models_loaded.labels(*labels).set(1)
+            for labels in self._loaded - new:
+                self.models_loaded.remove(*labels)
+            self._loaded = new
 
     def observe_batch(self, size: int, queued: float, compute: float) -> None:
         self.images.inc(size)

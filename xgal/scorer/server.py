@@ -219,6 +219,9 @@ class RunningServer:
         open: health answers NOT_SERVING and new scoring calls UNAVAILABLE, so that balancers
         and clients move on with a reason instead of meeting a refused connection."""
         self.service.draining.set()
+        # Every status NOT_SERVING, for good: the servicer ignores later sets, so a request's
+        # refresh that read the flag before it was set cannot write SERVING back.
+        self.health.enter_graceful_shutdown()
         self.service.refresh_health()
         t0 = time.monotonic()
         if not self.admission.wait_idle(grace):

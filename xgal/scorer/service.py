@@ -86,6 +86,7 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
         self.stream_idle_s = stream_idle_s
         self._batchers: dict[int, _Batching] = {}
         self._lock = threading.Lock()
+        self._health_lock = threading.Lock()  # one refresh_health at a time
         self.draining = threading.Event()
         self._verified: set[tuple] = set()  # pool states whose shards passed `verify`
         self.unloadable: set[str] = set()  # models whose stored versions failed to load at start
@@ -93,28 +94,35 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
 
     # -- helpers ------------------------------------------------------------------------------
     def refresh_health(self) -> None:
-        items = self.repo.loaded_items()
-        keys = [key for key, _ in items]
-        self.metrics.models_loaded.clear()
-        for (name, version), engine in items:
-            self.metrics.models_loaded.labels(name, str(version), engine_device(engine)).set(1)
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if keys and not self.draining.is_set()
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        self.health.set("", status)
-        self.health.set(SERVICE, status)
-        # Per model ("xgal.v1.Scorer/<name>"): SERVING while a version of it is loaded, so a
-        # probe can tell one model that failed to load from a replica that is down.
-        loaded_names = {name for name, _ in keys}
-        for name in loaded_names | self.unloadable:
-            self.health.set(
-                f"{SERVICE}/{name}",
-                health_pb2.HealthCheckResponse.SERVING
-                if name in loaded_names and not self.draining.is_set()
-                else health_pb2.HealthCheckResponse.NOT_SERVING,
+        """Health and the loaded-models gauge from the repository's loaded versions. One refresh
+        at a time, reading and writing as one: a refresh that read the repository before another
+        cannot write its older view after it. Draining is final (`RunningServer.stop` puts the
+        health servicer into graceful shutdown, which ignores later sets): a refresh that read
+        the flag just before the drain began cannot bring SERVING back."""
+        with self._health_lock:
+            items = self.repo.loaded_items()
+            keys = [key for key, _ in items]
+            self.metrics.set_models_loaded(
+                (name, str(version), engine_device(engine)) for (name, version), engine in items
             )
+            draining = self.draining.is_set()
+            status = (
+                health_pb2.HealthCheckResponse.SERVING
+                if keys and not draining
+                else health_pb2.HealthCheckResponse.NOT_SERVING
+            )
+            self.health.set("", status)
+            self.health.set(SERVICE, status)
+            # Per model ("xgal.v1.Scorer/<name>"): SERVING while a version of it is loaded, so a
+            # probe can tell one model that failed to load from a replica that is down.
+            loaded_names = {name for name, _ in keys}
+            for name in loaded_names | self.unloadable:
+                self.health.set(
+                    f"{SERVICE}/{name}",
+                    health_pb2.HealthCheckResponse.SERVING
+                    if name in loaded_names and not draining
+                    else health_pb2.HealthCheckResponse.NOT_SERVING,
+                )
 
     @contextmanager
     def _batched(self, engine: Engine) -> Iterator[BatchedEngine]:
