@@ -1,17 +1,25 @@
 """The gRPC service against real servers on 127.0.0.1: model versions (publish, list, load,
 unload, and health as they change; a restarted replica's repository; a newer version published
-while a request is in flight; publish errors) and what a replica's models run on (providers,
-ONNX Runtime session threads and spinning)."""
+while a request is in flight; publish errors), what ModelInfo says of a graph (precision, the
+file's and the graph's SHA-256, also in `xgal client models`) and what a replica's models run on
+(providers, ONNX Runtime session threads and spinning)."""
+
+import hashlib
 
 import grpc
+import onnx
 import pytest
 from grpc_health.v1 import health_pb2
 from helpers import health_status, service_server, service_world
+from typer.testing import CliRunner
 
+from xgal.cli import app
 from xgal.client import ScorerClient, ScorerError
 from xgal.core.acquisition import AcquisitionConfig
+from xgal.core.contract import graph_sha256
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
 from xgal.scorer.pipeline import score_pool
+from xgal.scorer.precision import half_scoring_graph
 from xgal.scorer.server import RunningServer, ServerConfig
 from xgal.v1 import scorer_pb2 as pb
 
@@ -78,6 +86,32 @@ def test_newer_version_does_not_disturb_a_request_in_flight(world, server):
         result = [e for e in stream if e.HasField("result")][0].result
     assert result.model.version == 1
     assert [s.id for s in result.top] == want.top.ids.tolist()
+
+
+def test_model_info_names_precision_and_both_hashes(world, server, tmp_path):
+    """ModelInfo's `sha256` is the published file's; `graph_sha256` (the graph's xgal metadata)
+    and `precision` say which network it is and how it computes, wherever ModelInfo travels."""
+    _, _, m1, _ = world
+    half = half_scoring_graph(m1, tmp_path / "half.onnx")
+    want = {}
+    for path, precision in ((m1, "fp32"), (half, "fp16")):
+        file_sha = hashlib.sha256(path.read_bytes()).hexdigest()
+        want[precision] = (precision, file_sha, graph_sha256(onnx.load(path)))
+        assert want[precision][2] != file_sha
+    assert want["fp32"][2] != want["fp16"][2]  # a conversion is another graph
+    with ScorerClient(server.address) as client:
+        published = [client.publish_model(p, name) for p, name in ((m1, "fp32"), (half, "fp16"))]
+        listed = client.list_models()
+        loaded = client.load_model("fp16")
+        scored = client.score_pool("pool", model="fp16", top_k=3, progress=False).model
+    for info in (*published, *listed, loaded, scored):
+        assert (info.precision, info.sha256, info.graph_sha256) == want[info.name], info.name
+    res = CliRunner().invoke(app, ["client", "models", "--target", server.address], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    for name, (precision, file_sha, graph_sha) in want.items():
+        line = f"{name} v1  {precision}  file {file_sha[:12]}  graph {graph_sha[:12]}  loaded"
+        line = f"{server.address}  {line}"
+        assert line in res.output, res.output
 
 
 def test_publish_errors(world, server, tmp_path):

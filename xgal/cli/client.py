@@ -79,15 +79,20 @@ def client_models(
     token_file: Path | None = TOKEN_FILE,
     tls_ca: Path | None = TLS_CA,
 ) -> None:
-    """The models each replica stores: versions, SHA-256, which are loaded and on which execution
-    providers (a GPU replica that fell back to the CPU would show it here)."""
+    """The models each replica stores: versions, precision, the file's SHA-256 and the graph's
+    own (the same network keeps it whatever its metadata), which are loaded and on which
+    execution providers (a GPU replica that fell back to the CPU would show it here)."""
     from xgal.client.resolve import resolve
 
     for address in resolve(target):  # each replica behind a dns:/// name, too
         with connect([address], token_file, tls_ca) as client:
             for m in client.list_models(name):
                 state = f"loaded on {', '.join(m.providers)}" if m.loaded else "stored, not loaded"
-                out.print(f"{address}  {m.name} v{m.version}  {m.sha256[:12]}  {state}", highlight=False)
+                out.print(
+                    f"{address}  {m.name} v{m.version}  {m.precision}  file {m.sha256[:12]}  "
+                    f"graph {m.graph_sha256[:12]}  {state}",
+                    highlight=False,
+                )
 
 
 @app.command("score")

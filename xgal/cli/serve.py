@@ -37,6 +37,12 @@ def serve(
         60.0, min=0.1, help="Close a ScoreStream or upload that sends nothing for this long."
     ),
     max_message_mb: int = typer.Option(64, min=1, help="Largest gRPC message, both directions."),
+    reply_message_kb: int = typer.Option(
+        4096,
+        min=1,
+        help="ScorePool sends a result's rows (every row, with --all or a pool-level "
+        "normalisation) in messages of at most this many KiB.",
+    ),
     provider: list[str] = typer.Option(
         [], help="ONNX Runtime execution provider(s), best first (default: every installed one)."
     ),
@@ -84,6 +90,7 @@ def serve(
             reserved_workers=reserved_workers,
             stream_idle_s=stream_idle_s,
             max_message_mb=max_message_mb,
+            reply_message_bytes=reply_message_kb * 1024,
             providers=tuple(provider),
             provider_settings=ProviderSettings(
                 device_id=device_id, fp16=trt_fp16, engine_cache=engine_cache, max_batch=max_batch

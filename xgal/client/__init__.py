@@ -3,6 +3,6 @@
 Needs grpcio, protobuf and NumPy only (no PyTorch, no ONNX Runtime)."""
 
 from xgal.client.client import PoolScores, ScorerClient
-from xgal.client.transport import RetryPolicy, ScorerError
+from xgal.client.transport import MessageTooLargeError, RetryPolicy, ScorerError
 
-__all__ = ["PoolScores", "RetryPolicy", "ScorerClient", "ScorerError"]
+__all__ = ["MessageTooLargeError", "PoolScores", "RetryPolicy", "ScorerClient", "ScorerError"]

@@ -23,7 +23,7 @@ import numpy as np
 
 from xgal.client.resolve import is_name, resolve, split
 from xgal.client.shards import ShardRun
-from xgal.client.transport import RETRYABLE, RetryPolicy, ScorerError, Target, error
+from xgal.client.transport import RetryPolicy, ScorerError, Target, error, retryable
 from xgal.core.acquisition import AcquisitionConfig
 from xgal.core.ranking import Ranked, ScoreResult, from_shards
 from xgal.core.samples import OnBadSample
@@ -45,13 +45,16 @@ class ScorerClient:
         *,
         token: str | None = None,
         tls: bytes | str | os.PathLike[str] | bool | None = None,
-        max_message_mb: int = 64,
+        max_message_mb: float = 64,
         timeout: float | None = None,
         retry: RetryPolicy | None = None,
     ) -> None:
         """`tls`: True for the system's roots, or a PEM root certificate (bytes or path).
         `timeout`: deadline in seconds for each RPC (None = no deadline). `retry`: how requests
-        that meet an unavailable or overloaded replica are tried again (`RetryPolicy()`)."""
+        that meet an unavailable or overloaded replica are tried again (`RetryPolicy()`).
+        `max_message_mb`: the largest message sent or taken (a reply past it fails at once with
+        MessageTooLargeError; a scorer sends a result's rows in messages of its
+        `--reply-message-kb`, 4 MiB unless told otherwise)."""
         addresses = [targets] if isinstance(targets, str) else list(targets)
         if not addresses:
             raise ValueError("give at least one target host:port (or dns:///name:port)")
@@ -62,7 +65,7 @@ class ScorerClient:
         if tls:
             root = None if tls is True else (tls if isinstance(tls, bytes) else Path(tls).read_bytes())
             creds = grpc.ssl_channel_credentials(root_certificates=root)
-        limit = max_message_mb * 1024 * 1024
+        limit = int(max_message_mb * 1024 * 1024)
         self.retry = retry or RetryPolicy()
         options = [
             ("grpc.max_receive_message_length", limit),
@@ -115,7 +118,7 @@ class ScorerClient:
             try:
                 reply = getattr(t.stub, method)(request(), metadata=self.metadata, timeout=self.timeout)
             except grpc.RpcError as err:
-                if err.code() not in RETRYABLE:
+                if not retryable(err):
                     raise error(t, err) from None
                 t.failed(self.retry)
                 last = err
@@ -207,7 +210,11 @@ class ScorerClient:
         another (or the same, after a back-off) up to the retry policy's attempts. Pointwise
         scores merge exactly from the shards' top-k; a pool-level normalisation fetches every
         score and ranks here. A diversity step (`diversity="spread"` or `"typical"`) chooses
-        here, once, among the merged candidates."""
+        here, once, among the merged candidates.
+
+        `progress`: False, True (a bar on a terminal) or a callback `(done, total)`. A callback
+        that raises stops the run: every replica's call in flight is cancelled and
+        `score_pool` raises that exception."""
         config = AcquisitionConfig(**acquisition)  # type: ignore[arg-type]
         if top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {top_k}")
@@ -325,7 +332,7 @@ class ScorerClient:
                         )
                     answered += 1
             except grpc.RpcError as err:
-                if err.code() not in RETRYABLE or attempt == self.retry.attempts:
+                if not retryable(err) or attempt == self.retry.attempts:
                     raise error(t, err, f" (try {attempt} of {self.retry.attempts})") from None
                 t.failed(self.retry)
                 continue

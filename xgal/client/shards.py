@@ -10,7 +10,8 @@ from typing import Protocol
 
 import grpc
 
-from xgal.client.transport import RETRYABLE, RetryPolicy, ScorerError, Target, error
+from xgal.client.transport import RetryPolicy, ScorerError, Target, error, retryable
+from xgal.core.wire import join_score_rows
 from xgal.v1 import scorer_pb2 as pb
 
 
@@ -27,10 +28,13 @@ class Replicas(Protocol):
 
 class ShardRun:
     """One ScorePool over the client's replicas: a worker per replica takes shards from a
-    queue. A shard that meets a RETRYABLE code goes back to the queue and its replica sits out
+    queue. A shard that meets a retryable code goes back to the queue and its replica sits out
     a back-off (then it is used again); after the policy's attempts on one shard, on any
     other code, or once every replica is given up on, the run stops with an error that names
-    every shard not scored, as [start, stop)."""
+    every shard not scored, as [start, stop). A `report` (the progress callback) that raises
+    stops the run too, and the run raises that exception. However the run stops, every call
+    still in flight is cancelled on its replica and every worker has ended before `run`
+    returns or raises."""
 
     def __init__(
         self,
@@ -48,7 +52,8 @@ class ShardRun:
         self.tries: dict[int, int] = {}
         self.results: dict[int, pb.ScoreResult] = {}
         self.done: dict[int, int] = {}
-        self.error: ScorerError | None = None
+        self.error: BaseException | None = None  # what stopped the run; `run` raises it
+        self.calls: set[grpc.Future] = set()  # ScorePool calls in flight, cancelled if the run stops
         self.lock = threading.Lock()
         self.finished = threading.Event()
         self.out: set[str] = set()  # replicas given up on in this run
@@ -77,6 +82,13 @@ class ShardRun:
         th.start()
 
     def _worker(self, t: Target) -> None:
+        try:
+            self._take_shards(t)
+        except BaseException as exc:  # the progress callback raised (the way to stop a run), or a bug
+            with self.lock:
+                self._halt(exc)
+
+    def _take_shards(self, t: Target) -> None:
         probes = 0  # readiness checks of this replica in this run that found it down
         while not self.finished.wait(t.wait_s()):  # a failed replica sits out its back-off
             if t.failures and not self._ready(t, self.client.retry.delay(probes + 1)):
@@ -126,13 +138,25 @@ class ShardRun:
             for fresh in current:
                 if fresh.address not in self.started and not self.finished.is_set():
                     self._start(fresh)
-            if all(x.address in self.out for x in current) and self.error is None:
-                self.error = ScorerError(
-                    f"no scorer could be reached ({', '.join(sorted(self.out))} each tried "
-                    f"{self.client.retry.attempts} times); {self._unscored()}",
-                    grpc.StatusCode.UNAVAILABLE,
+            if all(x.address in self.out for x in current):
+                self._halt(
+                    ScorerError(
+                        f"no scorer could be reached ({', '.join(sorted(self.out))} each tried "
+                        f"{self.client.retry.attempts} times); {self._unscored()}",
+                        grpc.StatusCode.UNAVAILABLE,
+                    )
                 )
-                self.finished.set()
+
+    def _halt(self, exc: BaseException) -> None:
+        """Stop the run with `exc` (the first one wins; called holding the lock): no shard is
+        taken any more, and every call in flight is cancelled, so that its replica stops
+        scoring now and its worker, woken with CANCELLED, ends."""
+        if self.error is not None:
+            return
+        self.error = exc
+        self.finished.set()
+        for call in self.calls:
+            call.cancel()
 
     def _unscored(self) -> str:
         """Which shards have no result, as `[start, stop)` (called holding the lock). Taken from
@@ -145,19 +169,32 @@ class ShardRun:
         call = t.stub.ScorePool(
             self.request(start, stop), metadata=self.client.metadata, timeout=self.client.timeout
         )
-        for event in call:
-            if self.error is not None:  # another shard failed for good: stop this one too
+        with self.lock:
+            if self.error is not None:  # the run stopped meanwhile
                 call.cancel()
                 return
+            self.calls.add(call)
+        rows: list[pb.ScoreRows] = []  # a large result's rows come first, in parts
+        try:
+            for event in call:
+                if event.HasField("rows"):
+                    rows.append(event.rows)
+                    continue
+                with self.lock:
+                    if self.error is not None:  # the run stopped: _halt cancelled this call
+                        return
+                    if event.HasField("progress"):
+                        self.done[start] = event.progress.done
+                    else:
+                        self.results[start] = join_score_rows(rows, event.result)
+                        self.done[start] = stop - start
+                        if len(self.results) == self.shards:
+                            self.finished.set()
+                    self.report(sum(self.done.values()))
+        finally:
             with self.lock:
-                if event.HasField("progress"):
-                    self.done[start] = event.progress.done
-                else:
-                    self.results[start] = event.result
-                    self.done[start] = stop - start
-                    if len(self.results) == self.shards:
-                        self.finished.set()
-                self.report(sum(self.done.values()))
+                self.calls.discard(call)
+            call.cancel()  # a no-op once the call ended; cancels it if the callback raised
 
     def _failed(self, t: Target, start: int, stop: int, err: grpc.RpcError) -> None:
         policy = self.client.retry
@@ -166,10 +203,9 @@ class ShardRun:
                 return
             self.done.pop(start, None)
             tries = self.tries[start] = self.tries.get(start, 0) + 1
-            if err.code() in RETRYABLE and tries < policy.attempts:
+            if retryable(err) and tries < policy.attempts:
                 t.failed(policy)
                 self.todo.put((start, stop))
                 return
             suffix = f" (shard [{start}, {stop}), try {tries} of {policy.attempts}); {self._unscored()}"
-            self.error = error(t, err, suffix)
-            self.finished.set()
+            self._halt(error(t, err, suffix))

@@ -14,6 +14,20 @@ from xgal.v1 import scorer_pb2_grpc
 # another replica when there is one, after a back-off. Anything else (INVALID_ARGUMENT,
 # NOT_FOUND, INTERNAL, CANCELLED, DEADLINE_EXCEEDED, ...) is the answer and is raised.
 RETRYABLE = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
+# gRPC's own words when a message passes a size limit ("Received message larger than max (N vs.
+# M)", "Sent message larger than max ..."): RESOURCE_EXHAUSTED as well, but no replica and no
+# wait makes the message smaller, so it is never retried as load.
+_TOO_LARGE = "message larger than max"
+
+
+def too_large(err: grpc.RpcError) -> bool:
+    """Whether the call failed because a message passed a gRPC size limit (not load)."""
+    return err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and _TOO_LARGE in (err.details() or "").lower()
+
+
+def retryable(err: grpc.RpcError) -> bool:
+    """Whether another try (another replica, or later) may succeed: unavailable or busy."""
+    return err.code() in RETRYABLE and not too_large(err)
 
 
 class ScorerError(UserError, RuntimeError):
@@ -22,6 +36,10 @@ class ScorerError(UserError, RuntimeError):
     def __init__(self, message: str, code: grpc.StatusCode | None = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+class MessageTooLargeError(ScorerError):
+    """A request or reply passed a gRPC message size limit; raised at once, never retried."""
 
 
 @dataclass(frozen=True)
@@ -68,5 +86,13 @@ class Target:
 
 
 def error(t: Target | None, err: grpc.RpcError, suffix: str = "") -> ScorerError:
+    """The client's error for a failed call, naming the replica and the code."""
     where = f"{t.address}: " if t is not None else ""
+    if too_large(err):
+        return MessageTooLargeError(
+            f"{where}{err.code().name}: {err.details()}: a message passed gRPC's size limit (not "
+            "load: not tried again). Raise the client's max_message_mb or the scorer's "
+            f"--max-message-mb, or lower the scorer's --reply-message-kb{suffix}",
+            err.code(),
+        )
     return ScorerError(f"{where}{err.code().name}: {err.details()}{suffix}", err.code())

@@ -7,7 +7,7 @@ UNCERTAINTY_LEAST_CONFIDENCE), so no table is kept by hand.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 
@@ -92,18 +92,61 @@ def skipped_from_proto(skipped: Sequence[pb.SkippedSample]) -> list[SkippedSampl
     return [SkippedSample(s.id, s.reason) for s in skipped]
 
 
-def score_result_to_proto(result: ScoreResult, model: pb.ModelInfo) -> pb.ScoreResult:
-    """ScorePool's final message (the client reads it back field by field, merging shards)."""
-    return pb.ScoreResult(
+# The bytes a ScorePool reply message may hold unless the server is told otherwise: far below
+# gRPC's usual 64 MiB limit, so that a pool's every row goes in many small messages, never one
+# too large for a client to take.
+REPLY_MESSAGE_BYTES = 4 << 20
+
+
+def score_pool_replies(
+    result: ScoreResult, model: pb.ModelInfo, max_bytes: int = REPLY_MESSAGE_BYTES
+) -> Iterator[pb.ScorePoolResponse]:
+    """ScorePool's last messages: the result's rows (top, all, skipped, in order) packed into
+    ScoreRows of at most `max_bytes` each (one row at least), then the result with the rows
+    left and its totals. A reply that fits one message is that one result."""
+    final = pb.ScoreResult(
         model=model,
-        top=ranked_to_proto(result.top),
-        all=ranked_to_proto(result.all, embeddings=False) if result.all is not None else [],
         scored=result.scored,
         excluded=result.excluded,
         seconds=result.seconds,
-        skipped=skipped_to_proto(result.skipped),
         with_roi=result.with_roi,
     )
+    rows = {
+        "top": ranked_to_proto(result.top),
+        "all": ranked_to_proto(result.all, embeddings=False) if result.all is not None else [],
+        "skipped": skipped_to_proto(result.skipped),
+    }
+    # Room for rows in a message: the totals go in the last one, and each row costs its bytes
+    # plus its field tag and length (at most 6 bytes: rows are far below 2^28 bytes).
+    room = max_bytes - pb.ScorePoolResponse(result=final).ByteSize() - 16
+    part: dict[str, list] = {name: [] for name in rows}
+    used = 0
+    for name, items in rows.items():
+        for item in items:
+            size = item.ByteSize() + 6
+            if used and used + size > room:
+                yield pb.ScorePoolResponse(rows=pb.ScoreRows(**part))
+                part, used = {k: [] for k in rows}, 0
+            part[name].append(item)
+            used += size
+    final.top.extend(part["top"])
+    final.all.extend(part["all"])
+    final.skipped.extend(part["skipped"])
+    yield pb.ScorePoolResponse(result=final)
+
+
+def join_score_rows(parts: Sequence[pb.ScoreRows], result: pb.ScoreResult) -> pb.ScoreResult:
+    """The whole ScorePool result: each list's rows from `parts`, in the order received, then
+    the result's own (score_pool_replies' inverse)."""
+    if not parts:
+        return result
+    whole = pb.ScoreResult()
+    for p in parts:
+        whole.top.extend(p.top)
+        whole.all.extend(p.all)
+        whole.skipped.extend(p.skipped)
+    whole.MergeFrom(result)  # its rows appended, its model and totals set
+    return whole
 
 
 def model_info_to_proto(
@@ -127,6 +170,8 @@ def model_info_to_proto(
         round=info.round_index,
         loaded=loaded,
         providers=list(providers),
+        precision=info.precision,
+        graph_sha256=info.graph_sha256,
     )
 
 

@@ -5,7 +5,8 @@ SIGTERM.
 
 Message size limits: requests up to `max_message_mb` (default 64 MiB) in both directions, so
 that a ScoreStream batch of 64 images of 512x512x3 uint8 (48 MiB) fits; models are published in
-chunks of 1 MiB and may be up to 1 GiB.
+chunks of 1 MiB and may be up to 1 GiB. A ScorePool reply that holds every row of a shard (0.8M
+rows pass 64 MiB) goes in messages of at most `reply_message_bytes` (4 MiB; `--reply-message-kb`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from xgal.core.errors import InvalidArgument, UserError
+from xgal.core.wire import REPLY_MESSAGE_BYTES
 from xgal.scorer.admission import Admission, AdmissionInterceptor
 from xgal.scorer.engines.ort import OnnxRuntimeEngine, check_providers
 from xgal.scorer.engines.providers import ProviderSettings
@@ -101,6 +103,9 @@ class ServerConfig:
     # A ScoreStream or upload that sends nothing for this long is closed (it holds a worker).
     stream_idle_s: float = 60.0
     max_message_mb: int = 64
+    # ScorePool's rows (every row, with return_all or a pool-level normalisation) are sent in
+    # messages of at most this many bytes; at most max_message_mb, and within what clients take.
+    reply_message_bytes: int = REPLY_MESSAGE_BYTES
     providers: tuple[str, ...] = ()  # ONNX Runtime execution providers, best first; () = all installed
     provider_settings: ProviderSettings = field(default_factory=ProviderSettings)
     # ONNX Runtime's threads spin-wait between runs: no gain for one model here, and 25% fewer
@@ -121,6 +126,11 @@ class RunningServer:
             # An empty token file must not quietly turn authentication off.
             raise InvalidArgument("the bearer token is empty; put a token in the file or drop --token-file")
         check_providers(config.providers)
+        if not 1024 <= config.reply_message_bytes <= config.max_message_mb * 1024 * 1024:
+            raise InvalidArgument(
+                f"the reply message size must be between 1 KiB and --max-message-mb "
+                f"({config.max_message_mb} MiB); got {config.reply_message_bytes} bytes"
+            )
         self.config = config
         self.metrics = Metrics()
         self.health = health.HealthServicer(experimental_non_blocking=True)
@@ -155,6 +165,7 @@ class RunningServer:
             max_delay_ms=config.max_delay_ms,
             max_queue=config.max_queue,
             stream_idle_s=config.stream_idle_s,
+            reply_message_bytes=config.reply_message_bytes,
         )
         self.service.unloadable = {name for name, _ in self.load_problems} - {m.name for m in served}
         self.service.refresh_health()

@@ -19,10 +19,11 @@ import grpc
 from grpc_health.v1 import health, health_pb2
 
 from xgal.core.wire import (
+    REPLY_MESSAGE_BYTES,
     acquisition_from_proto,
     model_info_to_proto,
     on_bad_sample_from_proto,
-    score_result_to_proto,
+    score_pool_replies,
 )
 from xgal.pool.format import Pool, PoolAccessError, PoolFormatError
 from xgal.scorer.admission import idle_bounded
@@ -56,6 +57,8 @@ def engine_device(engine: Engine) -> str:
 
 
 def model_info(stored: StoredModel, loaded: bool, providers: list[str] | None = None) -> pb.ModelInfo:
+    """What ListModels, LoadModel and a result say of a stored version: the file's SHA-256,
+    and from the graph's metadata its precision and its own graph SHA-256."""
     return model_info_to_proto(
         stored.name, stored.version, stored.sha256, stored.info, loaded=loaded, providers=providers or ()
     )
@@ -75,6 +78,7 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
         max_model_bytes: int = 1 << 30,
         progress_interval_s: float = 0.25,
         stream_idle_s: float = 60.0,
+        reply_message_bytes: int = REPLY_MESSAGE_BYTES,
     ) -> None:
         self.repo = repository
         self.data_root = Path(data_root).resolve()
@@ -84,6 +88,7 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
         self.max_model_bytes = max_model_bytes
         self.progress_interval_s = progress_interval_s
         self.stream_idle_s = stream_idle_s
+        self.reply_message_bytes = reply_message_bytes  # ScorePool's rows go in messages this large
         self._batchers: dict[int, _Batching] = {}
         self._lock = threading.Lock()
         self._health_lock = threading.Lock()  # one refresh_health at a time
@@ -361,7 +366,7 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
             note = item.misalignment_note(config)
             if note:  # an operator reading the logs sees it too, not only the client
                 log.warning("%s [%d, %d): %s", request.pool, request.start, stop, note)
-            yield pb.ScorePoolResponse(result=score_result_to_proto(item, info))
+            yield from score_pool_replies(item, info, self.reply_message_bytes)
             return
 
     @rpc

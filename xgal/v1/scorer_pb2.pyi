@@ -146,7 +146,7 @@ class PublishModelResponse(_message.Message):
     def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ...) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("name", "version", "sha256", "class_names", "input_shape", "pixel_dtype", "target_layer", "head", "round", "loaded", "providers")
+    __slots__ = ("name", "version", "sha256", "class_names", "input_shape", "pixel_dtype", "target_layer", "head", "round", "loaded", "providers", "precision", "graph_sha256")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
@@ -158,6 +158,8 @@ class ModelInfo(_message.Message):
     ROUND_FIELD_NUMBER: _ClassVar[int]
     LOADED_FIELD_NUMBER: _ClassVar[int]
     PROVIDERS_FIELD_NUMBER: _ClassVar[int]
+    PRECISION_FIELD_NUMBER: _ClassVar[int]
+    GRAPH_SHA256_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: int
     sha256: str
@@ -169,7 +171,9 @@ class ModelInfo(_message.Message):
     round: int
     loaded: bool
     providers: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., sha256: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., input_shape: _Optional[_Iterable[int]] = ..., pixel_dtype: _Optional[str] = ..., target_layer: _Optional[str] = ..., head: _Optional[str] = ..., round: _Optional[int] = ..., loaded: _Optional[bool] = ..., providers: _Optional[_Iterable[str]] = ...) -> None: ...
+    precision: str
+    graph_sha256: str
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ..., sha256: _Optional[str] = ..., class_names: _Optional[_Iterable[str]] = ..., input_shape: _Optional[_Iterable[int]] = ..., pixel_dtype: _Optional[str] = ..., target_layer: _Optional[str] = ..., head: _Optional[str] = ..., round: _Optional[int] = ..., loaded: _Optional[bool] = ..., providers: _Optional[_Iterable[str]] = ..., precision: _Optional[str] = ..., graph_sha256: _Optional[str] = ...) -> None: ...
 
 class ModelRef(_message.Message):
     __slots__ = ("name", "version")
@@ -347,13 +351,25 @@ class ScoreResult(_message.Message):
     with_roi: int
     def __init__(self, model: _Optional[_Union[ModelInfo, _Mapping]] = ..., top: _Optional[_Iterable[_Union[ScoredSample, _Mapping]]] = ..., all: _Optional[_Iterable[_Union[ScoredSample, _Mapping]]] = ..., scored: _Optional[int] = ..., excluded: _Optional[int] = ..., seconds: _Optional[float] = ..., skipped: _Optional[_Iterable[_Union[SkippedSample, _Mapping]]] = ..., with_roi: _Optional[int] = ...) -> None: ...
 
+class ScoreRows(_message.Message):
+    __slots__ = ("top", "all", "skipped")
+    TOP_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    SKIPPED_FIELD_NUMBER: _ClassVar[int]
+    top: _containers.RepeatedCompositeFieldContainer[ScoredSample]
+    all: _containers.RepeatedCompositeFieldContainer[ScoredSample]
+    skipped: _containers.RepeatedCompositeFieldContainer[SkippedSample]
+    def __init__(self, top: _Optional[_Iterable[_Union[ScoredSample, _Mapping]]] = ..., all: _Optional[_Iterable[_Union[ScoredSample, _Mapping]]] = ..., skipped: _Optional[_Iterable[_Union[SkippedSample, _Mapping]]] = ...) -> None: ...
+
 class ScorePoolResponse(_message.Message):
-    __slots__ = ("progress", "result")
+    __slots__ = ("progress", "result", "rows")
     PROGRESS_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
+    ROWS_FIELD_NUMBER: _ClassVar[int]
     progress: Progress
     result: ScoreResult
-    def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[ScoreResult, _Mapping]] = ...) -> None: ...
+    rows: ScoreRows
+    def __init__(self, progress: _Optional[_Union[Progress, _Mapping]] = ..., result: _Optional[_Union[ScoreResult, _Mapping]] = ..., rows: _Optional[_Union[ScoreRows, _Mapping]] = ...) -> None: ...
 
 class ScoreStreamRequest(_message.Message):
     __slots__ = ("model", "acquisition", "ids", "images", "rois", "want_cam", "pixel_dtype")

@@ -111,7 +111,8 @@ class ScorerServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ScorePool(self, request, context):
-        """Score a pool under the server's data root: progress events, then the result.
+        """Score a pool under the server's data root: progress events, then the result (its rows in
+        bounded ScoreRows messages first when they do not fit one message).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
