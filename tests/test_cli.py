@@ -18,6 +18,7 @@ from xgal.cli import app
 from xgal.cli.common import ACQUISITION_FIELDS, App, acquisition_options
 from xgal.core.acquisition import AcquisitionConfig, Balance, MissingRoi, Normalise, Strategy, Uncertainty
 from xgal.export import export_scoring_graph
+from xgal.pool import checks
 from xgal.pool.format import Pool
 from xgal.scorer.server import RunningServer, ServerConfig
 from xgal.train.nets import build_model
@@ -69,7 +70,7 @@ def test_pool_info_counts_rois_from_the_manifest(pool_and_model, monkeypatch):
         raise AssertionError("pool info read the masks")
 
     monkeypatch.setattr(Pool, "has_roi", no_masks)
-    monkeypatch.setattr(Pool, "_rois_in", no_masks)
+    monkeypatch.setattr(checks, "rois_in", no_masks)
     res = CliRunner().invoke(app, ["pool", "info", str(pool_and_model[0])], env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert f"with an ROI: {Pool(pool_and_model[0]).roi_count()} of 60" in res.output

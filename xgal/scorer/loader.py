@@ -72,21 +72,26 @@ class PrefetchLoader:
         q: queue.Queue[object] = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
 
+        def put(item: object) -> bool:
+            """Hand `item` to the consumer; False once it has stopped (it takes nothing more)."""
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    continue
+            return False
+
         def produce() -> None:
+            # Every put watches `stop`, the last ones too: a consumer that stops in the last
+            # batches would otherwise leave this thread blocked on a full queue for good.
             try:
                 for lo in range(self.start, self.stop, self.batch_size):
-                    item = self._read(lo)
-                    while not stop.is_set():
-                        try:
-                            q.put(item, timeout=0.1)
-                            break
-                        except queue.Full:
-                            continue
-                    if stop.is_set():
+                    if not put(self._read(lo)):
                         return
-                q.put(_DONE)
+                put(_DONE)
             except BaseException as exc:  # handed to the consumer, which re-raises it
-                q.put(exc)
+                put(exc)
 
         thread = threading.Thread(target=produce, name="xgal-prefetch", daemon=True)
         thread.start()

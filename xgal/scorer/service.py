@@ -25,12 +25,13 @@ from xgal.core.wire import (
     on_bad_sample_from_proto,
     score_pool_replies,
 )
-from xgal.pool.format import Pool, PoolAccessError, PoolFormatError
+from xgal.pool.format import PoolFormatError
 from xgal.scorer.admission import idle_bounded
 from xgal.scorer.batcher import BatchedEngine, DynamicBatcher
 from xgal.scorer.engines.base import Engine
 from xgal.scorer.metrics import Metrics
 from xgal.scorer.pipeline import score_pool
+from xgal.scorer.pools import Pools
 from xgal.scorer.repository import ModelNotFoundError, ModelRepository, StoredModel
 from xgal.scorer.status import Cancelled, rpc
 from xgal.scorer.stream import score_message
@@ -93,7 +94,7 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
         self._lock = threading.Lock()
         self._health_lock = threading.Lock()  # one refresh_health at a time
         self.draining = threading.Event()
-        self._verified: set[tuple] = set()  # pool states whose shards passed `verify`
+        self.pools = Pools(self.data_root)
         self.unloadable: set[str] = set()  # models whose stored versions failed to load at start
         self.refresh_health()
 
@@ -163,44 +164,6 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
         for batcher in released:
             batcher.close()
             batcher.engine.close()
-
-    def _pool(self, rel: str) -> Pool:
-        if not rel:
-            raise ValueError("no pool given")
-        shown = rel if len(rel) <= 80 else rel[:77] + "..."
-        try:
-            path = (self.data_root / rel).resolve()
-            found = path.exists()
-        except OSError as exc:  # a name too long for the file system, a NUL byte, a loop
-            raise ValueError(f"pool {shown!r} cannot be opened: {exc.strerror or exc}") from None
-        if path != self.data_root and self.data_root not in path.parents:
-            raise PoolAccessError(f"pool {shown!r} is outside the scorer's data root")
-        if not found:
-            raise FileNotFoundError(f"no pool {shown!r} under the scorer's data root")
-        try:
-            pool = Pool(path)
-            pool.check()  # every array's header, shape and place (cheap: no pixels are read)
-        except (PoolFormatError, PoolAccessError) as exc:
-            # Say where in the pool, not where on the server's disks.
-            raise type(exc)(str(exc).replace(str(path), rel).replace(str(self.data_root), "")) from None
-        return pool
-
-    def _verify_once(self, pool: Pool, start: int, stop: int) -> None:
-        """What `xgal pool verify` checks of the shards a request reads (checksums, unique IDs,
-        labels, not empty), once per state of the pool's files: a pool changed on disk is checked
-        again, an unchanged one costs a few stat calls. Bad samples (ROI values, NaN pixels) are
-        left to the pipeline, which fails or skips them as the request's on_bad_sample says."""
-        files = sorted(pool.path.glob("*/*.npy")) + [pool.path / "manifest.json"]
-        stats = [(str(f.relative_to(pool.path)), f.stat()) for f in files]
-        state = (str(pool.path), start, stop, tuple((n, st.st_mtime_ns, st.st_size) for n, st in stats))
-        if state in self._verified:
-            return
-        try:
-            pool.verify(start, stop, samples=False)
-        except PoolFormatError as exc:
-            raise PoolFormatError(str(exc).replace(str(self.data_root), "")) from None
-        with self._lock:
-            self._verified.add(state)
 
     def _engine(self, ref: pb.ModelRef) -> tuple[pb.ModelInfo, Engine]:
         if not ref.name:
@@ -283,7 +246,7 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
     def DescribePool(
         self, request: pb.DescribePoolRequest, context: grpc.ServicerContext
     ) -> pb.PoolDescription:  # noqa: N802
-        pool = self._pool(request.pool)
+        pool = self.pools.open(request.pool)
         return pb.PoolDescription(
             pool=request.pool,
             count=pool.count,
@@ -300,8 +263,8 @@ class ScorerService(scorer_pb2_grpc.ScorerServicer):
         if request.top_k < 1:
             raise ValueError(f"top_k must be at least 1, got {request.top_k}")
         config = acquisition_from_proto(request.acquisition)
-        pool = self._pool(request.pool)
-        self._verify_once(pool, request.start, request.stop or pool.count)
+        pool = self.pools.open(request.pool)
+        self.pools.verify(pool, request.start, request.stop or pool.count)
         if request.top_k > pool.count:
             raise ValueError(f"top_k {request.top_k} is larger than the pool ({pool.count} samples)")
         info, engine = self._engine(request.model)

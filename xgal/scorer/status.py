@@ -16,6 +16,7 @@ import grpc
 from grpc import _server as _grpc_server
 
 from xgal.core.contract import NotAScoringGraphError
+from xgal.core.errors import OutOfFiles
 from xgal.pool.format import PoolFormatError
 from xgal.scorer.admission import Cancelled, StreamIdleError
 from xgal.scorer.batcher import QueueFullError
@@ -29,7 +30,7 @@ def _code_for(exc: BaseException) -> grpc.StatusCode | None:
         return grpc.StatusCode.NOT_FOUND
     if isinstance(exc, PermissionError):
         return grpc.StatusCode.PERMISSION_DENIED
-    if isinstance(exc, QueueFullError):
+    if isinstance(exc, QueueFullError | OutOfFiles):  # this replica is full; another may not be
         return grpc.StatusCode.RESOURCE_EXHAUSTED
     if isinstance(exc, TimeoutError):  # e.g. another replica holding the repository's lock
         return grpc.StatusCode.UNAVAILABLE
