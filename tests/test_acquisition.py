@@ -5,6 +5,8 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from xgal.core.acquisition import (
     AcquisitionConfig,
@@ -93,6 +95,23 @@ def test_bounded_topk_equals_full_sort():
         acc.update(_ranked(ids[lo : lo + 64], scores[lo : lo + 64]))
     order = sorted(range(1000), key=lambda i: (-scores[i], ids[i]))[:25]
     assert acc.result().ids.tolist() == ids[order].tolist()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    scores=st.lists(st.sampled_from([0.1, 0.5, 0.5, 0.9, float("nan"), 0.3]), min_size=1, max_size=60),
+    k=st.integers(1, 12),
+    batch=st.integers(1, 9),
+)
+def test_bounded_topk_equals_full_sort_with_ties_and_nan(scores, k, batch):
+    """Rows below the k-th are passed over without a sort; ties (entering by ID) and NaN
+    scores (ranked last) are not."""
+    ids = np.array([f"s{i:03d}" for i in range(len(scores))])[::-1].copy()  # later rows win ties
+    values = np.array(scores)
+    acc = TopK(k, 3)
+    for lo in range(0, len(scores), batch):
+        acc.update(_ranked(ids[lo : lo + batch], values[lo : lo + batch]))
+    assert acc.result().ids.tolist() == top(_ranked(ids, values), k).ids.tolist()
 
 
 def test_shard_merge_is_exact():

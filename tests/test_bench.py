@@ -143,6 +143,8 @@ def test_bench_config_refuses_what_it_cannot_measure():
         BenchConfig(int8_model="m.onnx")
     with pytest.raises(InvalidArgument, match="at least one execution provider"):
         BenchConfig(providers=[])
+    with pytest.raises(InvalidArgument, match="--ceiling takes a number of images"):
+        BenchConfig(ceiling=-1)
 
 
 def _rss_kb():
@@ -186,7 +188,7 @@ def test_xgal_bench_tiny(tmp_path, small_graph):
     own = small_graph
     res = run_xgal(
         "bench", "--arch", "small_cnn", "--image-size", 32, "--channels", 1, "--batch", 16, "--threads", 2,
-        "--pool-size", 48, "--repeats", 1, "--replicas", 1, "--ray-actors", 1,
+        "--pool-size", 48, "--repeats", 1, "--replicas", 1, "--ray-actors", 1, "--ceiling", 80,
         "--sweep-batch", "8,16", "--sweep-threads", "1,2", "--pool-sweep", "300,600",
         "--pool-sweep-image-size", 32, "--peak-gflops", 500, "--int8-model", own, "--int8-pool", pool.path,
         "--workdir", work, "--json", out, timeout=300,
@@ -204,6 +206,10 @@ def test_xgal_bench_tiny(tmp_path, small_graph):
         "pool: in process fp32",
         "pool: gRPC ScorePool, 1 replica(s)",
         "pool: Ray, 1 actor(s)",
+        "ceiling: NumPy copy of the pool's pixels",
+        "ceiling: null graph alone (one batch in memory)",
+        "ceiling: in process, null graph",
+        "ceiling: gRPC ScorePool, 1 replica(s), null graph",
         "sweep: batch 8, 1 thread(s)",
         "sweep: batch 16, 1 thread(s)",
         "sweep: batch 8, 2 thread(s)",
@@ -215,6 +221,8 @@ def test_xgal_bench_tiny(tmp_path, small_graph):
         "scoring_vs_eager",
         "grpc_1_vs_in_process",
         "ray_1_vs_in_process",
+        "ceiling_in_process_vs_copy",
+        "ceiling_grpc_1_vs_in_process",
         *(["scoring_vs_pytorch_grad_cam"] if grad_cam else []),
     }
     ray_row = rows["pool: Ray, 1 actor(s)"]
@@ -222,6 +230,7 @@ def test_xgal_bench_tiny(tmp_path, small_graph):
     assert doc["ratios"]["ray_1_vs_in_process"] == pytest.approx(
         ray_row["images_per_s"] / ray_row["in_process_images_per_s_in_turn"]
     )
+    _check_ceiling(doc, rows, work, pool_size=80, per_image=32 * 32 + 32 * 32)
     if grad_cam:
         assert "pytorch_grad_cam" not in doc
     else:
@@ -262,6 +271,33 @@ def test_xgal_bench_tiny(tmp_path, small_graph):
     sweep = doc["pool_sweep"]
     assert [p["pool_size"] for p in sweep] == [300, 600] and all(p["top"] == 100 for p in sweep)
     assert doc["pool_sweep_rss_growth_mb"] == sweep[1]["peak_rss_mb"] - sweep[0]["peak_rss_mb"]
+
+
+def _check_ceiling(doc, rows, work, *, pool_size, per_image):
+    """The ceiling's rows: bytes/s are images/s times a sample's image and ROI bytes, and each
+    ratio is its in-turn pair's; the pool and the null graph are where the bench says."""
+    assert doc["ceiling"] == {
+        "pool_size": pool_size,
+        "image_shape": [1, 32, 32],
+        "pixel_dtype": "uint8",
+        "pixel_bytes_per_image": per_image,
+        "pixel_bytes_per_pass": per_image * pool_size,
+    }
+    assert Pool(work / "ceiling-pool").count == pool_size
+    assert read_metadata(onnx.load(work / "null.onnx")).arch == "null"
+    ceiling = [r for r in doc["rows"] if r["name"].startswith("ceiling: ")]
+    for r in ceiling:
+        assert r["pixel_bytes_per_s"] == pytest.approx(r["images_per_s"] * per_image)
+    copy, inproc = rows["ceiling: NumPy copy of the pool's pixels"], rows["ceiling: in process, null graph"]
+    assert inproc["copy_pixel_bytes_per_s_in_turn"] == pytest.approx(copy["pixel_bytes_per_s"])
+    assert doc["ratios"]["ceiling_in_process_vs_copy"] == pytest.approx(
+        inproc["images_per_s"] / copy["images_per_s"]
+    )
+    grpc = rows["ceiling: gRPC ScorePool, 1 replica(s), null graph"]
+    assert (grpc["replicas"], grpc["threads_per_replica"]) == (1, 2)
+    assert doc["ratios"]["ceiling_grpc_1_vs_in_process"] == pytest.approx(
+        grpc["images_per_s"] / grpc["in_process_images_per_s_in_turn"]
+    )
 
 
 def test_pool_sweep_point_reports_its_own_memory(tmp_path, small_graph):

@@ -34,6 +34,9 @@ class BenchConfig:
     baselines: bool = True
     replicas: list[int] = field(default_factory=lambda: [1, 2])
     ray_actors: list[int] = field(default_factory=list)  # Ray actor counts; empty: not measured
+    # Images in the pool of the serving path's ceiling rows (a graph of negligible cost, in
+    # process and over gRPC, against a NumPy copy of the same bytes); 0: not measured.
+    ceiling: int = 0
     sweep_batch: list[int] = field(default_factory=list)
     sweep_threads: list[int] = field(default_factory=list)
     pool_sweep: list[int] = field(default_factory=list)
@@ -52,6 +55,8 @@ class BenchConfig:
         check_providers(self.providers)
         if self.image_size < 16 or self.channels < 1 or self.batch < 1 or self.repeats < 1:
             raise InvalidArgument("image_size must be >= 16 and channels, batch and repeats >= 1")
+        if self.ceiling < 0:
+            raise InvalidArgument(f"--ceiling takes a number of images (0: not measured), got {self.ceiling}")
 
     @property
     def on_gpu(self) -> bool:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,6 @@ def pool_rows(rec: Recorder, scoring: Path, pool: Any, engine: Any) -> dict[str,
     """`engine` is the fp32 engine of the engine rows; the replicas load `scoring` themselves.
     Each replica count is timed in turn with the in-process pipeline, and its ratio comes
     from that pair: timed one after the other, the machine's drift alone moved it by 20%."""
-    from xgal.client import ScorerClient
     from xgal.core.acquisition import AcquisitionConfig
     from xgal.scorer.pipeline import score_pool
 
@@ -35,44 +36,49 @@ def pool_rows(rec: Recorder, scoring: Path, pool: Any, engine: Any) -> dict[str,
     rec.row("pool: in process fp32", sec, pool.count, batch=cfg.batch, threads=cfg.n_threads)
     out: dict[str, float] = {}
     for n in cfg.replicas:
-        # The replicas share this host: each gets its share of the bench's threads, as
-        # replicas sharing a host should (`xgal serve --threads`).
-        per_replica = max(1, cfg.n_threads // n)
-        procs: list[tuple[subprocess.Popen, str]] = []
-        try:
-            for i in range(n):
-                procs.append(
-                    start_replica(
-                        pool.path.parent, rec.work / f"repo{i}", cfg.batch, cfg.providers, per_replica
-                    )
-                )
-            with ScorerClient([addr for _, addr in procs]) as client:
-                client.publish_model(scoring, "bench")
-                sec_in, sec = timed_in_turn(
-                    [
-                        in_process,
-                        lambda c=client: c.score_pool(
-                            pool.path.name, model="bench", top_k=TOP_K, progress=False
-                        ),
-                    ],
-                    cfg.repeats,
-                )
-            rec.row(
-                f"pool: gRPC ScorePool, {n} replica(s)",
-                sec,
-                pool.count,
-                batch=cfg.batch,
-                threads=cfg.n_threads,
-                replicas=n,
-                threads_per_replica=per_replica,
-                in_process_images_per_s_in_turn=pool.count / sec_in,
+        with replicas(rec, n, pool.path.parent, scoring) as (client, per_replica):
+            sec_in, sec = timed_in_turn(
+                [
+                    in_process,
+                    lambda c=client: c.score_pool(pool.path.name, model="bench", top_k=TOP_K, progress=False),
+                ],
+                cfg.repeats,
             )
-            out[f"grpc_{n}_vs_in_process"] = sec_in / sec
-        finally:
-            for proc, _ in procs:
-                proc.terminate()
-                proc.wait(timeout=30)
+        rec.row(
+            f"pool: gRPC ScorePool, {n} replica(s)",
+            sec,
+            pool.count,
+            batch=cfg.batch,
+            threads=cfg.n_threads,
+            replicas=n,
+            threads_per_replica=per_replica,
+            in_process_images_per_s_in_turn=pool.count / sec_in,
+        )
+        out[f"grpc_{n}_vs_in_process"] = sec_in / sec
     return out
+
+
+@contextmanager
+def replicas(rec: Recorder, n: int, data_root: Path, model: Path) -> Iterator[tuple[Any, int]]:
+    """`n` replica processes on this host serving `model` as "bench": (a client of them all,
+    threads per replica). The replicas share this host: each gets its share of the bench's
+    threads, as replicas sharing a host should (`xgal serve --threads`)."""
+    from xgal.client import ScorerClient
+
+    cfg = rec.cfg
+    per_replica = max(1, cfg.n_threads // n)
+    procs: list[tuple[subprocess.Popen, str]] = []
+    try:
+        for i in range(n):
+            repo = rec.work / f"repo-{model.stem}-{i}"
+            procs.append(start_replica(data_root, repo, cfg.batch, cfg.providers, per_replica))
+        with ScorerClient([addr for _, addr in procs]) as client:
+            client.publish_model(model, "bench")
+            yield client, per_replica
+    finally:
+        for proc, _ in procs:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 def start_replica(

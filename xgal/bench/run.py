@@ -7,10 +7,13 @@ All figures come from one run on one machine state, so their ratios are meaningf
   in turn with fp32, with their ranking agreement against fp32;
 - pool (whole pipeline: reader, engine, acquisition, bounded top-k; `pool_rows`): in process
   fp32, and ScorePool over gRPC on 1..N replica processes;
+- the serving path's ceiling (`ceiling_rows`, `--ceiling N`): the same pool paths with a graph of
+  negligible cost (`null_graph`) on a pool of N images, against a NumPy copy of the same bytes;
 - sweeps (`sweeps`): batch size x threads for the scoring graph; pool size (time per image and
   peak RSS, each size in a fresh process).
 The JSON written with --json holds every row (name, images_per_s, ms_per_image, batch,
-threads, gflops_per_s, peak_fraction, ...) plus `ratios`, `int8`, `fp16` and `pool_sweep`.
+threads, gflops_per_s, peak_fraction, ...) plus `ratios`, `int8`, `fp16`, `ceiling` and
+`pool_sweep`.
 """
 
 from __future__ import annotations
@@ -101,6 +104,10 @@ class Bench:
             from xgal.bench.ray_rows import ray_rows
 
             ratios.update(ray_rows(rec, scoring, pool, engine))
+        if cfg.ceiling:
+            from xgal.bench.ceiling_rows import ceiling_rows
+
+            ratios.update(ceiling_rows(rec))
         rec.extra["ratios"] = ratios
         if cfg.sweep_batch or cfg.sweep_threads:
             graphs = {"fp32": (scoring, forward)}

@@ -43,6 +43,12 @@ def bench(
     ray_actors: str = typer.Option(
         "", help="Ray actor counts to measure against in process on a local Ray instance, e.g. 1,2."
     ),
+    ceiling: int = typer.Option(
+        0,
+        help="Images in a pool for the serving path's ceiling: a scoring graph of negligible cost "
+        "in process and over gRPC (--replicas), against a NumPy copy of the same bytes; 0 = not "
+        "measured. About 10000 at 224x224x3 (2 GB) take seconds a pass.",
+    ),
     sweep_batch: str = typer.Option("", help="Batch sizes to sweep, e.g. 8,16,32,64."),
     sweep_threads: str = typer.Option("", help="Thread counts to sweep, e.g. 1,2."),
     pool_sweep: str = typer.Option(
@@ -59,9 +65,12 @@ def bench(
     JSON (--json): {machine, config, rows: [{name, images_per_s, ms_per_image, batch, threads,
     gflops_per_s?, peak_fraction?, replicas?, sweep?, scoring_images_per_s_in_turn? (eager rows),
     in_process_images_per_s_in_turn?, threads_per_replica? (gRPC rows), actors?,
-    threads_per_actor? (Ray rows)}], gflop_per_image: {scoring, forward}, ratios:
-    {scoring_vs_forward, scoring_vs_eager, scoring_vs_pytorch_grad_cam?, grpc_N_vs_in_process,
-    ray_N_vs_in_process?} (each from the two timed in turn, one call of each per repeat), int8:
+    threads_per_actor? (Ray rows), pixel_bytes_per_s?, copy_pixel_bytes_per_s_in_turn? (ceiling
+    rows)}], gflop_per_image: {scoring, forward}, ratios: {scoring_vs_forward, scoring_vs_eager,
+    scoring_vs_pytorch_grad_cam?, grpc_N_vs_in_process, ray_N_vs_in_process?,
+    ceiling_in_process_vs_copy?, ceiling_grpc_N_vs_in_process?} (each from the two timed in
+    turn, one call of each per repeat), ceiling: {pool_size, image_shape, pixel_dtype,
+    pixel_bytes_per_image, pixel_bytes_per_pass}?, int8:
     {speedup, top_k, topk_overlap, spearman, pool ("synthetic scans" or --int8-pool), pool_size,
     model?}, fp16: {speedup, top_k, topk_overlap, spearman, pool, pool_size, providers} or
     {skipped: reason}, providers (the engine's, as ONNX Runtime reports), baselines: {skipped:
@@ -90,6 +99,7 @@ def bench(
         baselines=baselines,
         replicas=ints(replicas, "--replicas"),
         ray_actors=ints(ray_actors, "--ray-actors"),
+        ceiling=ceiling,
         sweep_batch=ints(sweep_batch, "--sweep-batch"),
         sweep_threads=ints(sweep_threads, "--sweep-threads"),
         pool_sweep=ints(pool_sweep, "--pool-sweep"),
@@ -100,7 +110,7 @@ def bench(
     table = Table(
         title=f"xgal bench: {arch} {channels}x{image_size}x{image_size}, batch {batch}", title_justify="left"
     )
-    for col in ("measurement", "images/s", "ms/image", "GFLOP/s", "of peak"):
+    for col in ("measurement", "images/s", "ms/image", "GFLOP/s", "of peak", "pixels GB/s"):
         table.add_column(col, justify="left" if col == "measurement" else "right")
     for r in doc["rows"]:
         table.add_row(
@@ -109,6 +119,7 @@ def bench(
             f"{r['ms_per_image']:.2f}",
             f"{r['gflops_per_s']:.1f}" if "gflops_per_s" in r else "",
             f"{100 * r['peak_fraction']:.0f}%" if "peak_fraction" in r else "",
+            f"{r['pixel_bytes_per_s'] / 1e9:.2f}" if "pixel_bytes_per_s" in r else "",
         )
     out.print(table)
     for name, value in doc.get("ratios", {}).items():

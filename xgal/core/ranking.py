@@ -108,12 +108,24 @@ class TopK:
 
     def update(self, batch: Ranked) -> None:
         if self.balance is Balance.NONE:
-            self._best[0] = top(Ranked.concat([self._best[0], batch]), self.k)
+            self._best[0] = self._merged(self._best[0], batch)
             return
         for g in range(self.num_classes):
             sel = np.flatnonzero(batch.group == g)
             if sel.size:
-                self._best[g] = top(Ranked.concat([self._best[g], batch.take(sel)]), self.k)
+                self._best[g] = self._merged(self._best[g], batch.take(sel))
+
+    def _merged(self, best: Ranked, batch: Ranked) -> Ranked:
+        """The k best of `best` (sorted) and `batch`. Once k are kept, a row scoring below the
+        k-th cannot enter (a tie can, by its ID), so only the others are sorted in: most batches
+        of a long pass bring none (NaN rows are kept and sorted last, as `sorted` does)."""
+        if len(best) == self.k:
+            sel = np.flatnonzero(~(batch.score < best.score[-1]))
+            if sel.size == 0:
+                return best
+            if sel.size < len(batch):
+                batch = batch.take(sel)
+        return top(Ranked.concat([best, batch]), self.k)
 
     def result(self) -> Ranked:
         if self.balance is Balance.NONE:

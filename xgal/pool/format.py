@@ -236,7 +236,7 @@ class Pool:
             with self.arrays(shard) as array:
                 for key in keys:
                     parts[key].append(_copy_rows(array(key), lo - shard.start, hi - shard.start))
-        return {k: (np.concatenate(v) if v else self._empty(k)) for k, v in parts.items()}
+        return {k: _joined(v) if v else self._empty(k) for k, v in parts.items()}
 
     def take(
         self, indices: Sequence[int] | np.ndarray, keys: Sequence[str] = ("ids", "images", "rois")
@@ -304,6 +304,11 @@ class Pool:
 
     def labels(self) -> np.ndarray:
         return self.read(0, self.count, ("labels",))["labels"]
+
+
+def _joined(parts: list[np.ndarray]) -> np.ndarray:
+    """Parts of one array as one: a lone part as it is (np.concatenate would copy it again)."""
+    return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
 
 def _copy_rows(arr: np.ndarray, lo: int, hi: int) -> np.ndarray:

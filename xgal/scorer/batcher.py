@@ -1,5 +1,7 @@
 """Dynamic batching: requests' batches share engine calls, up to `max_batch` images or
-`max_delay_ms` of waiting, like Triton's dynamic batcher."""
+`max_delay_ms` of waiting, like Triton's dynamic batcher. A batch that is full already (a
+ScorePool's) shares a call with nothing: it runs in its caller's thread (`run_full`), in turn
+with the batcher's calls, sparing two thread hand-overs a batch."""
 
 from __future__ import annotations
 
@@ -17,6 +19,9 @@ from xgal.scorer.engines.base import BatchScores, Engine
 
 class QueueFullError(RuntimeError):
     """More images are waiting than the server accepts; the client should retry later."""
+
+
+_SHUTTING_DOWN = "the scorer is shutting down this model's batcher; retry on another replica"
 
 
 @dataclass
@@ -45,6 +50,8 @@ class DynamicBatcher:
         self._observe = observe
         self._closing = threading.Lock()
         self._closed = False
+        self._engine_lock = threading.Lock()  # one engine call at a time, batched or full
+        self._full_waiting = 0  # full batches waiting for the engine (`run_full`)
         self._thread = threading.Thread(target=self._loop, name="xgal-batcher", daemon=True)
         self._thread.start()
 
@@ -53,9 +60,7 @@ class DynamicBatcher:
         with self._closing:
             if self._closed:
                 # Queued behind the end marker it would never run, and its caller wait forever.
-                raise QueueFullError(
-                    "the scorer is shutting down this model's batcher; retry on another replica"
-                )
+                raise QueueFullError(_SHUTTING_DOWN)
             try:
                 self._queue.put_nowait(item)
             except queue.Full:
@@ -64,12 +69,38 @@ class DynamicBatcher:
                 ) from None
         return item.future
 
+    def run_full(self, image: np.ndarray, roi: np.ndarray) -> BatchScores:
+        """Score a batch of `max_batch` images or more in the caller's thread, in turn with the
+        batcher's calls. Admission is the queue's: full batches waiting count against
+        `max_queue` with the queued ones (QueueFullError past it, and once closing)."""
+        queued = time.perf_counter()
+        with self._closing:
+            if self._closed:
+                raise QueueFullError(_SHUTTING_DOWN)
+            if self._full_waiting + self._queue.qsize() >= self._queue.maxsize:
+                raise QueueFullError(
+                    f"the scoring queue is full ({self._queue.maxsize} batches waiting); retry later"
+                )
+            self._full_waiting += 1
+        with self._engine_lock:
+            with self._closing:
+                self._full_waiting -= 1  # in the engine now, as a queued batch that left the queue
+            start = time.perf_counter()
+            out = self.engine.run(image, roi)
+            done = time.perf_counter()
+        if self._observe is not None:
+            self._observe(len(image), start - queued, done - start)
+        return out
+
     def close(self) -> None:
-        """Run what was submitted before, then stop; later submits raise QueueFullError."""
+        """Run what was submitted before, then stop; later submits raise QueueFullError. Returns
+        once the engine is idle (a full batch in it finishes first)."""
         with self._closing:
             self._closed = True
         self._queue.put(None)
         self._thread.join(timeout=10)
+        with self._engine_lock:
+            pass
 
     def _gather(self, first: _Item) -> tuple[list[_Item], bool]:
         items, n = [first], len(first.image)
@@ -108,11 +139,10 @@ class DynamicBatcher:
         the observer) is handed to every waiter of the batch: escaping, it would end the thread
         and leave every later waiter blocked for good."""
         try:
-            start = time.perf_counter()
-            out = self.engine.run(
-                np.concatenate([it.image for it in live]), np.concatenate([it.roi for it in live])
-            )
-            done = time.perf_counter()
+            with self._engine_lock:
+                start = time.perf_counter()
+                out = self.engine.run(*_joined(live))
+                done = time.perf_counter()
             results, lo = [], 0
             for it in live:
                 hi = lo + len(it.image)
@@ -126,6 +156,16 @@ class DynamicBatcher:
             return
         for it, rows in zip(live, results, strict=True):
             it.future.set_result(rows)
+
+
+def _joined(items: list[_Item]) -> tuple[np.ndarray, np.ndarray]:
+    """The items' pixels and ROIs as one batch. One item (a ScorePool batch of `max_batch`
+    images, the usual case) is passed as it is: np.concatenate copies even a single array, and
+    that copy of every batch was a large share of the serving path's own cost (the ceiling rows
+    of docs/benchmarks.md)."""
+    if len(items) == 1:
+        return items[0].image, items[0].roi
+    return np.concatenate([it.image for it in items]), np.concatenate([it.roi for it in items])
 
 
 class BatchedEngine(Engine):
@@ -154,4 +194,6 @@ class BatchedEngine(Engine):
                 image, roi, target, want_cam=want_cam, want_embedding=want_embedding, want_views=want_views
             )
         self.check_batch(image, roi, None)
+        if len(image) >= self.batcher.max_batch:
+            return self.batcher.run_full(image, roi)
         return self.batcher.submit(image, roi).result()
