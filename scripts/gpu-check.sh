@@ -17,12 +17,18 @@
 #   demo     `xgal demo --quick`, trained (and scored) on the GPU          demo.json
 #   parity   CUDA fp32 and FP16 against ONNX Runtime on the CPU, on the demo's trained graph
 #            and its pool                                                   parity.json
-#   bench    `xgal bench` on CUDA at ResNet-18 224x224: batch sweep, FP16, forward-only and
-#            eager PyTorch Grad-CAM on the same GPU                          bench.json
+#   bench    `xgal bench` on CUDA at ResNet-18 224x224: batch sweep, FP16 (dynamic, fixed
+#            batch, fixed batch with CUDA graphs) against its forward-only half, eager PyTorch
+#            Grad-CAM, ScorePool over gRPC against in process, and the serving path's ceiling
+#            (the null graph on 4,096 images)                                bench.json
+#   ray      the demo's graph ranked by `xgal score --ray local --ray-gpus 1` (one GPU actor)
+#            and in process on the GPU: the same ranking                     ray.json
 #   profile  where the FP16 scoring graph's time goes, by op type, network vs explanation, and
 #            its forward half's                     profile-scoring-fp16.json, profile-forward-fp16.json
-# and summary.json: every step's exit code and seconds. The steps' limits add up to 8 minutes
-# (the whole check took 139 s on an H200); a step that fails does not stop the next. XGAL_CHECK_PROVIDER, XGAL_CHECK_SIZE and
+# and summary.json: every step's exit code and seconds. Each step has its limit, and all of them
+# together XGAL_CHECK_BUDGET seconds (360: a step is cut to what is left, and skipped, saying so,
+# once it is spent; the check before the bench's new rows took 139 s on an H200); a step that
+# fails does not stop the next. XGAL_CHECK_PROVIDER, XGAL_CHECK_SIZE and
 # XGAL_CHECK_SWEEP change the provider, image side and batch sweep (a dry run of the script on a
 # CPU: XGAL_CHECK_PROVIDER=CPUExecutionProvider XGAL_CHECK_SIZE=64 XGAL_CHECK_SWEEP=8,16);
 # XGAL_CHECK_STEPS picks steps (e.g. "env bench profile").
@@ -38,13 +44,21 @@ mkdir -p "$out"
 out=$(cd "$out" && pwd)
 : >"$out/steps.jsonl"
 t0=$(date +%s)
+budget=${XGAL_CHECK_BUDGET:-360}  # seconds for every step together (wheels installed before)
 
-steps=" ${XGAL_CHECK_STEPS:-env tests demo parity bench profile} "
+steps=" ${XGAL_CHECK_STEPS:-env tests demo parity bench ray profile} "
 step() {  # step NAME SECONDS COMMAND...: run, log, record the exit code and time
     local name=$1 limit=$2 start rc
     shift 2
     [[ $steps == *" ${name%%-*} "* ]] || return 0  # profile-x runs with "profile"
     start=$(date +%s)
+    local left=$((budget - (start - t0)))
+    if [ "$left" -lt 10 ]; then  # the whole check's budget is spent: say so, run nothing more
+        echo "{\"step\": \"$name\", \"rc\": 124, \"seconds\": 0, \"skipped\": \"budget spent\"}" >>"$out/steps.jsonl"
+        echo "== $name: skipped, the check's ${budget} s are spent"
+        return 0
+    fi
+    [ "$limit" -gt "$left" ] && limit=$left
     echo "== $name (limit ${limit}s)"
     timeout --kill-after=10 "$limit" "$@" >"$out/$name.log" 2>&1
     rc=$?
@@ -116,7 +130,26 @@ providers=(--provider "$provider")
 [ "$provider" = CPUExecutionProvider ] || providers+=(--provider CPUExecutionProvider)
 step bench 120 "$PY" -m xgal.cli bench "${providers[@]}" \
     --fp16 --arch resnet18 --image-size "$size" --batch 64 --sweep-batch "$sweep" --pool-size 512 \
-    --replicas 1 --no-int8 --repeats 10 --workdir "${TMPDIR:-/tmp}/xgal-gpu-bench" --json "$out/bench.json"
+    --replicas 1 --ceiling 4096 --no-int8 --repeats 10 --workdir "${TMPDIR:-/tmp}/xgal-gpu-bench" \
+    --json "$out/bench.json"
+
+# One GPU actor on a local Ray instance against in process, the same graph and pool.
+gpus=1
+[ "$provider" = CPUExecutionProvider ] && gpus=0
+ranked=${TMPDIR:-/tmp}/xgal-gpu-ray
+mkdir -p "$ranked"
+step ray 120 bash -c '"$0" -m xgal.cli score --model "$1" --pool "$2" --top-k 50 --provider "$3" --out "$4/in-process.json" &&
+    "$0" -m xgal.cli score --model "$1" --pool "$2" --top-k 50 --ray local --ray-actors 1 --ray-gpus "$5" \
+        --ray-block 256 --out "$4/ray.json" &&
+    "$0" - "$4" "$6" <<EOF
+import json, sys
+a, b = (json.load(open(f"{sys.argv[1]}/{n}.json")) for n in ("in-process", "ray"))
+ids = lambda d: [r["id"] for r in d["top"]]
+doc = {"same_ranking": ids(a) == ids(b), "top_k": len(ids(a)), "ray_gpus": float(sys.argv[2] if len(sys.argv) > 2 else 0)}
+print(json.dumps(doc)); open(sys.argv[1] + "/ray-check.json", "w").write(json.dumps(doc))
+sys.exit(0 if doc["same_ranking"] else 1)
+EOF' "$PY" "${model:-missing.onnx}" "$demo/seed0/pool-train" "$provider" "$ranked" "$gpus" "$gpus"
+cp "$ranked/ray-check.json" "$out/ray.json" 2>/dev/null || true
 
 # The bench's FP16 scoring graph and its forward half, as the provider runs them; with
 # XGAL_CHECK_PROFILE_OPTIONS="prefer_nhwc=1 ..." each again with these provider options.
@@ -136,7 +169,7 @@ from pathlib import Path
 out = Path(sys.argv[1])
 steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines() if line.strip()]
 doc = {"steps": steps, "seconds": sum(s["seconds"] for s in steps), "ok": all(s["rc"] == 0 for s in steps)}
-for name in ("env", "parity", "bench", "demo", "profile-scoring-fp16", "profile-forward-fp16",
+for name in ("env", "parity", "bench", "ray", "demo", "profile-scoring-fp16", "profile-forward-fp16",
              "profile-scoring-fp16-tuned", "profile-forward-fp16-tuned"):
     path = out / f"{name}.json"
     if path.is_file():

@@ -102,15 +102,23 @@ def test_bench_int8_and_fp16_on_synthetic_scans(tmp_path):
         "fp16: scoring graph FP16",
         "fp16: scoring graph FP16 (in turn with forward-only)",
         "fp16: forward-only graph FP16",
+        "fp16: scoring graph FP16, fixed batch",
         "pool: in process fp32",
     ]
     # No baselines, no replicas asked for; FP16 against its own forward half.
-    assert set(doc["ratios"]) == {"scoring_vs_forward", "fp16_scoring_vs_fp16_forward"}
+    assert set(doc["ratios"]) == {
+        "scoring_vs_forward",
+        "fp16_scoring_vs_fp16_forward",
+        "fp16_fixed_scoring_vs_fp16_forward",
+    }
     rows = {r["name"]: r for r in doc["rows"]}
     assert doc["ratios"]["fp16_scoring_vs_fp16_forward"] == pytest.approx(
         rows["fp16: scoring graph FP16 (in turn with forward-only)"]["images_per_s"]
         / rows["fp16: forward-only graph FP16"]["images_per_s"]
     )
+    fixed = onnx.load(tmp_path / "work" / "scoring-fp16-fixed.onnx")  # the batch the rows ran
+    fixed_rows = rows["fp16: scoring graph FP16, fixed batch"]["batch"]
+    assert fixed.graph.input[0].type.tensor_type.shape.dim[0].dim_value == fixed_rows == 16
     # The forward half is the FP16 network up to `probs`, without the explanation path.
     half_forward = onnx.load(tmp_path / "work" / "forward-fp16.onnx")
     assert [o.name for o in half_forward.graph.output] == ["probs"]

@@ -74,6 +74,24 @@ def test_cuda_equals_cpu(setup):
         np.testing.assert_array_equal(b.roi_area, a.roi_area)
 
 
+def test_cuda_graph_on_a_fixed_batch_equals_cpu(setup, tmp_path):
+    """CUDA graphs (captured at the first run, replayed after) over a fixed-batch graph: short,
+    exact and split batches score as the dynamic graph on the CPU."""
+    from xgal.scorer.fixed_batch import write_fixed_batch_graph
+
+    fp32, scans = setup
+    fixed = write_fixed_batch_graph(fp32, tmp_path / "m-b32.onnx", 32)
+    cpu = OnnxRuntimeEngine(fp32, providers=["CPUExecutionProvider"])
+    gpu = OnnxRuntimeEngine(fixed, providers=[CUDA], settings=ProviderSettings(tf32=False, cuda_graph=True))
+    assert gpu.providers[0] == CUDA and gpu.cuda_graph and gpu.fixed_batch == 32
+    for start, n in ((0, 32), (32, 7), (40, 70), (0, 32)):
+        data = scans.read(start, start + n)
+        a, b = cpu.run(data["images"], data["rois"]), gpu.run(data["images"], data["rois"])
+        for name in ("probs", "entropy", "dice"):
+            np.testing.assert_allclose(getattr(b, name), getattr(a, name), atol=1e-3, err_msg=name)
+        np.testing.assert_array_equal(b.roi_area, a.roi_area)
+
+
 def test_trainer_on_cuda_with_guidance_exports_a_graph_equal_to_eager(tmp_path):
     """Training with the Grad-CAM guidance loss runs on CUDA, and the graph exported from the
     CUDA model scores as eager Grad-CAM on the same GPU does."""

@@ -158,3 +158,34 @@ def test_a_full_batch_runs_in_its_callers_thread_in_turn_and_admitted_as_queued(
     batcher.close()
     with pytest.raises(QueueFullError, match="shutting down"):
         batched.run(image, roi)
+
+
+def test_the_ceiling_profile_runs_on_a_small_pool(tmp_path):
+    """scripts/ceiling_profile.py (where docs/benchmarks.md's ceiling figures come from) runs
+    against today's pool reader, batcher and loader: every variant timed, both profiles made."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    pool = random_pool(tmp_path / "pool", 96, (3, 32, 32), shard_size=40)
+    script = Path(__file__).parents[1] / "scripts" / "ceiling_profile.py"
+    out = tmp_path / "profile.json"
+    done = subprocess.run(
+        [sys.executable, str(script), str(pool.path), "--batch", "16", "--repeats", "1", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert set(report["in_turn"]) == {
+        "numpy_copy",
+        "in_process",
+        "in_process_batcher",
+        "in_process_batcher_queued",
+        "in_process_batcher_queued_copying",
+    }
+    assert all(v["images_per_s"] > 0 for v in report["in_turn"].values())
+    assert "score_pool" in report["profile_in_process"] and "Pool.read" in report["profile_reader_alone"]
+    assert report["threads"]["reader_pool_read_wall_us_per_image"] > 0

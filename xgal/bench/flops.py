@@ -12,28 +12,14 @@ import os
 
 import numpy as np
 import onnx
-from onnx import shape_inference
 
-
-def _fixed_batch(model: onnx.ModelProto, batch: int) -> onnx.ModelProto:
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    for value in list(m.graph.input) + list(m.graph.output):
-        dims = value.type.tensor_type.shape.dim
-        if dims and dims[0].dim_param:
-            dims[0].dim_value = batch
-    init = {i.name for i in m.graph.initializer}
-    # An overridable initializer-input (the scoring graph's `target`) keeps its default shape.
-    for value in m.graph.input:
-        if value.name in init:
-            value.type.tensor_type.shape.dim[0].dim_value = 1
-    return m
+from xgal.scorer.fixed_batch import fixed_batch_graph
 
 
 def count_flops(model: str | os.PathLike[str] | onnx.ModelProto, batch: int = 1) -> float:
     """FLOPs (2 x multiply-adds) of one forward call at `batch` images."""
     proto = onnx.load(model) if not isinstance(model, onnx.ModelProto) else model
-    inferred = shape_inference.infer_shapes(_fixed_batch(proto, batch), data_prop=True)
+    inferred = fixed_batch_graph(proto, batch)
     g = inferred.graph
     shapes: dict[str, list[int]] = {}
     for vi in list(g.value_info) + list(g.input) + list(g.output):

@@ -11,6 +11,7 @@ from xgal.bench.timing import open_engine, timed_in_turn
 
 # The FP16 graphs the bench writes in its work folder (the batch sweep reuses them).
 FP16_SCORING, FP16_FORWARD = "scoring-fp16.onnx", "forward-fp16.onnx"
+FP16_FIXED = "scoring-fp16-fixed.onnx"
 
 
 def synthetic_scans(rec: Recorder) -> Any:
@@ -97,7 +98,35 @@ def fp16_forward_rows(rec: Recorder, half: Path, engine16: Any) -> dict[str, flo
     )
     rec.row("fp16: scoring graph FP16 (in turn with forward-only)", sec, n, batch=n, threads=cfg.n_threads)
     rec.row("fp16: forward-only graph FP16", sec_fwd, n, batch=n, threads=cfg.n_threads)
-    return {"fp16_scoring_vs_fp16_forward": sec_fwd / sec}
+    ratios = {"fp16_scoring_vs_fp16_forward": sec_fwd / sec}
+    forward = lambda: session.run(["probs"], {"image": batch["images"]})  # noqa: E731
+    return ratios | fixed_batch_rows(rec, half, batch, forward)
+
+
+def fixed_batch_rows(rec: Recorder, half: Path, batch: dict, forward: Any) -> dict[str, float]:
+    """The FP16 scoring graph with its batch fixed (`xgal model fixed-batch`), and on CUDA with
+    its launches captured once and replayed (CUDA graphs), each timed in turn with `forward`."""
+    from xgal.scorer.engines.ort import OnnxRuntimeEngine
+    from xgal.scorer.engines.providers import CUDA, ProviderSettings
+    from xgal.scorer.fixed_batch import write_fixed_batch_graph
+
+    cfg, n = rec.cfg, len(batch["ids"])
+    fixed = write_fixed_batch_graph(half, rec.work / FP16_FIXED, n)
+    variants = {"fixed batch": ProviderSettings()}
+    if cfg.providers[0] == CUDA:
+        variants["fixed batch, CUDA graph"] = ProviderSettings(cuda_graph=True)
+    out = {}
+    for name, settings in variants.items():
+        engine = OnnxRuntimeEngine(
+            fixed, providers=cfg.providers, intra_op_threads=cfg.n_threads, spinning=False, settings=settings
+        )
+        sec, sec_fwd = timed_in_turn(
+            [lambda e=engine: e.run(batch["images"], batch["rois"]), forward], 2 * cfg.repeats
+        )
+        rec.row(f"fp16: scoring graph FP16, {name}", sec, n, batch=n, threads=cfg.n_threads)
+        key = "cuda_graph" if settings.cuda_graph else "fixed"
+        out[f"fp16_{key}_scoring_vs_fp16_forward"] = sec_fwd / sec
+    return out
 
 
 def int8_rows(rec: Recorder, scoring: Path, pool: Any, name: str) -> dict[str, Any]:

@@ -71,6 +71,20 @@ def model_fp16(
     _converted(half_scoring_graph(model, output), "FP16")
 
 
+@app.command("fixed-batch")
+def model_fixed_batch(
+    model: Path = typer.Argument(..., metavar="IN", help="Scoring graph (.onnx) with a dynamic batch."),
+    output: Path = typer.Argument(..., metavar="OUT", help="Where to write the fixed-batch graph."),
+    batch: int = typer.Option(64, help="The batch every run has (the engine pads a shorter one)."),
+) -> None:
+    """Write a scoring graph whose batch is fixed, for CUDA graphs (`xgal serve --cuda-graph`):
+    the same inputs, outputs and metadata; a short batch is padded by the engine."""
+    from xgal.scorer.fixed_batch import write_fixed_batch_graph
+
+    _distinct(model, output)
+    _converted(write_fixed_batch_graph(model, output, batch), f"fixed batch {batch}")
+
+
 @app.command("triton")
 def model_triton(
     model: Path = typer.Argument(..., metavar="M", help="Scoring graph (.onnx)."),

@@ -59,6 +59,11 @@ def serve(
         help="TensorRT provider: keep built engines here, keyed by model SHA-256, GPU and "
         "versions (default: .engines beside each model).",
     ),
+    cuda_graph: bool = typer.Option(
+        False,
+        help="CUDA: capture each model's launches once and replay them (ONNX Runtime's CUDA "
+        "graphs); the models must have a fixed batch (xgal model fixed-batch).",
+    ),
     spin: bool = typer.Option(
         False,
         help="Let ONNX Runtime's threads spin-wait between runs (a replica scoring one model "
@@ -93,7 +98,11 @@ def serve(
             reply_message_bytes=reply_message_kb * 1024,
             providers=tuple(provider),
             provider_settings=ProviderSettings(
-                device_id=device_id, fp16=trt_fp16, engine_cache=engine_cache, max_batch=max_batch
+                device_id=device_id,
+                fp16=trt_fp16,
+                engine_cache=engine_cache,
+                max_batch=max_batch,
+                cuda_graph=cuda_graph,
             ),
             spinning=spin,
             intra_op_threads=threads,

@@ -29,8 +29,12 @@ from xgal.scorer.engines.providers import (
     provider_options,
     tensorrt_loadable,
 )
+from xgal.scorer.fixed_batch import fixed_batch_of
 
 log = logging.getLogger(__name__)
+
+# ONNX Runtime's names of the scoring graph's output types.
+_NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
 
 
 def default_providers() -> list[str]:
@@ -134,13 +138,26 @@ class OnnxRuntimeEngine(Engine):
                 f"asked for {providers[0]} but ONNX Runtime runs the graph on {self.providers[0]}; "
                 "is the device (and its libraries) usable here?"
             )
-        self._has_target = any(name == "target" for name, _, _ in inputs)
+        # `target` is an overridable initializer (ONNX Runtime lists it apart from the inputs).
+        self._has_target = any(i.name == "target" for i in self.session.get_overridable_initializers())
         self.has_embedding = EMBEDDING in outputs
         self.has_views = VIEW_PROBS in outputs
         self.where = where
         self.device = device_type(self.providers[0])
         self.io_binding = self.providers[0] != CPU if io_binding is None else io_binding
         self._buffers = threading.local()  # each thread's device buffers: engines run concurrently
+        # A fixed-batch graph (`xgal model fixed-batch`): short batches are padded, long ones split.
+        self.fixed_batch = fixed_batch_of(next(shape for name, _, shape in inputs if name == "image"))
+        # On the CPU (tests, a dry run) the same fixed buffers are bound, with nothing captured.
+        self.cuda_graph = self.settings.cuda_graph
+        if self.cuda_graph:
+            if self.fixed_batch is None:
+                raise InvalidArgument(
+                    f"{where}: CUDA graphs replay fixed shapes; make a fixed-batch graph first "
+                    "(xgal model fixed-batch IN OUT --batch N)"
+                )
+            self._graph_lock = threading.Lock()  # one captured graph, one set of buffers
+            self._graph_io: dict[str, ort.OrtValue] = {}
         log.info("%s runs on %s", where, ", ".join(self.providers))
 
     def _on_device(self, name: str, value: np.ndarray) -> ort.OrtValue:
@@ -156,6 +173,45 @@ class OnnxRuntimeEngine(Engine):
         buf = held[name][1]
         buf.update_inplace(value)
         return buf
+
+    def _run_once(self, feed: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
+        if self.cuda_graph:
+            return self._run_captured(feed, names)
+        if not self.io_binding:
+            return self.session.run(names, feed)
+        binding = self.session.io_binding()
+        for name, value in feed.items():
+            binding.bind_ortvalue_input(name, self._on_device(name, value))
+        for name in names:
+            binding.bind_output(name, "cpu")
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()
+
+    def _run_captured(self, feed: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
+        """One run of the CUDA graph ONNX Runtime captures at the first: every input and every
+        output of the graph bound to one device buffer each, for the engine's life (a replay
+        reads and writes the same addresses); the pixels are copied in, the outputs out."""
+        if self._has_target and "target" not in feed:  # one set of inputs in every replay
+            feed = {**feed, "target": np.full(len(feed["image"]), -1, np.int64)}
+        with self._graph_lock:
+            io = self._graph_io
+            if not io:
+                for name, value in feed.items():
+                    io[name] = ort.OrtValue.ortvalue_from_shape_and_type(
+                        value.shape, value.dtype.type, self.device, self.settings.device_id
+                    )
+                for o in self.session.get_outputs():
+                    io[o.name] = ort.OrtValue.ortvalue_from_shape_and_type(
+                        o.shape, _NUMPY[o.type], self.device, self.settings.device_id
+                    )
+            binding = self.session.io_binding()
+            for name, value in feed.items():
+                io[name].update_inplace(value)
+                binding.bind_ortvalue_input(name, io[name])
+            for o in self.session.get_outputs():
+                binding.bind_ortvalue_output(o.name, io[o.name])
+            self.session.run_with_iobinding(binding)
+            return [np.array(io[name].numpy()) for name in names]  # a copy: the next run reuses them
 
     @staticmethod
     def plain_session(
@@ -191,16 +247,12 @@ class OnnxRuntimeEngine(Engine):
             *([EMBEDDING] if want_embedding else []),
             *([VIEW_PROBS] if want_views else []),
         ]
-        if self.io_binding:
-            binding = self.session.io_binding()
-            for name, value in feed.items():
-                binding.bind_ortvalue_input(name, self._on_device(name, value))
-            for name in names:
-                binding.bind_output(name, "cpu")
-            self.session.run_with_iobinding(binding)
-            out = binding.copy_outputs_to_cpu()
-        else:
-            out = self.session.run(names, feed)
+        n, fixed = len(image), self.fixed_batch
+        if fixed is None or n == fixed:
+            out = self._run_once(feed, names)
+        else:  # each part of `fixed` rows, the last padded with zero images and its rows dropped
+            parts = [self._run_once(_padded(feed, lo, fixed), names) for lo in range(0, n, fixed)]
+            out = [np.concatenate([p[i] for p in parts])[:n] for i in range(len(names))]
         return BatchScores(
             probs=out[0],
             entropy=out[1],
@@ -211,3 +263,18 @@ class OnnxRuntimeEngine(Engine):
             embedding=out[5] if want_embedding else None,
             view_probs=out[-1] if want_views else None,
         )
+
+
+def _padded(feed: dict[str, np.ndarray], lo: int, size: int) -> dict[str, np.ndarray]:
+    """Rows [lo, lo + size) of each input, padded to `size` rows with zeros (a target with -1:
+    no class asked)."""
+    out = {}
+    for name, value in feed.items():
+        part = value[lo : lo + size]
+        if len(part) < size:
+            pad = np.zeros((size - len(part), *part.shape[1:]), part.dtype)
+            if name == "target":
+                pad[:] = -1
+            part = np.concatenate([part, pad])
+        out[name] = part
+    return out

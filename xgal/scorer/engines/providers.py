@@ -62,6 +62,9 @@ class ProviderSettings:
     # CUDA: let convolutions and matrix products round to TF32 on tensor cores (ONNX Runtime's
     # default). Off for parity checks against the CPU, where TF32's 10-bit mantissa shows.
     tf32: bool = True
+    # CUDA: capture the graph's launches once and replay them (ONNX Runtime's enable_cuda_graph);
+    # needs a fixed-batch graph (`xgal model fixed-batch`).
+    cuda_graph: bool = False
 
 
 def _nvinfer() -> Any:
@@ -108,6 +111,8 @@ def provider_options(
             cuda: dict[str, Any] = {"device_id": settings.device_id}
             if not settings.tf32:
                 cuda["use_tf32"] = 0
+            if settings.cuda_graph:
+                cuda["enable_cuda_graph"] = "1"
             out.append((name, cuda))
         elif name == TENSORRT:
             out.append((name, tensorrt_options(settings, model, input_shapes)))
