@@ -337,6 +337,10 @@ def test_demo_quick(tmp_path):
     assert set(doc["summary"]["arms"]) == {"random", "uncertainty", "xgal"}
     # Which initial set it used, said and recorded: drawn without the pool's labels by default.
     assert "initial set: drawn at random, no label read" in res.stdout and doc["initial_balance"] == "none"
+    # Which seeds are which: seed 0 was spent choosing; claims rest on held-out seeds only.
+    assert doc["seed_roles"] == {"0": "spent"} and "spent seed 0 (n=1)" in res.stdout
+    assert "claims come from held-out seeds 200-209 only" in doc["seeds_text"]
+    assert doc["regime"] == {"tag_fraction": 0.7, "tag_agreement": 0.95, "lesion_scale": 1.0}
     for arm in ("random", "uncertainty", "xgal"):
         rounds = doc["rounds"]["0"][arm]
         assert [r["labelled"] for r in rounds] == [30, 60, 90, 120]

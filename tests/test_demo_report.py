@@ -1,11 +1,13 @@
 """The demo's conclusions from hand-made learning curves: AUC, spreads only where there are
-several seeds, paired per-seed differences and their verdicts."""
+several seeds, paired per-seed differences judged by their 95% t-interval, and which seeds
+may carry a claim."""
 
 import math
 
 import pytest
 
 from xgal.demo.report import Stat, curve_auc, stat, summarise
+from xgal.demo.seeds import roles_text, seed_role
 from xgal.loop import RoundRecord
 
 
@@ -26,7 +28,7 @@ def test_curve_auc_is_the_trapezoid_mean_over_labelled_count():
 
 def test_one_seed_has_no_spread_and_says_so():
     s = Stat.of([0.04])
-    assert s.std is None and s.text(signed=True) == "+0.040"
+    assert s.std is None and s.text(signed=True) == "+0.040" and s.interval() is None
     assert "one seed" in s.verdict()
 
 
@@ -35,13 +37,31 @@ def test_one_seed_has_no_spread_and_says_so():
     [
         ([0.05, 0.06, 0.04], "better"),
         ([-0.05, -0.06, -0.04], "worse"),
-        ([0.05, -0.04, 0.01], "within noise"),
+        ([0.05, -0.04, 0.01], "inconclusive"),
+        ([0.0, 0.01, -0.005, 0.004, 0.002], "no loss"),
+        # 2 std from 0 was "better" before; with 3 seeds the t-interval asks for about 2.5 std.
+        ([0.02, 0.03, 0.01], "no loss"),
     ],
 )
-def test_a_paired_difference_is_judged_against_its_own_spread(values, verdict):
+def test_a_paired_difference_is_judged_by_its_t_interval(values, verdict):
     s = Stat.of(values)
-    assert s.std == pytest.approx(math.sqrt(sum((v - sum(values) / 3) ** 2 for v in values) / 2))
-    assert s.verdict().startswith(verdict)
+    n, mean = len(values), sum(values) / len(values)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
+    assert s.std == pytest.approx(sd)
+    t = {3: 4.302652729911275, 5: 2.7764451051977987}[n]  # Student's t, 0.975, n - 1 df (tables)
+    assert s.interval() == pytest.approx((mean - t * sd / math.sqrt(n), mean + t * sd / math.sqrt(n)))
+    assert s.verdict() == verdict
+
+
+def test_seed_roles_say_which_seeds_may_carry_a_claim():
+    assert [seed_role(s) for s in (100, 109, 200, 209, 3, 15, 16, 150)] == [
+        "development", "development", "held-out", "held-out", "spent", "spent", "other", "other"
+    ]  # fmt: skip
+    assert roles_text(list(range(200, 210))) == "held-out seeds 200-209 (n=10)"
+    assert roles_text([100, 101, 200]) == (
+        "development seeds 100-101 (n=2); held-out seed 200 (n=1); "
+        "claims come from held-out seeds 200-209 only"
+    )
 
 
 def test_summary_pairs_arms_seed_by_seed():
@@ -61,12 +81,13 @@ def test_summary_pairs_arms_seed_by_seed():
 
 
 def test_the_no_shortcut_control_draws_the_tag_independently_of_the_class(tmp_path):
+    from xgal.demo.arms import Regime
     from xgal.demo.run import _pool
 
-    control = _pool(tmp_path / "p", 12, 0, "train", shortcut=False)
+    control = _pool(tmp_path / "p", 12, 0, "train", Regime(tag_agreement=1 / 3))
     assert "marker_agreement=0.3333333333333333" in control.description  # 1/K: independent
     # The same folder asked for with the shortcut is made again, not reused.
-    again = _pool(tmp_path / "p", 12, 0, "train", shortcut=True)
+    again = _pool(tmp_path / "p", 12, 0, "train", Regime())
     assert "marker_agreement=0.95" in again.description
 
 

@@ -19,6 +19,7 @@ app.command("report")(answers.report)
 app.add_typer(model.app, name="model")
 app.command("bench")(bench.bench)
 app.command("demo")(demo.demo)
+app.command("regime-map")(demo.regime_map)
 
 
 def main() -> None:

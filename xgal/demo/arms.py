@@ -1,4 +1,5 @@
-"""The demo's arms (one active-learning run each, at equal budget) and its budgets."""
+"""The demo's arms (one active-learning run each, at equal budget), its budgets and the
+synthetic pool's regime (how strong the shortcut is, how large the lesions are)."""
 
 from __future__ import annotations
 
@@ -102,3 +103,44 @@ class DemoBudget:
 # A test split of 1,000: at 300 the binomial noise of one accuracy alone was ±0.026.
 FULL = DemoBudget(pool=3000, test=1000, initial=60, per_round=60, rounds=5, epochs=30)
 QUICK = DemoBudget(pool=1000, test=150, initial=30, per_round=30, rounds=3, epochs=20)
+
+
+@dataclass(frozen=True)
+class Regime:
+    """The synthetic pool's regime: the share of scans carrying the tag, how often the tag names
+    the true class in the pool (1/K: no shortcut, the control), and the lesions' size."""
+
+    tag_fraction: float = 0.7
+    tag_agreement: float = 0.95
+    lesion_scale: float = 1.0
+
+    def describe(self, num_classes: int) -> str:
+        if abs(self.tag_agreement - 1 / num_classes) < 1e-9:
+            text = "no shortcut (tag independent of the class)"
+        else:
+            text = (
+                f"tag on {self.tag_fraction:.0%} of scans, naming the class "
+                f"{self.tag_agreement:.0%} of the time"
+            )
+        return text + ("" if self.lesion_scale == 1 else f", lesions ×{self.lesion_scale:g}")
+
+    def folder(self, seed: int, default_shortcut: bool, num_classes: int) -> str:
+        """The seed's data folder: `seed{N}` for the default regime (as before), else named."""
+        if self == Regime():
+            return f"seed{seed}"
+        if self == Regime(tag_agreement=1 / num_classes):
+            return f"seed{seed}-no-shortcut"
+        return f"seed{seed}-f{self.tag_fraction:g}-a{self.tag_agreement:.3g}-l{self.lesion_scale:g}"
+
+
+def parse_budget(text: str, base: DemoBudget) -> DemoBudget:
+    """ "INITIAL+ROUNDSxPER" (e.g. 30+3x30) as a budget; pool, test split and epochs from `base`."""
+    try:
+        initial, rest = text.split("+")
+        rounds, per_round = rest.lower().split("x")
+        values = int(initial), int(rounds), int(per_round)
+    except ValueError:
+        raise InvalidArgument(f"--budget takes INITIAL+ROUNDSxPER, e.g. 30+3x30; got {text!r}") from None
+    if min(values) < 1 or values[0] + values[1] * values[2] > base.pool // 2:
+        raise InvalidArgument(f"--budget {text}: every number at least 1, and at most half the pool labelled")
+    return replace(base, initial=values[0], rounds=values[1], per_round=values[2])

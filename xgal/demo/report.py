@@ -2,8 +2,10 @@
 curve, and the paired per-seed differences between arms (every arm of a seed shares its pool,
 test split and initial set, so a difference per seed removes what the seed alone decides).
 
-A spread is reported only when there is one: with one seed the differences are single numbers,
-and the verdict says so instead of printing "± 0.000".
+A difference is judged by its paired 95% t-interval over seeds (n − 1 degrees of freedom):
+"better" when the interval lies above 0, "worse" when below; otherwise "no loss" when its lower
+end is above −`NO_LOSS`, else "inconclusive" (docs/evidence.md's definitions). With one seed
+there is no interval, and the verdict says so instead of printing "± 0.000".
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
+from scipy import stats
 
 from xgal.loop import RoundRecord
 
@@ -30,7 +33,8 @@ PAIRS = (
     ("xgal-body", "uncertainty"),
     ("xgal-balanced", "xgal"),
 )
-SIGNIFICANT_STD = 2.0  # a paired difference counts when its mean is at least this many std away from 0
+CONFIDENCE = 0.95  # the paired t-interval's coverage
+NO_LOSS = 0.02  # "not worse": the interval's lower end above -0.02 (accuracy or Dice)
 
 Results = Mapping[int, Mapping[str, Sequence[RoundRecord]]]  # seed -> arm -> rounds
 
@@ -48,22 +52,37 @@ class Stat:
         v = np.asarray(values, dtype=np.float64)
         return cls(float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else None, tuple(float(x) for x in v))
 
+    @property
+    def n(self) -> int:
+        return len(self.per_seed)
+
+    def interval(self) -> tuple[float, float] | None:
+        """The paired 95% t-interval of the mean over seeds; None for one seed."""
+        if self.std is None:
+            return None
+        half = float(stats.t.ppf(0.5 + CONFIDENCE / 2, self.n - 1)) * self.std / np.sqrt(self.n)
+        return self.mean - half, self.mean + half
+
     def text(self, signed: bool = False) -> str:
         mean = f"{self.mean:+.3f}" if signed else f"{self.mean:.3f}"
         return mean if self.std is None else f"{mean} ± {self.std:.3f}"
 
+    def interval_text(self) -> str:
+        ci = self.interval()
+        return "" if ci is None else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
     def verdict(self) -> str:
-        """For a paired difference: does it stand out from the seed-to-seed noise?"""
-        if self.std is None:
-            return "one seed: no spread to judge by"
-        if self.std == 0.0:
-            return "no spread" if self.mean == 0 else ("better" if self.mean > 0 else "worse")
-        z = self.mean / self.std
-        if z >= SIGNIFICANT_STD:
-            return f"better ({z:.1f} std)"
-        if z <= -SIGNIFICANT_STD:
-            return f"worse ({-z:.1f} std)"
-        return f"within noise ({z:+.1f} std)"
+        """For a paired difference: "better" or "worse" when the 95% t-interval excludes 0;
+        else "no loss" when its lower end is above -NO_LOSS, and "inconclusive" when it is not."""
+        ci = self.interval()
+        if ci is None:
+            return "one seed: no interval"
+        lo, hi = ci
+        if lo > 0:
+            return "better"
+        if hi < 0:
+            return "worse"
+        return "no loss" if lo > -NO_LOSS else "inconclusive"
 
 
 def curve_auc(records: Sequence[RoundRecord], metric: str) -> float:

@@ -22,15 +22,16 @@ from rich.console import Console
 from xgal.annotate.oracle import OracleAnnotator
 from xgal.client import ScorerClient
 from xgal.core.contract import MAX_VIEWS
-from xgal.demo.arms import ARMS, FULL, QUICK, QUICK_ARMS, Arm
+from xgal.demo.arms import ARMS, FULL, QUICK, QUICK_ARMS, Arm, DemoBudget, Regime
 from xgal.demo.plots import plot_curves, plot_overlays
 from xgal.demo.report import summarise
+from xgal.demo.seeds import roles_text, seed_role
 from xgal.demo.tables import arms_table, differences_table, round_tables
 from xgal.export import ScoringGraphExporter
 from xgal.loop import ActiveLearningLoop, RoundRecord
 from xgal.loop.presets import preset
 from xgal.pool.format import Pool
-from xgal.pool.synth import synth_pool
+from xgal.pool.synth import synth_description, synth_pool
 from xgal.scorer.server import RunningServer, ServerConfig
 from xgal.train.fit import to_input
 from xgal.train.gradcam import scores_and_cam
@@ -44,25 +45,23 @@ INITIAL_WORDS = {
 NUM_CLASSES = 3
 
 
-def _pool(path: Path, size: int, seed: int, split: str, shortcut: bool = True) -> Pool:
-    """The synthetic pool, reused when it is already there. Without the shortcut the tag's
-    glyph names the true class with probability 1/K: independent of the class, as in the test
-    split (the generator itself is unchanged)."""
-    agreement = 0.95 if shortcut else 1.0 / NUM_CLASSES
-    if (path / "manifest.json").is_file():
-        pool = Pool(path)
-        if pool.count == size and f"seed={seed}," in pool.description:
-            if split == "test" or f"marker_agreement={agreement}" in pool.description:
-                return pool
-    return synth_pool(
-        path,
-        size,
+def _pool(path: Path, size: int, seed: int, split: str, regime: Regime) -> Pool:
+    """The synthetic pool, reused when it is already there with the same description. Without
+    the shortcut the tag's glyph names the true class with probability 1/K: independent of the
+    class, as in the test split (the generator itself is unchanged)."""
+    kwargs = dict(
         seed=seed,
         split=split,
         num_classes=NUM_CLASSES,
-        marker_agreement=agreement,
-        overwrite=True,
+        marker_fraction=regime.tag_fraction,
+        marker_agreement=regime.tag_agreement,
+        lesion_scale=regime.lesion_scale,
     )
+    if (path / "manifest.json").is_file():
+        pool = Pool(path)
+        if pool.count == size and pool.description == synth_description(**kwargs):
+            return pool
+    return synth_pool(path, size, overwrite=True, **kwargs)
 
 
 def _round_logger(
@@ -100,30 +99,35 @@ def run_demo(
     shortcut: bool = True,
     console: Console | None = None,
     initial_balance: str = "none",
+    regime: Regime | None = None,
+    budget: DemoBudget | None = None,
 ) -> dict:
-    """Run every arm for every seed; print and write what they show (see the module doc)."""
+    """Run every arm for every seed; print and write what they show (see the module doc).
+    `regime`: the synthetic pool's (default: the shortcut as the demo has it, or with
+    `shortcut=False` the control); `budget`: labels and pool sizes (default: QUICK or FULL)."""
     console = console or Console()
     seed_list = list(range(first_seed, first_seed + seeds))
-    budget = QUICK if quick else FULL
+    budget = budget or (QUICK if quick else FULL)
     arms = arms or (QUICK_ARMS if quick else ARMS)
     base = preset("demo")
-    data_name = "pool with a shortcut tag" if shortcut else "no shortcut (tag independent of the class)"
+    regime = regime or (Regime() if shortcut else Regime(tag_agreement=1 / NUM_CLASSES))
+    data_name = regime.describe(NUM_CLASSES)
     out_dir.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     console.rule("xgal demo")
     console.print(
         f"{data_name}; budget: {budget.initial} initial + {budget.rounds} x {budget.per_round} acquired "
         f"from a pool of {budget.pool}; test split {budget.test}; {budget.epochs} epochs per round; "
-        f"arms: {', '.join(a.name for a in arms)}; seeds: {', '.join(map(str, seed_list))}; "
+        f"arms: {', '.join(a.name for a in arms)}; {roles_text(seed_list)}; "
         f"initial set: {INITIAL_WORDS[initial_balance]}"
     )
     all_results: dict[int, dict[str, list[RoundRecord]]] = {}
     overlay_cams: dict[str, np.ndarray] = {}
     overlay_data: dict[str, np.ndarray] = {}
     for seed in seed_list:
-        data = out_dir / (f"seed{seed}" if shortcut else f"seed{seed}-no-shortcut")
-        pool = _pool(data / "pool-train", budget.pool, seed, "train", shortcut)
-        test = _pool(data / "pool-test", budget.test, seed, "test")
+        data = out_dir / regime.folder(seed, shortcut, NUM_CLASSES)
+        pool = _pool(data / "pool-train", budget.pool, seed, "train", regime)
+        test = _pool(data / "pool-test", budget.test, seed, "test", regime)
         if seed == first_seed:
             overlay_data = test.read(0, OVERLAY_IMAGES, ("images", "rois", "labels"))
         server = RunningServer(ServerConfig(data_root=data, model_repo=data / "models", port=0))
@@ -188,12 +192,16 @@ def run_demo(
         console.print(differences_table(summary))
     doc = {
         "data": data_name,
-        "shortcut": shortcut,
+        "shortcut": regime.tag_agreement > 1 / NUM_CLASSES + 1e-9 and regime.tag_fraction > 0,
+        "regime": asdict(regime),
         "budget": asdict(budget),
         "initial_balance": initial_balance,  # none: drawn without the labels; oracle: stratified
         "train": asdict(replace(base.train, epochs=budget.epochs)),
         "arms": [{**asdict(a), "acquisition": asdict(a.acquisition)} for a in arms],
         "seeds": list(all_results),
+        # development: for choosing; held-out: for claims (xgal/demo/seeds.py, docs/evidence.md)
+        "seed_roles": {str(s): seed_role(s) for s in all_results},
+        "seeds_text": roles_text(list(all_results)),
         "rounds": {
             str(seed): {a: [asdict(r) for r in recs] for a, recs in res.items()}
             for seed, res in all_results.items()

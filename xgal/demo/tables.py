@@ -7,6 +7,7 @@ from collections.abc import Mapping, Sequence
 from rich.table import Table
 
 from xgal.demo.report import FIGURES, stat
+from xgal.demo.seeds import roles_text
 from xgal.loop import RoundRecord
 
 
@@ -27,8 +28,8 @@ def round_tables(seed: int, results: Mapping[str, Sequence[RoundRecord]]) -> lis
 
 
 def _seeds_text(seeds: Sequence[int]) -> str:
-    n = len(seeds)
-    return f"seed {seeds[0]}" if n == 1 else f"mean ± std over {n} seeds ({', '.join(map(str, seeds))})"
+    text = roles_text(seeds)
+    return text if len(seeds) == 1 else f"mean ± std over {text}"
 
 
 def arms_table(summary: Mapping) -> Table:
@@ -57,15 +58,22 @@ def differences_table(summary: Mapping) -> Table:
     """Paired per-seed differences, each with whether it stands out from the seed-to-seed noise
     (the per-seed values are in results.json)."""
     table = Table(
-        title=f"paired differences a - b (per seed, then over seeds); {_seeds_text(summary['seeds'])}",
+        title=f"paired differences a - b (per seed, then over seeds, with the paired 95% t-interval); "
+        f"{_seeds_text(summary['seeds'])}",
         title_justify="left",
     )
-    for col in ("a - b", "figure", "difference", "verdict"):
-        table.add_column(col, justify="right" if col == "difference" else "left", no_wrap=True)
+    for col in ("a - b", "figure", "mean", "95% interval", "verdict"):
+        right = col in ("mean", "95% interval")
+        table.add_column(col, justify="right" if right else "left", no_wrap=True)
     for pair, d in summary["differences"].items():
         for i, key in enumerate(FIGURES):
             s = stat(d[key])
             table.add_row(
-                pair if i == 0 else "", _NAMES[key], s.text(signed=True), s.verdict(), end_section=i == 3
+                pair if i == 0 else "",
+                _NAMES[key],
+                f"{s.mean:+.3f}",
+                s.interval_text(),
+                s.verdict(),
+                end_section=i == 3,
             )
     return table

@@ -69,10 +69,11 @@ def _glyph(cls: int, s: int) -> np.ndarray:
 
 
 def synth_scan(
-    rng: np.random.Generator, cls: int, size: int, marker: int | None
+    rng: np.random.Generator, cls: int, size: int, marker: int | None, lesion_scale: float = 1.0
 ) -> tuple[np.ndarray, np.ndarray]:
     """One uint8 [size, size] scan with a lesion of class `cls` and its ROI mask.
-    `marker` is the glyph to burn in (a class index) or None."""
+    `marker` is the glyph to burn in (a class index) or None; `lesion_scale` multiplies the
+    lesion's radius (8-14% of the side at 1)."""
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float64)
     # Body: an ellipse of smooth tissue made of a few broad Gaussian blobs.
     by, bx = size / 2 + rng.normal(0, size * 0.02, 2)
@@ -85,7 +86,7 @@ def synth_scan(
         tissue += rng.uniform(-0.12, 0.12) * np.exp(-((yy - gy) ** 2 + (xx - gx) ** 2) / (2 * gs * gs))
     img = np.where(body, tissue, 0.05)
     # Lesion inside the body.
-    r = size * rng.uniform(0.08, 0.14)
+    r = size * rng.uniform(0.08, 0.14) * lesion_scale
     ang = rng.uniform(0, 2 * np.pi)
     rad = rng.uniform(0, 0.55) * min(ry, rx) - r * 0.2
     cy, cx = by + max(rad, 0) * np.sin(ang), bx + max(rad, 0) * np.cos(ang)
@@ -103,6 +104,24 @@ def synth_scan(
     return (np.clip(img, 0, 1) * 255).astype(np.uint8), mask.astype(np.uint8)
 
 
+def synth_description(
+    seed: int,
+    split: str,
+    num_classes: int,
+    marker_fraction: float,
+    marker_agreement: float,
+    lesion_scale: float = 1.0,
+) -> str:
+    """The description a synthetic pool's manifest carries: what made it (a pool is reused only
+    when it matches)."""
+    return (
+        f"synthetic {split} split: seed={seed}, classes={num_classes}, "
+        f"marker_fraction={marker_fraction}, marker_agreement="
+        f"{marker_agreement if split == 'train' else 'none (random)'}"
+        + (f", lesion_scale={lesion_scale}" if lesion_scale != 1.0 else "")
+    )
+
+
 def synth_pool(
     out: str | os.PathLike[str],
     size: int,
@@ -113,6 +132,7 @@ def synth_pool(
     num_classes: int = 3,
     marker_fraction: float = 0.7,
     marker_agreement: float = 0.95,
+    lesion_scale: float = 1.0,
     split: str = "train",
     shard_size: int = 8192,
     overwrite: bool = False,
@@ -132,14 +152,12 @@ def synth_pool(
         raise InvalidArgument("size must be >= 1, image_size >= 16 and channels >= 1")
     if not (0 <= marker_fraction <= 1 and 0 <= marker_agreement <= 1):
         raise InvalidArgument("marker_fraction and marker_agreement must be in [0, 1]")
+    if not 0.25 <= lesion_scale <= 3:
+        raise InvalidArgument(f"lesion_scale must be in [0.25, 3], got {lesion_scale}")
     rng = np.random.default_rng([seed, 0 if split == "train" else 1])
     labels = rng.permutation(np.arange(size) % num_classes)
     prefix = "scan" if split == "train" else "test"
-    desc = (
-        f"synthetic {split} split: seed={seed}, classes={num_classes}, "
-        f"marker_fraction={marker_fraction}, marker_agreement="
-        f"{marker_agreement if split == 'train' else 'none (random)'}"
-    )
+    desc = synth_description(seed, split, num_classes, marker_fraction, marker_agreement, lesion_scale)
     with PoolWriter(
         out,
         image_shape=(channels, image_size, image_size),
@@ -164,7 +182,7 @@ def synth_pool(
                         marker = int(rng.choice([k for k in range(num_classes) if k != cls]))
                     else:
                         marker = int(rng.integers(num_classes))
-                images[j, :], rois[j] = synth_scan(rng, cls, image_size, marker)
+                images[j, :], rois[j] = synth_scan(rng, cls, image_size, marker, lesion_scale)
             ids = [f"{prefix}-{i:07d}" for i in range(start, start + n)]
             writer.add(ids, images, rois, labels[start : start + n])
             if progress is not None:
