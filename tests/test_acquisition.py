@@ -114,6 +114,19 @@ def test_bounded_topk_equals_full_sort_with_ties_and_nan(scores, k, batch):
     assert acc.result().ids.tolist() == top(_ranked(ids, values), k).ids.tolist()
 
 
+def test_the_pre_cut_keeps_numbers_when_most_scores_are_nan():
+    """200 rows, two numbers and NaN (an FP16 overflow): the k best are the two numbers, then
+    NaN rows by ID, through `top` and through a TopK fed in batches."""
+    ids = np.array([f"s{i:03d}" for i in range(200)])
+    scores = np.full(200, np.nan)
+    scores[[50, 150]] = [0.9, 0.4]
+    assert top(_ranked(ids, scores), 10).ids.tolist()[:3] == ["s050", "s150", "s000"]
+    acc = TopK(10, 3)
+    for lo in (0, 100):
+        acc.update(_ranked(ids[lo : lo + 100], scores[lo : lo + 100]))
+    assert acc.result().ids.tolist()[:3] == ["s050", "s150", "s000"] and len(acc.result()) == 10
+
+
 def test_shard_merge_is_exact():
     rng = np.random.default_rng(1)
     ids = np.array([f"s{i:04d}" for i in range(300)])

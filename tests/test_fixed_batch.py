@@ -68,3 +68,32 @@ def test_cuda_graphs_need_a_fixed_batch_and_ask_the_provider(graphs):
     assert name == CUDA and options["enable_cuda_graph"] == "1"
     (_, plain), *_ = provider_options([CUDA], ProviderSettings(), b"")
     assert "enable_cuda_graph" not in plain
+    res = run_xgal("serve", "--cuda-graph", "--data-root", ".", "--model-repo", ".")
+    assert res.returncode == 2 and "give --provider CUDAExecutionProvider first" in res.stderr + res.stdout
+
+
+def test_the_captured_path_runs_on_one_thread_and_is_warmed_at_load(graphs):
+    """ONNX Runtime keeps a CUDA graph per calling thread: every run of a cuda_graph engine goes
+    through the engine's one thread, whichever thread calls it, and the runs that lead to the
+    capture happen when the engine is opened, not during traffic."""
+    import threading
+
+    _, fixed = graphs
+    engine = OnnxRuntimeEngine(fixed, intra_op_threads=1, settings=ProviderSettings(cuda_graph=True))
+    assert engine._graph_io  # bound and run at load
+    seen, replay = [], engine._replay
+
+    def recording(feed, names):
+        seen.append(threading.current_thread().name)
+        return replay(feed, names)
+
+    engine._replay = recording
+    image, roi = np.zeros((FIXED, 1, 32, 32), np.uint8), np.zeros((FIXED, 32, 32), np.uint8)
+    callers = [threading.Thread(target=engine.run, args=(image, roi)) for _ in range(3)]
+    for t in callers:
+        t.start()
+    for t in callers:
+        t.join(30)
+    engine.run(image[:3], roi[:3])
+    assert len(seen) == 4 and len(set(seen)) == 1 and seen[0].startswith("xgal-cuda-graph")
+    engine.close()

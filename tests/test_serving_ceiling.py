@@ -4,6 +4,7 @@ batcher hands a lone request's pixels to the engine without copying them, and ru
 in its caller's thread, one engine call at a time, admitted as a queued one."""
 
 import threading
+import time
 
 import numpy as np
 import onnx
@@ -113,7 +114,7 @@ class Held(Recording):
         self.info = OnnxRuntimeEngine(
             null_scoring_graph((1, 4, 4)).SerializeToString(), intra_op_threads=1
         ).info
-        self.threads, self.inside, self.most = [], 0, 0
+        self.threads, self.inside, self.most, self.delay = [], 0, 0, 0.0
         self.entered, self.release = threading.Semaphore(0), threading.Event()
         self._lock = threading.Lock()
 
@@ -124,6 +125,8 @@ class Held(Recording):
             self.threads.append(threading.current_thread().name)
         self.entered.release()
         self.release.wait(30)
+        if len(image) == 8:
+            time.sleep(self.delay)
         with self._lock:
             self.inside -= 1
         return super().run(image, roi)
@@ -148,6 +151,8 @@ def test_a_full_batch_runs_in_its_callers_thread_in_turn_and_admitted_as_queued(
     assert engine.inside == 1  # it waits: one engine call at a time
     with pytest.raises(QueueFullError, match="queue is full"):  # max_queue 1: one waits, no second
         batched.run(image, roi)
+    with pytest.raises(QueueFullError, match="queue is full"):  # nor a part batch beside it
+        batcher.submit(image[:4], roi[:4])
     engine.release.set()
     full[0].join(10)
     full[1].start()
@@ -189,3 +194,28 @@ def test_the_ceiling_profile_runs_on_a_small_pool(tmp_path):
     assert all(v["images_per_s"] > 0 for v in report["in_turn"].values())
     assert "score_pool" in report["profile_in_process"] and "Pool.read" in report["profile_reader_alone"]
     assert report["threads"]["reader_pool_read_wall_us_per_image"] > 0
+
+
+def test_close_returns_once_the_full_batches_admitted_before_have_run():
+    engine = Held()
+    batcher = DynamicBatcher(engine, max_batch=8, max_delay_ms=0, max_queue=4)
+    image, roi = np.ones((8, 1, 4, 4), np.uint8), np.zeros((8, 4, 4), np.uint8)
+    part = batcher.submit(image[:4], roi[:4])
+    assert engine.entered.acquire(timeout=10)
+    out, closed, seen_at_close = [], threading.Event(), []
+
+    def slow_full():  # takes a while in the engine: close must wait for it, not return meanwhile
+        out.append(batcher.run_full(image, roi))
+
+    engine.delay = 0.5
+    full = threading.Thread(target=slow_full, name="caller")
+    full.start()
+    wait_for(lambda: batcher._full_waiting == 1, 10, "the full batch to wait for the engine")
+    closer = threading.Thread(target=lambda: (batcher.close(), seen_at_close.append(len(out)), closed.set()))
+    closer.start()
+    assert not closed.wait(0.5)  # the part batch is held, the full batch still to run
+    engine.release.set()
+    assert closed.wait(20) and len(part.result(timeout=10)) == 4
+    assert seen_at_close == [1] and len(out[0]) == 8  # it ran before close returned
+    full.join(10)
+    closer.join(10)

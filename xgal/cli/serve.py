@@ -78,6 +78,11 @@ def serve(
 
     if (tls_cert is None) != (tls_key is None):
         raise InvalidArgument("TLS needs both --tls-cert and --tls-key")
+    if cuda_graph and (not provider or provider[0] != "CUDAExecutionProvider"):
+        raise InvalidArgument(
+            "--cuda-graph captures CUDA graphs: give --provider CUDAExecutionProvider first (the "
+            "TensorRT and CPU providers would capture nothing)"
+        )
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     serve_forever(
         ServerConfig(

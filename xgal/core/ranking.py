@@ -88,9 +88,12 @@ def top(r: Ranked, k: int) -> Ranked:
     """The k best rows of `r`, in rank order."""
     if len(r) > 4 * k + 64:
         # Cheap pre-cut: keep everything scoring at least the k-th best (ties kept for the ID
-        # tie-break), then sort only that.
-        kth = np.partition(-r.score, k - 1)[k - 1]
-        r = r.take(np.flatnonzero(-r.score <= kth))
+        # tie-break), then sort only that. NaN ranks last, as in `sorted`: with fewer than k
+        # numbers there is no cut.
+        neg = np.where(np.isnan(r.score), np.inf, -r.score)
+        kth = np.partition(neg, k - 1)[k - 1]
+        if np.isfinite(kth):
+            r = r.take(np.flatnonzero(neg <= kth))
     return r.sorted().take(np.arange(min(k, len(r))))
 
 

@@ -24,6 +24,10 @@ class QueueFullError(RuntimeError):
 _SHUTTING_DOWN = "the scorer is shutting down this model's batcher; retry on another replica"
 
 
+def _queue_full(size: int) -> QueueFullError:
+    return QueueFullError(f"the scoring queue is full ({size} batches waiting); retry later")
+
+
 @dataclass
 class _Item:
     image: np.ndarray
@@ -48,10 +52,11 @@ class DynamicBatcher:
         self.max_delay = max_delay_ms / 1000.0
         self._queue: queue.Queue[_Item | None] = queue.Queue(maxsize=max_queue)
         self._observe = observe
-        self._closing = threading.Lock()
+        self._closing = threading.Condition()  # guards _closed and the full-batch counts
         self._closed = False
         self._engine_lock = threading.Lock()  # one engine call at a time, batched or full
         self._full_waiting = 0  # full batches waiting for the engine (`run_full`)
+        self._full_admitted = 0  # full batches admitted and not yet done (`close` waits for them)
         self._thread = threading.Thread(target=self._loop, name="xgal-batcher", daemon=True)
         self._thread.start()
 
@@ -61,12 +66,12 @@ class DynamicBatcher:
             if self._closed:
                 # Queued behind the end marker it would never run, and its caller wait forever.
                 raise QueueFullError(_SHUTTING_DOWN)
+            if self._full_waiting + self._queue.qsize() >= self._queue.maxsize:
+                raise _queue_full(self._queue.maxsize)
             try:
                 self._queue.put_nowait(item)
             except queue.Full:
-                raise QueueFullError(
-                    f"the scoring queue is full ({self._queue.maxsize} batches waiting); retry later"
-                ) from None
+                raise _queue_full(self._queue.maxsize) from None
         return item.future
 
     def run_full(self, image: np.ndarray, roi: np.ndarray) -> BatchScores:
@@ -78,29 +83,33 @@ class DynamicBatcher:
             if self._closed:
                 raise QueueFullError(_SHUTTING_DOWN)
             if self._full_waiting + self._queue.qsize() >= self._queue.maxsize:
-                raise QueueFullError(
-                    f"the scoring queue is full ({self._queue.maxsize} batches waiting); retry later"
-                )
+                raise _queue_full(self._queue.maxsize)
             self._full_waiting += 1
-        with self._engine_lock:
+            self._full_admitted += 1
+        try:
+            with self._engine_lock:
+                with self._closing:
+                    self._full_waiting -= 1  # in the engine now, as a queued batch that left the queue
+                start = time.perf_counter()
+                out = self.engine.run(image, roi)
+                done = time.perf_counter()
+        finally:
             with self._closing:
-                self._full_waiting -= 1  # in the engine now, as a queued batch that left the queue
-            start = time.perf_counter()
-            out = self.engine.run(image, roi)
-            done = time.perf_counter()
+                self._full_admitted -= 1
+                self._closing.notify_all()
         if self._observe is not None:
             self._observe(len(image), start - queued, done - start)
         return out
 
     def close(self) -> None:
         """Run what was submitted before, then stop; later submits raise QueueFullError. Returns
-        once the engine is idle (a full batch in it finishes first)."""
+        once every full batch admitted before has run too (the engine is then idle)."""
         with self._closing:
             self._closed = True
         self._queue.put(None)
         self._thread.join(timeout=10)
-        with self._engine_lock:
-            pass
+        with self._closing:
+            self._closing.wait_for(lambda: self._full_admitted == 0, timeout=60)
 
     def _gather(self, first: _Item) -> tuple[list[_Item], bool]:
         items, n = [first], len(first.image)

@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnxruntime as ort
@@ -32,6 +33,11 @@ from xgal.scorer.engines.providers import (
 from xgal.scorer.fixed_batch import fixed_batch_of
 
 log = logging.getLogger(__name__)
+
+# CUDA graphs: regular runs before ONNX Runtime captures (it captures after a few), done at
+# load; and one capture at a time in the process.
+CAPTURE_RUNS = 3
+_CAPTURING = threading.Lock()
 
 # ONNX Runtime's names of the scoring graph's output types.
 _NUMPY = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64}
@@ -156,9 +162,29 @@ class OnnxRuntimeEngine(Engine):
                     f"{where}: CUDA graphs replay fixed shapes; make a fixed-batch graph first "
                     "(xgal model fixed-batch IN OUT --batch N)"
                 )
-            self._graph_lock = threading.Lock()  # one captured graph, one set of buffers
+            # ONNX Runtime's CUDA provider keeps a captured graph per calling thread: every run of
+            # this engine goes through its one thread, and the capture happens here, at load.
             self._graph_io: dict[str, ort.OrtValue] = {}
+            self._graph_thread = ThreadPoolExecutor(1, thread_name_prefix="xgal-cuda-graph")
+            self._capture()
         log.info("%s runs on %s", where, ", ".join(self.providers))
+
+    def _capture(self) -> None:
+        """Run the fixed batch of zeros `CAPTURE_RUNS` times on the engine's thread, one engine
+        at a time in the process (a capture must not meet another session's allocation)."""
+        c, h, w = self.info.input_shape
+        n = self.fixed_batch or 1
+        feed = {
+            "image": np.zeros((n, c, h, w), np.dtype(self.info.pixel_dtype)),
+            "roi": np.zeros((n, h, w), np.uint8),
+        }
+        with _CAPTURING:
+            for _ in range(CAPTURE_RUNS):
+                self._run_once(feed, list(SCORE_OUTPUTS))
+
+    def close(self) -> None:
+        if self.cuda_graph:
+            self._graph_thread.shutdown(wait=True)
 
     def _on_device(self, name: str, value: np.ndarray) -> ort.OrtValue:
         """`value` copied into this thread's device buffer for input `name`, made anew only when
@@ -188,30 +214,34 @@ class OnnxRuntimeEngine(Engine):
         return binding.copy_outputs_to_cpu()
 
     def _run_captured(self, feed: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
-        """One run of the CUDA graph ONNX Runtime captures at the first: every input and every
-        output of the graph bound to one device buffer each, for the engine's life (a replay
-        reads and writes the same addresses); the pixels are copied in, the outputs out."""
+        """One replay of the CUDA graph captured at load (`_capture`): every input and output of
+        the graph bound to one device buffer each, for the engine's life (a replay reads and
+        writes the same addresses); the pixels are copied in, the outputs out, all on the
+        engine's one thread."""
         if self._has_target and "target" not in feed:  # one set of inputs in every replay
             feed = {**feed, "target": np.full(len(feed["image"]), -1, np.int64)}
-        with self._graph_lock:
-            io = self._graph_io
-            if not io:
-                for name, value in feed.items():
-                    io[name] = ort.OrtValue.ortvalue_from_shape_and_type(
-                        value.shape, value.dtype.type, self.device, self.settings.device_id
-                    )
-                for o in self.session.get_outputs():
-                    io[o.name] = ort.OrtValue.ortvalue_from_shape_and_type(
-                        o.shape, _NUMPY[o.type], self.device, self.settings.device_id
-                    )
-            binding = self.session.io_binding()
+        return self._graph_thread.submit(self._replay, feed, names).result()
+
+    def _replay(self, feed: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
+        """`_run_captured` on the engine's own thread (the only one that runs its graph)."""
+        io = self._graph_io
+        if not io:
             for name, value in feed.items():
-                io[name].update_inplace(value)
-                binding.bind_ortvalue_input(name, io[name])
+                io[name] = ort.OrtValue.ortvalue_from_shape_and_type(
+                    value.shape, value.dtype.type, self.device, self.settings.device_id
+                )
             for o in self.session.get_outputs():
-                binding.bind_ortvalue_output(o.name, io[o.name])
-            self.session.run_with_iobinding(binding)
-            return [np.array(io[name].numpy()) for name in names]  # a copy: the next run reuses them
+                io[o.name] = ort.OrtValue.ortvalue_from_shape_and_type(
+                    o.shape, _NUMPY[o.type], self.device, self.settings.device_id
+                )
+        binding = self.session.io_binding()
+        for name, value in feed.items():
+            io[name].update_inplace(value)
+            binding.bind_ortvalue_input(name, io[name])
+        for o in self.session.get_outputs():
+            binding.bind_ortvalue_output(o.name, io[o.name])
+        self.session.run_with_iobinding(binding)
+        return [np.array(io[name].numpy()) for name in names]  # a copy: the next run reuses them
 
     @staticmethod
     def plain_session(
