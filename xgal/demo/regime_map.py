@@ -150,6 +150,7 @@ def plot_map(result: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     points = [r["point"] for r in result["points"]]
     fig, axes = plt.subplots(1, 4, figsize=(15, 0.45 * len(points) + 1.6), sharey=True)
@@ -161,6 +162,7 @@ def plot_map(result: dict, path: Path) -> None:
             ax.plot([lo, hi], [y, y], color=colour, lw=2)
             ax.plot(d["mean"], y, "o", color=colour)
         ax.axvline(0, color="black", lw=0.8)
+        ax.xaxis.set_major_locator(MaxNLocator(5))
         ax.set_title(f"{pair}\n{name}", fontsize=9)
     axes[0].set_yticks(range(len(points)), points)
     axes[0].invert_yaxis()

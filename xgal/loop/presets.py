@@ -59,10 +59,10 @@ PRESETS: dict[str, LoopConfig] = {
         rounds=2,
         train=replace(_AUTHORS.train, epochs=1, episodes=20, shots=5, queries=5),
     ),
-    # CPU-friendly: the small CNN on 64x64 synthetic scans, with xgal's recommended selection
-    # (docs/evidence.md: the only configuration that beat uncertainty in CAM-ROI Dice by 2 std
-    # over five seeds): the authors' score, the k spread over the embedding among the 5·k best,
-    # and a TypiClust first acquisition.
+    # CPU-friendly: the small CNN on 64x64 synthetic scans, with xgal's recommended selection:
+    # the authors' score, the k spread over the embedding among the 5·k best, and a TypiClust
+    # first acquisition. It was chosen on spent seeds; on held-out seeds it is not better than
+    # uncertainty (docs/evidence.md), and it stays until the regime map says what to use.
     "demo": RECOMMENDED,
 }
 
