@@ -115,4 +115,9 @@ def test_the_report_fits_an_80_column_log_and_says_its_verdicts():
         console.print(table)
     text = buf.getvalue()
     assert "xgal - random" in text and "xgal - uncertainty" in text  # pair names not wrapped
+    assert "…" not in text  # no number cut short
+    # One seed: no interval column, the numbers whole in 80 columns.
+    one = io.StringIO()
+    Console(file=one, width=80).print(differences_table(summarise({0: results[0]})))
+    assert "…" not in one.getvalue() and "+0.050" in one.getvalue() and "95% interval" not in one.getvalue()
     assert "better" in text and "± " in text

@@ -62,18 +62,20 @@ def differences_table(summary: Mapping) -> Table:
         f"{_seeds_text(summary['seeds'])}",
         title_justify="left",
     )
-    for col in ("a - b", "figure", "mean", "95% interval", "verdict"):
-        right = col in ("mean", "95% interval")
-        table.add_column(col, justify="right" if right else "left", no_wrap=True)
+    # Numbers never shrink (an 80-column log would cut them to "+0.0…"); words wrap instead.
+    one_seed = len(summary["seeds"]) == 1
+    widths = {"a - b": None, "figure": None, "mean": 6, "95% interval": 16, "verdict": None}
+    for col, width in widths.items():
+        if one_seed and col == "95% interval":
+            continue
+        number = width is not None
+        table.add_column(
+            col, justify="right" if number else "left", no_wrap=number or col == "a - b", min_width=width
+        )
     for pair, d in summary["differences"].items():
         for i, key in enumerate(FIGURES):
             s = stat(d[key])
-            table.add_row(
-                pair if i == 0 else "",
-                _NAMES[key],
-                f"{s.mean:+.3f}",
-                s.interval_text(),
-                s.verdict(),
-                end_section=i == 3,
-            )
+            cells = [pair if i == 0 else "", _NAMES[key], f"{s.mean:+.3f}"]
+            cells += [] if one_seed else [s.interval_text()]
+            table.add_row(*cells, s.verdict(), end_section=i == 3)
     return table
