@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from xgal.bench.pool_rows import TOP_K, replicas
+from xgal.bench.pool_rows import TOP_K, grpc_rows
 from xgal.bench.record import Recorder
 from xgal.bench.timing import open_engine, timed, timed_in_turn
 
@@ -29,8 +29,7 @@ ALONE = "ceiling: null graph alone (one batch in memory)"
 IN_PROCESS = "ceiling: in process, null graph"
 
 
-def grpc_row_name(n: int) -> str:
-    return f"ceiling: gRPC ScorePool, {n} replica(s), null graph"
+GRPC = "ceiling: gRPC ScorePool, {n} replica(s), null graph"  # n: the replicas
 
 
 def sample_bytes(pool: Any) -> int:
@@ -117,22 +116,8 @@ def ceiling_rows(rec: Recorder, pool: Any | None = None) -> dict[str, float]:
     row(ALONE, sec_alone, len(data["ids"]))
     row(IN_PROCESS, sec_in, pool.count, copy_pixel_bytes_per_s_in_turn=pool.count * per_sample / sec_copy)
     out = {"ceiling_in_process_vs_copy": sec_copy / sec_in}
-    for n in cfg.replicas:
-        with replicas(rec, n, pool.path.parent, graph) as (client, per_replica):
-            sec_in, sec = timed_in_turn(
-                [
-                    in_process,
-                    lambda c=client: c.score_pool(pool.path.name, model="bench", top_k=TOP_K, progress=False),
-                ],
-                cfg.repeats,
-            )
-        row(
-            grpc_row_name(n),
-            sec,
-            pool.count,
-            replicas=n,
-            threads_per_replica=per_replica,
-            in_process_images_per_s_in_turn=pool.count / sec_in,
-        )
-        out[f"ceiling_grpc_{n}_vs_in_process"] = sec_in / sec
-    return out
+
+    def pixel_bytes(sec: float) -> dict[str, float]:
+        return {"pixel_bytes_per_s": pool.count * per_sample / sec}
+
+    return out | grpc_rows(rec, pool, graph, in_process, GRPC, "ceiling_grpc_{n}_vs_in_process", pixel_bytes)

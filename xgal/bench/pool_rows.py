@@ -6,7 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -34,9 +34,27 @@ def pool_rows(rec: Recorder, scoring: Path, pool: Any, engine: Any) -> dict[str,
 
     sec = timed(in_process, cfg.repeats)
     rec.row("pool: in process fp32", sec, pool.count, batch=cfg.batch, threads=cfg.n_threads)
+    return grpc_rows(
+        rec, pool, scoring, in_process, "pool: gRPC ScorePool, {n} replica(s)", "grpc_{n}_vs_in_process"
+    )
+
+
+def grpc_rows(
+    rec: Recorder,
+    pool: Any,
+    model: Path,
+    in_process: Callable[[], object],
+    name: str,
+    key: str,
+    extra: Callable[[float], dict[str, Any]] = lambda sec: {},
+) -> dict[str, float]:
+    """For each of the bench's replica counts: ScorePool of `model` over gRPC, timed in turn
+    with `in_process`; a row `name` and a ratio `key` (both formatted with n, the replicas),
+    the row carrying `extra(seconds)` too."""
+    cfg = rec.cfg
     out: dict[str, float] = {}
     for n in cfg.replicas:
-        with replicas(rec, n, pool.path.parent, scoring) as (client, per_replica):
+        with replicas(rec, n, pool.path.parent, model) as (client, per_replica):
             sec_in, sec = timed_in_turn(
                 [
                     in_process,
@@ -45,7 +63,7 @@ def pool_rows(rec: Recorder, scoring: Path, pool: Any, engine: Any) -> dict[str,
                 cfg.repeats,
             )
         rec.row(
-            f"pool: gRPC ScorePool, {n} replica(s)",
+            name.format(n=n),
             sec,
             pool.count,
             batch=cfg.batch,
@@ -53,8 +71,9 @@ def pool_rows(rec: Recorder, scoring: Path, pool: Any, engine: Any) -> dict[str,
             replicas=n,
             threads_per_replica=per_replica,
             in_process_images_per_s_in_turn=pool.count / sec_in,
+            **extra(sec),
         )
-        out[f"grpc_{n}_vs_in_process"] = sec_in / sec
+        out[key.format(n=n)] = sec_in / sec
     return out
 
 
