@@ -397,3 +397,13 @@ def faults_world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, tuple[
     synth_pool(root / "data" / "small", 64, seed=1, image_size=32)
     graphs = small_scoring_graphs(tmp_path_factory.getbasetemp() / "scoring-graphs")
     return root / "data", graphs
+
+
+def requests_ended(server, method: str) -> dict[str, float]:
+    """Calls of `method` the server has counted as ended (xgal_requests_total), by status code."""
+    return {
+        s.labels["code"]: s.value
+        for metric in server.metrics.registry.collect()
+        for s in metric.samples
+        if s.name == "xgal_requests_total" and s.labels["method"] == method
+    }

@@ -7,7 +7,7 @@ import threading
 import grpc
 import numpy as np
 import pytest
-from helpers import service_server, service_world, wait_for
+from helpers import requests_ended, service_server, service_world, wait_for
 
 from xgal.client import ScorerClient
 from xgal.core.acquisition import AcquisitionConfig
@@ -183,16 +183,6 @@ class Gate:
             assert self._cond.wait_for(lambda: self.entered >= n, timeout), f"engine call {n} never came"
 
 
-def _score_pool_ended(server):
-    """ScorePool calls the server has counted as ended, by status code."""
-    return {
-        s.labels["code"]: s.value
-        for metric in server.metrics.registry.collect()
-        for s in metric.samples
-        if s.name == "xgal_requests_total" and s.labels["method"] == "ScorePool"
-    }
-
-
 @pytest.mark.parametrize("how", ["cancel", "deadline"])
 def test_cancel_or_deadline_stops_the_work_within_a_batch(world, server, monkeypatch, how):
     """The server stops scoring a pool once its client cancelled or its deadline passed: after
@@ -229,7 +219,7 @@ def test_cancel_or_deadline_stops_the_work_within_a_batch(world, server, monkeyp
         # Until the server ends the call, or (a server that ignores it) has scored the whole pool:
         # then no work of that call is left running into the fixture's teardown.
         wait_for(
-            lambda: _score_pool_ended(server) or images() >= pool.count,
+            lambda: requests_ended(server, "ScorePool") or images() >= pool.count,
             what="the server ending the call",
         )
         # The call is counted when it ends; its work thread stops at its next batch boundary.
@@ -241,7 +231,7 @@ def test_cancel_or_deadline_stops_the_work_within_a_batch(world, server, monkeyp
         # The held batch finishes; at most one more races the cancellation; then nothing.
         assert at_stop + batch <= stopped_at <= at_stop + 2 * batch
         # Counted under why it ended: the client's cancel, or its deadline.
-        assert _score_pool_ended(server) == {want.name: 1.0}
+        assert requests_ended(server, "ScorePool") == {want.name: 1.0}
         # The next request is served in full.
         assert client.score_pool("pool", model="demo", top_k=3, progress=False).scored == pool.count
     assert images() == stopped_at + pool.count

@@ -10,7 +10,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2
-from helpers import bounded, service_server, service_world, wait_for
+from helpers import bounded, requests_ended, service_server, service_world, wait_for
 
 import xgal
 from xgal.client import ScorerClient
@@ -238,15 +238,6 @@ def test_a_refresh_that_read_the_state_before_the_drain_cannot_bring_serving_bac
 
 
 # -- how calls ended -----------------------------------------------------------------------------
-def _stream_counts(server):
-    return {
-        s.labels["code"]: s.value
-        for metric in server.metrics.registry.collect()
-        for s in metric.samples
-        if s.name == "xgal_requests_total" and s.labels["method"] == "ScoreStream"
-    }
-
-
 @pytest.mark.parametrize("how", ["deadline", "cancel"])
 @pytest.mark.parametrize("where", ["in the engine", "waiting for the client"])
 def test_a_stream_ended_by_its_deadline_or_its_client_is_counted_so(world, server, monkeypatch, how, where):
@@ -291,8 +282,8 @@ def test_a_stream_ended_by_its_deadline_or_its_client_is_counted_so(world, serve
             release.set()
     want = grpc.StatusCode.DEADLINE_EXCEEDED if how == "deadline" else grpc.StatusCode.CANCELLED
     assert err.value.code() == want
-    wait_for(lambda: _stream_counts(server), what="the server counting the call")
-    assert _stream_counts(server) == {want.name: 1.0}
+    wait_for(lambda: requests_ended(server, "ScoreStream"), what="the server counting the call")
+    assert requests_ended(server, "ScoreStream") == {want.name: 1.0}
 
 
 # -- ScoreStream with the CAM --------------------------------------------------------------------
