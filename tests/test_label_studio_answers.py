@@ -196,3 +196,47 @@ def test_a_scan_in_two_tasks_is_answered_by_its_newest_annotation_whichever_task
     old["annotations"][0]["updated_at"], new["annotations"][0]["updated_at"] = "2026-12-01", "2026-12-02"
     for order in ([old, new], [new, old]):
         assert read_answers(order, META)[0] == {"a": "malignant"}
+
+
+def test_the_predicted_roi_is_offered_where_the_pool_has_none_and_the_correction_is_recorded(tmp_path):
+    from helpers import blob_images
+    from label_studio_sdk.converter.brush import decode_rle
+
+    from xgal.annotate.annotator import AnnotationRequest
+    from xgal.annotate.answers import save_answers
+    from xgal.annotate.folder import write_request
+    from xgal.annotate.label_studio_tasks import round_tasks
+    from xgal.core.spreadsheet import read_rows
+    from xgal.pool.writer import PoolWriter
+
+    ids = ["a1", "b2", "c3"]
+    pool_rois = np.zeros((3, 16, 16), np.uint8)
+    pool_rois[2, 2:6, 2:6] = 1  # the expert drew on c3: nothing is offered there
+    with PoolWriter(tmp_path / "pool", image_shape=(1, 16, 16), class_names=["x", "y"]) as w:
+        w.add(ids, blob_images(3, 1, 16, seed=0), pool_rois, None)
+    predicted = np.zeros((3, 16, 16), np.uint8)
+    predicted[0, 4:10, 4:10] = 1  # 36 pixels offered on a1; b2's head found nothing
+    scans = blob_images(3, 1, 16, seed=0)
+    request = AnnotationRequest(1, scans, pool_rois, ("x", "y"), str(tmp_path / "pool"))
+    request.probs = np.array([[0.7, 0.3], [0.4, 0.6], [0.5, 0.5]])
+    request.hint_rois = np.where(pool_rois.any(axis=(1, 2))[:, None, None], pool_rois, predicted)
+    request.hint_sources = np.array([3, 3, 1], np.uint8)  # learned, learned (empty), expert
+    folder = tmp_path / "run" / "round-1"
+    write_request(folder, ids, request)
+    tasks = round_tasks(folder, tmp_path, folder)
+    brushes = [[r for r in t["predictions"][0]["result"] if r["type"] == "brushlabels"] for t in tasks]
+    offered = decode_rle(brushes[0][0]["value"]["rle"]).reshape(16, 16, 4)[..., 3] > 0
+    np.testing.assert_array_equal(offered, predicted[0] > 0)
+    assert "ROI pre-filled by the model" in tasks[0]["data"]["caption"]
+    assert brushes[1] == [] and "pre-filled" not in tasks[1]["data"]["caption"]
+    assert "pre-filled" not in tasks[2]["data"]["caption"]  # the pool's own ROI, as before
+    # The radiologist moves the offer two columns right: 12 pixels painted, 12 erased.
+    corrected = np.zeros((16, 16), np.uint8)
+    corrected[4:10, 6:12] = 1
+    answered = {s: "x" for s in ids}
+    save_answers(tmp_path / "run", folder, answered, {"a1": corrected}, partial=False, source="t")
+    rows = read_rows(folder / "roi_corrections.csv")
+    assert rows == [{"id": "a1", "prefilled": "36", "returned": "36", "changed": "24", "saved": "12"}]
+    answers = np.load(folder / "answers.npz")
+    np.testing.assert_array_equal(answers["rois"][0], corrected)  # the radiologist's, not the offer
+    assert not answers["rois"][1].any()  # nothing offered, nothing drawn: no ROI

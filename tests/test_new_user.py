@@ -12,7 +12,7 @@ import numpy as np
 from helpers import run_xgal
 from PIL import Image
 
-from xgal.annotate.hints import BODY_COLOUR
+from xgal.annotate.hints import OUTLINES
 from xgal.pool.format import Pool
 
 
@@ -77,7 +77,7 @@ def test_a_new_users_first_round_on_a_folder_of_jpegs(tmp_path):
     assert "round 0 trained on 8 scans: accuracy" in waiting and "the cold start: TypiClust" in waiting
     rows1 = list(csv.DictReader(open(run / "round-1" / "request.csv")))
     assert all(r["chosen_by"].startswith("the cold start") for r in rows1)
-    cyan = (np.array(BODY_COLOUR) * 255).astype(np.uint8)
+    cyan = (np.array(OUTLINES["body"][0]) * 255).astype(np.uint8)
     for r in rows1:  # the body each scan's M was measured against, outlined in cyan
         hint = np.asarray(Image.open(run / "round-1" / "hints" / f"{r['id']}.png"))[18:274, :256]
         assert (hint == cyan).all(axis=-1).any(), r["id"]

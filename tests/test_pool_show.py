@@ -5,7 +5,7 @@ from helpers import run_xgal
 from PIL import Image
 
 from xgal.annotate.contact_sheet import CAPTION, TILE, sample_rows
-from xgal.annotate.hints import EXPERT_COLOUR
+from xgal.annotate.hints import OUTLINES
 from xgal.pool.synth import synth_pool
 
 
@@ -15,7 +15,7 @@ def test_the_contact_sheet_shows_each_scan_with_its_roi(tmp_path):
     assert res.returncode == 0 and "sheet.png" in res.stdout, res.stderr
     sheet = np.asarray(Image.open(tmp_path / "sheet.png"))
     assert sheet.shape == (2 * (TILE + CAPTION), 8 * TILE, 3)  # 12 scans, 8 a row
-    green = (sheet == (np.array(EXPERT_COLOUR) * 255).astype(np.uint8)).all(axis=-1)
+    green = (sheet == (np.array(OUTLINES["expert"][0]) * 255).astype(np.uint8)).all(axis=-1)
     rows = sample_rows(pool, 12, 0)
     rois = pool.take(rows, ("rois",))["rois"]
     for k, roi in enumerate(rois):  # each tile has an outline exactly when its scan has an ROI

@@ -34,7 +34,10 @@ def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("ray")
     pool = synth_pool(root / "pool", 300, seed=3, image_size=32, shard_size=128)
     torch.manual_seed(0)
-    model = build_model("small_cnn", "linear", 3, in_channels=1)
+    # With an ROI head, so that --roi learned runs on Ray too; its bias at 0 (its map about 0.5,
+    # masks of many sizes) as no training has set it.
+    model = build_model("small_cnn", "linear", 3, in_channels=1, roi_head="shared")
+    torch.nn.init.constant_(model.roi_head.out.bias, 0.0)
     mix_predictions(model, torch.rand(8, 1, 32, 32))  # confident on some scans, not on others
     graph = export_scoring_graph(model, "features.stage4.0", root / "m.onnx", image_shape=(1, 32, 32))
     (root / "faults").mkdir()
@@ -101,8 +104,9 @@ OPTIONS = RayOptions(actors=2, block_size=50)
         AcquisitionConfig(normalise="rank"),  # pool-level: every row gathered, ranked once
         AcquisitionConfig(diversity="spread"),  # candidates merged, the batch chosen once
         AcquisitionConfig(balance="oracle"),  # k/K per true class, merged per class
+        AcquisitionConfig(roi="learned"),  # M against the graph's predicted ROI
     ],
-    ids=["pointwise", "pool-normalised", "spread", "balanced"],
+    ids=["pointwise", "pool-normalised", "spread", "balanced", "learned-roi"],
 )
 def test_ray_ranks_as_in_process_scoring(world, config):
     _, pool, graph = world
@@ -122,6 +126,8 @@ def test_ray_ranks_as_in_process_scoring(world, config):
     assert there.top.ids.tolist() == here.top.ids.tolist()
     np.testing.assert_allclose(there.top.score, here.top.score, rtol=1e-5, atol=1e-6)
     assert there.all.ids.tolist() == here.all.ids.tolist()  # every row, in pool order
+    np.testing.assert_array_equal(there.all.roi_source, here.all.roi_source)
+    assert set(here.all.roi_source.tolist()) == ({3} if config.roi.learned else {1})
     assert (there.scored, there.excluded, there.with_roi) == (here.scored, here.excluded, here.with_roi)
     done = [d for d, _ in seen]  # rows scored so far, after each block as it finishes
     assert sorted(np.diff([0, *done]).tolist()) == [50] * 6 and {t for _, t in seen} == {300}

@@ -300,3 +300,12 @@ def test_a_headless_chromium_opens_the_report_runs_nothing_and_shows_every_hint(
     assert "Round 1: 3 scans" in body and shown and scripts == 0
     for hostile in (SCRIPT_ID, IMG_ID, QUOTE_ID, HOSTILE_CLASSES[1], hostile_run.name):
         assert hostile in body, hostile
+
+
+def test_the_rounds_table_shows_the_learned_rois_dice_when_the_run_has_an_roi_head(run):
+    assert "learned ROI Dice" not in write_report(run).read_text()  # no ROI head: no column
+    state = json.loads((run / "state.json").read_text())
+    state["rounds"][1]["roi_dice"] = 0.8125
+    (run / "state.json").write_text(json.dumps(state))
+    page = _parse(write_report(run))
+    assert "learned ROI Dice" in page.text and "0.812" in page.text

@@ -9,6 +9,7 @@ import torch
 
 from xgal.client import ScorerClient
 from xgal.core.acquisition import AcquisitionConfig
+from xgal.core.errors import InvalidArgument
 from xgal.export import export_scoring_graph
 from xgal.pool.format import Pool, PoolWriter
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
@@ -43,6 +44,12 @@ def world(tmp_path_factory):
         logits = model(torch.from_numpy(images.astype(np.float32) / 255))
         model.head.fc.bias[0] = (logits[:, 1:].amax(1) - logits[:, 0]).median()
     flat = export_scoring_graph(model, "features.stage4.0", root / "f.onnx", image_shape=(1, 32, 32))
+    # "l": an ROI head, its bias at 0 so its untrained map is about half above the threshold:
+    # masks of every size, a few empty.
+    torch.manual_seed(1)
+    learned = build_model("small_cnn", "linear", 3, in_channels=1, roi_head="beside")
+    torch.nn.init.constant_(learned.roi_head.body[-1].bias, 0.0)
+    head = export_scoring_graph(learned, "features.stage4.0", root / "l.onnx", image_shape=(1, 32, 32))
     servers = [
         RunningServer(ServerConfig(data_root=root / "data", model_repo=root / f"r{i}", port=0))
         for i in range(2)
@@ -50,14 +57,15 @@ def world(tmp_path_factory):
     with ScorerClient([s.address for s in servers]) as client:
         client.publish_model(onnx, "m")
         client.publish_model(flat, "f")
-    yield Pool(root / "data" / "pool"), {"m": onnx, "f": flat}, servers, images, rois
+        client.publish_model(head, "l")
+    yield Pool(root / "data" / "pool"), {"m": onnx, "f": flat, "l": head}, servers, images, rois
     for s in servers:
         s.stop(grace=0)
 
 
 def _rows(r):
     order = np.argsort(r.ids)
-    return r.ids[order].tolist(), r.u[order], r.m[order], r.score[order], r.flat[order], r.body_roi[order]
+    return r.ids[order].tolist(), r.u[order], r.m[order], r.score[order], r.flat[order], r.roi_source[order]
 
 
 def _same(a, b):
@@ -81,12 +89,15 @@ def _same(a, b):
         {"flat_cam": "ignore", "normalise": "rank"},
         # The body stands in where the expert drew no ROI (every fourth sample).
         {"roi": "expert-else-body", "missing_roi": "exclude"},
+        # The graph's learned ROI, everywhere or where the expert drew none.
+        {"roi": "learned", "missing_roi": "exclude", "normalise": "rank"},
+        {"roi": "expert-else-learned", "balance": "predicted"},
     ],
 )
 def test_every_path_ranks_alike(world, options):
     pool, graphs, servers, images, rois = world
     config = AcquisitionConfig(**options)
-    model = "f" if config.flat_cam.value == "ignore" else "m"
+    model = "f" if config.flat_cam.value == "ignore" else "l" if config.roi.learned else "m"
     local = score_pool(OnnxRuntimeEngine(graphs[model]), pool, config, 30, return_all=True, batch_size=16)
     if config.missing_roi.value == "exclude" and config.roi.value == "expert":
         assert local.all is not None and len(local.all) == N - N // 4 and local.excluded == N // 4
@@ -94,7 +105,14 @@ def test_every_path_ranks_alike(world, options):
         assert local.all is not None and 0 < local.all.flat.sum() < N
     if config.roi.value == "expert-else-body":  # nothing left out for want of an ROI
         assert local.all is not None and len(local.all) == N and local.excluded == 0
-        assert sorted(local.all.ids[local.all.body_roi].tolist()) == [f"s{i:03d}" for i in range(0, N, 4)]
+        body = local.all.ids[local.all.roi_source == 2]
+        assert sorted(body.tolist()) == [f"s{i:03d}" for i in range(0, N, 4)]
+    if config.roi.learned:  # the expert's where drawn (expert-else-learned), else the head's
+        source = dict(zip(local.all.ids.tolist(), local.all.roi_source.tolist(), strict=True))
+        drawn = {f"s{i:03d}" for i in range(N) if i % 4}
+        want = {1} if config.roi.value == "expert-else-learned" else {3}
+        assert {source[i] for i in drawn if i in source} == want
+        assert {source[i] for i in source if i not in drawn} <= {0, 3} and 3 in source.values()
     for targets in ([servers[0].address], [s.address for s in servers]):
         with ScorerClient(targets) as client:
             remote = client.score_pool(
@@ -144,5 +162,25 @@ def test_misalignment_is_measured_against_the_body_mask(world):
     )
     direct = OnnxRuntimeEngine(graphs["m"]).run(images, body_masks(images))
     order = np.argsort(local.all.ids)
-    assert local.all.body_roi.all()
+    assert (local.all.roi_source == 2).all()
     np.testing.assert_allclose(local.all.m[order], 1 - direct.dice, rtol=0, atol=1e-6)
+
+
+def test_misalignment_is_measured_against_the_learned_roi(world):
+    pool, graphs, _, images, rois = world
+    local = score_pool(
+        OnnxRuntimeEngine(graphs["l"]),
+        pool,
+        AcquisitionConfig(roi="learned"),
+        10,
+        return_all=True,
+        batch_size=16,
+    )
+    direct = OnnxRuntimeEngine(graphs["l"]).run(images, rois, want_learned=True)
+    order = np.argsort(local.all.ids)
+    found = direct.learned_area > 0
+    assert 0 < found.sum() <= N
+    np.testing.assert_array_equal(local.all.roi_source[order], np.where(found, 3, 0))
+    np.testing.assert_allclose(local.all.m[order][found], 1 - direct.learned_dice[found], rtol=0, atol=1e-6)
+    with pytest.raises(InvalidArgument, match="no learned ROI"):
+        score_pool(OnnxRuntimeEngine(graphs["m"]), pool, AcquisitionConfig(roi="learned"), 10)

@@ -5,6 +5,7 @@ in its caller's thread, one engine call at a time, admitted as a queued one."""
 
 import threading
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import onnx
@@ -79,6 +80,7 @@ class Recording:
     """An engine that records the arrays it is handed and scores nothing."""
 
     name = "recording"
+    info = SimpleNamespace(has_learned_roi=False)
 
     def __init__(self):
         self.calls = []

@@ -37,9 +37,9 @@ class AnnotationRequest:
     ranked_by: str = ""  # what chose these scans, in words (xgal.core.selection_text)
     cold_start: bool = False  # chosen by the cold start: the score is not U or M
     # The ROIs the hints outline: those the misalignment was measured against (None: `rois`),
-    # and which of them are the body found in the scan rather than an expert's.
+    # and what each is (ROW_ROI_SOURCES codes: the expert's, the body's, the learned one).
     hint_rois: np.ndarray | None = None
-    body_rois: np.ndarray | None = None
+    hint_sources: np.ndarray | None = None
 
 
 class PendingRequest:

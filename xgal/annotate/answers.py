@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xgal.annotate.corrections import record_corrections
 from xgal.annotate.datalist import ensure_current
 from xgal.annotate.layout import ANSWERS, META, file_name, round_folders
 from xgal.core.durable import held, npz_bytes, write_once
@@ -125,6 +126,7 @@ def _save(
     for sample_id, roi in drawn.items():
         rois[ids.index(sample_id)] = roi
     labels = np.array([names.index(answered[s]) if s in answered else -1 for s in ids], dtype=np.int64)
+    record_corrections(folder, meta, set(answered), rois)  # before the answers: they close the round
     data = npz_bytes(True, ids=np.array(ids, dtype=str), labels=labels, rois=rois)
     try:
         write_once(folder / ANSWERS, data)

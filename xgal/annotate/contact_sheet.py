@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from xgal.annotate.hints import EXPERT_COLOUR, outline, stretch
+from xgal.annotate.hints import OUTLINES, outline, stretch
 from xgal.pool.format import Pool
 
 TILE = 128  # pixels per scan
@@ -35,7 +35,7 @@ def contact_sheet(pool: Pool, out: str | os.PathLike[str], *, count: int = 48, s
     for k in range(len(rows)):
         gray = stretch(data["images"][k][0])
         rgb = np.repeat(gray[..., None], 3, axis=-1)
-        rgb[outline(data["rois"][k] > 0)] = EXPERT_COLOUR
+        rgb[outline(data["rois"][k] > 0)] = OUTLINES["expert"][0]
         tile = Image.fromarray((rgb * 255).astype(np.uint8)).resize((TILE, TILE), Image.NEAREST)
         x, y = (k % cols) * TILE, (k // cols) * (TILE + CAPTION)
         grid.paste(tile, (x, y))

@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from xgal.annotate.annotator import AnnotationRequest, AwaitingAnnotations, PendingRequest
+from xgal.annotate.corrections import write_prefill
 from xgal.annotate.datalist import ensure_current
 from xgal.annotate.hints import hint_image, png_bytes, scan_image
 from xgal.annotate.layout import (
@@ -41,6 +42,7 @@ from xgal.annotate.layout import (
     file_name,
     round_folder,
 )
+from xgal.core.contract import ROW_ROI_SOURCES
 from xgal.core.durable import atomic_write
 from xgal.core.errors import InvalidArgument
 from xgal.core.spreadsheet import write_rows
@@ -106,10 +108,17 @@ def write_request(folder: Path, ids: Sequence[str], request: AnnotationRequest) 
         if request.cold_start:
             title = f"cold start: {title}"
         outlined = request.rois if request.hint_rois is None else request.hint_rois
-        body = request.body_rois is not None and bool(request.body_rois[i])
+        code = 1 if request.hint_sources is None else int(request.hint_sources[i])
         cam = None if request.cams is None else request.cams[i]
-        hint = hint_image(request.images[i], outlined[i], cam, title, body=body)
+        hint = hint_image(request.images[i], outlined[i], cam, title, source=ROW_ROI_SOURCES[code or 1])
         atomic_write(folder / HINTS / f"{file_name(sample_id)}.png", png_bytes(hint))
+    if request.hint_sources is not None and request.hint_rois is not None:
+        # The predicted ROI, offered to correct where the pool has none (Label Studio's brush).
+        flat = len(ids), -1
+        none_drawn = request.rois.reshape(flat).max(axis=1) == 0
+        found = request.hint_rois.reshape(flat).max(axis=1) > 0
+        learned = request.hint_sources == ROW_ROI_SOURCES.index("learned")
+        write_prefill(folder, ids, learned & none_drawn & found, request.hint_rois)
     meta = {
         "round": request.round_index,
         "ids": list(ids),

@@ -14,15 +14,21 @@ if TYPE_CHECKING:
 HINT_SIDE = 256  # pixels: a 64x64 scan is too small to judge on a screen
 _BAR = 40  # the colour scale's strip at the right
 _LINE = 18  # a line of text above (the prediction) and below (what the outline is)
-EXPERT_COLOUR, BODY_COLOUR = (0.0, 1.0, 0.0), (0.0, 1.0, 1.0)  # outline: green, cyan
+# The outline's colour and legend, by what the ROI is (a row's roi_source).
+OUTLINES = {
+    "expert": ((0.0, 1.0, 0.0), "green: the expert's ROI"),
+    "body": ((0.0, 1.0, 1.0), "cyan: the body found in the scan"),
+    "learned": ((1.0, 0.0, 1.0), "magenta: the ROI the model predicts"),
+}
 
 
 def hint_image(
-    image: np.ndarray, roi: np.ndarray, cam: np.ndarray | None, title: str, *, body: bool = False
+    image: np.ndarray, roi: np.ndarray, cam: np.ndarray | None, title: str, *, source: str = "expert"
 ) -> Image.Image:
     """The scan (first channel) in gray, the Grad-CAM blended over it in jet with its colour
-    scale beside it, the outline of the ROI the misalignment was measured against (green: the
-    expert's, cyan: the body found in the scan, `body`) and `title` on top."""
+    scale beside it, the outline of the ROI the misalignment was measured against (`source`,
+    OUTLINES: green the expert's, cyan the body found in the scan, magenta the one the model's
+    ROI head predicts) and `title` on top."""
     import matplotlib
     from PIL import Image, ImageDraw
 
@@ -32,7 +38,8 @@ def hint_image(
         heat = matplotlib.colormaps["jet"](np.clip(cam, 0, 1))[..., :3]
         rgb = 0.6 * rgb + 0.4 * heat
     inside = roi > 0
-    rgb[outline(inside)] = BODY_COLOUR if body else EXPERT_COLOUR
+    colour, legend = OUTLINES[source]
+    rgb[outline(inside)] = colour
     img = Image.fromarray((rgb * 255).astype(np.uint8)).resize((HINT_SIDE, HINT_SIDE), Image.NEAREST)
     canvas = Image.new("RGB", (HINT_SIDE + _BAR, HINT_SIDE + 2 * _LINE), "black")
     canvas.paste(img, (0, _LINE))
@@ -40,8 +47,6 @@ def hint_image(
     draw.text((4, 3), title, fill="white")
     if not inside.any():
         legend = "no ROI to outline"
-    else:
-        legend = "cyan: the body found in the scan" if body else "green: the expert's ROI"
     draw.text((4, HINT_SIDE + _LINE + 3), legend, fill="white")
     if cam is not None:  # the scale: Grad-CAM 1 (top) to 0 (bottom), the blend's colours
         ramp = matplotlib.colormaps["jet"](np.linspace(1, 0, HINT_SIDE - 24))[:, :3]

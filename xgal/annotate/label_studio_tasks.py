@@ -29,6 +29,7 @@ from xml.sax.saxutils import quoteattr
 import numpy as np
 
 from xgal.annotate.answers import request_rois
+from xgal.annotate.corrections import read_prefill
 from xgal.annotate.layout import HINTS, META, REQUEST, SCANS, file_name
 from xgal.core.errors import InvalidArgument
 from xgal.core.spreadsheet import read_rows
@@ -97,6 +98,7 @@ def round_tasks(folder: Path, document_root: Path, served: Path) -> list[dict[st
     meta = json.loads((folder / META).read_text())
     rows = {row["id"]: row for row in read_rows(folder / REQUEST)}
     rois = request_rois(meta)
+    offered = read_prefill(folder, meta)  # the model's ROI, to correct where the pool has none
     tasks = []
     for i, sample_id in enumerate(meta["ids"]):
         row = rows.get(sample_id, {})
@@ -108,6 +110,9 @@ def round_tasks(folder: Path, document_root: Path, served: Path) -> list[dict[st
             parts.append("chosen by the cold start")
         elif score is not None:
             parts.append(f"xgal score {score:.4g}")
+        roi = rois[i] if rois[i].any() else offered[i]
+        if not rois[i].any() and offered[i].any():
+            parts.append("ROI pre-filled by the model: correct it")
         data = {
             **picture_urls(served, sample_id, document_root),
             "caption": " · ".join(parts),
@@ -123,8 +128,8 @@ def round_tasks(folder: Path, document_root: Path, served: Path) -> list[dict[st
                 {"id": f"class{i}", "from_name": CHOICE, "to_name": IMAGE, "type": "choices",
                  "value": {"choices": [predicted]}}
             )  # fmt: skip
-        if rois[i].any():
-            result.append(brush_result(rois[i], f"roi{i}"))
+        if roi.any():
+            result.append(brush_result(roi, f"roi{i}"))
         prediction = {"model_version": MODEL_VERSION, "result": result}
         if score is not None:
             prediction["score"] = score

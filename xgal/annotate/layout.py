@@ -10,6 +10,8 @@ from pathlib import Path
 REQUEST, TEMPLATE, META, ANSWERS, HINTS = "request.csv", "labels.csv", "request.json", "answers.npz", "hints"
 RANKING = "ranking.json"  # the scores of the round's selection, as the scorers returned them
 SCANS = "scans"  # each scan at the pool's size: what masks are drawn on
+PREFILL = "prefill_rois.npz"  # the model's predicted ROIs, offered where the pool has none
+ROI_CORRECTIONS = "roi_corrections.csv"  # per answered scan offered one: how far the answer moved it
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"  # what a hint or scan file must start with to be shown
 REQUEST_COLUMNS = (
     "rank", "id", "score", "uncertainty", "misalignment", "predicted", "probability", "chosen_by",

@@ -222,7 +222,15 @@ def _state(out: Path) -> dict:
     return state
 
 
+def _learned(rounds: list[dict]) -> bool:
+    """Some round measured a learned ROI's Dice (the run's classifier has an ROI head)."""
+    return any(not math.isnan(_float(r.get("roi_dice"))) for r in rounds)
+
+
 def _table(rounds: list[dict]) -> str:
+    learned = _learned(rounds)
+    head = ["round", "labelled", "accuracy", "macro-F1", "CAM-ROI Dice"]
+    head += ["learned ROI Dice"] * learned + ["model version", "seconds"]
     cells = (
         "".join(
             f"<td>{c}</td>"
@@ -232,13 +240,15 @@ def _table(rounds: list[dict]) -> str:
                 _number(r.get("accuracy")),
                 _number(r.get("macro_f1")),
                 _number(r.get("cam_dice")),
+                *([_number(r.get("roi_dice"))] if learned else []),
                 _text(r.get("model_version", "")),
                 _number(r.get("seconds", 0), 1),
             )
         )
         for r in rounds
     )
-    return "".join(f"<tr>{row}</tr>" for row in cells)
+    header = "".join(f"<th>{h}</th>" for h in head)
+    return f"<tr>{header}</tr>" + "".join(f"<tr>{row}</tr>" for row in cells)
 
 
 def write_report(out: str | Path) -> Path:
@@ -256,8 +266,7 @@ def write_report(out: str | Path) -> Path:
         f"<style>{_STYLE}</style></head><body>",
         f"<h1>xgal run <code>{name}</code></h1>",
         f"<p>{len(rounds)} rounds recorded; classes: {classes}.</p>",
-        "<h2>Rounds</h2><table><tr><th>round</th><th>labelled</th><th>accuracy</th><th>macro-F1</th>"
-        f"<th>CAM-ROI Dice</th><th>model version</th><th>seconds</th></tr>{_table(rounds)}</table>",
+        f"<h2>Rounds</h2><table>{_table(rounds)}</table>",
         f'<img alt="learning curves" src="{curves}">'
         if curves
         else "<p>No test split: no learning curves.</p>",

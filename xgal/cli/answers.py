@@ -28,7 +28,21 @@ def annotations_add(
     from xgal.annotate.answers import record_answers
 
     folder, n = record_answers(run, labels, masks=masks, boxes=boxes, partial=partial)
+    say_recorded(folder, n)
+
+
+def say_recorded(folder: Path, n: int) -> None:
+    """What was recorded, and what the ROIs the model offered saved (their corrections file)."""
+    from xgal.annotate.corrections import corrections_summary
+
     out.print(f"recorded {n} answers for {folder.name}; run the same xgal train command to go on")
+    c = corrections_summary(folder)
+    if c is not None:
+        out.print(
+            f"{c['scans']:.0f} scans had the model's ROI to correct: {c['changed']:.0f} pixels painted or "
+            f"erased instead of {c['returned']:.0f} drawn from nothing, {c['saved']:.0f} saved "
+            f"({folder.name}/roi_corrections.csv)"
+        )
 
 
 @app.command("map-back")

@@ -151,7 +151,8 @@ _ACQUISITION_HELP = {
     "entropy_over_log_k": "Divide the entropy by ln K, so U lies in [0, 1].",
     "missing_roi": "Samples without an ROI: max scores M = 1, ignore scores U alone, exclude skips them.",
     "flat_cam": "Samples whose Grad-CAM is flat (no evidence): max scores M = 1, ignore scores U alone.",
-    "roi": "M against the expert's ROI, the body found in the image, or the body where the expert drew none.",
+    "roi": "M against the expert's ROI, the body found in the image, the ROI the model's head predicts "
+    "(learned), or either of those where the expert drew none.",
     "normalise": "Rescale U and M over the whole pool before combining them.",
     "balance": "Split the top-k evenly over predicted classes, or true labels (oracle: simulations).",
     "selection": "top: the k best; softmax or power: k drawn ∝ exp(β·score) or score^β (seeded).",

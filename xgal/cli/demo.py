@@ -44,13 +44,21 @@ def demo(
     arms: str = typer.Option(
         "",
         help="Comma-separated arms to run instead of the default ones; all: random, uncertainty, "
-        "xgal, xgal-raw, xgal-rank, xgal-balanced, xgal-power, xgal-body, xgal-raw-body, xgal-alpha0, "
-        "xgal-spread, xgal-typical, bald, xgal-bald, xgal-bald-typical.",
+        "xgal, xgal-learned, xgal-raw, xgal-rank, xgal-balanced, xgal-power, xgal-body, xgal-raw-body, "
+        "xgal-alpha0, xgal-spread, xgal-typical, bald, xgal-bald, xgal-bald-typical.",
+    ),
+    roi_fraction: float = typer.Option(
+        1.0,
+        min=0.0,
+        max=1.0,
+        help="The ROI budget: the radiologist draws ROIs on this share of each request's scans (the "
+        "first in rank order), in every arm; the guidance loss and the ROI head see only those.",
     ),
 ) -> None:
     """Active learning on synthetic scans: strategies side by side at equal budget.
 
-    Random, uncertainty and xgal arms through a local scorer; writes results.json,
+    Random, uncertainty, xgal (the expert's pool ROIs) and xgal-learned (the ROIs a head learns
+    from the ROIs drawn on labelled scans) through a local scorer; writes results.json,
     learning_curves.png and cam_overlays.png."""
     from xgal.core.errors import InvalidArgument
     from xgal.demo import pick_arms, run_demo
@@ -77,6 +85,7 @@ def demo(
         initial_balance=initial_balance,
         regime=regime,
         budget=parse_budget(budget, QUICK if quick else FULL) if budget else None,
+        roi_fraction=roi_fraction,
     )
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 from rich.markup import escape
 
+from xgal.cli.answers import say_recorded
 from xgal.cli.common import App, console, out
 
 app = App(help="Annotate a run's rounds in Label Studio (push the open round, pull the answers).")
@@ -87,7 +88,7 @@ def pull(
 
     with api_errors(url):
         folder, n = pull_round(run, url, token_file, partial=partial, allow_http=allow_http, warn=warn)
-    out.print(f"recorded {n} answers for {folder.name}; run the same xgal train command to go on")
+    say_recorded(folder, n)
 
 
 @contextmanager

@@ -64,12 +64,29 @@ class FlatCam(StrEnum):
 
 
 class RoiSource(StrEnum):
-    """What the misalignment is measured against: the expert's ROI, or a weak one computed from
-    the image (the body: `xgal.pool.body`), everywhere or only where the expert drew nothing."""
+    """What the misalignment is measured against: the expert's ROI, a weak one computed from the
+    image (the body: `xgal.pool.body`), or the one the graph's ROI head predicts (learned from the
+    ROIs radiologists drew on labelled scans); everywhere, or only where the expert drew nothing."""
 
     EXPERT = "expert"
     BODY = "body"
     EXPERT_ELSE_BODY = "expert-else-body"
+    LEARNED = "learned"
+    EXPERT_ELSE_LEARNED = "expert-else-learned"
+
+    @property
+    def learned(self) -> bool:
+        """The graph's learned ROI is used for some scans (the graph must have an ROI head)."""
+        return self in (RoiSource.LEARNED, RoiSource.EXPERT_ELSE_LEARNED)
+
+    def learned_rows(self, rois: np.ndarray) -> np.ndarray:
+        """[N] bool: the scans of `rois` [N, H, W] measured against the learned ROI (all of them
+        for `learned`, those the expert drew nothing on for `expert-else-learned`)."""
+        if not self.learned:
+            return np.zeros(len(rois), dtype=bool)
+        if self is RoiSource.LEARNED or not rois.size:
+            return np.ones(len(rois), dtype=bool)
+        return rois.reshape(len(rois), -1).max(axis=1) == 0
 
     @classmethod
     def _missing_(cls, value: object) -> RoiSource | None:

@@ -14,7 +14,8 @@ from typing import Any
 
 from xgal.core.errors import InvalidArgument
 
-FORMAT = "xgal-scoring-graph/1"
+# /2: the learned ROI (LEARNED_ROI_OUTPUTS, `xgal.roi_head`, `xgal.roi_threshold`, `xgal.roi_sources`).
+FORMAT = "xgal-scoring-graph/2"
 INPUT_NAMES = ("image", "roi", "target")
 REQUIRED_INPUTS = frozenset({"image", "roi"})
 OUTPUT_NAMES = ("probs", "entropy", "cam", "dice", "roi_area")
@@ -29,6 +30,16 @@ EXPORTED_OUTPUTS = (*OUTPUT_NAMES, EMBEDDING)
 # outputs are fetched, so V − 1 more forward passes would slow every pool.
 VIEW_PROBS = "view_probs"
 MAX_VIEWS = 4
+# Optional, when the classifier has an ROI head (train/nets/roi_head.py): the predicted ROI as a
+# soft map [N, H, W] in [0, 1], the soft Dice of the scaled CAM against that map at or above the
+# metadata's `roi_threshold` (a mask, as an expert's ROI is), and that mask's pixel count. The
+# scorer measures misalignment against it where the request says so (RoiSource).
+ROI_PROB = "roi_prob"
+LEARNED_ROI_OUTPUTS = (ROI_PROB, "learned_dice", "learned_roi_area")
+ROI_HEADS = ("none", "shared", "beside")
+# What a row's misalignment was measured against (its `roi_source`), as codes in the ranking's
+# columns and names in its rows; index = code, and the proto's RowRoi enum values.
+ROW_ROI_SOURCES = ("none", "expert", "body", "learned")
 # What an engine fetches per batch. `cam` is h·w floats of the target layer per image (a few
 # hundred bytes): its range tells a map with evidence from a flat one (the flat-CAM policy).
 SCORE_OUTPUTS = ("probs", "entropy", "dice", "roi_area", "cam")
@@ -44,7 +55,7 @@ _KEYS = frozenset(
     "xgal." + k
     for k in (
         "format version class_names input_shape pixel_dtype cam_shape target_layer head arch round "
-        "graph_sha256 precision normalisation cam_method"
+        "graph_sha256 precision normalisation cam_method roi_head roi_threshold roi_sources"
     ).split()
 )
 
@@ -105,11 +116,22 @@ class ScoringGraphInfo:
     normalisation: Normalisation | None = None
     precision: str = "fp32"
     cam_method: str = "gradcam"
+    roi_head: str = "none"  # ROI_HEADS: "none", or the kind of head behind LEARNED_ROI_OUTPUTS
+    roi_threshold: float = 0.5  # the soft map's value at and above which a pixel is in the ROI
     extra: Mapping[str, str] = field(default_factory=dict)  # other keys, kept as they are
 
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    @property
+    def has_learned_roi(self) -> bool:
+        return self.roi_head != "none"
+
+    @property
+    def roi_sources(self) -> tuple[str, ...]:
+        """What this graph can measure misalignment against (the body is found outside it)."""
+        return ("expert", "body", "learned") if self.has_learned_roi else ("expert", "body")
 
     def to_metadata(self) -> dict[str, str]:
         meta = {
@@ -127,6 +149,9 @@ class ScoringGraphInfo:
             "xgal.graph_sha256": self.graph_sha256,
             "xgal.precision": self.precision,
             "xgal.cam_method": self.cam_method,
+            "xgal.roi_head": self.roi_head,
+            "xgal.roi_threshold": repr(float(self.roi_threshold)),
+            "xgal.roi_sources": json.dumps(list(self.roi_sources)),
         }
         if self.normalisation is not None:
             meta["xgal.normalisation"] = json.dumps(asdict(self.normalisation))
@@ -159,6 +184,8 @@ class ScoringGraphInfo:
                 ),
                 precision=meta.get("xgal.precision", "fp32"),
                 cam_method=meta.get("xgal.cam_method", "gradcam"),  # graphs from before the choice
+                roi_head=meta.get("xgal.roi_head", "none"),  # graphs of format /1 have none
+                roi_threshold=float(meta.get("xgal.roi_threshold", "0.5")),
                 extra={k: v for k, v in meta.items() if k not in _KEYS},
             )
         except (KeyError, ValueError, TypeError) as exc:
@@ -173,6 +200,10 @@ class ScoringGraphInfo:
             raise NotAScoringGraphError(
                 f"{where}: CAM method {info.cam_method!r} is not one of {CAM_METHODS}"
             )
+        if info.roi_head not in ROI_HEADS:
+            raise NotAScoringGraphError(f"{where}: ROI head {info.roi_head!r} is not one of {ROI_HEADS}")
+        if not 0.0 < info.roi_threshold < 1.0:
+            raise NotAScoringGraphError(f"{where}: ROI threshold {info.roi_threshold} is not in (0, 1)")
         if info.precision not in PRECISIONS:
             raise NotAScoringGraphError(f"{where}: precision {info.precision!r} is not one of {PRECISIONS}")
         return info
@@ -181,6 +212,7 @@ class ScoringGraphInfo:
         """A flat, JSON-ready summary for people (`xgal model info`)."""
         d = asdict(self)
         d["num_classes"] = self.num_classes
+        d["roi_sources"] = list(self.roi_sources)
         return d
 
 
@@ -219,7 +251,8 @@ def check_signature(
     """Check input names, types and shapes and output names against the metadata."""
     names = {name for name, _, _ in inputs}
     missing_in = REQUIRED_INPUTS - names
-    missing_out = [o for o in OUTPUT_NAMES if o not in outputs]
+    need = OUTPUT_NAMES + (LEARNED_ROI_OUTPUTS if info.has_learned_roi else ())
+    missing_out = [o for o in need if o not in outputs]
     if missing_in or missing_out:
         raise NotAScoringGraphError(
             f"{where} is not a scoring graph: missing inputs {sorted(missing_in)} and outputs {missing_out}"

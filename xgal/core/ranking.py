@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from xgal.core.acquisition import AcquisitionConfig, Balance, Diversity, combine, criteria
+from xgal.core.contract import ROW_ROI_SOURCES
 from xgal.core.diversity import spread, typical
 from xgal.core.errors import InvalidArgument
 from xgal.core.samples import SkippedSample
@@ -41,7 +42,8 @@ class Ranked:
     group: np.ndarray | None = None
     has_roi: np.ndarray | None = None
     flat: np.ndarray | None = None
-    body_roi: np.ndarray | None = None  # M was measured against the body (RoiSource)
+    # What M was measured against, as codes into ROW_ROI_SOURCES (none, expert, body, learned).
+    roi_source: np.ndarray | None = None
     # [N, D] pooled target-layer activations, only when the diversity step needs them ([N, 0]).
     embedding: np.ndarray | None = None
 
@@ -52,8 +54,8 @@ class Ranked:
             self.has_roi = np.ones(self.ids.shape, dtype=bool)
         if self.flat is None:
             self.flat = np.zeros(self.ids.shape, dtype=bool)
-        if self.body_roi is None:
-            self.body_roi = np.zeros(self.ids.shape, dtype=bool)
+        if self.roi_source is None:
+            self.roi_source = self.has_roi.astype(np.uint8)  # 1 = expert
         if self.embedding is None:
             self.embedding = np.zeros((len(self.ids), 0), dtype=np.float32)
 
@@ -170,7 +172,7 @@ def scored_batch(
     labels: np.ndarray | None = None,
     exclude_ids: np.ndarray | None = None,
     cam_range: np.ndarray | None = None,
-    body_roi: np.ndarray | None = None,
+    roi_source: np.ndarray | None = None,
     embedding: np.ndarray | None = None,
     view_probs: np.ndarray | None = None,
 ) -> tuple[Ranked, np.ndarray]:
@@ -178,12 +180,15 @@ def scored_batch(
     missing-ROI policy or `exclude_ids` (sorted, e.g. the labelled set) leave out; and the batch
     rows it kept (to take the same rows of the CAMs). `labels` replace the predicted class as
     the balancing group (`oracle`); `cam_range` (each CAM's max − min) marks the flat maps;
-    `body_roi` where the ROI given was the body's; `embedding` (the graph's, [N, D]) is kept for
-    a diversity step; `view_probs` ([N, V, K]) feed the uncertainties over views."""
+    `roi_source` what each ROI given was (ROW_ROI_SOURCES codes); `embedding` (the graph's,
+    [N, D]) is kept for a diversity step; `view_probs` ([N, V, K]) feed the uncertainties over
+    views."""
     crit = criteria(probs, entropy, dice, roi_area, ids, config, cam_range, view_probs)
     idx = kept(ids, crit.keep, exclude_ids)
     pred = probs.argmax(1).astype(np.int64)
     group = labels if labels is not None else pred
+    source = crit.has_roi.astype(np.uint8) if roi_source is None else roi_source
+    source = np.where(crit.has_roi, source, 0).astype(np.uint8)  # no ROI: "none", whoever gave it
     return Ranked(
         ids[idx],
         crit.u[idx],
@@ -194,7 +199,7 @@ def scored_batch(
         group[idx],
         crit.has_roi[idx],
         crit.flat[idx],
-        None if body_roi is None else body_roi[idx],
+        source[idx],
         None if embedding is None else embedding[idx],
     ), idx
 
@@ -268,7 +273,7 @@ class ScoreResult:
     # Bad samples left unscored under `OnBadSample.SKIP`, in pool order: listed, never dropped
     # silently (they are in neither `scored` nor `excluded`).
     skipped: list[SkippedSample] = field(default_factory=list)
-    # Scored samples with an ROI (the expert's or the body's): the misalignment M measures
+    # Scored samples with an ROI (the expert's, the body's or the learned): the misalignment M measures
     # something only there; where none has one, the ranking is the uncertainty's.
     with_roi: int = 0
 
@@ -314,9 +319,7 @@ def rows(r: Ranked, class_names: tuple[str, ...], ranked: bool = True) -> list[d
             "misalignment": float(r.m[i]),
             "has_roi": bool(r.has_roi[i]) if r.has_roi is not None else True,
             "flat_cam": bool(r.flat[i]) if r.flat is not None else False,
-            "roi": ("body" if r.body_roi is not None and r.body_roi[i] else "expert")
-            if (r.has_roi is None or r.has_roi[i])
-            else "none",
+            "roi": ROW_ROI_SOURCES[int(r.roi_source[i])] if r.roi_source is not None else "expert",
             "pred": pred,
             "pred_name": class_names[pred] if pred < len(class_names) else str(pred),
             "probs": [float(p) for p in r.probs[i]],

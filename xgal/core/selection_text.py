@@ -10,6 +10,8 @@ ROI_WORDS = {
     RoiSource.EXPERT: "the expert's ROI",
     RoiSource.BODY: "the body found in the scan",
     RoiSource.EXPERT_ELSE_BODY: "the expert's ROI, or the body found in the scan where none was drawn",
+    RoiSource.LEARNED: "the ROI the model's head predicts",
+    RoiSource.EXPERT_ELSE_LEARNED: "the expert's ROI, or the model's predicted ROI where none was drawn",
 }
 
 

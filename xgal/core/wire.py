@@ -180,7 +180,7 @@ def ranked_to_proto(r: Ranked, embeddings: bool = True) -> list[pb.ScoredSample]
     has_roi = r.has_roi if r.has_roi is not None else np.ones(len(r), dtype=bool)
     group = r.group if r.group is not None else r.pred
     flat = r.flat if r.flat is not None else np.zeros(len(r), dtype=bool)
-    body = r.body_roi if r.body_roi is not None else np.zeros(len(r), dtype=bool)
+    source = r.roi_source if r.roi_source is not None else has_roi.astype(np.uint8)
     emb = r.embedding if embeddings and r.embedding is not None and r.embedding.shape[1] else None
     return [
         pb.ScoredSample(
@@ -193,7 +193,7 @@ def ranked_to_proto(r: Ranked, embeddings: bool = True) -> list[pb.ScoredSample]
             has_roi=bool(has_roi[i]),
             group=int(group[i]),
             flat_cam=bool(flat[i]),
-            body_roi=bool(body[i]),
+            roi_source=int(source[i]),
             embedding=emb[i].tolist() if emb is not None else (),
         )
         for i in range(len(r))
@@ -214,7 +214,7 @@ def ranked_from_proto(samples: Sequence[pb.ScoredSample], num_classes: int) -> R
         group=np.array([s.group for s in samples], dtype=np.int64),
         has_roi=np.array([s.has_roi for s in samples], dtype=bool),
         flat=np.array([s.flat_cam for s in samples], dtype=bool),
-        body_roi=np.array([s.body_roi for s in samples], dtype=bool),
+        roi_source=np.array([s.roi_source for s in samples], dtype=np.uint8),
         embedding=_embeddings(samples),
     )
 

@@ -25,6 +25,9 @@ FIGURES = tuple(f"{kind}_{m}" for m in METRICS for kind in ("final", "auc"))
 PAIRS = (
     ("xgal", "random"),
     ("xgal", "uncertainty"),
+    ("xgal-learned", "uncertainty"),
+    ("xgal-learned", "random"),
+    ("xgal-learned", "xgal"),
     ("uncertainty", "random"),
     ("xgal", "xgal-raw"),
     ("xgal-raw", "random"),

@@ -10,6 +10,7 @@ Writes results.json, learning_curves.png and cam_overlays.png.
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, replace
@@ -77,7 +78,9 @@ def _round_logger(
     def on_round(rec: RoundRecord, model: Classifier) -> None:
         console.print(
             f"  {arm.name:<12} round {rec.round}: {rec.labelled:4d} labelled, accuracy {rec.accuracy:.3f}, "
-            f"macro-F1 {rec.macro_f1:.3f}, CAM-ROI Dice {rec.cam_dice:.3f} ({rec.seconds:.1f} s)"
+            f"macro-F1 {rec.macro_f1:.3f}, CAM-ROI Dice {rec.cam_dice:.3f}"
+            + ("" if math.isnan(rec.roi_dice) else f", learned ROI Dice {rec.roi_dice:.3f}")
+            + f" ({rec.seconds:.1f} s)"
         )
         if overlay_data is not None and rec.round in (0, last_round):
             device = next(model.parameters()).device  # the trainer's: CUDA where there is one
@@ -101,10 +104,13 @@ def run_demo(
     initial_balance: str = "none",
     regime: Regime | None = None,
     budget: DemoBudget | None = None,
+    roi_fraction: float = 1.0,
 ) -> dict:
     """Run every arm for every seed; print and write what they show (see the module doc).
     `regime`: the synthetic pool's (default: the shortcut as the demo has it, or with
-    `shortcut=False` the control); `budget`: labels and pool sizes (default: QUICK or FULL)."""
+    `shortcut=False` the control); `budget`: labels and pool sizes (default: QUICK or FULL);
+    `roi_fraction`: the share of each request's scans the simulated radiologist draws an ROI on
+    (OracleAnnotator's rule), in every arm alike."""
     console = console or Console()
     seed_list = list(range(first_seed, first_seed + seeds))
     budget = budget or (QUICK if quick else FULL)
@@ -120,6 +126,7 @@ def run_demo(
         f"from a pool of {budget.pool}; test split {budget.test}; {budget.epochs} epochs per round; "
         f"arms: {', '.join(a.name for a in arms)}; {roles_text(seed_list)}; "
         f"initial set: {INITIAL_WORDS[initial_balance]}"
+        + (f"; ROIs drawn on {roi_fraction:.0%} of each request's scans" if roi_fraction < 1 else "")
     )
     all_results: dict[int, dict[str, list[RoundRecord]]] = {}
     overlay_cams: dict[str, np.ndarray] = {}
@@ -136,7 +143,7 @@ def run_demo(
         # Every arm trains the same network: one trace serves all their exports (one per number
         # of views: an uncertainty over views scores flipped copies too).
         exporters = {
-            views: ScoringGraphExporter(
+            (views, head): ScoringGraphExporter(
                 base.layer,
                 image_shape=pool.image_shape,
                 pixel_dtype=pool.pixel_dtype,
@@ -144,6 +151,7 @@ def run_demo(
                 views=views,
             )
             for views in (1, MAX_VIEWS)
+            for head in {a.roi_head for a in arms}
         }
         try:
             with ScorerClient(server.address) as client:
@@ -156,6 +164,7 @@ def run_demo(
                         acquisition=arm.acquisition,
                         seed=seed,
                         cold_start=arm.cold_start,
+                        roi_head=arm.roi_head,
                         initial_balance=initial_balance,
                         train=replace(base.train, epochs=budget.epochs, alpha=arm.alpha),
                     )
@@ -173,11 +182,11 @@ def run_demo(
                         pool,
                         test,
                         client,
-                        OracleAnnotator(pool),
+                        OracleAnnotator(pool, roi_fraction),
                         data / "runs" / arm.name,
                         model_name=arm.name,
                         log=on_round,
-                        exporter=exporters[config.views],
+                        exporter=exporters[config.views, arm.roi_head],
                     )
                     results[arm.name] = loop.run()
         finally:
@@ -196,6 +205,8 @@ def run_demo(
         "regime": asdict(regime),
         "budget": asdict(budget),
         "initial_balance": initial_balance,  # none: drawn without the labels; oracle: stratified
+        # ROIs drawn on the first ⌈f·n⌉ scans of each request (rank order), f = roi_fraction
+        "roi_fraction": roi_fraction,
         "train": asdict(replace(base.train, epochs=budget.epochs)),
         "arms": [{**asdict(a), "acquisition": asdict(a.acquisition)} for a in arms],
         "seeds": list(all_results),

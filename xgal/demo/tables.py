@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 from rich.table import Table
@@ -15,16 +16,23 @@ def round_tables(seed: int, results: Mapping[str, Sequence[RoundRecord]]) -> lis
     """Test accuracy, then CAM-ROI Dice, per round and arm (one table each: they stay narrow)."""
     tables = []
     labelled = [r.labelled for r in max(results.values(), key=len)]
-    for metric, name in (("accuracy", "test accuracy"), ("cam_dice", "CAM-ROI Dice")):
+    metrics = [("accuracy", "test accuracy"), ("cam_dice", "CAM-ROI Dice")]
+    if any(not math.isnan(r.roi_dice) for recs in results.values() for r in recs):
+        metrics.append(("roi_dice", "learned ROI Dice (vs the expert's)"))
+    for metric, name in metrics:
         table = Table(title=f"seed {seed}: {name} per round", title_justify="left")
         table.add_column("labelled", justify="right")
         for arm in results:
             table.add_column(arm, justify="right")
         for r, n in enumerate(labelled):
-            cells = [f"{getattr(recs[r], metric):.3f}" if r < len(recs) else "" for recs in results.values()]
+            cells = [_cell(getattr(recs[r], metric)) if r < len(recs) else "" for recs in results.values()]
             table.add_row(str(n), *cells)
         tables.append(table)
     return tables
+
+
+def _cell(value: float) -> str:
+    return "–" if math.isnan(value) else f"{value:.3f}"  # an arm without an ROI head: nothing measured
 
 
 def _seeds_text(seeds: Sequence[int]) -> str:

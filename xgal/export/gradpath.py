@@ -32,7 +32,8 @@ FLIPS: tuple[tuple[int, ...], ...] = ((), (3,), (2,), (2, 3))
 
 class ScoringModule(nn.Module):
     """Everything the ranking needs, for one batch, in one forward call (the outputs in
-    `EXPORTED_OUTPUTS` order)."""
+    `EXPORTED_OUTPUTS` order, then `view_probs` when views > 1, then LEARNED_ROI_OUTPUTS when the
+    model has an ROI head)."""
 
     def __init__(
         self,
@@ -41,8 +42,11 @@ class ScoringModule(nn.Module):
         norm: Normalisation,
         cam_method: str = "gradcam",
         views: int = 1,
+        roi_threshold: float = 0.5,
     ) -> None:
         super().__init__()
+        self.roi_threshold = float(roi_threshold)
+        self.learned_roi = getattr(model, "roi_head", None) is not None
         self.views = views  # > 1: also the probabilities of flipped views (`view_probs`)
         self.cam = CAM_FUNCTIONS[cam_method]
         self.model = model
@@ -63,7 +67,10 @@ class ScoringModule(nn.Module):
         handle = self.target.register_forward_hook(hook)
         try:
             with torch.enable_grad():
-                scores = self.model(x)
+                if self.learned_roi:
+                    scores, roi_logits = self.model.forward_with_roi(x)
+                else:
+                    scores, roi_logits = self.model(x), None
         finally:
             handle.remove()
         acts = captured[0]
@@ -83,15 +90,22 @@ class ScoringModule(nn.Module):
         roi_area = roi.to(torch.float32).sum(dim=(1, 2))
         dice = soft_dice(scale_cam(cam, image.shape[-2:]), roi)
         embedding = acts.detach().mean(dim=(2, 3))
-        if self.views <= 1:
-            return probs, entropy, cam, dice, roi_area, embedding
-        with torch.no_grad():
-            flipped = [torch.flip(x, dims) for dims in FLIPS[1 : self.views]]
-            other = F.softmax(self.model(torch.cat(flipped)), dim=1)
-        view_probs = torch.cat(
-            [probs.unsqueeze(1), other.view(self.views - 1, -1, probs.shape[1]).transpose(0, 1)], 1
-        )
-        return probs, entropy, cam, dice, roi_area, embedding, view_probs
+        out: tuple[Tensor, ...] = (probs, entropy, cam, dice, roi_area, embedding)
+        if self.views > 1:
+            with torch.no_grad():
+                flipped = [torch.flip(x, dims) for dims in FLIPS[1 : self.views]]
+                other = F.softmax(self.model(torch.cat(flipped)), dim=1)
+            view_probs = torch.cat(
+                [probs.unsqueeze(1), other.view(self.views - 1, -1, probs.shape[1]).transpose(0, 1)], 1
+            )
+            out = (*out, view_probs)
+        if roi_logits is not None:
+            # The predicted ROI as a soft map, and as a mask (as an expert's ROI is) for the Dice.
+            roi_prob = torch.sigmoid(roi_logits.detach())
+            mask = (roi_prob >= self.roi_threshold).to(torch.float32)
+            learned_dice = soft_dice(scale_cam(cam, image.shape[-2:]), mask)
+            out = (*out, roi_prob, learned_dice, mask.sum(dim=(1, 2)))
+        return out
 
 
 def trace_scoring_module(

@@ -10,14 +10,10 @@ The graph's contract (inputs, outputs, metadata) is DESIGN.md §1, written down 
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import logging
 import os
 import re
-import tempfile
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +28,7 @@ from xgal.core.contract import (
     CAM_METHODS,
     EXPORTED_OUTPUTS,
     INPUT_NAMES,
+    LEARNED_ROI_OUTPUTS,
     MAX_VIEWS,
     VIEW_PROBS,
     Normalisation,
@@ -40,7 +37,8 @@ from xgal.core.contract import (
 )
 from xgal.core.errors import InvalidArgument
 from xgal.export.gradpath import ScoringModule, trace_scoring_module
-from xgal.train.gradcam import PixelNormalise
+from xgal.export.onnx_files import quiet_exporter, write_atomically
+from xgal.train.nets.roi_head import DEFAULT_ROI_THRESHOLD
 
 _TORCH_DTYPE = {"uint8": torch.uint8, "uint16": torch.uint16}
 
@@ -73,22 +71,6 @@ def _check_target_layer(model: nn.Module, target_layer: str, probe: torch.Tensor
             "[N, C, h, w] (choose a convolution or a block of them)"
         )
     return int(out.shape[2]), int(out.shape[3])
-
-
-@contextlib.contextmanager
-def _quiet_exporter() -> Iterator[None]:
-    # The exporter logs every step and warns about optional torchvision ops; a user wants
-    # one line per round, not forty.
-    logger = logging.getLogger("torch.onnx")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
-                yield
-    finally:
-        logger.setLevel(level)
 
 
 def _finish(model_proto: onnx.ModelProto, info: ScoringGraphInfo) -> onnx.ModelProto:
@@ -169,9 +151,14 @@ class ScoringGraphExporter:
         class_names: Sequence[str] | None = None,
         cam_method: str = "gradcam",
         views: int = 1,
+        roi_threshold: float = DEFAULT_ROI_THRESHOLD,
     ) -> None:
         """`views` > 1 adds `view_probs`: the probabilities of that many flipped views (up to
-        MAX_VIEWS), for BALD; each costs a forward pass per image."""
+        MAX_VIEWS), for BALD; each costs a forward pass per image. A model with an ROI head
+        gets LEARNED_ROI_OUTPUTS, its mask the soft map at or above `roi_threshold`."""
+        if not 0.0 < roi_threshold < 1.0:
+            raise InvalidArgument(f"roi_threshold must lie in (0, 1), got {roi_threshold}")
+        self.roi_threshold = float(roi_threshold)
         if not 1 <= views <= MAX_VIEWS:
             raise InvalidArgument(f"views must be 1 to {MAX_VIEWS}, got {views}")
         self.views = views
@@ -197,6 +184,7 @@ class ScoringGraphExporter:
             "class_names": self.class_names,
             "cam_method": self.cam_method,
             "views": self.views,
+            "roi_threshold": self.roi_threshold,
         }
 
     def export(self, model: nn.Module, path: str | os.PathLike[str], *, round_index: int = 0) -> Path:
@@ -206,7 +194,7 @@ class ScoringGraphExporter:
         template = self._template
         if template is None or template.signature != _signature(model):
             template = self._trace(model)
-        module = ScoringModule(model, self.target_layer, self.norm, self.cam_method, self.views).eval()
+        module = self._module(model)
         proto = onnx.ModelProto.FromString(template.proto)
         state = module.state_dict()
         for init in proto.graph.initializer:
@@ -214,7 +202,7 @@ class ScoringGraphExporter:
                 value = state[template.weights[init.name]].detach().contiguous().numpy()
                 init.CopyFrom(onnx.numpy_helper.from_array(value, init.name))
         program = torch.onnx.ONNXProgram(onnx_ir.from_proto(proto), None)
-        with _quiet_exporter():
+        with quiet_exporter():
             program.optimize()
 
         # Their count was checked against the model's classes when the graph was traced.
@@ -231,16 +219,23 @@ class ScoringGraphExporter:
             version=xgal.__version__,
             normalisation=self.norm,
             cam_method=self.cam_method,
+            roi_head=str(getattr(model, "roi_head_kind", "none")),
+            roi_threshold=self.roi_threshold,
         )
         proto = _finish(onnx_ir.to_proto(program.model), info)
         onnx.checker.check_model(proto, full_check=True)
-        return _write_atomically(proto, Path(path))
+        return write_atomically(proto, Path(path))
+
+    def _module(self, model: nn.Module) -> ScoringModule:
+        return ScoringModule(
+            model, self.target_layer, self.norm, self.cam_method, self.views, self.roi_threshold
+        ).eval()
 
     def _trace(self, model: nn.Module) -> _Template:
         c, h, w = self.image_shape
         probe = torch.zeros(2, c, h, w)
         cam_shape = _check_target_layer(model, self.target_layer, probe)
-        module = ScoringModule(model, self.target_layer, self.norm, self.cam_method, self.views).eval()
+        module = self._module(model)
         with torch.no_grad():
             num_classes = int(model(probe).shape[1])
         if self.class_names is not None and len(self.class_names) != num_classes:
@@ -265,12 +260,16 @@ class ScoringGraphExporter:
             raise
         batch = torch.export.Dim("N", min=1)
         try:
-            with _quiet_exporter():
+            with quiet_exporter():
                 program = torch.onnx.export(
                     traced,
                     example,
                     input_names=list(INPUT_NAMES),
-                    output_names=[*EXPORTED_OUTPUTS, *([VIEW_PROBS] if self.views > 1 else [])],
+                    output_names=[
+                        *EXPORTED_OUTPUTS,
+                        *([VIEW_PROBS] if self.views > 1 else []),
+                        *(LEARNED_ROI_OUTPUTS if module.learned_roi else []),
+                    ],
                     dynamic_shapes=({0: batch}, {0: batch}, {0: batch}),
                     dynamo=True,
                     optimize=False,  # after the weights are in (export)
@@ -307,21 +306,6 @@ class ScoringGraphExporter:
         return template
 
 
-def _write_atomically(proto: onnx.ModelProto, out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside the target and renamed, so a reader never sees half a model.
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(proto.SerializeToString())
-        os.replace(tmp, out)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return out
-
-
 def export_scoring_graph(
     model: nn.Module,
     target_layer: str,
@@ -355,46 +339,3 @@ def export_scoring_graph(
         views=views,
     )
     return exporter.export(model, path, round_index=round_index)
-
-
-class _ForwardOnly(nn.Module):
-    """Stored pixels in, probabilities out: what a plain classifier export runs."""
-
-    def __init__(self, model: nn.Module, norm: Normalisation) -> None:
-        super().__init__()
-        self.model = model
-        self.pixels = PixelNormalise(norm)
-
-    def forward(self, image: torch.Tensor) -> torch.Tensor:
-        return self.model(self.pixels(image)).softmax(1)
-
-
-def export_forward_graph(
-    model: nn.Module,
-    path: str | os.PathLike[str],
-    *,
-    image_shape: Sequence[int],
-    pixel_dtype: str = "uint8",
-    mean: Sequence[float] | None = None,
-    std: Sequence[float] | None = None,
-) -> Path:
-    """The same network without Grad-CAM (input `image`, output `probs`): the throughput
-    ceiling a scoring graph is measured against."""
-    (c, h, w), norm = Normalisation.for_input(image_shape, pixel_dtype, mean, std)
-    module = _ForwardOnly(copy.deepcopy(model).cpu().eval(), norm).eval()
-    example = (torch.zeros(2, c, h, w, dtype=_TORCH_DTYPE[pixel_dtype]),)
-    with _quiet_exporter():
-        program = torch.onnx.export(
-            module,
-            example,
-            input_names=["image"],
-            output_names=["probs"],
-            dynamic_shapes=({0: torch.export.Dim("N", min=1)},),
-            dynamo=True,
-            optimize=True,
-            verbose=False,
-        )
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(program.model_proto.SerializeToString())
-    return out

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, fields, replace
 
 from xgal.core.acquisition import AcquisitionConfig, Balance, Diversity, Selection, Strategy
-from xgal.core.contract import MAX_VIEWS
+from xgal.core.contract import MAX_VIEWS, ROI_HEADS
 from xgal.core.errors import InvalidArgument
 from xgal.loop.labelled import INITIAL_BALANCES
 from xgal.train.fit import TrainConfig
@@ -19,6 +19,9 @@ COLD_STARTS = ("none", "typical")
 class LoopConfig:
     arch: str = "small_cnn"
     head: str = "linear"
+    # "shared" or "beside": the classifier learns where the radiologists draw (train/nets/roi_head.py)
+    # and the scoring graph exports it, for --roi learned | expert-else-learned.
+    roi_head: str = "none"
     target_layer: str | None = None  # None = the network's default
     cam_method: str = "gradcam"  # the map the scoring graph ranks by (CAM_METHODS)
     initial: int = 60
@@ -54,6 +57,13 @@ class LoopConfig:
         if self.initial_balance not in INITIAL_BALANCES:
             raise InvalidArgument(
                 f"initial_balance must be one of {INITIAL_BALANCES}, got {self.initial_balance!r}"
+            )
+        if self.roi_head not in ROI_HEADS:
+            raise InvalidArgument(f"roi_head must be one of {ROI_HEADS}, got {self.roi_head!r}")
+        if self.acquisition.roi.learned and self.roi_head == "none":
+            raise InvalidArgument(
+                f"--roi {self.acquisition.roi.value} measures misalignment against a learned ROI: "
+                "give the classifier an ROI head (--roi-head shared or beside)"
             )
         if self.cold_start not in COLD_STARTS:
             raise InvalidArgument(f"cold_start must be one of {COLD_STARTS}, got {self.cold_start!r}")

@@ -28,9 +28,8 @@ from xgal.core.ranking import rows
 from xgal.export import ScoringGraphExporter
 from xgal.loop.config import LoopConfig
 from xgal.loop.labelled import answered_part, initial_selection
-from xgal.loop.request import chosen_by, model_view
+from xgal.loop.request import chosen_by, hint_rois, model_view
 from xgal.loop.run_state import RunFolder
-from xgal.pool.body import rois_for
 from xgal.pool.format import MANIFEST, Pool
 from xgal.train.fit import evaluate, to_input, train_classifier
 from xgal.train.nets import build_model
@@ -55,6 +54,8 @@ class RoundRecord:
     seconds: float = 0.0
     note: str = ""  # what the scoring said of its own ranking (e.g. M could not count)
     answered: int = -1  # of `selected`, how many were answered (-1: all of them)
+    # The learned ROI's Dice against the expert's on the test split (NaN: no ROI head, no test).
+    roi_dice: float = float("nan")
 
 
 class ActiveLearningLoop:
@@ -177,7 +178,11 @@ class ActiveLearningLoop:
     def _new_model(self) -> Classifier:
         torch.manual_seed(self.config.seed)
         return build_model(
-            self.config.arch, self.config.head, self.num_classes, in_channels=self.pool.image_shape[0]
+            self.config.arch,
+            self.config.head,
+            self.num_classes,
+            in_channels=self.pool.image_shape[0],
+            roi_head=self.config.roi_head,
         )
 
     def _stage(self, r: int, stage: str) -> None:
@@ -212,12 +217,14 @@ class ActiveLearningLoop:
         request.cold_start = n > 0 and cfg.cold(n - 1)
         if model is not None:
             acquisition = cfg.round_acquisition(n - 1)
-            request.probs, request.cams = model_view(
-                model, taken["images"], cfg.layer, self.scale, cfg.mean, cfg.std
+            request.probs, request.cams, predicted = model_view(
+                model, taken["images"], cfg.layer, self.scale, cfg.mean, cfg.std, self.exporter.roi_threshold
             )
             request.ranking = {row["id"]: row for row in self.folder.read_ranking(n - 1)}
             # The hints outline the ROI the misalignment was measured against.
-            request.hint_rois, request.body_rois = rois_for(taken["images"], taken["rois"], acquisition.roi)
+            request.hint_rois, request.hint_sources = hint_rois(
+                taken["images"], taken["rois"], acquisition.roi, predicted
+            )
         return request
 
     # -- the loop -------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from xgal.scorer.engines.base import BatchScores, Engine
+from xgal.scorer.engines.base import BatchScores, Engine, no_learned_roi
 
 
 class QueueFullError(RuntimeError):
@@ -91,7 +91,7 @@ class DynamicBatcher:
                 with self._closing:
                     self._full_waiting -= 1  # in the engine now, as a queued batch that left the queue
                 start = time.perf_counter()
-                out = self.engine.run(image, roi)
+                out = self._engine_run(image, roi)
                 done = time.perf_counter()
         finally:
             with self._closing:
@@ -100,6 +100,13 @@ class DynamicBatcher:
         if self._observe is not None:
             self._observe(len(image), start - queued, done - start)
         return out
+
+    def _engine_run(self, image: np.ndarray, roi: np.ndarray) -> BatchScores:
+        # A graph's learned ROI is two floats a sample that it computes anyway: always fetched,
+        # so plain calls and --roi learned ones share batches.
+        if self.engine.info.has_learned_roi:
+            return self.engine.run(image, roi, want_learned=True)
+        return self.engine.run(image, roi)
 
     def close(self) -> None:
         """Run what was submitted before, then stop; later submits raise QueueFullError. Returns
@@ -150,7 +157,7 @@ class DynamicBatcher:
         try:
             with self._engine_lock:
                 start = time.perf_counter()
-                out = self.engine.run(*_joined(live))
+                out = self._engine_run(*_joined(live))
                 done = time.perf_counter()
             results, lo = [], 0
             for it in live:
@@ -197,11 +204,22 @@ class BatchedEngine(Engine):
         want_cam: bool = False,
         want_embedding: bool = False,
         want_views: bool = False,
+        want_learned: bool = False,
+        want_roi_map: bool = False,
     ) -> BatchScores:
-        if target is not None or want_cam or want_embedding or want_views:
+        if target is not None or want_cam or want_embedding or want_views or want_roi_map:
             return self.batcher.engine.run(
-                image, roi, target, want_cam=want_cam, want_embedding=want_embedding, want_views=want_views
+                image,
+                roi,
+                target,
+                want_cam=want_cam,
+                want_embedding=want_embedding,
+                want_views=want_views,
+                want_learned=want_learned,
+                want_roi_map=want_roi_map,
             )
+        if want_learned and not self.info.has_learned_roi:
+            raise no_learned_roi(self.batcher.engine.name)
         self.check_batch(image, roi, None)
         if len(image) >= self.batcher.max_batch:
             return self.batcher.run_full(image, roi)

@@ -14,10 +14,10 @@ from collections.abc import Callable, Iterable
 from xgal.core.acquisition import AcquisitionConfig, Balance
 from xgal.core.ranking import Ranked, ScoreResult, TopK, choose, exclusion_set, rescore, scored_batch
 from xgal.core.samples import OnBadSample, SkippedSample
-from xgal.pool.body import rois_for
 from xgal.pool.format import Pool, PoolFormatError
 from xgal.scorer.engines.base import Engine
 from xgal.scorer.loader import Batch, PrefetchLoader
+from xgal.scorer.roi_choice import score_against_roi
 
 __all__ = ["ScoreResult", "check_compatible", "score_pool"]
 
@@ -83,10 +83,11 @@ def score_pool(
         done += len(read)
         batch = _apply_policy(pool, read, policy, skipped) if read.problems else read
         if len(batch):
-            rois, body = rois_for(batch.images, batch.rois, config.roi)
-            s = engine.run(
+            s, roi_source = score_against_roi(
+                engine,
                 batch.images,
-                rois,
+                batch.rois,
+                config.roi,
                 want_embedding=config.needs_embedding,
                 want_views=config.uncertainty.needs_views,
             )
@@ -100,7 +101,7 @@ def score_pool(
                 labels=batch.labels,
                 exclude_ids=excluded_ids,
                 cam_range=s.cam_range,
-                body_roi=body,
+                roi_source=roi_source,
                 embedding=s.embedding,
                 view_probs=s.view_probs,
             )[0]

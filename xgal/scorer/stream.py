@@ -14,8 +14,8 @@ from xgal.core.acquisition import AcquisitionConfig
 from xgal.core.ranking import scored_batch
 from xgal.core.samples import sample_problems
 from xgal.core.wire import ranked_to_proto
-from xgal.pool.body import rois_for
 from xgal.scorer.batcher import BatchedEngine
+from xgal.scorer.roi_choice import score_against_roi
 from xgal.v1 import scorer_pb2 as pb
 
 # Images in one ScoreStream message; more is a client bug, not a batch to hold in memory.
@@ -50,8 +50,9 @@ def score_message(
         more = f" ({len(problems) - 1} more samples of this batch are bad too)" if len(problems) > 1 else ""
         raise ValueError(f"sample {req.ids[row][:80]!r}: {reason}{more}")
     ids = np.array(list(req.ids), dtype=str)
-    rois, body = rois_for(images, rois, config.roi)
-    s = engine.run(images, rois, want_cam=req.want_cam, want_views=config.uncertainty.needs_views)
+    s, roi_source = score_against_roi(
+        engine, images, rois, config.roi, want_cam=req.want_cam, want_views=config.uncertainty.needs_views
+    )
     ranked, rows = scored_batch(
         ids,
         s.probs,
@@ -60,7 +61,7 @@ def score_message(
         s.roi_area,
         config,
         cam_range=s.cam_range,
-        body_roi=body,
+        roi_source=roi_source,
         view_probs=s.view_probs,
     )
     resp = pb.ScoreStreamResponse(samples=ranked_to_proto(ranked))

@@ -20,8 +20,10 @@ from torch import Tensor, nn
 
 from xgal.core.contract import Normalisation
 from xgal.core.errors import InvalidArgument
-from xgal.train.gradcam import PixelNormalise, scores_and_cam, soft_dice
+from xgal.train.gradcam import PixelNormalise, scores_and_cam, scores_cam_roi, soft_dice
 from xgal.train.nets.classifier import Classifier
+from xgal.train.nets.roi_head import DEFAULT_ROI_THRESHOLD
+from xgal.train.roi_loss import learned_roi_dice, roi_loss
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class TrainConfig:
     weight_decay: float = 1e-5
     grad_clip: float = 10.0
     alpha: float = 0.1  # Grad-CAM guidance weight; 0 = off
+    roi_weight: float = 1.0  # weight of the ROI head's loss (train/roi_loss.py), when the model has one
     loss: str = "ce"  # "ce" or "proto" (episodic, prototypical head only)
     episodes: int = 10  # per epoch, for "proto"
     shots: int = 3
@@ -58,6 +61,8 @@ class TrainConfig:
             raise InvalidArgument(f"steps must be >= 0 (0 = train for `epochs`), got {self.steps}")
         if self.alpha < 0:
             raise InvalidArgument(f"alpha must be >= 0, got {self.alpha}")
+        if self.roi_weight < 0:
+            raise InvalidArgument(f"roi_weight must be >= 0, got {self.roi_weight}")
         if self.epochs < 1 or self.batch_size < 2:
             raise InvalidArgument("epochs must be >= 1 and batch_size >= 2")
 
@@ -102,16 +107,30 @@ def _guidance(cam01: Tensor, roi: Tensor) -> Tensor:
     return (1 - soft_dice(cam01[has], roi[has])).mean()
 
 
-def _step_loss(
-    model: Classifier, layer: nn.Module | None, x: Tensor, y: Tensor, roi: Tensor | None, alpha: float
-) -> tuple[Tensor, float, float]:
-    if alpha > 0 and layer is not None and roi is not None:
-        scores, cam01 = scores_and_cam(model, layer, x, y)
-        ce = F.cross_entropy(scores, y)
+def _scores(
+    model: Classifier, layer: nn.Module | None, x: Tensor, y: Tensor, roi: Tensor | None, cfg: TrainConfig
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Class scores, the guidance term and the ROI head's loss (zeros when off) of one batch,
+    from one pass through the trunk."""
+    learn_roi = cfg.roi_weight > 0 and roi is not None and model.roi_head is not None
+    zero = x.new_zeros(())
+    if cfg.alpha > 0 and layer is not None and roi is not None:
+        scores, cam01, logits = scores_cam_roi(model, layer, x, y, roi=learn_roi)
         guide = _guidance(cam01, roi)
-        return ce + alpha * guide, float(ce.detach()), float(guide.detach())
-    ce = F.cross_entropy(model(x), y)
-    return ce, float(ce.detach()), 0.0
+    else:
+        scores, logits = model.forward_with_roi(x) if learn_roi else (model(x), None)
+        guide = zero
+    seg = roi_loss(logits, roi) if logits is not None and roi is not None else zero
+    return scores, guide, seg
+
+
+def _step_loss(
+    model: Classifier, layer: nn.Module | None, x: Tensor, y: Tensor, roi: Tensor | None, cfg: TrainConfig
+) -> tuple[Tensor, float, float, float]:
+    scores, guide, seg = _scores(model, layer, x, y, roi, cfg)
+    ce = F.cross_entropy(scores, y)
+    loss = ce + cfg.alpha * guide + cfg.roi_weight * seg
+    return loss, float(ce.detach()), float(guide.detach()), float(seg.detach())
 
 
 def _episode_batches(y: Tensor, cfg: TrainConfig, gen: torch.Generator) -> list[tuple[Tensor, Tensor]]:
@@ -141,10 +160,10 @@ def _proto_step(
     roi: Tensor | None,
     support: Tensor,
     query: Tensor,
-    alpha: float,
-) -> tuple[Tensor, float, float]:
+    cfg: TrainConfig,
+) -> tuple[Tensor, float, float, float]:
     """Episodic prototypical loss: prototypes from the support embeddings, CE over the
-    queries' negative distances; the guidance term on the queries' CAMs."""
+    queries' negative distances; the guidance term and the ROI head's loss on the queries."""
     head = model.head
     emb_s = head.embed(model.pooled(x[support]))
     classes = torch.unique(y[support])
@@ -156,16 +175,13 @@ def _proto_step(
     # restored afterwards.
     try:
         head.prototypes = torch.zeros_like(saved).index_copy(0, classes, protos)
-        xq = x[query]
-        if alpha > 0 and layer is not None and roi is not None:
-            scores, cam01 = scores_and_cam(model, layer, xq, y[query])
-            guide = _guidance(cam01, roi[query])
-        else:
-            scores, guide = model(xq), xq.new_zeros(())
+        rq = None if roi is None else roi[query]
+        scores, guide, seg = _scores(model, layer, x[query], y[query], rq, cfg)
         ce = F.cross_entropy(scores[:, classes], yq)
     finally:
         head.prototypes = saved
-    return ce + alpha * guide, float(ce.detach()), float(guide.detach())
+    loss = ce + cfg.alpha * guide + cfg.roi_weight * seg
+    return loss, float(ce.detach()), float(guide.detach()), float(seg.detach())
 
 
 def train_classifier(
@@ -179,12 +195,15 @@ def train_classifier(
     progress: Callable[[dict], None] | None = None,
 ) -> list[dict]:
     """Train in place on normalised inputs `x`, labels `y` and (for the guidance loss) ROI masks
-    `roi` [N, H, W] with Grad-CAM at `target_layer`. Returns one dict per epoch (loss, ce,
-    guidance, val_loss, lr); `progress` receives each as it is made."""
+    `roi` [N, H, W] with Grad-CAM at `target_layer`; a model with an ROI head learns it from the
+    scans whose `roi` is not empty. Returns one dict per epoch (loss, ce, guidance, roi_loss,
+    val_loss, lr); `progress` receives each as it is made."""
     if len(x) != len(y) or len(x) == 0:
         raise ValueError(f"need as many labels as images and at least one; got {len(x)} and {len(y)}")
     if config.alpha > 0 and (roi is None or target_layer is None):
         raise InvalidArgument("the guidance loss (alpha > 0) needs ROIs and a target layer")
+    if config.roi_weight > 0 and roi is None and getattr(model, "roi_head", None) is not None:
+        raise InvalidArgument("the model's ROI head learns from ROIs: pass `roi` (or roi_weight=0)")
     if config.loss == "proto" and getattr(model.head, "kind", "") != "prototypical":
         raise InvalidArgument("the episodic prototypical loss needs a prototypical head")
     device = resolve_device(config.device)
@@ -214,7 +233,7 @@ def train_classifier(
     while step < total if config.steps else epoch < config.epochs:
         refresh_prototypes(model, x[tr.to(device)], y[tr.to(device)])
         model.train()
-        totals = np.zeros(3)
+        totals = np.zeros(4)
         steps = 0
         if config.loss == "proto":
             batches = [(tr[s], tr[q]) for s, q in _episode_batches(y[tr.to(device)].cpu(), config, gen)]
@@ -229,12 +248,12 @@ def train_classifier(
             idx = idx.to(device)
             query = query.to(device) if query is not None else None
             if config.loss == "proto":
-                loss, ce, guide = _proto_step(model, layer, x, y, roi, idx, query, config.alpha)
+                loss, ce, guide, seg = _proto_step(model, layer, x, y, roi, idx, query, config)
             else:
                 if len(idx) < 2:  # BatchNorm needs two samples
                     continue
-                loss, ce, guide = _step_loss(
-                    model, layer, x[idx], y[idx], None if roi is None else roi[idx], config.alpha
+                loss, ce, guide, seg = _step_loss(
+                    model, layer, x[idx], y[idx], None if roi is None else roi[idx], config
                 )
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -242,7 +261,7 @@ def train_classifier(
             opt.step()
             if config.schedule == "cosine":
                 cosine.step()
-            totals += (float(loss.detach()), ce, guide)
+            totals += (float(loss.detach()), ce, guide, seg)
             steps += 1
             step += 1
         mean = totals / max(steps, 1)
@@ -255,6 +274,7 @@ def train_classifier(
             "loss": mean[0],
             "ce": mean[1],
             "guidance": mean[2],
+            "roi_loss": mean[3],
             "val_loss": val_loss,
             "lr": opt.param_groups[0]["lr"],
         }
@@ -328,7 +348,8 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
 def evaluate(
     model: Classifier, target_layer: str, x: Tensor, y: Tensor, roi: Tensor, batch: int = 128
 ) -> dict[str, float]:
-    """Accuracy, macro-F1 and the mean CAM–ROI Dice (CAM of the true class) on a test split."""
+    """Accuracy, macro-F1 and the mean CAM–ROI Dice (CAM of the true class) on a test split; with
+    an ROI head, `roi_dice`: the predicted ROI's Dice against the expert's."""
     model.eval()
     device = next(model.parameters()).device
     layer = model.get_submodule(target_layer)
@@ -343,9 +364,12 @@ def evaluate(
         dices.append(soft_dice(cam01, rb)[has].cpu().numpy())
     pred = np.concatenate(preds)
     truth = y.numpy()
-    return {
+    out = {
         "accuracy": float((pred == truth).mean()),
         "macro_f1": macro_f1(truth, pred, num_classes),
         # NaN (printed "n/a") when no test sample has an ROI: there is nothing to measure.
         "cam_dice": float(np.concatenate(dices).mean()) if sum(map(len, dices)) else float("nan"),
     }
+    if getattr(model, "roi_head", None) is not None:  # the predicted ROI against the expert's
+        out["roi_dice"] = learned_roi_dice(model, x, roi, DEFAULT_ROI_THRESHOLD, batch)
+    return out

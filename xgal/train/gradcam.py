@@ -90,11 +90,26 @@ def scores_and_cam(
     differentiable: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Class scores [N, K] and the [0, 1]-scaled CAM [N, H, W] for `classes` (None = predicted)."""
+    scores, cam01, _ = scores_cam_roi(model, layer, x, classes, differentiable=differentiable, roi=False)
+    return scores, cam01
+
+
+def scores_cam_roi(
+    model: nn.Module,
+    layer: nn.Module,
+    x: Tensor,
+    classes: Tensor | None = None,
+    *,
+    differentiable: bool = True,
+    roi: bool = True,
+) -> tuple[Tensor, Tensor, Tensor | None]:
+    """`scores_and_cam` and, from the same pass, the ROI head's logits [N, H, W] (when `roi`:
+    the model's `forward_with_roi`)."""
     store: list[Tensor] = []
     handle = layer.register_forward_hook(lambda _m, _i, out: store.append(out))
     try:
         with torch.enable_grad():
-            scores = model(x)
+            scores, roi_logits = model.forward_with_roi(x) if roi else (model(x), None)
     finally:
         handle.remove()
     acts = store[-1]
@@ -102,4 +117,7 @@ def scores_and_cam(
     picked = scores.gather(1, chosen.view(-1, 1)).sum()
     (grads,) = torch.autograd.grad(picked, acts, retain_graph=differentiable)
     cam = grad_cam(acts if differentiable else acts.detach(), grads.detach())
-    return (scores if differentiable else scores.detach()), scale_cam(cam, x.shape[-2:])
+    if not differentiable:
+        scores = scores.detach()
+        roi_logits = None if roi_logits is None else roi_logits.detach()
+    return scores, scale_cam(cam, x.shape[-2:]), roi_logits

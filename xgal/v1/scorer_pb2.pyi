@@ -64,6 +64,15 @@ class RoiSource(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROI_EXPERT: _ClassVar[RoiSource]
     ROI_BODY: _ClassVar[RoiSource]
     ROI_EXPERT_ELSE_BODY: _ClassVar[RoiSource]
+    ROI_LEARNED: _ClassVar[RoiSource]
+    ROI_EXPERT_ELSE_LEARNED: _ClassVar[RoiSource]
+
+class RowRoi(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ROW_ROI_NONE: _ClassVar[RowRoi]
+    ROW_ROI_EXPERT: _ClassVar[RowRoi]
+    ROW_ROI_BODY: _ClassVar[RowRoi]
+    ROW_ROI_LEARNED: _ClassVar[RowRoi]
 
 class Diversity(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -111,6 +120,12 @@ ROI_UNSPECIFIED: RoiSource
 ROI_EXPERT: RoiSource
 ROI_BODY: RoiSource
 ROI_EXPERT_ELSE_BODY: RoiSource
+ROI_LEARNED: RoiSource
+ROI_EXPERT_ELSE_LEARNED: RoiSource
+ROW_ROI_NONE: RowRoi
+ROW_ROI_EXPERT: RowRoi
+ROW_ROI_BODY: RowRoi
+ROW_ROI_LEARNED: RowRoi
 DIVERSITY_UNSPECIFIED: Diversity
 DIVERSITY_NONE: Diversity
 DIVERSITY_SPREAD: Diversity
@@ -298,7 +313,7 @@ class Progress(_message.Message):
     def __init__(self, done: _Optional[int] = ..., total: _Optional[int] = ..., images_per_s: _Optional[float] = ...) -> None: ...
 
 class ScoredSample(_message.Message):
-    __slots__ = ("id", "uncertainty", "misalignment", "score", "predicted", "probs", "has_roi", "group", "flat_cam", "body_roi", "embedding")
+    __slots__ = ("id", "uncertainty", "misalignment", "score", "predicted", "probs", "has_roi", "group", "flat_cam", "embedding", "roi_source")
     ID_FIELD_NUMBER: _ClassVar[int]
     UNCERTAINTY_FIELD_NUMBER: _ClassVar[int]
     MISALIGNMENT_FIELD_NUMBER: _ClassVar[int]
@@ -308,8 +323,8 @@ class ScoredSample(_message.Message):
     HAS_ROI_FIELD_NUMBER: _ClassVar[int]
     GROUP_FIELD_NUMBER: _ClassVar[int]
     FLAT_CAM_FIELD_NUMBER: _ClassVar[int]
-    BODY_ROI_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    ROI_SOURCE_FIELD_NUMBER: _ClassVar[int]
     id: str
     uncertainty: float
     misalignment: float
@@ -319,9 +334,9 @@ class ScoredSample(_message.Message):
     has_roi: bool
     group: int
     flat_cam: bool
-    body_roi: bool
     embedding: _containers.RepeatedScalarFieldContainer[float]
-    def __init__(self, id: _Optional[str] = ..., uncertainty: _Optional[float] = ..., misalignment: _Optional[float] = ..., score: _Optional[float] = ..., predicted: _Optional[int] = ..., probs: _Optional[_Iterable[float]] = ..., has_roi: _Optional[bool] = ..., group: _Optional[int] = ..., flat_cam: _Optional[bool] = ..., body_roi: _Optional[bool] = ..., embedding: _Optional[_Iterable[float]] = ...) -> None: ...
+    roi_source: RowRoi
+    def __init__(self, id: _Optional[str] = ..., uncertainty: _Optional[float] = ..., misalignment: _Optional[float] = ..., score: _Optional[float] = ..., predicted: _Optional[int] = ..., probs: _Optional[_Iterable[float]] = ..., has_roi: _Optional[bool] = ..., group: _Optional[int] = ..., flat_cam: _Optional[bool] = ..., embedding: _Optional[_Iterable[float]] = ..., roi_source: _Optional[_Union[RowRoi, str]] = ...) -> None: ...
 
 class SkippedSample(_message.Message):
     __slots__ = ("id", "reason")

@@ -23,6 +23,11 @@ class BatchScores:
     cam_range: np.ndarray | None = None
     embedding: np.ndarray | None = None  # [N, D] pooled target-layer activations, when asked for
     view_probs: np.ndarray | None = None  # [N, V, K] probabilities of flipped views, when asked for
+    # The learned ROI (a graph with an ROI head, when asked for): the soft Dice of the scaled CAM
+    # against the predicted mask, the mask's pixel count, and (only when asked) the soft map.
+    learned_dice: np.ndarray | None = None  # [N]
+    learned_area: np.ndarray | None = None  # [N]; 0 = the head found nothing
+    roi_prob: np.ndarray | None = None  # [N, H, W] in [0, 1]
 
     def __len__(self) -> int:
         return int(self.entropy.shape[0])
@@ -41,6 +46,8 @@ class BatchScores:
             cut,
             emb,
             views,
+            None if self.learned_dice is None else self.learned_dice[lo:hi],
+            None if self.learned_area is None else self.learned_area[lo:hi],
         )
 
 
@@ -64,6 +71,13 @@ def no_views(where: str) -> InvalidArgument:
     )
 
 
+def no_learned_roi(where: str) -> InvalidArgument:
+    return InvalidArgument(
+        f"{where} has no learned ROI (its classifier has no ROI head), which --roi learned and "
+        "expert-else-learned need: train with an ROI head (--roi-head shared) and export again"
+    )
+
+
 class Engine(abc.ABC):
     """Runs one scoring graph. Thread-safe `run`; `close` releases the session."""
 
@@ -80,11 +94,14 @@ class Engine(abc.ABC):
         want_cam: bool = False,
         want_embedding: bool = False,
         want_views: bool = False,
+        want_learned: bool = False,
+        want_roi_map: bool = False,
     ) -> BatchScores:
         """Score a batch: image [N, C, H, W] (the graph's pixel dtype), roi [N, H, W] uint8,
-        target [N] int64 (-1 = predicted class) or None for the predicted class. The map and
-        the embedding and the views' probabilities come back only when asked for (a graph without
-        the output refuses)."""
+        target [N] int64 (-1 = predicted class) or None for the predicted class. The map, the
+        embedding, the views' probabilities, the learned ROI's Dice and area (`want_learned`) and
+        its soft map (`want_roi_map`) come back only when asked for (a graph without the output
+        refuses)."""
 
     def close(self) -> None:  # noqa: B027 - engines without resources need nothing here
         """Release what the engine holds."""
@@ -121,8 +138,9 @@ class Engine(abc.ABC):
         image = rng.integers(0, hi, (2, c, h, w), dtype=np.int64).astype(self.info.pixel_dtype)
         roi = np.zeros((2, h, w), dtype=np.uint8)
         roi[0, h // 4 : 3 * h // 4, w // 4 : 3 * w // 4] = 1  # the second sample has no ROI
+        learned = self.info.has_learned_roi
         try:
-            out = self.run(image, roi)
+            out = self.run(image, roi, want_learned=learned, want_roi_map=learned)
         except Exception as exc:  # the graph is unusable however it fails: say why
             raise NotAScoringGraphError(f"{where} fails on a probe batch: {exc}") from None
         k = self.info.num_classes
@@ -139,5 +157,11 @@ class Engine(abc.ABC):
             problems.append("dice lies outside [0, 1]")
         if not problems and not np.allclose(out.roi_area, roi.sum(axis=(1, 2))):
             problems.append("roi_area is not the ROI's pixel count")
+        if learned and not problems:
+            assert out.learned_dice is not None and out.learned_area is not None and out.roi_prob is not None
+            if out.roi_prob.shape != (2, h, w) or not np.all((out.roi_prob >= 0) & (out.roi_prob <= 1)):
+                problems.append(f"roi_prob is not a [N, {h}, {w}] map in [0, 1]")
+            elif not np.all(np.isfinite(out.learned_dice)) or not np.all(np.isfinite(out.learned_area)):
+                problems.append("the learned ROI's Dice or area is not finite")
         if problems:
             raise NotAScoringGraphError(f"{where} is not a usable scoring graph: " + "; ".join(problems))

@@ -13,6 +13,8 @@ import onnxruntime as ort
 
 from xgal.core.contract import (
     EMBEDDING,
+    LEARNED_ROI_OUTPUTS,
+    ROI_PROB,
     SCORE_OUTPUTS,
     VIEW_PROBS,
     NotAScoringGraphError,
@@ -20,7 +22,7 @@ from xgal.core.contract import (
     check_signature,
 )
 from xgal.core.errors import InvalidArgument
-from xgal.scorer.engines.base import BatchScores, Engine, cam_range, no_embedding, no_views
+from xgal.scorer.engines.base import BatchScores, Engine, cam_range, no_embedding, no_learned_roi, no_views
 from xgal.scorer.engines.providers import (
     CPU,
     PROVIDER_PREFERENCE,
@@ -148,6 +150,7 @@ class OnnxRuntimeEngine(Engine):
         self._has_target = any(i.name == "target" for i in self.session.get_overridable_initializers())
         self.has_embedding = EMBEDDING in outputs
         self.has_views = VIEW_PROBS in outputs
+        self.has_learned_roi = self.info.has_learned_roi
         self.where = where
         self.device = device_type(self.providers[0])
         self.io_binding = self.providers[0] != CPU if io_binding is None else io_binding
@@ -263,8 +266,12 @@ class OnnxRuntimeEngine(Engine):
         want_cam: bool = False,
         want_embedding: bool = False,
         want_views: bool = False,
+        want_learned: bool = False,
+        want_roi_map: bool = False,
     ) -> BatchScores:
         self.check_batch(image, roi, target)
+        if (want_learned or want_roi_map) and not self.has_learned_roi:
+            raise no_learned_roi(self.where)
         if want_embedding and not self.has_embedding:
             raise no_embedding(self.where)
         if want_views and not self.has_views:
@@ -276,6 +283,8 @@ class OnnxRuntimeEngine(Engine):
             *SCORE_OUTPUTS,
             *([EMBEDDING] if want_embedding else []),
             *([VIEW_PROBS] if want_views else []),
+            *(LEARNED_ROI_OUTPUTS[1:] if want_learned else []),
+            *([ROI_PROB] if want_roi_map else []),
         ]
         n, fixed = len(image), self.fixed_batch
         if fixed is None or n == fixed:
@@ -283,15 +292,19 @@ class OnnxRuntimeEngine(Engine):
         else:  # each part of `fixed` rows, the last padded with zero images and its rows dropped
             parts = [self._run_once(_padded(feed, lo, fixed), names) for lo in range(0, n, fixed)]
             out = [np.concatenate([p[i] for p in parts])[:n] for i in range(len(names))]
+        got = dict(zip(names, out, strict=True))
         return BatchScores(
-            probs=out[0],
-            entropy=out[1],
-            dice=out[2],
-            roi_area=out[3],
-            cam=out[4] if want_cam else None,
-            cam_range=cam_range(out[4]),
-            embedding=out[5] if want_embedding else None,
-            view_probs=out[-1] if want_views else None,
+            probs=got["probs"],
+            entropy=got["entropy"],
+            dice=got["dice"],
+            roi_area=got["roi_area"],
+            cam=got["cam"] if want_cam else None,
+            cam_range=cam_range(got["cam"]),
+            embedding=got.get(EMBEDDING),
+            view_probs=got.get(VIEW_PROBS),
+            learned_dice=got.get(LEARNED_ROI_OUTPUTS[1]),
+            learned_area=got.get(LEARNED_ROI_OUTPUTS[2]),
+            roi_prob=got.get(ROI_PROB),
         )
 
 

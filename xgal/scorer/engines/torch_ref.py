@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from xgal.core.contract import CAM_EPS, CAM_METHODS, PIXEL_SCALE, ScoringGraphInfo
-from xgal.scorer.engines.base import BatchScores, Engine, cam_range
+from xgal.scorer.engines.base import BatchScores, Engine, cam_range, no_learned_roi
 
 
 class TorchReferenceEngine(Engine):
@@ -34,6 +34,7 @@ class TorchReferenceEngine(Engine):
         class_names: Sequence[str] | None = None,
         cam_method: str = "gradcam",
         device: str | torch.device = "cpu",
+        roi_threshold: float = 0.5,
     ) -> None:
         """`device`: where the network, its gradients and the map run ("cuda" for the eager
         baseline a GPU engine is set against); the model is moved there."""
@@ -59,6 +60,8 @@ class TorchReferenceEngine(Engine):
             arch=str(getattr(model, "arch", "unknown")),
             version="reference",
             cam_method=cam_method,
+            roi_head=str(getattr(model, "roi_head_kind", "none")),
+            roi_threshold=roi_threshold,
         )
 
     def run(
@@ -70,14 +73,21 @@ class TorchReferenceEngine(Engine):
         want_cam: bool = False,
         want_embedding: bool = False,
         want_views: bool = False,
+        want_learned: bool = False,
+        want_roi_map: bool = False,
     ) -> BatchScores:
         self.check_batch(image, roi, target)
+        if (want_learned or want_roi_map) and not self.info.has_learned_roi:
+            raise no_learned_roi("the reference model")
         x = (torch.from_numpy(image.astype(np.float32)).to(self.device) / self.scale - self.mean) / self.std
         stored: dict[str, torch.Tensor] = {}
         handle = self.layer.register_forward_hook(lambda _m, _i, out: stored.__setitem__("a", out))
         try:
             with torch.enable_grad():
-                logits = self.model(x)
+                if self.info.has_learned_roi:
+                    logits, roi_logits = self.model.forward_with_roi(x)
+                else:
+                    logits, roi_logits = self.model(x), None
                 acts = stored["a"]
                 chosen = (
                     logits.argmax(1)
@@ -105,10 +115,11 @@ class TorchReferenceEngine(Engine):
         lo = up64.min(axis=(1, 2), keepdims=True)
         hi = up64.max(axis=(1, 2), keepdims=True)
         cam01 = (up64 - lo) / (hi - lo + CAM_EPS)
-        r = roi.astype(np.float64)
-        area = r.sum(axis=(1, 2))
-        denom = cam01.sum(axis=(1, 2)) + area
-        dice = np.where(denom > 0, 2 * (cam01 * r).sum(axis=(1, 2)) / np.where(denom > 0, denom, 1), 0)
+        dice, area = _dice(cam01, roi)
+        learned_dice = learned_area = roi_prob = None
+        if roi_logits is not None:
+            roi_prob = 1 / (1 + np.exp(-roi_logits.detach().double().cpu().numpy()))
+            learned_dice, learned_area = _dice(cam01, roi_prob >= self.info.roi_threshold)
         return BatchScores(
             probs=probs.astype(np.float32),
             entropy=entropy.astype(np.float32),
@@ -118,6 +129,9 @@ class TorchReferenceEngine(Engine):
             cam_range=cam_range(cam),
             embedding=acts.detach().float().mean(dim=(2, 3)).cpu().numpy() if want_embedding else None,
             view_probs=self._views(x) if want_views else None,
+            learned_dice=_f32(learned_dice if want_learned else None),
+            learned_area=_f32(learned_area if want_learned else None),
+            roi_prob=_f32(roi_prob if want_roi_map else None),
         )
 
     def _views(self, x: torch.Tensor) -> np.ndarray:
@@ -125,6 +139,18 @@ class TorchReferenceEngine(Engine):
         with torch.no_grad():
             views = [x, x.flip(-1), x.flip(-2), x.flip(-2).flip(-1)]
             return torch.stack([self.model(v).softmax(1) for v in views], 1).float().cpu().numpy()
+
+
+def _f32(values: np.ndarray | None) -> np.ndarray | None:
+    return None if values is None else values.astype(np.float32)
+
+
+def _dice(cam01: np.ndarray, roi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Soft Dice of [0, 1] maps against masks (0 where both are empty) and the masks' areas."""
+    r = roi.astype(np.float64)
+    area = r.sum(axis=(1, 2))
+    denom = cam01.sum(axis=(1, 2)) + area
+    return np.where(denom > 0, 2 * (cam01 * r).sum(axis=(1, 2)) / np.where(denom > 0, denom, 1), 0), area
 
 
 def _cam(method: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:

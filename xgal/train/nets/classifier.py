@@ -7,6 +7,7 @@ from xgal.core.errors import InvalidArgument
 from xgal.train.nets.densenet import DenseNet121Features
 from xgal.train.nets.heads import LinearHead, MLPHead, PrototypicalHead
 from xgal.train.nets.resnet import ResNet18Features
+from xgal.train.nets.roi_head import build_roi_head
 from xgal.train.nets.small_cnn import SmallCNNFeatures
 
 ARCHS: dict[str, type[nn.Module]] = {
@@ -27,13 +28,24 @@ _DEFAULT_TARGET = {
 
 
 class Classifier(nn.Module):
-    """forward(x) returns class scores `[N, K]`; their softmax is the class probabilities."""
+    """forward(x) returns class scores `[N, K]`; their softmax is the class probabilities.
 
-    def __init__(self, features: nn.Module, head: nn.Module, arch: str = "custom") -> None:
+    With an `roi_head` (train/nets/roi_head.py), `forward_with_roi(x)` also returns the
+    predicted ROI's logits [N, H, W], from the same pass through the trunk."""
+
+    def __init__(
+        self, features: nn.Module, head: nn.Module, arch: str = "custom", roi_head: nn.Module | None = None
+    ) -> None:
         super().__init__()
         self.features = features
         self.head = head
         self.arch = arch
+        self.roi_head = roi_head
+
+    @property
+    def roi_head_kind(self) -> str:
+        """ "none", or the kind of the ROI head ("shared", "beside")."""
+        return "none" if self.roi_head is None else str(self.roi_head.kind)
 
     @property
     def head_kind(self) -> str:
@@ -45,11 +57,27 @@ class Classifier(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.pooled(x))
 
+    def forward_with_roi(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Class scores [N, K] and ROI logits [N, H, W] (the model must have an ROI head)."""
+        if self.roi_head is None:
+            raise InvalidArgument("this classifier has no ROI head (build_model(..., roi_head=...))")
+        feats = self.features(x)
+        scores = self.head(F.adaptive_avg_pool2d(feats, 1).flatten(1))
+        source = feats if self.roi_head.reads == "features" else x
+        return scores, self.roi_head(source, tuple(x.shape[-2:]))
+
 
 def build_model(
-    arch: str, head: str, num_classes: int, in_channels: int = 3, **head_kwargs: int
+    arch: str,
+    head: str,
+    num_classes: int,
+    in_channels: int = 3,
+    *,
+    roi_head: str | None = None,
+    **head_kwargs: int,
 ) -> Classifier:
-    """Build e.g. `build_model("densenet121", "prototypical", 3)`, the authors' network."""
+    """Build e.g. `build_model("densenet121", "prototypical", 3)`, the authors' network;
+    `roi_head` ("shared" or "beside") adds a learned ROI."""
     if arch not in ARCHS:
         raise InvalidArgument(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
     if head not in HEADS:
@@ -57,7 +85,10 @@ def build_model(
     if num_classes < 2:
         raise InvalidArgument(f"num_classes must be at least 2, got {num_classes}")
     features = ARCHS[arch](in_channels=in_channels)
-    return Classifier(features, HEADS[head](features.out_channels, num_classes, **head_kwargs), arch)
+    classes = HEADS[head](features.out_channels, num_classes, **head_kwargs)
+    # Built last: under one seed, the trunk and the class head start as they do without it.
+    roi = None if roi_head in (None, "none") else build_roi_head(roi_head, in_channels, features.out_channels)
+    return Classifier(features, classes, arch, roi_head=roi)
 
 
 def default_target_layer(arch: str) -> str:
