@@ -240,3 +240,29 @@ def test_the_predicted_roi_is_offered_where_the_pool_has_none_and_the_correction
     answers = np.load(folder / "answers.npz")
     np.testing.assert_array_equal(answers["rois"][0], corrected)  # the radiologist's, not the offer
     assert not answers["rois"][1].any()  # nothing offered, nothing drawn: no ROI
+
+
+def test_offered_rois_are_read_as_data_only(tmp_path):
+    from xgal.annotate.corrections import read_prefill
+    from xgal.core.durable import npz_bytes
+    from xgal.core.errors import InvalidArgument
+
+    meta = {"ids": ["a", "b"], "image_size": [8, 8]}
+    masks = np.zeros((1, 8, 8), np.uint8)
+    masks[0, 2:4, 2:4] = 1
+    (tmp_path / "elsewhere.npz").write_bytes(npz_bytes(True, ids=np.array(["b"]), rois=masks))
+    assert not read_prefill(tmp_path, meta).any()  # no file: nothing offered
+    (tmp_path / "prefill_rois.npz").symlink_to(tmp_path / "elsewhere.npz")
+    with pytest.raises(InvalidArgument, match="prefill_rois.npz cannot be read"):
+        read_prefill(tmp_path, meta)  # a planted link is not followed
+    (tmp_path / "prefill_rois.npz").unlink()
+    (tmp_path / "prefill_rois.npz").write_bytes((tmp_path / "elsewhere.npz").read_bytes())
+    np.testing.assert_array_equal(read_prefill(tmp_path, meta)[1], masks[0])
+    # Zeros that inflate past what two 8x8 masks can be: refused before they are inflated.
+    big = npz_bytes(True, ids=np.array(["a"]), rois=np.zeros((1, 8, 8 * 100_000), np.uint8))
+    (tmp_path / "prefill_rois.npz").write_bytes(big)
+    with pytest.raises(InvalidArgument, match="larger than the round's ROIs can be"):
+        read_prefill(tmp_path, meta)
+    (tmp_path / "prefill_rois.npz").write_bytes(b"not a zip")
+    with pytest.raises(InvalidArgument, match="is not the round's offered ROIs"):
+        read_prefill(tmp_path, meta)

@@ -71,3 +71,18 @@ def test_hints_outline_the_predicted_roi_on_a_pool_without_masks(tmp_path):
     for r in rows:  # the truth masks are what the radiologist returned
         assert int(r["returned"]) == int(truth[r["id"]][1].sum())
         assert int(r["saved"]) == int(r["returned"]) - int(r["changed"])
+
+
+def test_hints_outline_the_experts_roi_where_every_scan_has_one():
+    from xgal.core.acquisition import RoiSource
+    from xgal.loop.request import hint_rois
+
+    rois = np.zeros((3, 8, 8), np.uint8)
+    rois[:, 2:5, 2:5] = 1
+    predicted = np.ones((3, 8, 8), np.uint8)
+    out, codes = hint_rois(np.zeros((3, 1, 8, 8), np.uint8), rois, RoiSource.EXPERT_ELSE_LEARNED, predicted)
+    np.testing.assert_array_equal(out, rois)
+    assert codes.tolist() == [1, 1, 1]
+    rois[1] = 0  # the expert drew nothing on the second: the predicted ROI stands in
+    out, codes = hint_rois(np.zeros((3, 1, 8, 8), np.uint8), rois, RoiSource.EXPERT_ELSE_LEARNED, predicted)
+    assert codes.tolist() == [1, 3, 1] and out[1].all()

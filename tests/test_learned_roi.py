@@ -153,3 +153,21 @@ def test_reduced_precision_keeps_the_learned_roi(world, precision, min_overlap):
     assert agree["topk_overlap"] >= min_overlap, agree
     same = np.mean(ref.roi_source[np.argsort(ref.ids)] == low.roi_source[np.argsort(low.ids)])
     assert same >= 0.95 and (ref.roi_source == 3).mean() > 0.5
+
+
+def test_a_detached_head_leaves_the_classifier_as_trained_without_it():
+    torch.manual_seed(0)
+    x, y = torch.rand(16, 1, SIZE, SIZE), torch.arange(16) % 3
+    rois = torch.zeros(16, SIZE, SIZE, dtype=torch.uint8)
+    rois[:, 8:20, 8:20] = 1
+    trained = {}
+    for kind in ("none", "shared-detached", "shared"):
+        torch.manual_seed(0)
+        model = build_model("small_cnn", "linear", 3, in_channels=1, roi_head=kind)
+        train_classifier(
+            model, x, y, TrainConfig(steps=4, batch_size=8, alpha=0.1), roi=rois, target_layer=LAYER
+        )
+        trained[kind] = {k: v for k, v in model.state_dict().items() if not k.startswith("roi_head.")}
+    same = [torch.equal(trained["none"][k], trained["shared-detached"][k]) for k in trained["none"]]
+    assert all(same)
+    assert not all(torch.equal(trained["none"][k], trained["shared"][k]) for k in trained["none"])

@@ -15,6 +15,7 @@ caught up by the next command if one was killed in between.
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,8 @@ from xgal.pool.format import Pool
 from xgal.pool.importers.common import BOX_COLUMNS, boxes_to_mask, read_box, read_mask
 
 LOCK = ".answers.lock"  # in a round's folder: held by the one process recording its answers
+
+log = logging.getLogger(__name__)
 
 
 def open_round(out: str | Path) -> Path:
@@ -126,12 +129,16 @@ def _save(
     for sample_id, roi in drawn.items():
         rois[ids.index(sample_id)] = roi
     labels = np.array([names.index(answered[s]) if s in answered else -1 for s in ids], dtype=np.int64)
-    record_corrections(folder, meta, set(answered), rois)  # before the answers: they close the round
     data = npz_bytes(True, ids=np.array(ids, dtype=str), labels=labels, rois=rois)
     try:
         write_once(folder / ANSWERS, data)
     except FileExistsError:  # only a writer that ignores the lock gets here
         raise _answered_meanwhile(folder.parent, folder, source) from None
+    # Derived from what was just recorded: the scans whose ROI came back, against their offer.
+    try:
+        record_corrections(folder, meta, set(drawn) & set(answered), rois)
+    except InvalidArgument as e:
+        log.warning("the answers are recorded; what correcting the offered ROIs saved is not: %s", e)
     return len(answered)
 
 

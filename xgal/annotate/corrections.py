@@ -11,44 +11,83 @@ more than it saved).
 
 from __future__ import annotations
 
+import io
+import os
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from xgal.annotate.layout import PREFILL, ROI_CORRECTIONS
+from xgal.annotate.layout import PREFILL, PREFILL_MASKS, ROI_CORRECTIONS, file_name
 from xgal.core.durable import atomic_write, npz_bytes
+from xgal.core.errors import InvalidArgument
 from xgal.core.spreadsheet import read_rows, write_rows
 
 CORRECTION_COLUMNS = ("id", "prefilled", "returned", "changed", "saved")
 
 
 def write_prefill(folder: Path, ids: Sequence[str], offered: np.ndarray, masks: np.ndarray) -> None:
-    """Keep the predicted ROIs `masks` [n, H, W] of the scans `offered` ([n] bool) in `folder`."""
-    if offered.any():
-        kept = np.asarray(ids, dtype=str)[offered]
-        atomic_write(folder / PREFILL, npz_bytes(True, ids=kept, rois=(masks[offered] > 0).astype(np.uint8)))
+    """Keep the predicted ROIs `masks` [n, H, W] of the scans `offered` ([n] bool) in `folder`:
+    PREFILL for Label Studio, and one mask PNG per scan in PREFILL_MASKS to edit and hand back
+    with `xgal annotations add --masks`."""
+    if not offered.any():
+        return
+    kept = np.asarray(ids, dtype=str)[offered]
+    binary = (masks[offered] > 0).astype(np.uint8)
+    (folder / PREFILL_MASKS).mkdir(exist_ok=True)
+    for sample_id, mask in zip(kept.tolist(), binary, strict=True):
+        atomic_write(folder / PREFILL_MASKS / f"{file_name(sample_id)}.png", _png(mask * 255))
+    atomic_write(folder / PREFILL, npz_bytes(True, ids=kept, rois=binary))
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels.astype(np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
 
 
 def read_prefill(folder: Path, meta: dict) -> np.ndarray:
     """The ROIs offered for the round's scans (request.json's order), [n, H, W] uint8, zeros for a
-    scan offered none; entries for scans the round did not ask about, or of another size, are
-    ignored (the file is the run's own, but read as data, never trusted as code)."""
+    scan offered none. The file is read as data only: not through a link, no pickle, its size
+    bounded by what the round can hold before anything is inflated; one that is not what
+    `write_prefill` writes is refused by name (InvalidArgument)."""
     ids = list(meta["ids"])
     h, w = meta["image_size"]
     out = np.zeros((len(ids), h, w), np.uint8)
     path = folder / PREFILL
-    if not path.is_file():
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
         return out
+    except OSError as e:
+        raise InvalidArgument(f"{path} cannot be read as the round's offered ROIs: {e}") from None
+    limit = _limit(len(ids), h, w)
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(limit + 1)
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:  # the members' sizes, before inflating them
+            if len(data) > limit or sum(i.file_size for i in z.infolist()) > limit:
+                raise ValueError("larger than the round's ROIs can be")
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            names, masks = z["ids"], z["rois"]
+    except (ValueError, KeyError, OSError, zipfile.BadZipFile) as e:
+        why = f"{path} is not the round's offered ROIs ({e}); delete it to offer none"
+        raise InvalidArgument(why) from None
+    if masks.ndim != 3 or masks.shape[1:] != (h, w) or len(masks) != len(names):
+        raise InvalidArgument(f"{path} holds ROIs of shape {masks.shape}, not [n, {h}, {w}]; delete it")
     position = {s: i for i, s in enumerate(ids)}
-    with np.load(path, allow_pickle=False) as z:
-        names, masks = z["ids"], z["rois"]
-        if masks.ndim != 3 or masks.shape[1:] != (h, w) or len(masks) != len(names):
-            return out
-        for name, mask in zip(names.tolist(), masks, strict=True):
-            if name in position:
-                out[position[name]] = mask > 0
+    for name, mask in zip(names.tolist(), masks, strict=True):
+        if name in position:
+            out[position[name]] = mask > 0
     return out
+
+
+def _limit(n: int, h: int, w: int) -> int:
+    """Bytes a round's PREFILL may take, inflated or not: its masks, IDs and headers."""
+    return n * (h * w + 4 * 256) + 64 * 1024
 
 
 def correction(prefilled: np.ndarray, returned: np.ndarray) -> dict[str, int]:
@@ -64,13 +103,14 @@ def correction(prefilled: np.ndarray, returned: np.ndarray) -> dict[str, int]:
     }
 
 
-def record_corrections(folder: Path, meta: dict, answered: set[str], rois: np.ndarray) -> None:
-    """Write ROI_CORRECTIONS for the answered scans of the round that were offered an ROI."""
+def record_corrections(folder: Path, meta: dict, returned: set[str], rois: np.ndarray) -> None:
+    """Write ROI_CORRECTIONS for the scans of the round offered an ROI whose ROI came back (drawn,
+    kept or edited; an offer never engaged with is not a correction)."""
     prefill = read_prefill(folder, meta)
     rows = [
         [sample_id, *correction(prefill[i], rois[i]).values()]
         for i, sample_id in enumerate(meta["ids"])
-        if sample_id in answered and prefill[i].any()
+        if sample_id in returned and prefill[i].any()
     ]
     if rows:
         write_rows(folder / ROI_CORRECTIONS, list(CORRECTION_COLUMNS), rows)

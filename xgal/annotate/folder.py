@@ -7,9 +7,12 @@ Each round the loop asks for labels, `FolderAnnotator` writes `OUT/round-N/`:
                    what chose the scans: the initial draw, the cold start or the round's formula)
     ranking.json   the same rows as the scorers returned them (probabilities included)
     hints/<id>.png the scan, the ROI the misalignment was measured against outlined (green: the
-                   expert's, cyan: the body found in the scan), the model's Grad-CAM over it with its
-                   colour scale, and the predicted class written on it
+                   expert's, cyan: the body found in the scan, magenta: the one the model's ROI
+                   head predicts), the model's Grad-CAM over it with its colour scale, and the
+                   predicted class written on it
     scans/<id>.png the scan at the pool's size, to draw a mask on
+    prefill/<id>.png, prefill_rois.npz  the predicted ROI where the pool has none (only when M was
+                   measured against it): to correct and hand back rather than draw anew
     labels.csv     the template to fill: id,label (a class name)
     request.json   what `xgal annotations add` checks answers against (written last)
 
@@ -34,6 +37,7 @@ from xgal.annotate.layout import (
     ANSWERS,
     HINTS,
     META,
+    PREFILL_MASKS,
     RANKING,
     REQUEST,
     REQUEST_COLUMNS,
@@ -69,6 +73,11 @@ class FolderAnnotator:
         meta = json.loads((folder / META).read_text())
         h, w = meta["image_size"]
         chosen = f"  {meta['ranked_by']}\n" if meta.get("ranked_by") else ""
+        if (folder / PREFILL_MASKS).is_dir():
+            chosen += (
+                f"  the model's predicted ROIs, to correct rather than draw anew: {folder / PREFILL_MASKS}/"
+                " (hand the corrected ones back with --masks)\n"
+            )
         raise AwaitingAnnotations(
             f"round {n}: {len(ids)} scans wait for a radiologist in {folder}/\n{chosen}"
             f"  look at {folder / HINTS}/ (the scan, the ROI outlined, the model's Grad-CAM), fill in "

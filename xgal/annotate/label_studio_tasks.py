@@ -4,14 +4,16 @@ A round's folder (`xgal.annotate.folder`) becomes one task per scan: the scan it
 pool's size, so drawn ROIs come back in the pool's pixels), the Grad-CAM hint, and a caption
 with xgal's rank, score and prediction. Each task carries one prediction (Label Studio's word
 for a pre-annotation): the predicted class pre-selected, the pool's ROI as an editable brush
-region, and xgal's score as the prediction's score, by which Label Studio's Data Manager sorts.
+region (where the pool has none, the ROI the model's head predicts, when the round offered one:
+`annotate/corrections.py`), and xgal's score as the prediction's score, by which Label Studio's
+Data Manager sorts.
 Pictures are served by Label Studio's local-files storage from a folder of their own,
 `RUN/label-studio/round-N/{scans,hints}/` (links to the round's pictures, never the models,
 answers or state beside them): nothing is uploaded, nothing leaves the machine.
 
 Annotations come back as the same records as the folder hand-off's answers: a class name per
-scan and its ROI mask (brush regions and rectangles united; the pre-filled pool ROI, kept,
-edited or deleted, is part of what the radiologist submits). An annotation that cannot be read
+scan and its ROI mask (brush regions and rectangles united; the pre-filled ROI, kept, edited or
+deleted, is part of what the radiologist submits). An annotation that cannot be read
 (a corrupt brush RLE, a rectangle without coordinates, a malformed choice) is reported by task
 and reason, and its scan counts as not answered: one bad task never hides the others' answers.
 """

@@ -11,6 +11,7 @@ REQUEST, TEMPLATE, META, ANSWERS, HINTS = "request.csv", "labels.csv", "request.
 RANKING = "ranking.json"  # the scores of the round's selection, as the scorers returned them
 SCANS = "scans"  # each scan at the pool's size: what masks are drawn on
 PREFILL = "prefill_rois.npz"  # the model's predicted ROIs, offered where the pool has none
+PREFILL_MASKS = "prefill"  # the same as mask PNGs, to edit and hand back (annotations add --masks)
 ROI_CORRECTIONS = "roi_corrections.csv"  # per answered scan offered one: how far the answer moved it
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"  # what a hint or scan file must start with to be shown
 REQUEST_COLUMNS = (

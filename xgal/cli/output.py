@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from xgal.core.acquisition import AcquisitionConfig
+from xgal.core.contract import ROW_ROI_SOURCES
 from xgal.core.errors import InvalidArgument
 from xgal.core.ranking import ScoreResult, rows
 from xgal.core.spreadsheet import write_rows
@@ -87,6 +88,7 @@ def print_table(
             for n, on in (
                 ("no ROI", row["roi"] == "none"),
                 ("body", row["roi"] == "body"),
+                ("learned ROI", row["roi"] == "learned"),
                 ("flat CAM", row["flat_cam"]),
             )
             if on
@@ -105,11 +107,12 @@ def print_table(
         console.print(f"... {len(result.top) - limit} more in the output file")
     if ranked:
         # What M means for this selection: said, not left to the JSON.
-        count = {k: sum(r["roi"] == k for r in ranked) for k in ("expert", "body", "none")}
+        count = {k: sum(r["roi"] == k for r in ranked) for k in ROW_ROI_SOURCES}
         flat = sum(r["flat_cam"] for r in ranked)
         console.print(
             f"M of the {len(ranked)} selected measured against: {count['expert']} expert ROIs, "
-            f"{count['body']} body masks, {count['none']} without ROI; {flat} with a flat CAM"
+            f"{count['body']} body masks, {count['learned']} learned ROIs, {count['none']} without ROI; "
+            f"{flat} with a flat CAM"
         )
     console.print(
         f"scored {result.scored} images{source} in {result.seconds:.2f} s "

@@ -26,8 +26,8 @@ def train(
     head: str | None = typer.Option(None, help="linear | mlp | prototypical"),
     roi_head: str | None = typer.Option(
         None,
-        help="none | shared | beside: a head that learns the ROIs drawn on labelled scans, so --roi "
-        "learned can measure misalignment where the pool has none.",
+        help="none | shared | shared-detached | beside: a head that learns the ROIs drawn on labelled "
+        "scans, so --roi learned can measure misalignment where the pool has none.",
     ),
     target_layer: str | None = typer.Option(None, help="Grad-CAM layer (module name)."),
     cam_method: str | None = typer.Option(

@@ -36,7 +36,7 @@ MAX_VIEWS = 4
 # scorer measures misalignment against it where the request says so (RoiSource).
 ROI_PROB = "roi_prob"
 LEARNED_ROI_OUTPUTS = (ROI_PROB, "learned_dice", "learned_roi_area")
-ROI_HEADS = ("none", "shared", "beside")
+ROI_HEADS = ("none", "shared", "shared-detached", "beside")
 # What a row's misalignment was measured against (its `roi_source`), as codes in the ranking's
 # columns and names in its rows; index = code, and the proto's RowRoi enum values.
 ROW_ROI_SOURCES = ("none", "expert", "body", "learned")

@@ -285,6 +285,12 @@ class ScoreResult:
         """What to tell a user when M could not decide the ranking (None: it could)."""
         if config.strategy not in ("xgal", "misalignment") or not self.scored:
             return None
+        if self.with_roi == 0 and config.roi.learned:
+            return (
+                f"the ROI head found no ROI in any of the {self.scored} scored samples, so M = 1 for "
+                "all and the ranking is decided by uncertainty alone; it learns from the ROIs drawn "
+                "on labelled scans: draw ROIs when you label (--masks, or Label Studio's brush)"
+            )
         if self.with_roi == 0:
             return (
                 f"none of the {self.scored} scored samples has an ROI, so M = 1 for all and the "

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field, replace
 
 from xgal.core.acquisition import AcquisitionConfig, authors_acquisition
 from xgal.core.errors import InvalidArgument
-from xgal.loop.presets import RECOMMENDED
+from xgal.loop.presets import XGAL_SELECTION
 
 
 @dataclass(frozen=True)
@@ -25,17 +25,24 @@ ALL_ARMS = (
     Arm("uncertainty", AcquisitionConfig(strategy="uncertainty"), about="entropy alone"),
     Arm(
         "xgal",
-        RECOMMENDED.acquisition,
-        cold_start=RECOMMENDED.cold_start,
+        XGAL_SELECTION.acquisition,
+        cold_start=XGAL_SELECTION.cold_start,
         about="recommended: the authors' score, spread over the embedding, a TypiClust start",
     ),
     Arm(
         "xgal-learned",
-        replace(RECOMMENDED.acquisition, roi="learned"),
-        cold_start=RECOMMENDED.cold_start,
+        replace(XGAL_SELECTION.acquisition, roi="learned"),
+        cold_start=XGAL_SELECTION.cold_start,
         roi_head="shared",
         about="xgal with M against the ROI the model's head predicts, learned from the ROIs returned "
         "for labelled scans; the scorer uses no pool ROI",
+    ),
+    Arm(
+        "xgal-learned-detached",
+        replace(XGAL_SELECTION.acquisition, roi="learned"),
+        cold_start=XGAL_SELECTION.cold_start,
+        roi_head="shared-detached",
+        about="xgal-learned whose ROI head's loss stops at the trunk: the classifier trains as without it",
     ),
     Arm("xgal-raw", authors_acquisition(), about="the authors' raw 0.3·U + 0.7·M"),
     Arm("xgal-rank", AcquisitionConfig(normalise="rank"), about="U and M rank-normalised over the pool"),
@@ -47,8 +54,8 @@ ALL_ARMS = (
     ),
     Arm(
         "xgal-body",
-        replace(RECOMMENDED.acquisition, roi="body"),
-        cold_start=RECOMMENDED.cold_start,
+        replace(XGAL_SELECTION.acquisition, roi="body"),
+        cold_start=XGAL_SELECTION.cold_start,
         about="xgal with M against the body found in each scan, the pool's expert ROIs withheld",
     ),
     Arm(

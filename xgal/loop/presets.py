@@ -21,7 +21,10 @@ from xgal.train.fit import TrainConfig
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-RECOMMENDED = LoopConfig(acquisition=AcquisitionConfig(diversity="spread"), cold_start="typical")
+# xgal's selection: the authors' score, the k spread over the embedding among the 5·k best, and a
+# TypiClust first acquisition (the demo's `xgal` arm).
+XGAL_SELECTION = LoopConfig(acquisition=AcquisitionConfig(diversity="spread"), cold_start="typical")
+RECOMMENDED = XGAL_SELECTION
 _AUTHORS = LoopConfig(
     arch="densenet121",
     head="prototypical",

@@ -54,10 +54,12 @@ def hint_rois(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The ROIs a request's hints outline, those the scoring measured misalignment against, and
     their ROW_ROI_SOURCES codes: the expert's, the body's (`rois_for`) or the predicted ones."""
-    learned = source.learned_rows(rois)
-    if not learned.any():
+    if not source.learned:
         out, body = rois_for(images, rois, source)
         return out, np.where(body, ROW_ROI_SOURCES.index("body"), ROW_ROI_SOURCES.index("expert"))
+    learned = source.learned_rows(rois)
+    if not learned.any():  # the expert drew on every scan (expert-else-learned)
+        return rois, np.full(len(rois), ROW_ROI_SOURCES.index("expert"))
     if predicted is None:
         raise InvalidArgument(f"--roi {source.value} needs the model's ROI head, which this model lacks")
     out = rois.copy()

@@ -295,7 +295,7 @@ class ActiveLearningLoop:
         )
         nan = float("nan")
         metrics = (
-            evaluate(model, cfg.layer, *self.test)
+            evaluate(model, cfg.layer, *self.test, roi_threshold=self.exporter.roi_threshold)
             if self.test is not None
             else {"accuracy": nan, "macro_f1": nan, "cam_dice": nan}
         )

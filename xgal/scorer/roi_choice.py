@@ -34,7 +34,8 @@ def score_against_roi(
     s = engine.run(images, given, **want)
     codes = np.where(body, BODY, EXPERT).astype(np.uint8)
     if source.learned:
-        assert s.learned_dice is not None and s.learned_area is not None
+        if s.learned_dice is None or s.learned_area is None:
+            raise RuntimeError(f"engine {engine.name} was asked for the learned ROI and returned none")
         use = source.learned_rows(rois)
         s.dice = np.where(use, s.learned_dice, s.dice)
         s.roi_area = np.where(use, s.learned_area, s.roi_area)

@@ -346,7 +346,13 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int) -> float:
 
 
 def evaluate(
-    model: Classifier, target_layer: str, x: Tensor, y: Tensor, roi: Tensor, batch: int = 128
+    model: Classifier,
+    target_layer: str,
+    x: Tensor,
+    y: Tensor,
+    roi: Tensor,
+    batch: int = 128,
+    roi_threshold: float = DEFAULT_ROI_THRESHOLD,
 ) -> dict[str, float]:
     """Accuracy, macro-F1 and the mean CAM–ROI Dice (CAM of the true class) on a test split; with
     an ROI head, `roi_dice`: the predicted ROI's Dice against the expert's."""
@@ -371,5 +377,5 @@ def evaluate(
         "cam_dice": float(np.concatenate(dices).mean()) if sum(map(len, dices)) else float("nan"),
     }
     if getattr(model, "roi_head", None) is not None:  # the predicted ROI against the expert's
-        out["roi_dice"] = learned_roi_dice(model, x, roi, DEFAULT_ROI_THRESHOLD, batch)
+        out["roi_dice"] = learned_roi_dice(model, x, roi, roi_threshold, batch)
     return out

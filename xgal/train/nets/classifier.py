@@ -44,7 +44,7 @@ class Classifier(nn.Module):
 
     @property
     def roi_head_kind(self) -> str:
-        """ "none", or the kind of the ROI head ("shared", "beside")."""
+        """ "none", or the kind of the ROI head (ROI_HEAD_KINDS)."""
         return "none" if self.roi_head is None else str(self.roi_head.kind)
 
     @property

@@ -4,6 +4,8 @@ Two kinds, measured against each other (docs/evidence.md, 2026-12-07: `shared` i
 - `shared` reads the classifier trunk's last feature map (two convolutions, then bilinear
   upsampling to the image); its loss also shapes the trunk. It segments the synthetic lesions
   well from a few dozen ROIs.
+- `shared-detached` is `shared` whose loss stops at the trunk: it reads the features the
+  classifier learns and never changes them, so the classifier trains exactly as without it.
 - `beside` is a small network of its own on the normalised image, at half resolution: it never
   touches the classifier's features, so the classifier (and its Grad-CAM) is trained exactly as
   without it; at the demo's training budget it barely learns.
@@ -21,7 +23,7 @@ from torch import Tensor, nn
 
 from xgal.core.errors import InvalidArgument
 
-ROI_HEAD_KINDS = ("shared", "beside")
+ROI_HEAD_KINDS = ("shared", "shared-detached", "beside")
 # The soft map's value at and above which a pixel is in the predicted ROI.
 DEFAULT_ROI_THRESHOLD = 0.5
 # The last layer's bias at the start: sigmoid(-2) ≈ 0.12, about an ROI's share of a scan. From
@@ -30,19 +32,20 @@ _PRIOR_LOGIT = -2.0
 
 
 class SharedRoiHead(nn.Module):
-    """Trunk features [N, C, h, w] -> ROI logits [N, H, W]."""
+    """Trunk features [N, C, h, w] -> ROI logits [N, H, W]; `detached`: no gradient to the trunk."""
 
-    kind = "shared"
     reads = "features"
 
-    def __init__(self, in_channels: int, hidden: int = 32) -> None:
+    def __init__(self, in_channels: int, hidden: int = 32, detached: bool = False) -> None:
         super().__init__()
+        self.detached = detached
+        self.kind = "shared-detached" if detached else "shared"
         self.conv = nn.Conv2d(in_channels, hidden, 3, padding=1)
         self.out = nn.Conv2d(hidden, 1, 1)
         nn.init.constant_(self.out.bias, _PRIOR_LOGIT)
 
     def forward(self, feats: Tensor, size: tuple[int, int]) -> Tensor:
-        low = self.out(F.relu(self.conv(feats)))
+        low = self.out(F.relu(self.conv(feats.detach() if self.detached else feats)))
         return F.interpolate(low, size=size, mode="bilinear", align_corners=False).squeeze(1)
 
 
@@ -73,8 +76,8 @@ class BesideRoiHead(nn.Module):
 def build_roi_head(kind: str, in_channels: int, feature_channels: int) -> nn.Module:
     """The head of `kind` (ROI_HEAD_KINDS) for images of `in_channels` and a trunk of
     `feature_channels`."""
-    if kind == "shared":
-        return SharedRoiHead(feature_channels)
+    if kind in ("shared", "shared-detached"):
+        return SharedRoiHead(feature_channels, detached=kind == "shared-detached")
     if kind == "beside":
         return BesideRoiHead(in_channels)
     raise InvalidArgument(f"unknown ROI head {kind!r}; choose one of {', '.join(ROI_HEAD_KINDS)}")
