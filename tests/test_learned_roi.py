@@ -171,3 +171,24 @@ def test_a_detached_head_leaves_the_classifier_as_trained_without_it():
     same = [torch.equal(trained["none"][k], trained["shared-detached"][k]) for k in trained["none"]]
     assert all(same)
     assert not all(torch.equal(trained["none"][k], trained["shared"][k]) for k in trained["none"])
+
+
+@pytest.mark.parametrize(("peak", "usable"), [(1.0000001, True), (1.5, False), (float("nan"), False)])
+def test_publishing_checks_the_learned_map_within_float_rounding(world, peak, usable):
+    """A sigmoid computed in float32 can round a hair past 1 (seen: 1.0000001); a map past that,
+    or NaN, is refused at publish and load."""
+    engine = OnnxRuntimeEngine(world.fp32)
+    run = engine.run
+
+    def with_peak(*args, **kwargs):
+        out = run(*args, **kwargs)
+        if out.roi_prob is not None:
+            out.roi_prob[0, 0, 0] = peak
+        return out
+
+    engine.run = with_peak
+    if usable:
+        engine.self_check()
+    else:
+        with pytest.raises(NotAScoringGraphError, match="roi_prob is not"):
+            engine.self_check()
