@@ -49,9 +49,9 @@ def test_two_rounds_through_the_folder_hand_off(archive, tmp_path):
     train = [
         "train", "--pool", pool.path, "--initial", 12, "--per-round", 6,
         "--rounds", 1, "--epochs", 2, "--out", run,
-        # Round 1 ranked by the xgal score itself (not the default's TypiClust start), so that
-        # the note on M, which only a score with M in it has, is shown.
-        "--cold-start", "none",
+        # Round 1 ranked by the xgal score (not the default's entropy), so that the note on M,
+        # which only a score with M in it has, is shown.
+        "--strategy", "xgal", "--cold-start", "none",
     ]  # fmt: skip
     asked: list[str] = []
     for n in range(2):

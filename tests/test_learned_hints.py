@@ -40,7 +40,7 @@ def test_hints_outline_the_predicted_roi_on_a_pool_without_masks(tmp_path):
     train = [
         "train", "--pool", tmp_path / "data" / "archive", "--initial", 40, "--per-round", 6,
         "--rounds", 1, "--steps", 150, "--out", run, "--cold-start", "none",
-        "--roi-head", "shared", "--roi", "learned", "--missing-roi", "ignore",
+        "--roi-head", "shared", "--roi", "learned", "--missing-roi", "ignore", "--strategy", "xgal",
     ]  # fmt: skip
     res = xgal(*train)
     assert res.returncode == 3, res.stderr

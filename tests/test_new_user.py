@@ -66,6 +66,8 @@ def test_a_new_users_first_round_on_a_folder_of_jpegs(tmp_path):
     run = tmp_path / "run"
     train = ("train", "--pool", data / "train", "--test-pool", data / "test", "--annotator", "folder",
              "--initial", 8, "--per-round", 4, "--rounds", 1, "--epochs", 1, "--roi", "body",
+             # xgal's selection (the default ranks by entropy alone): its TypiClust start is shown
+             "--strategy", "xgal", "--diversity", "spread", "--cold-start", "typical",
              "--out", run)  # fmt: skip
     xgal(*train, code=3)
     rows = list(csv.DictReader(open(run / "round-0" / "request.csv")))

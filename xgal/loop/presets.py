@@ -24,7 +24,11 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # xgal's selection: the authors' score, the k spread over the embedding among the 5·k best, and a
 # TypiClust first acquisition (the demo's `xgal` arm).
 XGAL_SELECTION = LoopConfig(acquisition=AcquisitionConfig(diversity="spread"), cold_start="typical")
-RECOMMENDED = XGAL_SELECTION
+# What the evidence supports (docs/evidence.md, 2026-12-07): on held-out seeds no selection of
+# xgal's (with expert pool ROIs at any point of the regime map, or with a learned ROI) was better
+# than uncertainty sampling, and the guidance loss (α = 0.1) is where the gain is. So `xgal train`
+# ranks by entropy; `--strategy xgal --diversity spread --cold-start typical` is xgal's selection.
+RECOMMENDED = LoopConfig(acquisition=AcquisitionConfig(strategy="uncertainty"))
 _AUTHORS = LoopConfig(
     arch="densenet121",
     head="prototypical",
@@ -62,10 +66,8 @@ PRESETS: dict[str, LoopConfig] = {
         rounds=2,
         train=replace(_AUTHORS.train, epochs=1, episodes=20, shots=5, queries=5),
     ),
-    # CPU-friendly: the small CNN on 64x64 synthetic scans, with xgal's recommended selection:
-    # the authors' score, the k spread over the embedding among the 5·k best, and a TypiClust
-    # first acquisition. It was chosen on spent seeds; on held-out seeds it is not better than
-    # uncertainty (docs/evidence.md), and it stays until the regime map says what to use.
+    # CPU-friendly: the small CNN on 64x64 synthetic scans, α = 0.1, uncertainty sampling (what
+    # held-out seeds support: RECOMMENDED).
     "demo": RECOMMENDED,
 }
 
