@@ -148,39 +148,29 @@ def test_stream_cams_follow_the_samples_kept(world):
     np.testing.assert_array_equal(cams, all_cams[[i for i in range(8) if i % 4]])
 
 
-def test_misalignment_is_measured_against_the_body_mask(world):
+@pytest.mark.parametrize("source", ["body", "learned"])
+def test_misalignment_is_measured_against_the_roi_the_source_names(world, source):
+    """M against the body found in each scan, or the graph's learned ROI, exactly as the engine
+    measures it on those masks; each row says which (roi_source: 2 body, 3 learned, 0 none)."""
     from xgal.pool.body import body_masks
 
     pool, graphs, _, images, rois = world
-    local = score_pool(
-        OnnxRuntimeEngine(graphs["m"]),
-        pool,
-        AcquisitionConfig(roi="body"),
-        10,
-        return_all=True,
-        batch_size=16,
-    )
-    direct = OnnxRuntimeEngine(graphs["m"]).run(images, body_masks(images))
+    graph = graphs["m" if source == "body" else "l"]
+    config = AcquisitionConfig(roi=source)
+    local = score_pool(OnnxRuntimeEngine(graph), pool, config, 10, return_all=True, batch_size=16)
+    if source == "body":
+        direct = OnnxRuntimeEngine(graph).run(images, body_masks(images))
+        dice, found, code = direct.dice, np.ones(N, dtype=bool), 2
+    else:
+        direct = OnnxRuntimeEngine(graph).run(images, rois, want_learned=True)
+        dice, found, code = direct.learned_dice, direct.learned_area > 0, 3
     order = np.argsort(local.all.ids)
-    assert (local.all.roi_source == 2).all()
-    np.testing.assert_allclose(local.all.m[order], 1 - direct.dice, rtol=0, atol=1e-6)
-
-
-def test_misalignment_is_measured_against_the_learned_roi(world):
-    pool, graphs, _, images, rois = world
-    local = score_pool(
-        OnnxRuntimeEngine(graphs["l"]),
-        pool,
-        AcquisitionConfig(roi="learned"),
-        10,
-        return_all=True,
-        batch_size=16,
-    )
-    direct = OnnxRuntimeEngine(graphs["l"]).run(images, rois, want_learned=True)
-    order = np.argsort(local.all.ids)
-    found = direct.learned_area > 0
     assert 0 < found.sum() <= N
-    np.testing.assert_array_equal(local.all.roi_source[order], np.where(found, 3, 0))
-    np.testing.assert_allclose(local.all.m[order][found], 1 - direct.learned_dice[found], rtol=0, atol=1e-6)
+    np.testing.assert_array_equal(local.all.roi_source[order], np.where(found, code, 0))
+    np.testing.assert_allclose(local.all.m[order][found], 1 - dice[found], rtol=0, atol=1e-6)
+
+
+def test_a_graph_without_a_learned_roi_refuses_to_measure_against_one(world):
+    pool, graphs, *_ = world
     with pytest.raises(InvalidArgument, match="no learned ROI"):
         score_pool(OnnxRuntimeEngine(graphs["m"]), pool, AcquisitionConfig(roi="learned"), 10)
