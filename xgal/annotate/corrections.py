@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xgal.annotate.hints import png_bytes
 from xgal.annotate.layout import PREFILL, PREFILL_MASKS, ROI_CORRECTIONS, file_name
 from xgal.core.durable import atomic_write, npz_bytes
 from xgal.core.errors import InvalidArgument
@@ -31,22 +32,17 @@ def write_prefill(folder: Path, ids: Sequence[str], offered: np.ndarray, masks: 
     """Keep the predicted ROIs `masks` [n, H, W] of the scans `offered` ([n] bool) in `folder`:
     PREFILL for Label Studio, and one mask PNG per scan in PREFILL_MASKS to edit and hand back
     with `xgal annotations add --masks`."""
+    from PIL import Image
+
     if not offered.any():
         return
     kept = np.asarray(ids, dtype=str)[offered]
     binary = (masks[offered] > 0).astype(np.uint8)
     (folder / PREFILL_MASKS).mkdir(exist_ok=True)
     for sample_id, mask in zip(kept.tolist(), binary, strict=True):
-        atomic_write(folder / PREFILL_MASKS / f"{file_name(sample_id)}.png", _png(mask * 255))
+        png = png_bytes(Image.fromarray(mask * 255))
+        atomic_write(folder / PREFILL_MASKS / f"{file_name(sample_id)}.png", png)
     atomic_write(folder / PREFILL, npz_bytes(True, ids=kept, rois=binary))
-
-
-def _png(pixels: np.ndarray) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(pixels.astype(np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def read_prefill(folder: Path, meta: dict) -> np.ndarray:
@@ -68,8 +64,10 @@ def read_prefill(folder: Path, meta: dict) -> np.ndarray:
     with os.fdopen(fd, "rb") as f:
         data = f.read(limit + 1)
     try:
+        if len(data) > limit:  # read no further: it is larger than the round's ROIs can be
+            raise ValueError("larger than the round's ROIs can be")
         with zipfile.ZipFile(io.BytesIO(data)) as z:  # the members' sizes, before inflating them
-            if len(data) > limit or sum(i.file_size for i in z.infolist()) > limit:
+            if sum(i.file_size for i in z.infolist()) > limit:
                 raise ValueError("larger than the round's ROIs can be")
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             names, masks = z["ids"], z["rois"]
