@@ -47,7 +47,7 @@ def spoil_rois(path: Path, bad: dict[int, int]) -> None:
     import json
 
     from xgal.core.checksum import sha256_file
-    from xgal.pool.layout import roi_present
+    from xgal.core.masks import roi_present
 
     manifest = json.loads((path / "manifest.json").read_text())
     for shard in manifest["shards"]:

@@ -39,7 +39,7 @@ def test_hints_outline_the_predicted_roi_on_a_pool_without_masks(tmp_path):
     run = tmp_path / "run"
     train = [
         "train", "--pool", tmp_path / "data" / "archive", "--initial", 40, "--per-round", 6,
-        "--rounds", 1, "--steps", 150, "--out", run, "--cold-start", "none",
+        "--rounds", 1, "--steps", 50, "--out", run, "--cold-start", "none",
         "--roi-head", "shared", "--roi", "learned", "--missing-roi", "ignore", "--strategy", "xgal",
     ]  # fmt: skip
     res = xgal(*train)

@@ -18,9 +18,9 @@ from helpers import run_xgal
 from xgal.client import ScorerClient, ScorerError
 from xgal.core.acquisition import AcquisitionConfig
 from xgal.core.checksum import sha256_file
+from xgal.core.masks import roi_present
 from xgal.export import export_scoring_graph
 from xgal.pool.format import Pool, PoolFormatError, PoolWriter
-from xgal.pool.layout import roi_present
 from xgal.scorer.engines import OnnxRuntimeEngine
 from xgal.scorer.pipeline import score_pool
 from xgal.scorer.server import RunningServer, ServerConfig

@@ -103,10 +103,10 @@ OPTIONS = RayOptions(actors=2, block_size=50)
         AcquisitionConfig(),  # the authors' score: pointwise, merged from each block's top-k
         AcquisitionConfig(normalise="rank"),  # pool-level: every row gathered, ranked once
         AcquisitionConfig(diversity="spread"),  # candidates merged, the batch chosen once
-        AcquisitionConfig(balance="oracle"),  # k/K per true class, merged per class
-        AcquisitionConfig(roi="learned"),  # M against the graph's predicted ROI
+        # k/K per true class, merged per class; M against the graph's predicted ROI
+        AcquisitionConfig(balance="oracle", roi="learned"),
     ],
-    ids=["pointwise", "pool-normalised", "spread", "balanced", "learned-roi"],
+    ids=["pointwise", "pool-normalised", "spread", "balanced-learned-roi"],
 )
 def test_ray_ranks_as_in_process_scoring(world, config):
     _, pool, graph = world

@@ -49,6 +49,7 @@ from xgal.annotate.layout import (
 from xgal.core.contract import ROW_ROI_SOURCES
 from xgal.core.durable import atomic_write
 from xgal.core.errors import InvalidArgument
+from xgal.core.masks import roi_present
 from xgal.core.spreadsheet import write_rows
 
 
@@ -123,9 +124,7 @@ def write_request(folder: Path, ids: Sequence[str], request: AnnotationRequest) 
         atomic_write(folder / HINTS / f"{file_name(sample_id)}.png", png_bytes(hint))
     if request.hint_sources is not None and request.hint_rois is not None:
         # The predicted ROI, offered to correct where the pool has none (Label Studio's brush).
-        flat = len(ids), -1
-        none_drawn = request.rois.reshape(flat).max(axis=1) == 0
-        found = request.hint_rois.reshape(flat).max(axis=1) > 0
+        none_drawn, found = ~roi_present(request.rois), roi_present(request.hint_rois)
         learned = request.hint_sources == ROW_ROI_SOURCES.index("learned")
         write_prefill(folder, ids, learned & none_drawn & found, request.hint_rois)
     meta = {

@@ -4,6 +4,7 @@
 - `acquisition`: uncertainty, misalignment and their combination;
 - `ranking`: a scored batch, bounded top-k, class balancing, exact merging, pool-level rescoring;
 - `wire`: the mapping between these types and the service's messages (xgal.v1), both ways;
+- `masks`: what an ROI mask means (an all-zero mask is no ROI);
 - `errors`: the base class of errors a user can fix;
 - `durable`: files written so that a kill or a power cut leaves the old or the new one, files
   written once, and locks that a killed process drops;

@@ -24,6 +24,7 @@ import numpy as np
 
 from xgal.core.contract import CAM_EPS
 from xgal.core.errors import InvalidArgument
+from xgal.core.masks import roi_present
 
 
 class Strategy(StrEnum):
@@ -84,9 +85,9 @@ class RoiSource(StrEnum):
         for `learned`, those the expert drew nothing on for `expert-else-learned`)."""
         if not self.learned:
             return np.zeros(len(rois), dtype=bool)
-        if self is RoiSource.LEARNED or not rois.size:
+        if self is RoiSource.LEARNED:
             return np.ones(len(rois), dtype=bool)
-        return rois.reshape(len(rois), -1).max(axis=1) == 0
+        return ~roi_present(rois)
 
     @classmethod
     def _missing_(cls, value: object) -> RoiSource | None:

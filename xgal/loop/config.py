@@ -19,7 +19,7 @@ COLD_STARTS = ("none", "typical")
 class LoopConfig:
     arch: str = "small_cnn"
     head: str = "linear"
-    # "shared" or "beside": the classifier learns where the radiologists draw (train/nets/roi_head.py)
+    # ROI_HEADS other than "none": the classifier learns where the radiologists draw (train/nets/roi_head.py)
     # and the scoring graph exports it, for --roi learned | expert-else-learned.
     roi_head: str = "none"
     target_layer: str | None = None  # None = the network's default
@@ -63,7 +63,7 @@ class LoopConfig:
         if self.acquisition.roi.learned and self.roi_head == "none":
             raise InvalidArgument(
                 f"--roi {self.acquisition.roi.value} measures misalignment against a learned ROI: "
-                "give the classifier an ROI head (--roi-head shared or beside)"
+                f"give the classifier an ROI head (--roi-head {' | '.join(ROI_HEADS[1:])})"
             )
         if self.cold_start not in COLD_STARTS:
             raise InvalidArgument(f"cold_start must be one of {COLD_STARTS}, got {self.cold_start!r}")

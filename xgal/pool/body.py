@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from xgal.core.masks import roi_present
+
 BINS = 256
 
 
@@ -64,7 +66,7 @@ def rois_for(images: np.ndarray, rois: np.ndarray, source: str) -> tuple[np.ndar
         return rois, np.zeros(len(rois), dtype=bool)
     use_body = np.ones(len(rois), dtype=bool)
     if source == "expert-else-body":
-        use_body = rois.reshape(len(rois), -1).max(axis=1) == 0 if rois.size else use_body
+        use_body = ~roi_present(rois)
     elif source != "body":
         raise ValueError(f"unknown ROI source {source!r}")
     if not use_body.any():

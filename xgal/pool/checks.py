@@ -24,8 +24,9 @@ import numpy as np
 
 from xgal.core.checksum import sha256_file
 from xgal.core.errors import raise_if_out_of_files
+from xgal.core.masks import roi_present
 from xgal.core.samples import sample_problems
-from xgal.pool.layout import PoolFormatError, Shard, roi_present
+from xgal.pool.layout import PoolFormatError, Shard
 from xgal.pool.shards import HASHES_AT_ONCE, FileState, file_state, release
 
 if TYPE_CHECKING:

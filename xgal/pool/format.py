@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from xgal.core.errors import raise_if_out_of_files
+from xgal.core.masks import roi_present
 from xgal.pool import checks
 from xgal.pool.layout import (
     ARRAYS,
@@ -27,7 +28,6 @@ from xgal.pool.layout import (
     PoolFormatError,
     Shard,
     inside,
-    roi_present,
 )
 from xgal.pool.shards import OPENING, SHARD_MAPS, ShardSpec, release
 from xgal.pool.writer import PoolWriter

@@ -20,8 +20,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from xgal.core.errors import InvalidArgument, UserError
 
 FORMAT = "xgal-pool/1"
@@ -56,12 +54,6 @@ class Shard:
     @property
     def count(self) -> int:
         return self.stop - self.start
-
-
-def roi_present(rois: np.ndarray) -> np.ndarray:
-    """[n] bool: which of `rois` ([n, H, W] masks) has an ROI (any pixel set). What the writer
-    counts per shard and the reader counts and reports."""
-    return rois.reshape(len(rois), -1).max(1, initial=0) > 0
 
 
 def inside(path: Path, root: Path, what: str) -> Path:

@@ -12,7 +12,8 @@ import numpy as np
 
 from xgal.core.checksum import sha256_file
 from xgal.core.errors import InvalidArgument
-from xgal.pool.layout import ARRAYS, FORMAT, MANIFEST, PARTIAL, PIXEL_DTYPES, PoolFormatError, roi_present
+from xgal.core.masks import roi_present
+from xgal.pool.layout import ARRAYS, FORMAT, MANIFEST, PARTIAL, PIXEL_DTYPES, PoolFormatError
 
 
 class PoolWriter:

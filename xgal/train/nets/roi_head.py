@@ -21,9 +21,10 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from xgal.core.contract import ROI_HEADS
 from xgal.core.errors import InvalidArgument
 
-ROI_HEAD_KINDS = ("shared", "shared-detached", "beside")
+ROI_HEAD_KINDS = ROI_HEADS[1:]  # every kind but "none"
 # The soft map's value at and above which a pixel is in the predicted ROI.
 DEFAULT_ROI_THRESHOLD = 0.5
 # The last layer's bias at the start: sigmoid(-2) ≈ 0.12, about an ROI's share of a scan. From
