@@ -17,7 +17,7 @@ import torch
 from xgal.export import export_forward_graph, export_scoring_graph
 from xgal.scorer.engines.ort import OnnxRuntimeEngine
 from xgal.scorer.engines.torch_ref import TorchReferenceEngine
-from xgal.train.nets import build_model
+from xgal.train.nets import build_model, default_target_layer
 
 ARCH = os.environ.get("XGAL_BENCH_ARCH", "resnet18")
 SIZE = int(os.environ.get("XGAL_BENCH_SIZE", "224"))
@@ -25,7 +25,7 @@ BATCH = int(os.environ.get("XGAL_BENCH_BATCH", "32"))
 THREADS = int(os.environ.get("XGAL_BENCH_THREADS", str(os.cpu_count() or 2)))
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 GROUP = f"{ARCH}-{SIZE}px-batch{BATCH}-threads{THREADS}"
-LAYER = {"resnet18": "features.layer4.1.conv2"}.get(ARCH, "features.denseblock4.denselayer16.conv2")
+LAYER = default_target_layer(ARCH)
 
 
 @pytest.fixture(scope="module")
@@ -100,6 +100,25 @@ def test_scoring_graph_int8_onnx(measure, setup, scoring_fp32, tmp_path):
     int8 = quantize_scoring_graph(scoring, scans, tmp_path / "int8.onnx", calibration=128)
     engine = _engine(int8)
     _run(measure, lambda: engine.run(images, rois), paired_with=scoring_fp32, paired_label="scoring fp32")
+
+
+def test_scoring_graph_learned_roi_onnx(measure, setup, scoring_fp32, tmp_path):
+    """The same network with a `shared` ROI head (issue 26), its learned ROI and misalignment
+    fetched (`--roi learned`): what the head costs a pool, paired with the graph without it."""
+    model, _, _, images, rois = setup
+    torch.manual_seed(0)
+    headed = build_model(ARCH, "linear", 3, in_channels=3, roi_head="shared").eval()
+    headed.load_state_dict(model.state_dict(), strict=False)  # the same trunk and class head
+    path = export_scoring_graph(
+        headed, LAYER, tmp_path / "learned.onnx", image_shape=(3, SIZE, SIZE), mean=MEAN, std=STD
+    )
+    engine = _engine(path)
+    _run(
+        measure,
+        lambda: engine.run(images, rois, want_learned=True),
+        paired_with=scoring_fp32,
+        paired_label="scoring fp32, no head",
+    )
 
 
 def test_eager_reference_gradcam(measure, setup, scoring_fp32):

@@ -88,7 +88,8 @@ class ScoringModule(nn.Module):
 
         cam = self.cam(acts.detach(), grads)
         roi_area = roi.to(torch.float32).sum(dim=(1, 2))
-        dice = soft_dice(scale_cam(cam, image.shape[-2:]), roi)
+        cam01 = scale_cam(cam, image.shape[-2:])  # at the ROI's size: both Dice read it
+        dice = soft_dice(cam01, roi)
         embedding = acts.detach().mean(dim=(2, 3))
         out: tuple[Tensor, ...] = (probs, entropy, cam, dice, roi_area, embedding)
         if self.views > 1:
@@ -103,7 +104,7 @@ class ScoringModule(nn.Module):
             # The predicted ROI as a soft map, and as a mask (as an expert's ROI is) for the Dice.
             roi_prob = torch.sigmoid(roi_logits.detach())
             mask = (roi_prob >= self.roi_threshold).to(torch.float32)
-            learned_dice = soft_dice(scale_cam(cam, image.shape[-2:]), mask)
+            learned_dice = soft_dice(cam01, mask)
             out = (*out, roi_prob, learned_dice, mask.sum(dim=(1, 2)))
         return out
 
