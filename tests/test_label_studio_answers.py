@@ -4,8 +4,10 @@ than the scan has is refused before it is decoded; a deleted pre-filled ROI agai
 annotation; a scan in two tasks; what a cold-start task says. Through a real server:
 tests/test_label_studio.py."""
 
+import io
 import re
 import tracemalloc
+import zipfile
 
 import numpy as np
 import pytest
@@ -261,6 +263,15 @@ def test_offered_rois_are_read_as_data_only(tmp_path):
     # Zeros that inflate past what two 8x8 masks can be: refused before they are inflated.
     big = npz_bytes(True, ids=np.array(["a"]), rois=np.zeros((1, 8, 8 * 100_000), np.uint8))
     (tmp_path / "prefill_rois.npz").write_bytes(big)
+    with pytest.raises(InvalidArgument, match="larger than the round's ROIs can be"):
+        read_prefill(tmp_path, meta)
+    # A header that declares more than the file holds: refused before np.load allocates it.
+    ids, rois = io.BytesIO(), io.BytesIO()
+    np.save(ids, np.array(["a"]))
+    np.lib.format.write_array_header_1_0(rois, {"descr": "|u1", "fortran_order": False, "shape": (10**12,)})
+    with zipfile.ZipFile(tmp_path / "prefill_rois.npz", "w") as z:
+        z.writestr("ids.npy", ids.getvalue())
+        z.writestr("rois.npy", rois.getvalue())
     with pytest.raises(InvalidArgument, match="larger than the round's ROIs can be"):
         read_prefill(tmp_path, meta)
     (tmp_path / "prefill_rois.npz").write_bytes(b"not a zip")

@@ -12,6 +12,7 @@ more than it saved).
 from __future__ import annotations
 
 import io
+import math
 import os
 import zipfile
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from xgal.annotate.layout import PREFILL, PREFILL_MASKS, ROI_CORRECTIONS, file_n
 from xgal.core.durable import atomic_write, npz_bytes
 from xgal.core.errors import InvalidArgument
 from xgal.core.spreadsheet import read_rows, write_rows
+from xgal.pool.shards import npy_header
 
 CORRECTION_COLUMNS = ("id", "prefilled", "returned", "changed", "saved")
 
@@ -67,7 +69,7 @@ def read_prefill(folder: Path, meta: dict) -> np.ndarray:
         if len(data) > limit:  # read no further: it is larger than the round's ROIs can be
             raise ValueError("larger than the round's ROIs can be")
         with zipfile.ZipFile(io.BytesIO(data)) as z:  # the members' sizes, before inflating them
-            if sum(i.file_size for i in z.infolist()) > limit:
+            if sum(i.file_size for i in z.infolist()) > limit or _declared(z) > limit:
                 raise ValueError("larger than the round's ROIs can be")
         with np.load(io.BytesIO(data), allow_pickle=False) as z:
             names, masks = z["ids"], z["rois"]
@@ -81,6 +83,16 @@ def read_prefill(folder: Path, meta: dict) -> np.ndarray:
         if name in position:
             out[position[name]] = mask > 0
     return out
+
+
+def _declared(z: zipfile.ZipFile) -> int:
+    """Bytes the members' .npy headers declare: what np.load allocates before it reads a byte."""
+    total = 0
+    for info in z.infolist():
+        with z.open(info) as member:
+            dtype, shape, _ = npy_header(member)
+        total += math.prod(shape) * dtype.itemsize
+    return total
 
 
 def _limit(n: int, h: int, w: int) -> int:

@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 
@@ -125,18 +126,26 @@ class _Headers:
 HEADERS = _Headers(16_384)  # about 300 bytes each
 
 
+def npy_header(f: BinaryIO) -> tuple[np.dtype, tuple[int, ...], bool]:
+    """dtype, shape and Fortran order from the .npy header at `f`'s position (what np.load
+    reads: the same limits, no pickles), so a size can be checked before anything is allocated.
+    ValueError for anything else."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    elif version == (2, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    else:
+        raise ValueError(f".npy format version {version} is not read here")
+    if dtype.hasobject:
+        raise ValueError("it holds Python objects (pickles), which are never loaded")
+    return dtype, shape, fortran
+
+
 def _read_header(file: Path) -> Header:
-    """The .npy header of `file` (what np.load reads: the same limits, no pickles)."""
+    """The .npy header of `file`, and where its data starts."""
     with OPENING, open(file, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        if version == (1, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
-        elif version == (2, 0):
-            shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-        else:
-            raise ValueError(f".npy format version {version} is not read here")
-        if dtype.hasobject:
-            raise ValueError("it holds Python objects (pickles), which are never loaded")
+        dtype, shape, fortran = npy_header(f)
         return dtype, shape, fortran, f.tell()
 
 
